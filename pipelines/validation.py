@@ -1,0 +1,274 @@
+"""Column-wise validation of raw events against SPEC's rules.
+
+Input is a batch of raw values as they came (Parquet columns of any reasonable type, or the Python values of
+parsed JSON lines). Output is the valid rows in the canonical schema of `pipelines.events`, and the invalid rows
+with the first offending field and the rule it broke, so that nothing is silently used or silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.events import (
+    COUNTRY_RE,
+    CURRENCY_RE,
+    ID_MAX_LEN,
+    LABELS,
+    MAX_EPOCH_MS,
+    MCC_RE,
+    MIN_EPOCH_MS,
+    RFC3339_RE,
+    TRANSACTION_ID_MAX_LEN,
+    TRANSACTIONS,
+    EventKind,
+)
+
+REJECTED_SCHEMA = pa.schema(
+    [
+        pa.field("row", pa.int64()),
+        pa.field("field", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("value", pa.string()),
+    ]
+)
+
+
+class SchemaError(ValueError):
+    """A whole input column cannot be read as its SPEC type (for example amounts stored as text)."""
+
+
+@dataclass(frozen=True)
+class Checked:
+    """One validated batch: the valid rows (canonical schema) and the rejected ones (REJECTED_SCHEMA)."""
+
+    valid: pa.Table
+    rejected: pa.Table
+    valid_rows: np.ndarray  # input row numbers of the valid rows
+
+
+# A column after typing: the array in its SPEC type (nulls where the value had the wrong type) and the mask of
+# rows whose value had the wrong type.
+Typed = tuple[pa.Array, np.ndarray]
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _typed_strings(values: pa.Array | Sequence[Any]) -> Typed:
+    if isinstance(values, pa.Array):
+        if pa.types.is_dictionary(values.type):
+            values = values.cast(values.type.value_type)
+        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            return values.cast(pa.string()), np.zeros(len(values), dtype=bool)
+        if pa.types.is_null(values.type):
+            return pa.nulls(len(values), pa.string()), np.zeros(len(values), dtype=bool)
+        raise SchemaError(f"is {values.type}, expected text")
+    bad = np.fromiter((v is not None and not isinstance(v, str) for v in values), bool, len(values))
+    clean = [None if b else v for v, b in zip(values, bad, strict=True)]
+    return pa.array(clean, pa.string()), bad
+
+
+def _typed_floats(values: pa.Array | Sequence[Any]) -> Typed:
+    if isinstance(values, pa.Array):
+        if pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_decimal(
+            values.type
+        ):
+            return values.cast(pa.float64()), np.zeros(len(values), dtype=bool)
+        if pa.types.is_null(values.type):
+            return pa.nulls(len(values), pa.float64()), np.zeros(len(values), dtype=bool)
+        raise SchemaError(f"is {values.type}, expected a number")
+    bad = np.fromiter((v is not None and not _is_number(v) for v in values), bool, len(values))
+    clean = [None if b else (float(v) if v is not None else None) for v, b in zip(values, bad, strict=True)]
+    return pa.array(clean, pa.float64()), bad
+
+
+def _typed_bools(values: pa.Array | Sequence[Any]) -> Typed:
+    if isinstance(values, pa.Array):
+        if pa.types.is_boolean(values.type):
+            return values, np.zeros(len(values), dtype=bool)
+        raise SchemaError(f"is {values.type}, expected true/false")
+    bad = np.fromiter((v is not None and not isinstance(v, bool) for v in values), bool, len(values))
+    clean = [None if b else v for v, b in zip(values, bad, strict=True)]
+    return pa.array(clean, pa.bool_()), bad
+
+
+def _parse_rfc3339_ms(texts: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Epoch ms of RFC 3339 strings (sub-millisecond digits are truncated) and the mask of malformed ones."""
+    ok = pc.fill_null(pc.match_substring_regex(texts, RFC3339_RE), False).to_numpy(zero_copy_only=False)
+    series = pd.Series(texts.to_pylist(), dtype=object)
+    parsed = pd.to_datetime(series.where(ok, None), format="ISO8601", utc=True, errors="coerce")
+    bad = ok & parsed.isna().to_numpy()
+    ms = parsed.astype("datetime64[ms, UTC]").astype("int64").to_numpy(copy=True)
+    null = ~ok | bad
+    return pa.array(np.where(null, 0, ms), pa.int64(), mask=null), bad | (~ok & ~pd.isna(series).to_numpy())
+
+
+def _typed_timestamps(values: pa.Array | Sequence[Any]) -> Typed:
+    """Event times as epoch milliseconds: RFC 3339 text with a zone, integer epoch ms, or zoned timestamps."""
+    if isinstance(values, pa.Array):
+        t = values.type
+        if pa.types.is_timestamp(t):
+            if t.tz is None:
+                raise SchemaError("is a timestamp without a time zone; write it as UTC (timestamp[ms, tz=UTC])")
+            return values.cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()), np.zeros(len(values), bool)
+        if pa.types.is_integer(t):
+            return values.cast(pa.int64()), np.zeros(len(values), dtype=bool)
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            return _parse_rfc3339_ms(values.cast(pa.string()))
+        if pa.types.is_null(t):
+            return pa.nulls(len(values), pa.int64()), np.zeros(len(values), dtype=bool)
+        raise SchemaError(f"is {t}, expected RFC 3339 text or epoch milliseconds")
+    n = len(values)
+    is_int = np.fromiter((isinstance(v, int) and not isinstance(v, bool) for v in values), bool, n)
+    is_str = np.fromiter((isinstance(v, str) for v in values), bool, n)
+    wrong = np.fromiter((v is not None for v in values), bool, n) & ~is_int & ~is_str
+    text_ms, text_bad = _parse_rfc3339_ms(pa.array([v if s else None for v, s in zip(values, is_str, strict=True)]))
+    ints = np.array([v if i and -(2**62) < v < 2**62 else 0 for v, i in zip(values, is_int, strict=True)], np.int64)
+    ms = np.where(is_int, ints, text_ms.fill_null(0).to_numpy())
+    null = ~(is_int | (is_str & ~text_bad))
+    return pa.array(ms, pa.int64(), mask=null), wrong | text_bad
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one field is typed, and when a typed value breaks SPEC (as a mask over the batch)."""
+
+    field: str
+    typed: Callable[[pa.Array | Sequence[Any]], Typed]
+    broken: Callable[[pa.Array], pa.Array]
+    message: str
+
+
+def _required_text(max_len: int) -> Callable[[pa.Array], pa.Array]:
+    def broken(a: pa.Array) -> pa.Array:
+        length = pc.utf8_length(a)
+        return pc.fill_null(pc.or_(pc.less(length, 1), pc.greater(length, max_len)), True)
+
+    return broken
+
+
+def _optional_text(max_len: int) -> Callable[[pa.Array], pa.Array]:
+    def broken(a: pa.Array) -> pa.Array:
+        length = pc.utf8_length(a)
+        return pc.fill_null(pc.or_(pc.less(length, 1), pc.greater(length, max_len)), False)
+
+    return broken
+
+
+def _pattern(regex: str) -> Callable[[pa.Array], pa.Array]:
+    return lambda a: pc.fill_null(pc.invert(pc.match_substring_regex(a, regex)), True)
+
+
+def _amount_broken(a: pa.Array) -> pa.Array:
+    return pc.fill_null(pc.or_(pc.invert(pc.is_finite(a)), pc.less(a, 0.0)), True)
+
+
+def _time_broken(a: pa.Array) -> pa.Array:
+    return pc.fill_null(pc.or_(pc.less(a, MIN_EPOCH_MS), pc.greater_equal(a, MAX_EPOCH_MS)), True)
+
+
+def _required(a: pa.Array) -> pa.Array:
+    return pc.is_null(a)
+
+
+_TIME_MESSAGE = (
+    "required: RFC 3339 text with a zone (2026-11-01T12:00:00Z) or epoch milliseconds between 2000 and 2100"
+)
+
+TRANSACTION_RULES: tuple[Rule, ...] = (
+    Rule("transaction_id", _typed_strings, _required_text(TRANSACTION_ID_MAX_LEN), "required text, 1 to 64 characters"),
+    Rule("card_id", _typed_strings, _required_text(ID_MAX_LEN), f"required text, 1 to {ID_MAX_LEN} characters"),
+    Rule("merchant_id", _typed_strings, _required_text(ID_MAX_LEN), f"required text, 1 to {ID_MAX_LEN} characters"),
+    Rule("device_id", _typed_strings, _optional_text(ID_MAX_LEN), f"null or text of 1 to {ID_MAX_LEN} characters"),
+    Rule("ip_address", _typed_strings, _optional_text(ID_MAX_LEN), f"null or text of 1 to {ID_MAX_LEN} characters"),
+    Rule("amount", _typed_floats, _amount_broken, "required finite number >= 0"),
+    Rule("currency", _typed_strings, _pattern(CURRENCY_RE), "required ISO 4217 code, 3 capital letters (USD)"),
+    Rule("merchant_category", _typed_strings, _pattern(MCC_RE), "required 4-digit merchant category code (5411)"),
+    Rule("country", _typed_strings, _pattern(COUNTRY_RE), "required ISO 3166-1 alpha-2 code (US)"),
+    Rule("event_timestamp", _typed_timestamps, _time_broken, _TIME_MESSAGE),
+)
+
+LABEL_RULES: tuple[Rule, ...] = (
+    Rule("transaction_id", _typed_strings, _required_text(TRANSACTION_ID_MAX_LEN), "required text, 1 to 64 characters"),
+    Rule("is_fraud", _typed_bools, _required, "required true or false"),
+    Rule("label_timestamp", _typed_timestamps, _time_broken, _TIME_MESSAGE),
+)
+
+RULES: dict[str, tuple[Rule, ...]] = {TRANSACTIONS.name: TRANSACTION_RULES, LABELS.name: LABEL_RULES}
+
+
+def _display(value: object) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, float) or math.isfinite(value) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check(
+    kind: EventKind,
+    columns: dict[str, pa.Array | Sequence[Any]],
+    rows: np.ndarray,
+    unreadable: dict[int, str] | None = None,
+) -> Checked:
+    """Validate one batch of `kind` events given as columns; `rows` numbers them in the input (for messages).
+
+    `unreadable` marks rows (0-based in the batch) that could not be parsed at all, with the reason.
+    """
+    rules = RULES[kind.name]
+    n = len(rows)
+    typed: dict[str, pa.Array] = {}
+    field_of_error = np.full(n, -1, dtype=np.int64)
+    for index, rule in enumerate(rules):
+        raw = columns.get(rule.field)
+        if raw is None:
+            raw = pa.nulls(n)
+        try:
+            array, wrong_type = rule.typed(raw)
+        except SchemaError as exc:
+            raise SchemaError(f"{kind.name} column {rule.field!r} {exc}") from exc
+        broken = pc.fill_null(rule.broken(array), True).to_numpy(zero_copy_only=False) | wrong_type
+        field_of_error = np.where((field_of_error < 0) & broken, index, field_of_error)
+        typed[rule.field] = array
+
+    ok = field_of_error < 0
+    for index in (unreadable or {}):
+        ok[index] = False
+    mask = pa.array(ok)
+    valid = pa.Table.from_pydict(
+        {field.name: typed[field.name].filter(mask).cast(field.type) for field in kind.schema}, schema=kind.schema
+    )
+
+    bad_rows = np.flatnonzero(~ok)
+    fields: list[str] = []
+    reasons: list[str] = []
+    values: list[str | None] = []
+    for row in bad_rows.tolist():
+        if unreadable and row in unreadable:
+            fields.append("(line)")
+            reasons.append(unreadable[row])
+            values.append(None)
+            continue
+        rule = rules[int(field_of_error[row])]
+        raw = columns.get(rule.field)
+        value = None if raw is None else (raw[row].as_py() if isinstance(raw, pa.Array) else raw[row])
+        fields.append(rule.field)
+        reasons.append(rule.message)
+        values.append(_display(value))
+    rejected = pa.Table.from_pydict(
+        {
+            "row": pa.array(rows[bad_rows], pa.int64()),
+            "field": pa.array(fields, pa.string()),
+            "reason": pa.array(reasons, pa.string()),
+            "value": pa.array(values, pa.string()),
+        },
+        schema=REJECTED_SCHEMA,
+    )
+    return Checked(valid=valid, rejected=rejected, valid_rows=rows[ok])
