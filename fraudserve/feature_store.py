@@ -1,0 +1,49 @@
+"""Feast access for the CLI: `feast apply` of feature_repo/ and a FeatureStore bound to the run's settings."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fraudserve.errors import ConfigurationError
+from fraudserve.settings import Settings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+
+def _feast_executable() -> str:
+    beside = Path(sys.executable).parent / "feast"
+    found = str(beside) if beside.exists() else shutil.which("feast")
+    if found is None:
+        raise ConfigurationError("the `feast` command is not installed; reinstall fraudserve (pip install -e .)")
+    return found
+
+
+def apply(settings: Settings, connection: str) -> str:
+    """Run `feast apply` in feature_repo/ against this run's stores. Returns Feast's output."""
+    repo = settings.feature_repo
+    if not (repo / "feature_store.yaml").exists():
+        raise ConfigurationError(f"{repo} is not a Feast repository (no feature_store.yaml); set FRAUDSERVE_FEATURE_REPO")
+    (settings.home_dir / "feast").mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **settings.feast_environment(connection)}
+    result = subprocess.run(
+        [_feast_executable(), "apply"], cwd=repo, env=env, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise ConfigurationError(f"`feast apply` failed in {repo}:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def open_store(settings: Settings, connection: str) -> FeatureStore:
+    """A FeatureStore on feature_repo/ that sees this run's online store and FRAUDSERVE_HOME."""
+    from feast import FeatureStore
+
+    settings.export_feast_environment(connection)
+    if not (settings.home_dir / "feast" / "registry.db").exists():
+        raise ConfigurationError("the Feast registry is empty: run `fraudserve features apply` first")
+    return FeatureStore(repo_path=str(settings.feature_repo))

@@ -1,0 +1,63 @@
+"""Settings: one pydantic-settings class, read from FRAUDSERVE_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipelines.offline.store import OfflineLayout
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class RedisType(StrEnum):
+    redis = "redis"
+    redis_cluster = "redis_cluster"
+
+
+def _default_feature_repo() -> Path:
+    return PROJECT_ROOT / "feature_repo"
+
+
+class Settings(BaseSettings):
+    """Where a run keeps its data and which online store it talks to."""
+
+    model_config = SettingsConfigDict(env_prefix="FRAUDSERVE_", extra="ignore")
+
+    redis: str | None = Field(
+        default=None,
+        description="Online store in Feast's Redis connection-string form (host:port[,db=N][,password=..]"
+        "[,ssl=true]; several host:port for a cluster). Unset: the CLI runs its own redis-server under home.",
+    )
+    redis_type: RedisType = RedisType.redis
+    home: Path = Field(default=Path(".fraudserve"), description="Offline store, registries, keys and logs.")
+    feature_repo: Path = Field(default_factory=_default_feature_repo)
+    redis_server_bin: str = "redis-server"
+    backfill_threads: int | None = Field(default=None, ge=1, description="DuckDB threads; default all cores.")
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def offline(self) -> OfflineLayout:
+        return OfflineLayout(self.home_dir / "offline")
+
+    @property
+    def embedded_redis_dir(self) -> Path:
+        return self.home_dir / "redis"
+
+    def feast_environment(self, connection: str) -> dict[str, str]:
+        """The variables `feature_repo/feature_store.yaml` expands, for the given online-store connection."""
+        return {
+            "FRAUDSERVE_REDIS": connection,
+            "FRAUDSERVE_REDIS_TYPE": self.redis_type.value,
+            "FRAUDSERVE_HOME": str(self.home_dir),
+        }
+
+    def export_feast_environment(self, connection: str) -> None:
+        os.environ.update(self.feast_environment(connection))
