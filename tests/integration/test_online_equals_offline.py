@@ -1,0 +1,95 @@
+"""After apply, backfill and materialize into a real Redis, Feast's own SDK reads back the offline values."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from fraudserve import feature_store
+from fraudserve.online import feature_vectors
+from fraudserve.settings import Settings
+from pipelines.features.catalog import ENTITIES, TRANSACTION, features_of
+from pipelines.generate import GenerateConfig, generate
+from pipelines.materialize import materialize
+from pipelines.offline.backfill import backfill
+from tests.redis_process import RedisProcess
+
+TRANSACTION_FIELDS = ["card_id", "merchant_id", "device_id", "ip_address", "amount", "currency",
+                      "merchant_category", "country", "event_time_ms"]
+
+
+def latest_rows(path: Path, key: str) -> dict[str, dict[str, object]]:
+    """The offline row of each entity's latest event."""
+    rows = duckdb.sql(
+        f"SELECT * FROM read_parquet('{path}') QUALIFY row_number() OVER (PARTITION BY {key} "
+        "ORDER BY event_timestamp DESC) = 1"
+    ).fetchdf()
+    return {r[key]: r for r in rows.to_dict("records")}
+
+
+def same(a: object, b: object) -> bool:
+    if a is None or (isinstance(a, float) and math.isnan(a)):
+        return b is None or (isinstance(b, float) and math.isnan(b))
+    if isinstance(a, float) or isinstance(b, float):
+        return b is not None and math.isclose(float(a), float(b), rel_tol=1e-12)  # type: ignore[arg-type]
+    return a == b
+
+
+@pytest.mark.timeout(240)
+def test_online_values_equal_the_offline_values_of_the_latest_event(
+    tmp_path: Path, redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FRAUDSERVE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FRAUDSERVE_REDIS", redis_server.connection_string)
+    settings = Settings()
+    generated = generate(
+        tmp_path / "raw", GenerateConfig(seed=3, cards=150, days=10, end=datetime(2026, 11, 1, tzinfo=UTC))
+    )
+    feature_store.apply(settings, redis_server.connection_string)
+    backfill(generated.files["transactions_parquet"], generated.files["labels_parquet"], settings.offline)
+    store = feature_store.open_store(settings, redis_server.connection_string)
+    summary = materialize(store, settings.offline)
+    assert summary.entity_rows[TRANSACTION.view] == generated.transactions
+
+    mismatches = []
+    compared = 0
+    for entity in ENTITIES:
+        offline = latest_rows(settings.offline.file(entity.view), entity.join_key)
+        names = [f.name for f in features_of(entity)]
+        keys = sorted(offline)
+        online = store.get_online_features(
+            features=[f"{entity.view}:{n}" for n in names], entity_rows=[{entity.join_key: k} for k in keys]
+        ).to_dict()
+        for i, key in enumerate(keys):
+            for name in names:
+                compared += 1
+                if not same(offline[key][name], online[name][i]):
+                    mismatches.append((entity.name, key, name, offline[key][name], online[name][i]))
+    offline_tx = latest_rows(settings.offline.transactions_file, TRANSACTION.join_key)
+    sample = sorted(offline_tx)[:: max(1, len(offline_tx) // 300)]
+    online_tx = store.get_online_features(
+        features=[f"{TRANSACTION.view}:{n}" for n in TRANSACTION_FIELDS],
+        entity_rows=[{TRANSACTION.join_key: t} for t in sample],
+    ).to_dict()
+    for i, transaction_id in enumerate(sample):
+        for name in TRANSACTION_FIELDS:
+            compared += 1
+            if not same(offline_tx[transaction_id][name], online_tx[name][i]):
+                mismatches.append(("transaction", transaction_id, name, offline_tx[transaction_id][name],
+                                   online_tx[name][i]))
+    assert compared > 3000
+    assert mismatches == []
+
+    # The feature services resolve online too, request-time features included.
+    vectors = feature_vectors(store, "fraud_v2", sample[:5])
+    for vector in vectors:
+        card = latest_rows(settings.offline.file("card_features"), "card_id")[vector["card_id"]]
+        assert same(card["card_txn_count_24h"], vector["card_txn_count_24h"])
+        expected_ratio = vector["amount"] / card["card_amount_mean_7d"]
+        assert vector["amount_to_card_mean_7d"] == pytest.approx(expected_ratio, rel=1e-12)
+        hour = datetime.fromtimestamp(offline_tx[vector["transaction_id"]]["event_time_ms"] / 1000, UTC).hour
+        assert vector["hour_of_day_utc"] == hour
