@@ -29,9 +29,7 @@ def _entity(spec: EntitySpec) -> Entity:
 
 
 def _push_source(name: str) -> PushSource:
-    batch = FileSource(
-        name=f"{name}_file", path=str(_layout.file(name)), timestamp_field="event_timestamp"
-    )
+    batch = FileSource(name=f"{name}_file", path=str(_layout.file(name)), timestamp_field="event_timestamp")
     return PushSource(name=f"{name}_push", batch_source=batch)
 
 
@@ -92,7 +90,12 @@ def transaction_request_features(inputs: pd.DataFrame) -> pd.DataFrame:
 
 fraud_v1 = FeatureService(
     name="fraud_v1",
-    features=[card_features, merchant_features, transaction_features[["amount"]], transaction_request_features],
+    features=[
+        card_features,
+        merchant_features,
+        transaction_features[["amount"]],
+        transaction_request_features,
+    ],
     description="Card, merchant, transaction and request-time features.",
 )
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fraudserve.embedded_redis import EmbeddedRedis, online_store
@@ -114,7 +114,8 @@ def features_backfill(
     transactions: Annotated[Path, typer.Option(help="Transaction events: a .parquet or .jsonl file, or a folder.")],
     labels: Annotated[Path | None, typer.Option(help="Label events: a .parquet or .jsonl file, or a folder.")] = None,
     quarantine: Annotated[
-        bool, typer.Option("--quarantine", help="Set invalid events aside (and count them) instead of failing.")
+        bool,
+        typer.Option("--quarantine", help="Set invalid events aside (and count them) instead of failing."),
     ] = False,
 ) -> None:
     """Offline pipeline: raw events to every feature, point in time, into the offline store."""
@@ -123,7 +124,7 @@ def features_backfill(
     settings = _settings()
     try:
         with _progress() as progress:
-            tasks: dict[str, int] = {}
+            tasks: dict[str, TaskID] = {}
 
             def report(stage: str, fraction: float) -> None:
                 if stage not in tasks:
@@ -292,7 +293,10 @@ def demo(
             out.rule("4. materialize into Redis through Feast")
             store = feature_store.open_store(settings, connection)
             materialized = materialize(store, settings.offline)
-            out.print(f"{materialized.rows:,} entity rows in {materialized.seconds:.1f} s ({materialized.rows_per_second:,.0f}/s)")
+            out.print(
+                f"{materialized.rows:,} entity rows in {materialized.seconds:.1f} s "
+                f"({materialized.rows_per_second:,.0f}/s)"
+            )
             out.rule("5. online feature vectors, read back through Feast")
             latest = _latest_transactions(settings, 3)
             _print_vectors(feature_vectors(store, "fraud_v2", latest))
@@ -307,10 +311,12 @@ def demo(
 def _latest_transactions(settings: Settings, n: int) -> list[str]:
     import duckdb
 
-    rows = duckdb.sql(
-        f"SELECT transaction_id FROM read_parquet('{settings.offline.transactions_file}') "
-        f"WHERE device_id IS NOT NULL AND ip_address IS NOT NULL ORDER BY event_timestamp DESC LIMIT {int(n)}"
-    ).fetchall()
+    rows = (
+        duckdb.connect()
+        .execute(
+            f"SELECT transaction_id FROM read_parquet('{settings.offline.transactions_file}') "
+            f"WHERE device_id IS NOT NULL AND ip_address IS NOT NULL ORDER BY event_timestamp DESC LIMIT {int(n)}"
+        )
+        .fetchall()
+    )
     return [str(r[0]) for r in rows]
-
-

@@ -100,14 +100,22 @@ class EmbeddedRedis:
             process = subprocess.Popen(
                 [
                     binary,
-                    "--port", str(port),
-                    "--bind", "127.0.0.1",
-                    "--dir", str(self.directory),
-                    "--appendonly", "yes",
-                    "--appendfsync", "everysec",
-                    "--save", "",
-                    "--logfile", str(log),
-                    "--protected-mode", "yes",
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(self.directory),
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "everysec",
+                    "--save",
+                    "",
+                    "--logfile",
+                    str(log),
+                    "--protected-mode",
+                    "yes",
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -118,9 +126,7 @@ class EmbeddedRedis:
             while not ping(port):
                 if process.poll() is not None or time.monotonic() > deadline:
                     process.kill()
-                    raise ConfigurationError(
-                        f"redis-server did not start on port {port}; see {log} for why."
-                    )
+                    raise ConfigurationError(f"redis-server did not start on port {port}; see {log} for why.")
                 time.sleep(0.02)
             server = RunningServer(pid=process.pid, port=port)
             self._state.write_text(json.dumps({"pid": server.pid, "port": server.port}))

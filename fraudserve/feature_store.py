@@ -28,7 +28,9 @@ def apply(settings: Settings, connection: str) -> str:
     """Run `feast apply` in feature_repo/ against this run's stores. Returns Feast's output."""
     repo = settings.feature_repo
     if not (repo / "feature_store.yaml").exists():
-        raise ConfigurationError(f"{repo} is not a Feast repository (no feature_store.yaml); set FRAUDSERVE_FEATURE_REPO")
+        raise ConfigurationError(
+            f"{repo} is not a Feast repository (no feature_store.yaml); set FRAUDSERVE_FEATURE_REPO"
+        )
     (settings.home_dir / "feast").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings.feast_environment(connection)}
     result = subprocess.run(

@@ -80,9 +80,7 @@ def _typed_strings(values: pa.Array | Sequence[Any]) -> Typed:
 
 def _typed_floats(values: pa.Array | Sequence[Any]) -> Typed:
     if isinstance(values, pa.Array):
-        if pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_decimal(
-            values.type
-        ):
+        if pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_decimal(values.type):
             return values.cast(pa.float64()), np.zeros(len(values), dtype=bool)
         if pa.types.is_null(values.type):
             return pa.nulls(len(values), pa.float64()), np.zeros(len(values), dtype=bool)
@@ -104,13 +102,15 @@ def _typed_bools(values: pa.Array | Sequence[Any]) -> Typed:
 
 def _parse_rfc3339_ms(texts: pa.Array) -> tuple[pa.Array, np.ndarray]:
     """Epoch ms of RFC 3339 strings (sub-millisecond digits are truncated) and the mask of malformed ones."""
-    ok = pc.fill_null(pc.match_substring_regex(texts, RFC3339_RE), False).to_numpy(zero_copy_only=False)
-    series = pd.Series(texts.to_pylist(), dtype=object)
-    parsed = pd.to_datetime(series.where(ok, None), format="ISO8601", utc=True, errors="coerce")
+    matches = pc.fill_null(pc.match_substring_regex(texts, RFC3339_RE), False)
+    ok = matches.to_numpy(zero_copy_only=False)
+    candidates: pd.Series[Any] = pc.if_else(matches, texts, pa.scalar(None, pa.string())).to_pandas()
+    parsed = pd.to_datetime(candidates, format="ISO8601", utc=True, errors="coerce")
     bad = ok & parsed.isna().to_numpy()
     ms = parsed.astype("datetime64[ms, UTC]").astype("int64").to_numpy(copy=True)
     null = ~ok | bad
-    return pa.array(np.where(null, 0, ms), pa.int64(), mask=null), bad | (~ok & ~pd.isna(series).to_numpy())
+    present = pc.is_valid(texts).to_numpy(zero_copy_only=False)
+    return pa.array(np.where(null, 0, ms), pa.int64(), mask=null), bad | (~ok & present)
 
 
 def _typed_timestamps(values: pa.Array | Sequence[Any]) -> Typed:
@@ -181,25 +181,53 @@ def _required(a: pa.Array) -> pa.Array:
     return pc.is_null(a)
 
 
-_TIME_MESSAGE = (
-    "required: RFC 3339 text with a zone (2026-11-01T12:00:00Z) or epoch milliseconds between 2000 and 2100"
-)
+_TIME_MESSAGE = "required: RFC 3339 text with a zone (2026-11-01T12:00:00Z) or epoch milliseconds between 2000 and 2100"
 
 TRANSACTION_RULES: tuple[Rule, ...] = (
-    Rule("transaction_id", _typed_strings, _required_text(TRANSACTION_ID_MAX_LEN), "required text, 1 to 64 characters"),
+    Rule(
+        "transaction_id",
+        _typed_strings,
+        _required_text(TRANSACTION_ID_MAX_LEN),
+        "required text, 1 to 64 characters",
+    ),
     Rule("card_id", _typed_strings, _required_text(ID_MAX_LEN), f"required text, 1 to {ID_MAX_LEN} characters"),
-    Rule("merchant_id", _typed_strings, _required_text(ID_MAX_LEN), f"required text, 1 to {ID_MAX_LEN} characters"),
-    Rule("device_id", _typed_strings, _optional_text(ID_MAX_LEN), f"null or text of 1 to {ID_MAX_LEN} characters"),
-    Rule("ip_address", _typed_strings, _optional_text(ID_MAX_LEN), f"null or text of 1 to {ID_MAX_LEN} characters"),
+    Rule(
+        "merchant_id",
+        _typed_strings,
+        _required_text(ID_MAX_LEN),
+        f"required text, 1 to {ID_MAX_LEN} characters",
+    ),
+    Rule(
+        "device_id",
+        _typed_strings,
+        _optional_text(ID_MAX_LEN),
+        f"null or text of 1 to {ID_MAX_LEN} characters",
+    ),
+    Rule(
+        "ip_address",
+        _typed_strings,
+        _optional_text(ID_MAX_LEN),
+        f"null or text of 1 to {ID_MAX_LEN} characters",
+    ),
     Rule("amount", _typed_floats, _amount_broken, "required finite number >= 0"),
     Rule("currency", _typed_strings, _pattern(CURRENCY_RE), "required ISO 4217 code, 3 capital letters (USD)"),
-    Rule("merchant_category", _typed_strings, _pattern(MCC_RE), "required 4-digit merchant category code (5411)"),
+    Rule(
+        "merchant_category",
+        _typed_strings,
+        _pattern(MCC_RE),
+        "required 4-digit merchant category code (5411)",
+    ),
     Rule("country", _typed_strings, _pattern(COUNTRY_RE), "required ISO 3166-1 alpha-2 code (US)"),
     Rule("event_timestamp", _typed_timestamps, _time_broken, _TIME_MESSAGE),
 )
 
 LABEL_RULES: tuple[Rule, ...] = (
-    Rule("transaction_id", _typed_strings, _required_text(TRANSACTION_ID_MAX_LEN), "required text, 1 to 64 characters"),
+    Rule(
+        "transaction_id",
+        _typed_strings,
+        _required_text(TRANSACTION_ID_MAX_LEN),
+        "required text, 1 to 64 characters",
+    ),
     Rule("is_fraud", _typed_bools, _required, "required true or false"),
     Rule("label_timestamp", _typed_timestamps, _time_broken, _TIME_MESSAGE),
 )
@@ -239,11 +267,12 @@ def check(
         typed[rule.field] = array
 
     ok = field_of_error < 0
-    for index in (unreadable or {}):
+    for index in unreadable or {}:
         ok[index] = False
     mask = pa.array(ok)
     valid = pa.Table.from_pydict(
-        {field.name: typed[field.name].filter(mask).cast(field.type) for field in kind.schema}, schema=kind.schema
+        {field.name: typed[field.name].filter(mask).cast(field.type) for field in kind.schema},
+        schema=kind.schema,
     )
 
     bad_rows = np.flatnonzero(~ok)

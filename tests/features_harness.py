@@ -26,11 +26,26 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def txn(transaction_id: str, ts_ms: int, card: str = "c1", merchant: str = "m1", amount: float = 10.0,
-        device: str | None = "d1", ip: str | None = "1.1.1.1", country: str = "US") -> dict[str, Any]:
+def txn(
+    transaction_id: str,
+    ts_ms: int,
+    card: str = "c1",
+    merchant: str = "m1",
+    amount: float = 10.0,
+    device: str | None = "d1",
+    ip: str | None = "1.1.1.1",
+    country: str = "US",
+) -> dict[str, Any]:
     return {
-        "transaction_id": transaction_id, "card_id": card, "merchant_id": merchant, "device_id": device,
-        "ip_address": ip, "amount": amount, "currency": "USD", "merchant_category": "5411", "country": country,
+        "transaction_id": transaction_id,
+        "card_id": card,
+        "merchant_id": merchant,
+        "device_id": device,
+        "ip_address": ip,
+        "amount": amount,
+        "currency": "USD",
+        "merchant_category": "5411",
+        "country": country,
         "event_timestamp": iso(ts_ms),
     }
 
@@ -76,8 +91,12 @@ def as_events(transactions: list[dict[str, Any]]) -> list[Event]:
         Event(
             transaction_id=t["transaction_id"],
             ts_ms=int(pd.Timestamp(t["event_timestamp"]).value // 1_000_000),
-            card_id=t["card_id"], merchant_id=t["merchant_id"], amount=float(t["amount"]), country=t["country"],
-            device_id=t["device_id"], ip_address=t["ip_address"],
+            card_id=t["card_id"],
+            merchant_id=t["merchant_id"],
+            amount=float(t["amount"]),
+            country=t["country"],
+            device_id=t["device_id"],
+            ip_address=t["ip_address"],
         )
         for t in transactions
     ]

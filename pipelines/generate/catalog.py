@@ -103,5 +103,6 @@ WEEKDAY_VOLUME = (0.95, 0.95, 0.97, 1.0, 1.12, 1.15, 0.86)
 
 def cumulative(weights: tuple[float, ...] | npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Normalised cumulative weights for inverse-CDF sampling with `np.searchsorted`."""
-    cum = np.cumsum(np.asarray(weights, dtype=np.float64))
-    return cum / cum[-1]
+    cum: npt.NDArray[np.float64] = np.cumsum(np.asarray(weights, dtype=np.float64))
+    normalised: npt.NDArray[np.float64] = cum / cum[-1]
+    return normalised

@@ -38,8 +38,7 @@ class InvalidEvents(ValueError):
 
     def __init__(self, path: Path, kind: EventKind, rejected: pa.Table, total: int) -> None:
         lines = [
-            f"  row {r['row']}: {r['field']} {r['reason']}"
-            + (f" (got {r['value']})" if r["value"] is not None else "")
+            f"  row {r['row']}: {r['field']} {r['reason']}" + (f" (got {r['value']})" if r["value"] is not None else "")
             for r in rejected.slice(0, MAX_LISTED_ERRORS).to_pylist()
         ]
         more = f"\n  ... and {total - len(lines)} more" if total > len(lines) else ""
@@ -175,7 +174,9 @@ def backfill(
             quarantine.write_table(_tag(duplicates.cast(REJECTED_SCHEMA), TRANSACTIONS, transactions))
         tx_stage.valid -= duplicates.num_rows
         tx_stage.rejected += duplicates.num_rows
-        con.execute(f"CREATE TABLE tx AS SELECT * EXCLUDE (occurrence, first_row, _row) FROM staged WHERE occurrence = 1")
+        con.execute(
+            "CREATE TABLE tx AS SELECT * EXCLUDE (occurrence, first_row, _row) FROM staged WHERE occurrence = 1"
+        )
         con.execute(
             f"CREATE TABLE labels AS SELECT transaction_id, is_fraud, epoch_ms(label_timestamp) AS label_ms "
             f"FROM read_parquet('{work / 'labels.parquet'}')"
@@ -187,7 +188,12 @@ def backfill(
         written: dict[str, int] = {}
         views = [(e.view, entity_features_sql(e)) for e in ENTITIES]
         views.append((layout.transactions_name, "SELECT * EXCLUDE (ts_ms), ts_ms AS event_time_ms FROM tx"))
-        views.append((layout.labels_name, "SELECT transaction_id, is_fraud, epoch_ms(label_ms)::TIMESTAMPTZ AS label_timestamp FROM labels"))
+        views.append(
+            (
+                layout.labels_name,
+                "SELECT transaction_id, is_fraud, epoch_ms(label_ms)::TIMESTAMPTZ AS label_timestamp FROM labels",
+            )
+        )
         for i, (name, query) in enumerate(views):
             written[name] = _copy(con, query, layout.file(name))
             report("computing features", (i + 1) / len(views))

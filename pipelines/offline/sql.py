@@ -91,7 +91,9 @@ def entity_features_sql(entity: EntitySpec) -> str:
         raise ValueError(f"entity {entity.name} has more than one fraud-rate feature")
     source = "tx"
     if rate:
-        source = f"(SELECT tx.*, r.fraud_known FROM tx LEFT JOIN ({fraud_known_sql(rate[0], key)}) r USING ({key}, ts_ms))"
+        source = (
+            f"(SELECT tx.*, r.fraud_known FROM tx LEFT JOIN ({fraud_known_sql(rate[0], key)}) r USING ({key}, ts_ms))"
+        )
     columns = ",\n        ".join(f"{feature_sql(f, key)} AS {f.name}" for f in features)
     return f"""
     SELECT {key}, epoch_ms(ts_ms)::TIMESTAMPTZ AS event_timestamp,

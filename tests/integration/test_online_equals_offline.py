@@ -18,8 +18,17 @@ from pipelines.materialize import materialize
 from pipelines.offline.backfill import backfill
 from tests.redis_process import RedisProcess
 
-TRANSACTION_FIELDS = ["card_id", "merchant_id", "device_id", "ip_address", "amount", "currency",
-                      "merchant_category", "country", "event_time_ms"]
+TRANSACTION_FIELDS = [
+    "card_id",
+    "merchant_id",
+    "device_id",
+    "ip_address",
+    "amount",
+    "currency",
+    "merchant_category",
+    "country",
+    "event_time_ms",
+]
 
 
 def latest_rows(path: Path, key: str) -> dict[str, dict[str, object]]:
@@ -79,8 +88,15 @@ def test_online_values_equal_the_offline_values_of_the_latest_event(
         for name in TRANSACTION_FIELDS:
             compared += 1
             if not same(offline_tx[transaction_id][name], online_tx[name][i]):
-                mismatches.append(("transaction", transaction_id, name, offline_tx[transaction_id][name],
-                                   online_tx[name][i]))
+                mismatches.append(
+                    (
+                        "transaction",
+                        transaction_id,
+                        name,
+                        offline_tx[transaction_id][name],
+                        online_tx[name][i],
+                    )
+                )
     assert compared > 3000
     assert mismatches == []
 

@@ -41,14 +41,15 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GenerateSummary
 def tx(run: tuple[Path, GenerateSummary]) -> pd.DataFrame:
     """Transactions joined with their ground truth."""
     out, _ = run
-    frame = pq.read_table(out / "transactions.parquet").to_pandas()
-    truth = pq.read_table(out / "ground_truth.parquet").to_pandas()
+    frame: pd.DataFrame = pq.read_table(out / "transactions.parquet").to_pandas()
+    truth: pd.DataFrame = pq.read_table(out / "ground_truth.parquet").to_pandas()
     return frame.merge(truth, on="transaction_id", how="left", validate="one_to_one")
 
 
 @pytest.fixture(scope="module")
 def labels(run: tuple[Path, GenerateSummary]) -> pd.DataFrame:
-    return pq.read_table(run[0] / "labels.parquet").to_pandas()
+    frame: pd.DataFrame = pq.read_table(run[0] / "labels.parquet").to_pandas()
+    return frame
 
 
 def _bytes(out: Path) -> dict[str, bytes]:
@@ -306,9 +307,7 @@ def test_daily_and_weekly_rhythm(tx: pd.DataFrame) -> None:
 
 def test_progress_is_reported_per_day(tmp_path: Path) -> None:
     calls: list[tuple[int, int]] = []
-    generate(
-        tmp_path, replace(CONFIG, cards=50, days=4), progress=lambda done, total: calls.append((done, total))
-    )
+    generate(tmp_path, replace(CONFIG, cards=50, days=4), progress=lambda done, total: calls.append((done, total)))
     assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 

@@ -80,10 +80,17 @@ def test_parquet_column_of_the_wrong_type_is_a_schema_error(tmp_path: Path) -> N
 
 
 def test_label_rules() -> None:
-    rows = [label("a", T0), {**label("b", T0), "is_fraud": "yes"}, {**label("c", T0), "label_timestamp": "soon"}]
+    rows = [
+        label("a", T0),
+        {**label("b", T0), "is_fraud": "yes"},
+        {**label("c", T0), "label_timestamp": "soon"},
+    ]
     columns = {name: [r.get(name) for r in rows] for name in LABELS.schema.names}
     result = check(LABELS, columns, np.arange(1, 4))
-    assert [(r["row"], r["field"]) for r in result.rejected.to_pylist()] == [(2, "is_fraud"), (3, "label_timestamp")]
+    assert [(r["row"], r["field"]) for r in result.rejected.to_pylist()] == [
+        (2, "is_fraud"),
+        (3, "label_timestamp"),
+    ]
     assert result.valid.column("transaction_id").to_pylist() == ["a"]
 
 
@@ -100,8 +107,15 @@ def test_backfill_rejects_invalid_input_and_writes_nothing(tmp_path: Path) -> No
 
 
 def test_backfill_quarantines_invalid_rows_with_their_reason(tmp_path: Path) -> None:
-    lines = [json.dumps(txn("a", T0)), "{not json", json.dumps({**txn("b", T0), "country": "usa"}), "",
-             json.dumps(txn("a", T0 + 1)), json.dumps([1, 2]), json.dumps(txn("c", T0 + 5))]
+    lines = [
+        json.dumps(txn("a", T0)),
+        "{not json",
+        json.dumps({**txn("b", T0), "country": "usa"}),
+        "",
+        json.dumps(txn("a", T0 + 1)),
+        json.dumps([1, 2]),
+        json.dumps(txn("c", T0 + 5)),
+    ]
     path = tmp_path / "tx.jsonl"
     path.write_text("\n".join(lines) + "\n")
     layout = OfflineLayout(tmp_path / "offline")

@@ -1,0 +1,3 @@
+from fraudserve.cli import app
+
+app(prog_name="fraudserve")

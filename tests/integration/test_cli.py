@@ -1,0 +1,94 @@
+"""The CLI as a user runs it: a real process, the embedded redis-server it owns, data kept across restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fraudserve.embedded_redis import EmbeddedRedis
+
+FRAUDSERVE = [sys.executable, "-m", "fraudserve"]
+
+
+def run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSERVE_")}
+    environment.update({"FRAUDSERVE_HOME": str(home), "COLUMNS": "200", **env})
+    return subprocess.run(
+        [*FRAUDSERVE, *args], env=environment, capture_output=True, text=True, timeout=240, check=False
+    )
+
+
+@pytest.mark.timeout(300)
+def test_demo_on_the_embedded_redis_then_read_back_after_a_restart(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    demo = run(home, "demo", "--cards", "60", "--days", "4")
+    assert demo.returncode == 0, demo.stderr
+    assert "online feature vectors (read through Feast)" in demo.stdout
+    assert "card_txn_count_24h" in demo.stdout and "amount_to_card_mean_7d" in demo.stdout
+    # The demo started its own redis-server and stopped it cleanly: nothing left running, the AOF on disk.
+    embedded = EmbeddedRedis(home / "redis")
+    assert embedded.running() is None
+    assert list((home / "redis").glob("appendonlydir/*.aof"))
+
+    # A later command starts the server again from its AOF: the features are still there.
+    latest = demo.stdout.split("features get ", 1)[1].split()
+    assert len(latest) == 3
+    again = run(home, "features", "get", *latest)
+    assert again.returncode == 0, again.stderr
+    for transaction_id in latest:
+        assert transaction_id in again.stdout
+    assert "merchant_fraud_rate_30d" in again.stdout
+    assert embedded.running() is None
+
+
+def test_redis_start_env_and_stop(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    started = run(home, "redis", "start")
+    assert started.returncode == 0, started.stderr
+    try:
+        server = EmbeddedRedis(home / "redis").running()
+        assert server is not None
+        env = run(home, "env")
+        exports = dict(line.removeprefix("export ").split("=", 1) for line in env.stdout.splitlines())
+        assert json.loads(exports["FRAUDSERVE_REDIS"]) == server.connection_string
+        assert json.loads(exports["FRAUDSERVE_HOME"]) == str(home.resolve())
+        assert "already running" in run(home, "redis", "start").stdout
+    finally:
+        stopped = run(home, "redis", "stop")
+    assert stopped.stdout.strip() == "stopped"
+    assert EmbeddedRedis(home / "redis").running() is None
+
+
+def test_missing_redis_server_is_an_error_naming_the_fix(tmp_path: Path) -> None:
+    result = run(tmp_path / "home", "features", "apply", FRAUDSERVE_REDIS_SERVER_BIN="no-such-redis-server")
+    assert result.returncode == 1
+    assert "no-such-redis-server was not found on PATH" in result.stderr
+    assert "apt-get install redis-server" in result.stderr
+    assert "FRAUDSERVE_REDIS=host:port" in result.stderr
+
+
+def test_backfill_of_invalid_input_fails_with_the_row_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "tx.jsonl"
+    bad.write_text(
+        json.dumps(
+            {
+                "transaction_id": "t1",
+                "card_id": "c",
+                "merchant_id": "m",
+                "amount": -1,
+                "currency": "USD",
+                "merchant_category": "5411",
+                "country": "US",
+                "event_timestamp": "2026-11-01T00:00:00Z",
+            }
+        )
+        + "\n"
+    )
+    result = run(tmp_path / "home", "features", "backfill", "--transactions", str(bad))
+    assert result.returncode == 1
+    assert "row 1: amount required finite number >= 0 (got -1)" in result.stderr
