@@ -111,7 +111,7 @@ def _pools_by_country(
 
 
 def build_world(config: GenerateConfig) -> World:
-    """Draw the world for `config` (depends on seed, cards, merchants and days only)."""
+    """Draw the world for `config` (from its own random stream, independent of the day chunks)."""
     rng = np.random.default_rng([config.seed, 0xC0FFEE])
     n = config.cards
     n_countries = len(catalog.COUNTRIES)
