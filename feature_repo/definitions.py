@@ -76,7 +76,9 @@ transaction_features = FeatureView(
 
 
 @on_demand_feature_view(
-    sources=[card_features, transaction_features],
+    # Projections, not whole views: the transaction view also holds the entity keys (card_id, ...), which must not
+    # be pulled into training sets and feature vectors beside the entity columns of the same names.
+    sources=[card_features[["card_amount_mean_7d"]], transaction_features[["amount", "event_time_ms"]]],
     schema=[Field(name=name, dtype=_TYPES[dtype]) for name, dtype in REQUEST_TIME_FEATURES.items()],
     mode="pandas",
     description="Request-time features of the transaction being scored.",

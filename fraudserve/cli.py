@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +15,7 @@ from rich.table import Table
 
 from fraudserve.embedded_redis import EmbeddedRedis, online_store
 from fraudserve.errors import FraudserveError
+from fraudserve.models.manifest import Flavor
 from fraudserve.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Payments fraud scoring on Feast and Redis.")
@@ -23,7 +24,9 @@ features_app = typer.Typer(no_args_is_help=True, help="The Feast feature repo an
 redis_app = typer.Typer(no_args_is_help=True, help="The embedded redis-server (when FRAUDSERVE_REDIS is unset).")
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
+models_app = typer.Typer(no_args_is_help=True, help="The model registry: register, list, show, promote, rollback.")
 app.add_typer(redis_app, name="redis")
+app.add_typer(models_app, name="models")
 
 console = Console(stderr=True)
 out = Console()
@@ -213,6 +216,149 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:,.4g}"
     return str(value)
+
+
+# ---------------------------------------------------------------------------------------------------------- train
+@app.command("train")
+def train_command(
+    feature_service: Annotated[str, typer.Option(help="Feast feature service to train on (fraud_v1, fraud_v2).")],
+    flavor: Annotated[Flavor, typer.Option(help="Model framework.")] = Flavor.lightgbm,
+    register: Annotated[str | None, typer.Option(help="Register the package under this model name.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Package folder (default under home).")] = None,
+    seed: int = 7,
+    label_maturity_days: Annotated[
+        float, typer.Option(help="Leave out transactions younger than this at the label cut-off.")
+    ] = 10.0,
+    valid_days: Annotated[float, typer.Option(help="Days before the test days, for early stopping.")] = 5.0,
+    test_days: Annotated[float, typer.Option(help="Latest days, held out for evaluation.")] = 5.0,
+    cutoff: Annotated[str | None, typer.Option(help="Label cut-off (RFC 3339); default: the data's end.")] = None,
+) -> None:
+    """Training set from Feast (point in time), train, evaluate against a rules baseline, write a model package."""
+    from fraudserve.feature_store import open_offline_store
+    from fraudserve.registry import open_registry
+    from pipelines.training.dataset import LabelPolicy, build_training_set
+    from pipelines.training.train import TrainConfig, describe, train
+
+    settings = _settings()
+    try:
+        policy = LabelPolicy(
+            cutoff=_parse_end(cutoff) if cutoff else None, maturity=timedelta(days=label_maturity_days)
+        )
+        with console.status(f"building the training set from feature service {feature_service} ..."):
+            store = open_offline_store(settings)
+            training_set = build_training_set(store, feature_service, settings.offline, policy)
+        frame = training_set.frame
+        out.print(
+            f"training set: {len(frame):,} rows, {int(frame['is_fraud'].sum()):,} known fraud, "
+            f"{len(training_set.features)} features, labels as of {training_set.cutoff:%Y-%m-%d %H:%M} "
+            f"({training_set.seconds:.1f} s)"
+        )
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        package = out_dir or settings.packages_dir / f"{feature_service}-{flavor.value}-{stamp}"
+        config = TrainConfig(flavor=flavor, seed=seed, valid_days=valid_days, test_days=test_days)
+        with console.status("training ...") as status:
+            result = train(training_set, config, package, progress=status.update)
+        out.print(f"model package: {result.package} ({result.seconds:.1f} s)")
+        out.print(describe(result.manifest), highlight=False)
+        if not result.beats_baseline:
+            out.print("[bold yellow]the model does not beat the rules baseline on PR-AUC[/]")
+        if register:
+            if not result.beats_baseline:
+                raise ValueError(f"{register} was not registered: the model does not beat the rules baseline")
+            model = open_registry(settings).register(result.package, name=register, feature_service=feature_service)
+            out.print(f"registered {model.name} version {model.version} ({', '.join(model.aliases) or 'no alias'})")
+    except (FraudserveError, ValueError) as exc:
+        raise _fail(exc) from exc
+
+
+# --------------------------------------------------------------------------------------------------------- models
+@models_app.command("register")
+def models_register(
+    path: Annotated[Path, typer.Argument(help="Model package folder: manifest.json and the model file.")],
+    name: Annotated[str, typer.Option(help="Model name.")],
+    feature_service: Annotated[str, typer.Option(help="The feature service the model was trained on.")],
+) -> None:
+    """Validate a model package against its feature service and store it as the next version."""
+    from fraudserve.registry import open_registry
+
+    try:
+        model = open_registry(_settings()).register(path, name=name, feature_service=feature_service)
+    except FraudserveError as exc:
+        raise _fail(exc) from exc
+    out.print(f"registered {model.name} version {model.version} ({', '.join(model.aliases) or 'no alias'})")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Registered models, their versions and aliases."""
+    from fraudserve.registry import open_registry
+
+    registry = open_registry(_settings(), check_features=False)
+    table = Table(title="registered models")
+    for column in ("name", "version", "aliases", "flavor", "feature service", "PR-AUC", "registered"):
+        table.add_column(column)
+    for name in registry.names():
+        for model in registry.versions(name):
+            m = model.manifest
+            pr_auc = m.evaluation.model.pr_auc if m.evaluation else None
+            table.add_row(
+                name,
+                str(model.version),
+                ", ".join(model.aliases),
+                m.flavor.value,
+                m.feature_service,
+                "-" if pr_auc is None else f"{pr_auc:.4f}",
+                f"{m.registered_at:%Y-%m-%d %H:%M}" if m.registered_at else "-",
+            )
+    out.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    name: str, version: Annotated[str, typer.Argument(help="Version number or alias.")] = "production"
+) -> None:
+    """A version's manifest (as JSON) and the alias history of the model."""
+    from fraudserve.registry import open_registry
+
+    registry = open_registry(_settings(), check_features=False)
+    try:
+        model = registry.get(name, version)
+    except FraudserveError as exc:
+        raise _fail(exc) from exc
+    document = {
+        "name": name,
+        "version": model.version,
+        "aliases": list(model.aliases),
+        "manifest": json.loads(model.manifest.model_dump_json()),
+        "alias_history": registry.history(name),
+    }
+    out.print_json(json.dumps(document))
+
+
+@models_app.command("promote")
+def models_promote(
+    name: str, version: int, alias: Annotated[str, typer.Option(help="Alias to move.")] = "production"
+) -> None:
+    """Point an alias (production by default) at a version."""
+    from fraudserve.registry import open_registry
+
+    try:
+        model = open_registry(_settings(), check_features=False).promote(name, version, alias)
+    except FraudserveError as exc:
+        raise _fail(exc) from exc
+    out.print(f"{name}: {alias} -> version {model.version}")
+
+
+@models_app.command("rollback")
+def models_rollback(name: str) -> None:
+    """Move production back to the version it pointed to before."""
+    from fraudserve.registry import open_registry
+
+    try:
+        model = open_registry(_settings(), check_features=False).rollback(name)
+    except FraudserveError as exc:
+        raise _fail(exc) from exc
+    out.print(f"{name}: production -> version {model.version}")
 
 
 # ---------------------------------------------------------------------------------------------------------- redis

@@ -31,3 +31,16 @@ class RedisUnavailable(FraudserveError):
 class InvalidInput(FraudserveError):
     code = "invalid_request"
     status = 422
+
+
+class ModelNotFound(FraudserveError):
+    code = "model_not_found"
+    status = 404
+
+    def __init__(self, name: str, version: int | str | None = None, known: list[str] | None = None) -> None:
+        message = f"model {name!r} is not registered"
+        if version is not None:
+            message = f"model {name!r} has no version or alias {version!r}"
+        if known is not None:
+            message += f" (known: {', '.join(known) or 'none'})"
+        super().__init__(message, {"name": name, "version": version})

@@ -49,3 +49,13 @@ def open_store(settings: Settings, connection: str) -> FeatureStore:
     if not (settings.home_dir / "feast" / "registry.db").exists():
         raise ConfigurationError("the Feast registry is empty: run `fraudserve features apply` first")
     return FeatureStore(repo_path=str(settings.feature_repo))
+
+
+# Offline-only work (training sets, registration checks) never opens the online store; Feast still wants a
+# connection string in its config, so one that would fail loudly is given when no Redis is configured.
+OFFLINE_ONLY = "127.0.0.1:1"
+
+
+def open_offline_store(settings: Settings) -> FeatureStore:
+    """A FeatureStore for registry and offline-store work: it does not start or need Redis."""
+    return open_store(settings, settings.redis or OFFLINE_ONLY)

@@ -48,6 +48,14 @@ class Settings(BaseSettings):
         return OfflineLayout(self.home_dir / "offline")
 
     @property
+    def models_dir(self) -> Path:
+        return self.home_dir / "models"
+
+    @property
+    def packages_dir(self) -> Path:
+        return self.home_dir / "packages"
+
+    @property
     def embedded_redis_dir(self) -> Path:
         return self.home_dir / "redis"
 

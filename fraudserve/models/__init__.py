@@ -1,0 +1,13 @@
+"""Model packages (a framework-native model file plus its manifest) and the runtimes that load them."""
+
+from fraudserve.models.manifest import (
+    Evaluation,
+    FeatureField,
+    Flavor,
+    Manifest,
+    Metrics,
+    Thresholds,
+    TrainingWindow,
+)
+
+__all__ = ["Evaluation", "FeatureField", "Flavor", "Manifest", "Metrics", "Thresholds", "TrainingWindow"]

@@ -1,0 +1,29 @@
+"""The model registry: numbered immutable versions bound to a Feast feature service, and movable aliases."""
+
+from fraudserve.registry.checks import RegistrationError
+from fraudserve.registry.registry import CANDIDATE, PRODUCTION, FeatureServices, ModelRegistry, ModelVersion
+from fraudserve.registry.storage import LocalStorage, Storage
+
+
+def open_registry(settings: object | None = None, *, check_features: bool = True) -> ModelRegistry:
+    """The registry under FRAUDSERVE_HOME, checking registrations against Feast (for notebooks and the CLI)."""
+    from fraudserve.feature_store import open_offline_store
+    from fraudserve.registry.feast_services import FeastFeatureServices
+    from fraudserve.settings import Settings
+
+    resolved = settings if isinstance(settings, Settings) else Settings()
+    services = FeastFeatureServices(open_offline_store(resolved), resolved.offline) if check_features else None
+    return ModelRegistry.at(resolved.models_dir, services)
+
+
+__all__ = [
+    "CANDIDATE",
+    "PRODUCTION",
+    "FeatureServices",
+    "LocalStorage",
+    "ModelRegistry",
+    "ModelVersion",
+    "RegistrationError",
+    "Storage",
+    "open_registry",
+]

@@ -1,0 +1,131 @@
+"""A point-in-time-correct training set from a Feast feature service.
+
+Entity rows are the offline store's transactions, each at its own event time, so Feast's point-in-time join gives
+every row the feature values as of that instant. Labels are the verdicts known at a cut-off: a transaction younger
+than the label maturity period at the cut-off is left out (its label may not have arrived yet), an older one
+without a fraud verdict counts as genuine.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import duckdb
+import pandas as pd
+
+from pipelines.features.catalog import ENTITIES, TRANSACTION
+from pipelines.offline.store import OfflineLayout
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+LABEL = "is_fraud"
+ENTITY_COLUMNS = [TRANSACTION.join_key, *(e.join_key for e in ENTITIES)]
+
+
+class TrainingDataError(ValueError):
+    """The offline store cannot give a usable training set (empty, no mature rows, no fraud)."""
+
+
+@dataclass(frozen=True)
+class ServiceFeature:
+    name: str
+    dtype: str  # int64, float64, bool, string
+
+
+@dataclass(frozen=True)
+class LabelPolicy:
+    cutoff: datetime | None = None  # default: the latest event or label time in the offline store
+    maturity: timedelta = timedelta(days=10)
+
+
+@dataclass
+class TrainingSet:
+    frame: pd.DataFrame  # entity columns, event_timestamp, is_fraud, then the service's features in order
+    features: list[ServiceFeature]
+    feature_service: str
+    cutoff: datetime
+    maturity: timedelta
+    seconds: float
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+
+_FEAST_TYPES = {"Int64": "int64", "Int32": "int64", "Float64": "float64", "Float32": "float64", "Bool": "bool"}
+
+
+def service_features(store: FeatureStore, feature_service: str) -> list[ServiceFeature]:
+    """The features of a Feast feature service, in the service's order, with their value types."""
+    service = store.get_feature_service(feature_service)
+    features = []
+    for projection in service.feature_view_projections:
+        for field in projection.features:
+            features.append(ServiceFeature(field.name, _FEAST_TYPES.get(str(field.dtype), "string")))
+    return features
+
+
+def labeled_entity_rows(layout: OfflineLayout, policy: LabelPolicy) -> tuple[pd.DataFrame, datetime]:
+    """Mature transactions with their entity keys, event time and the verdict known at the cut-off."""
+    transactions, labels = layout.transactions_file, layout.labels_file
+    for path in (transactions, labels):
+        if not path.exists():
+            raise TrainingDataError(f"{path} does not exist: run `fraudserve features backfill` first")
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    cutoff = policy.cutoff
+    if cutoff is None:
+        row = con.execute(
+            f"SELECT greatest((SELECT max(event_timestamp) FROM read_parquet('{transactions}')), "
+            f"(SELECT max(label_timestamp) FROM read_parquet('{labels}')))"
+        ).fetchone()
+        if row is None or row[0] is None:
+            raise TrainingDataError(f"the offline store under {layout.root} holds no transactions")
+        cutoff = row[0]
+    assert cutoff is not None
+    cutoff = cutoff.astimezone(UTC)
+    mature_before = cutoff - policy.maturity
+    keys = ", ".join(f"t.{c}" for c in ENTITY_COLUMNS)
+    frame = con.execute(
+        f"""
+        WITH verdicts AS (
+            SELECT transaction_id,
+                   arg_max(is_fraud, epoch_ms(label_timestamp) * 2 + is_fraud::INT) AS is_fraud
+            FROM read_parquet('{labels}') WHERE label_timestamp <= $cutoff
+            GROUP BY transaction_id
+        )
+        SELECT {keys}, t.event_timestamp, coalesce(v.is_fraud, false) AS {LABEL}
+        FROM read_parquet('{transactions}') t LEFT JOIN verdicts v USING (transaction_id)
+        WHERE t.event_timestamp <= $mature_before
+        ORDER BY t.event_timestamp, t.transaction_id
+        """,
+        {"cutoff": cutoff, "mature_before": mature_before},
+    ).df()
+    con.close()
+    if frame.empty:
+        raise TrainingDataError(
+            f"no transaction is older than the label maturity period ({policy.maturity.days} days before the "
+            f"cut-off {cutoff:%Y-%m-%d %H:%M}): generate or backfill more days, or lower --label-maturity-days"
+        )
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    return frame, cutoff
+
+
+def build_training_set(
+    store: FeatureStore, feature_service: str, layout: OfflineLayout, policy: LabelPolicy | None = None
+) -> TrainingSet:
+    """Entity rows and labels from the offline store, features from Feast's get_historical_features."""
+    policy = policy or LabelPolicy()
+    started = time.perf_counter()
+    features = service_features(store, feature_service)
+    rows, cutoff = labeled_entity_rows(layout, policy)
+    service = store.get_feature_service(feature_service)
+    joined = store.get_historical_features(entity_df=rows, features=service).to_df()
+    names = [f.name for f in features]
+    frame = joined[[*ENTITY_COLUMNS, "event_timestamp", LABEL, *names]]
+    frame = frame.sort_values(["event_timestamp", TRANSACTION.join_key], kind="stable").reset_index(drop=True)
+    return TrainingSet(frame, features, feature_service, cutoff, policy.maturity, time.perf_counter() - started)

@@ -1,0 +1,188 @@
+"""Registration refuses bad packages with a message naming each offending feature; aliases move as SPEC says."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fraudserve.errors import ModelNotFound
+from fraudserve.models.manifest import MANIFEST_FILE, Flavor
+from fraudserve.registry import CANDIDATE, PRODUCTION, ModelRegistry, RegistrationError
+from fraudserve.registry.checks import ServiceField
+from tests.model_packages import make_package
+
+SERVICE = [("amount", "float64"), ("card_txn_count_1h", "int64"), ("merchant_fraud_rate_30d", "float64")]
+
+
+class FakeServices:
+    """An in-memory feature store: one service `svc` with SERVICE's features (unit tests only)."""
+
+    def __init__(self, fields: list[tuple[str, str]] | None = None) -> None:
+        self.fields = [ServiceField(n, t) for n, t in (fields or SERVICE)]
+
+    def service_names(self) -> list[str]:
+        return ["other", "svc"]
+
+    def service_fields(self, name: str) -> list[ServiceField]:
+        return self.fields
+
+    def sample_matrix(self, name: str, rows: int) -> np.ndarray:
+        return np.random.default_rng(1).normal(size=(rows, len(self.fields)))
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> ModelRegistry:
+    return ModelRegistry.at(tmp_path / "models", FakeServices())
+
+
+def refused(registry: ModelRegistry, package: Path) -> str:
+    with pytest.raises(RegistrationError) as caught:
+        registry.register(package, name="fraud", feature_service="svc")
+    assert registry.names() == []  # nothing was stored
+    return str(caught.value)
+
+
+def test_a_matching_package_registers_as_version_1_production(registry: ModelRegistry, tmp_path: Path) -> None:
+    model = registry.register(make_package(tmp_path / "p", SERVICE), name="fraud", feature_service="svc")
+    assert (model.version, model.aliases) == (1, (PRODUCTION,))
+    assert model.manifest.name == "fraud" and model.manifest.version == 1
+    assert registry.get("fraud").version == 1
+
+
+@pytest.mark.parametrize("flavor", [Flavor.lightgbm, Flavor.xgboost])
+def test_missing_feature(registry: ModelRegistry, tmp_path: Path, flavor: Flavor) -> None:
+    message = refused(registry, make_package(tmp_path / "p", SERVICE[:2], flavor))
+    assert "missing feature 'merchant_fraud_rate_30d'" in message
+
+
+def test_extra_feature(registry: ModelRegistry, tmp_path: Path) -> None:
+    message = refused(registry, make_package(tmp_path / "p", [*SERVICE, ("shoe_size", "float64")]))
+    assert "extra feature 'shoe_size'" in message
+    assert "missing" not in message
+
+
+def test_different_order(registry: ModelRegistry, tmp_path: Path) -> None:
+    message = refused(registry, make_package(tmp_path / "p", [SERVICE[1], SERVICE[0], SERVICE[2]]))
+    assert "order: feature 'card_txn_count_1h' is where feature service svc has 'amount'" in message
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    registry = ModelRegistry.at(
+        tmp_path / "models", FakeServices([*SERVICE[:2], ("merchant_fraud_rate_30d", "string")])
+    )
+    message = refused(registry, make_package(tmp_path / "p", SERVICE))
+    assert "type of 'merchant_fraud_rate_30d': the model expects float64, feature service svc serves string" in message
+
+
+def test_every_offending_feature_is_named(registry: ModelRegistry, tmp_path: Path) -> None:
+    message = refused(registry, make_package(tmp_path / "p", [SERVICE[0], ("a", "float64"), ("b", "float64")]))
+    for name in ("card_txn_count_1h", "merchant_fraud_rate_30d", "'a'", "'b'"):
+        assert name in message
+
+
+def test_corrupt_model_file(registry: ModelRegistry, tmp_path: Path) -> None:
+    package = make_package(tmp_path / "p", SERVICE)
+    (package / "model.txt").write_text("tree\nthis is not a model\n")
+    assert "corrupt model file: model.txt is not a LightGBM model file" in refused(registry, package)
+
+
+def test_corrupt_xgboost_model_file(registry: ModelRegistry, tmp_path: Path) -> None:
+    package = make_package(tmp_path / "p", SERVICE, Flavor.xgboost)
+    (package / "model.json").write_text('{"learner": 3}')
+    assert "corrupt model file: model.json is not an XGBoost model file" in refused(registry, package)
+
+
+def test_a_pickle_is_refused_whatever_its_name(registry: ModelRegistry, tmp_path: Path) -> None:
+    package = make_package(tmp_path / "p", SERVICE)
+    (package / "model.txt").write_bytes(pickle.dumps({"trees": []}))
+    message = refused(registry, package)
+    assert "pickled files" in message and "model.txt" in message
+    other = make_package(tmp_path / "q", SERVICE)
+    (other / "preprocessor.pkl").write_bytes(b"anything")
+    assert "preprocessor.pkl" in refused(registry, other)
+
+
+def test_unknown_feature_service(registry: ModelRegistry, tmp_path: Path) -> None:
+    package = make_package(tmp_path / "p", SERVICE, feature_service="fraud_v9")
+    with pytest.raises(RegistrationError, match="unknown feature service 'fraud_v9'; Feast knows: other, svc"):
+        registry.register(package, name="fraud")
+
+
+def test_registering_against_another_service_than_trained_on(registry: ModelRegistry, tmp_path: Path) -> None:
+    with pytest.raises(RegistrationError, match="trained on feature service 'svc', not 'other'"):
+        registry.register(make_package(tmp_path / "p", SERVICE), name="fraud", feature_service="other")
+
+
+def test_manifest_errors_name_the_field(registry: ModelRegistry, tmp_path: Path) -> None:
+    package = make_package(tmp_path / "p", SERVICE)
+    manifest = json.loads((package / MANIFEST_FILE).read_text())
+    manifest["thresholds"] = {"suspicious": 0.9, "highly_suspicious": 0.2}
+    manifest["flavor"] = "sklearn"
+    (package / MANIFEST_FILE).write_text(json.dumps(manifest))
+    message = refused(registry, package)
+    assert "flavor:" in message and "thresholds" in message
+
+
+def test_stray_files_are_refused(registry: ModelRegistry, tmp_path: Path) -> None:
+    package = make_package(tmp_path / "p", SERVICE)
+    (package / "notes.py").write_text("import os")
+    assert "notes.py" in refused(registry, package)
+
+
+def test_versions_are_immutable_and_aliases_move(registry: ModelRegistry, tmp_path: Path) -> None:
+    for i in range(3):
+        registry.register(make_package(tmp_path / f"p{i}", SERVICE, seed=i), name="fraud", feature_service="svc")
+    assert registry.get("fraud", PRODUCTION).version == 1
+    assert registry.get("fraud", CANDIDATE).version == 3  # the latest registration is the candidate
+    assert registry.promote("fraud", 3).aliases == (PRODUCTION,)  # the candidate alias is consumed
+    with pytest.raises(ModelNotFound):
+        registry.get("fraud", CANDIDATE)
+    registry.promote("fraud", 2)
+    assert registry.rollback("fraud").version == 3  # back to what production pointed to before
+    assert registry.get("fraud").version == 3
+    original = (tmp_path / "models" / "fraud" / "versions" / "1" / "model.txt").read_bytes()
+    assert original == (tmp_path / "p0" / "model.txt").read_bytes()
+    with pytest.raises(ModelNotFound, match="has no version or alias 9"):
+        registry.promote("fraud", 9)
+
+
+def test_rollback_with_no_earlier_version(registry: ModelRegistry, tmp_path: Path) -> None:
+    registry.register(make_package(tmp_path / "p", SERVICE), name="fraud", feature_service="svc")
+    with pytest.raises(RegistrationError, match="no earlier production version"):
+        registry.rollback("fraud")
+
+
+def test_unknown_model(registry: ModelRegistry) -> None:
+    with pytest.raises(ModelNotFound, match="model 'nope' is not registered"):
+        registry.get("nope")
+
+
+def test_concurrent_registrations_get_distinct_versions(tmp_path: Path) -> None:
+    package = make_package(tmp_path / "p", SERVICE)
+    versions: list[int] = []
+    errors: list[BaseException] = []
+
+    def register() -> None:
+        try:
+            versions.append(ModelRegistry.at(tmp_path / "models").register(package, name="fraud").version)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=register) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(versions) == list(range(1, 13))
+    registry = ModelRegistry.at(tmp_path / "models")
+    assert [v.version for v in registry.versions("fraud")] == list(range(1, 13))
+    assert registry.get("fraud", PRODUCTION).version in versions
+    # no half-written version is ever visible: only the numbered folders, each complete
+    folder = tmp_path / "models" / "fraud" / "versions"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(str(v) for v in range(1, 13))
