@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -30,6 +31,13 @@ app.add_typer(models_app, name="models")
 
 console = Console(stderr=True)
 out = Console()
+
+
+@app.callback()
+def _main() -> None:
+    # Feast's DuckDB store (through ibis) warns about deprecated DuckDB calls on every query: noise for a CLI user.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def _settings() -> Settings:
@@ -399,15 +407,18 @@ def env() -> None:
 @app.command("demo")
 def demo(
     cards: Annotated[int, typer.Option(min=1)] = 1000,
-    days: Annotated[int, typer.Option(min=1)] = 14,
+    days: Annotated[int, typer.Option(min=12, help="Days of data; training needs 10 mature days + 2 x 5.")] = 40,
     seed: int = 7,
 ) -> None:
-    """The whole path on the embedded default: data, Feast apply, backfill, materialize, online read-back."""
+    """The whole path on the embedded default: data, Feast apply, backfill, training, materialize, read-back."""
     from fraudserve import feature_store
     from fraudserve.online import feature_vectors
+    from fraudserve.registry import open_registry
     from pipelines.generate import GenerateConfig, generate
     from pipelines.materialize import materialize
     from pipelines.offline.backfill import backfill
+    from pipelines.training.dataset import build_training_set
+    from pipelines.training.train import TrainConfig, describe, train
 
     settings = _settings()
     data_dir = settings.home_dir / "data"
@@ -436,18 +447,35 @@ def demo(
                 f"{summary.transactions.valid:,} transactions in {summary.seconds:.1f} s "
                 f"({summary.transactions_per_second:,.0f}/s) -> {settings.offline.root}"
             )
-            out.rule("4. materialize into Redis through Feast")
             store = feature_store.open_store(settings, connection)
+            out.rule("4. train on feature service fraud_v2 (point in time), register as model 'fraud'")
+            with console.status("building the training set and training LightGBM ..."):
+                training_set = build_training_set(store, "fraud_v2", settings.offline)
+                stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+                result = train(
+                    training_set,
+                    TrainConfig(flavor=Flavor.lightgbm, seed=seed),
+                    settings.packages_dir / f"fraud_v2-lightgbm-{stamp}",
+                )
+            out.print(f"{len(training_set.frame):,} training rows -> {result.package}")
+            out.print(describe(result.manifest), highlight=False)
+            if result.beats_baseline:
+                model = open_registry(settings).register(result.package, name="fraud", feature_service="fraud_v2")
+                out.print(f"registered fraud version {model.version} ({', '.join(model.aliases)})")
+            else:
+                out.print("[yellow]not registered: the model does not beat the rules baseline on this data[/]")
+            out.rule("5. materialize into Redis through Feast")
             materialized = materialize(store, settings.offline)
             out.print(
                 f"{materialized.rows:,} entity rows in {materialized.seconds:.1f} s "
                 f"({materialized.rows_per_second:,.0f}/s)"
             )
-            out.rule("5. online feature vectors, read back through Feast")
+            out.rule("6. online feature vectors, read back through Feast")
             latest = _latest_transactions(settings, 3)
             _print_vectors(feature_vectors(store, "fraud_v2", latest))
             out.print(
-                f"\nTry: FRAUDSERVE_HOME={settings.home_dir} fraudserve features get {' '.join(latest)}",
+                f"\nTry: FRAUDSERVE_HOME={settings.home_dir} fraudserve features get {' '.join(latest)}\n"
+                f"     FRAUDSERVE_HOME={settings.home_dir} fraudserve models show fraud",
                 highlight=False,
             )
     except (FraudserveError, ValueError) as exc:

@@ -23,11 +23,19 @@ def run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    home = tmp_path_factory.mktemp("demo") / "home"
+    return home, run(home, "demo", "--cards", "500", "--days", "32")
+
+
 @pytest.mark.timeout(300)
-def test_demo_on_the_embedded_redis_then_read_back_after_a_restart(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    demo = run(home, "demo", "--cards", "60", "--days", "4")
+def test_demo_on_the_embedded_redis_then_read_back_after_a_restart(
+    demo_home: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    home, demo = demo_home
     assert demo.returncode == 0, demo.stderr
+    assert "registered fraud version 1 (production)" in demo.stdout
     assert "online feature vectors (read through Feast)" in demo.stdout
     assert "card_txn_count_24h" in demo.stdout and "amount_to_card_mean_7d" in demo.stdout
     # The demo started its own redis-server and stopped it cleanly: nothing left running, the AOF on disk.
@@ -36,7 +44,7 @@ def test_demo_on_the_embedded_redis_then_read_back_after_a_restart(tmp_path: Pat
     assert list((home / "redis").glob("appendonlydir/*.aof"))
 
     # A later command starts the server again from its AOF: the features are still there.
-    latest = demo.stdout.split("features get ", 1)[1].split()
+    latest = demo.stdout.split("features get ", 1)[1].splitlines()[0].split()
     assert len(latest) == 3
     again = run(home, "features", "get", *latest)
     assert again.returncode == 0, again.stderr
@@ -44,6 +52,28 @@ def test_demo_on_the_embedded_redis_then_read_back_after_a_restart(tmp_path: Pat
         assert transaction_id in again.stdout
     assert "merchant_fraud_rate_30d" in again.stdout
     assert embedded.running() is None
+
+
+@pytest.mark.timeout(300)
+def test_models_commands_on_the_demo_registry(demo_home: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    home, demo = demo_home
+    assert demo.returncode == 0, demo.stderr
+    package = sorted((home / "packages").iterdir())[-1]
+    again = run(home, "models", "register", str(package), "--name", "fraud", "--feature-service", "fraud_v2")
+    assert again.returncode == 0, again.stderr
+    assert "registered fraud version 2 (candidate)" in again.stdout
+    listing = run(home, "models", "list")
+    assert "fraud" in listing.stdout and "candidate" in listing.stdout and "production" in listing.stdout
+    shown = json.loads(run(home, "models", "show", "fraud", "candidate").stdout)
+    assert shown["version"] == 2 and shown["manifest"]["feature_service"] == "fraud_v2"
+    assert shown["manifest"]["evaluation"]["model"]["pr_auc"] > shown["manifest"]["evaluation"]["baseline"]["pr_auc"]
+    assert run(home, "models", "promote", "fraud", "2").stdout.strip() == "fraud: production -> version 2"
+    assert run(home, "models", "rollback", "fraud").stdout.strip() == "fraud: production -> version 1"
+    wrong = run(home, "models", "register", str(package), "--name", "fraud", "--feature-service", "fraud_v1")
+    assert wrong.returncode == 1
+    assert "trained on feature service 'fraud_v2', not 'fraud_v1'" in wrong.stderr
+    missing = run(home, "models", "show", "nope")
+    assert missing.returncode == 1 and "model 'nope' is not registered (known: fraud)" in missing.stderr
 
 
 def test_redis_start_env_and_stop(tmp_path: Path) -> None:
