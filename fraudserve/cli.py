@@ -369,6 +369,62 @@ def models_rollback(name: str) -> None:
     out.print(f"{name}: production -> version {model.version}")
 
 
+# ---------------------------------------------------------------------------------------------------------- serve
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
+) -> None:
+    """The inference API on uvicorn (FastAPI)."""
+    import uvicorn
+
+    from inference_api.observability import configure_logging
+
+    settings = _settings()
+    if host not in LOOPBACK:
+        raise _fail(
+            ValueError(
+                f"refusing to listen on {host}: no API key exists, so the API serves on loopback only. "
+                "API keys (`fraudserve keys create`) come with the security issue; until then use --host 127.0.0.1"
+            )
+        )
+    try:
+        with online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
+            os.environ.update(settings.feast_environment(connection))
+            if workers > 1:
+                metrics_dir = settings.home_dir / "run" / f"prometheus-{os.getpid()}"
+                metrics_dir.mkdir(parents=True, exist_ok=True)
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+            configure_logging()
+            console.print(
+                f"fraudserve API on http://{host}:{port} ({workers} worker(s)), online store {connection}, "
+                f"model {settings.model_name!r}. No API key exists: serving on loopback only."
+            )
+            uvicorn.run(
+                "inference_api.app:create_app",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                log_config=None,
+                access_log=False,
+                loop="uvloop" if _has("uvloop") else "asyncio",
+                http="httptools" if _has("httptools") else "h11",
+            )
+    except (FraudserveError, ValueError) as exc:
+        raise _fail(exc) from exc
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 # ---------------------------------------------------------------------------------------------------------- redis
 @redis_app.command("start")
 def redis_start() -> None:

@@ -19,6 +19,12 @@ class RedisType(StrEnum):
     redis_cluster = "redis_cluster"
 
 
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
 def _default_feature_repo() -> Path:
     return PROJECT_ROOT / "feature_repo"
 
@@ -38,6 +44,17 @@ class Settings(BaseSettings):
     feature_repo: Path = Field(default_factory=_default_feature_repo)
     redis_server_bin: str = "redis-server"
     backfill_threads: int | None = Field(default=None, ge=1, description="DuckDB threads; default all cores.")
+
+    # --- the inference API
+    model_name: str = Field(default="fraud", description="Registered model that /v1/fraud/score serves.")
+    max_batch: int = Field(default=256, ge=1, le=10_000, description="Most items in one score:batch request.")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger request bodies get 413.")
+    request_budget_ms: int = Field(default=250, ge=1, description="Feature-fetch time budget per request.")
+    model_poll_seconds: float = Field(default=2.0, gt=0, description="How often the API looks for a new version.")
+    canary_percent: float = Field(default=0.0, ge=0, le=100, description="Share of requests scored by candidate.")
+    shadow_candidate: bool = Field(default=False, description="Also score with candidate; log, never return.")
+    device: Device = Field(default=Device.auto, description="Where models run: auto, cpu or cuda.")
+    top_reasons: int = Field(default=3, ge=0, le=50, description="Reasons (feature contributions) per score.")
 
     @property
     def home_dir(self) -> Path:

@@ -1,0 +1,87 @@
+"""The FastAPI application: built by `create_app(settings)`, wired in its lifespan (no clients at import time)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request, Response
+
+from fraudserve import __version__
+from fraudserve.errors import ConfigurationError
+from fraudserve.models.device import resolve_device
+from fraudserve.settings import Settings
+from inference_api import errors
+from inference_api.domain.features import FeastFeatureSource
+from inference_api.domain.models import ModelManager
+from inference_api.domain.scoring import ScoringService
+from inference_api.middleware import RequestContext
+from inference_api.observability import Metrics
+from inference_api.routes import fraud, models, oip
+
+log = logging.getLogger("fraudserve.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from feast import FeatureStore
+
+        from fraudserve.registry import open_registry
+
+        if not settings.redis:
+            raise ConfigurationError("FRAUDSERVE_REDIS is not set: run the API with `fraudserve serve`, which sets it")
+        settings.export_feast_environment(settings.redis)
+        store = FeatureStore(repo_path=str(settings.feature_repo))
+        source = FeastFeatureSource(store, settings.request_budget_ms / 1000)
+        manager = ModelManager(
+            open_registry(settings, check_features=False),
+            store,
+            settings.model_name,
+            device=resolve_device(settings.device.value),
+            keep_candidate=settings.canary_percent > 0 or settings.shadow_candidate,
+        )
+        await asyncio.to_thread(manager.refresh)
+        app.state.source = source
+        app.state.models = manager
+        app.state.scoring = ScoringService(
+            source, manager, metrics, settings.top_reasons, settings.canary_percent, settings.shadow_candidate
+        )
+        watcher = asyncio.create_task(manager.watch(settings.model_poll_seconds))
+        log.info("ready", extra={"model": settings.model_name, "loaded": manager.state.production is not None})
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    app = FastAPI(
+        title="fraudserve",
+        version=__version__,
+        description="Payments fraud scoring on Feast features: score by transaction id, generic predict, KServe v2.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    errors.install(app)
+    app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.include_router(fraud.router)
+    app.include_router(models.router)
+    app.include_router(oip.router)
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def prometheus(request: Request) -> Response:
+        manager: ModelManager | None = getattr(request.app.state, "models", None)
+        if manager is not None:
+            for alias, model in (("production", manager.state.production), ("candidate", manager.state.candidate)):
+                if model is not None:
+                    metrics.model_version.labels(model.name, alias).set(model.version)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app

@@ -1,0 +1,134 @@
+"""The online feature source: transaction records and entity features from Feast's online store.
+
+`FeatureSource` is the small interface the scoring service needs. `FeastFeatureSource` implements it with Feast's
+own async SDK (`get_online_features_async`), and returns each feature view's event timestamp so that the service
+can enforce TTLs (Feast does not on online reads). Another implementation (a per-transaction vector stored by the
+stream worker, read in one round trip) can replace it without touching the scoring code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import redis
+
+from fraudserve.errors import RedisUnavailable
+from inference_api.domain.plan import FeaturePlan
+from pipelines.features.catalog import TRANSACTION
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+# Feast cannot look up a null join key; no event carries an empty id (validation refuses it), so "" finds nothing.
+ABSENT_KEY = ""
+TRANSACTION_FIELDS = (
+    "card_id", "merchant_id", "device_id", "ip_address", "amount", "currency", "merchant_category", "country",
+    "event_time_ms",
+)  # fmt: skip
+_PRESENT = 1
+
+
+@dataclass(frozen=True)
+class TransactionRecord:
+    transaction_id: str
+    card_id: str
+    merchant_id: str
+    device_id: str | None
+    ip_address: str | None
+    amount: float
+    currency: str
+    merchant_category: str
+    country: str
+    event_time_ms: int
+    stored_at: float | None = None  # the online row's event timestamp (epoch seconds)
+
+    def key(self, join_key: str) -> str | None:
+        value: str | None = getattr(self, join_key)
+        return value
+
+
+@dataclass(frozen=True)
+class ViewValues:
+    values: dict[str, Any]
+    timestamp: float | None  # epoch seconds of the entity's row; None when the entity is not in the online store
+
+
+class FeatureSource(Protocol):
+    async def transactions(self, ids: Sequence[str]) -> list[TransactionRecord | None]: ...
+
+    async def views(self, plan: FeaturePlan, records: Sequence[TransactionRecord]) -> list[dict[str, ViewValues]]: ...
+
+    async def ping(self) -> bool: ...
+
+
+class FeastFeatureSource:
+    def __init__(self, store: FeatureStore, budget_s: float) -> None:
+        self.store = store
+        self.budget_s = budget_s
+
+    async def _read(self, refs: list[str], rows: list[dict[str, str]]) -> Any:
+        try:
+            return await asyncio.wait_for(
+                self.store.get_online_features_async(features=refs, entity_rows=rows), timeout=self.budget_s
+            )
+        except TimeoutError as exc:
+            raise RedisUnavailable(
+                f"the online store did not answer within {self.budget_s * 1000:.0f} ms; try again shortly",
+                {"budget_ms": round(self.budget_s * 1000)},
+            ) from exc
+        except (redis.RedisError, OSError) as exc:
+            raise RedisUnavailable(
+                "the online store (Redis) is unavailable; try again shortly", {"reason": type(exc).__name__}
+            ) from exc
+
+    async def transactions(self, ids: Sequence[str]) -> list[TransactionRecord | None]:
+        refs = [f"{TRANSACTION.view}:{f}" for f in TRANSACTION_FIELDS]
+        response = await self._read(refs, [{TRANSACTION.join_key: i} for i in ids])
+        columns = _columns(response)
+        records: list[TransactionRecord | None] = []
+        for row, transaction_id in enumerate(ids):
+            values, statuses, stamps = columns["card_id"]
+            if statuses[row] != _PRESENT or values[row] is None:  # every stored transaction has a card
+                records.append(None)
+                continue
+            fields = {f: columns[f][0][row] for f in TRANSACTION_FIELDS}
+            records.append(TransactionRecord(transaction_id=transaction_id, stored_at=stamps[row], **fields))
+        return records
+
+    async def views(self, plan: FeaturePlan, records: Sequence[TransactionRecord]) -> list[dict[str, ViewValues]]:
+        if not plan.views or not records:
+            return [{} for _ in records]
+        refs = [ref for view in plan.views for ref in view.refs]
+        rows = [{k: record.key(k) or ABSENT_KEY for k in plan.entity_keys} for record in records]
+        columns = _columns(await self._read(refs, rows))
+        result: list[dict[str, ViewValues]] = []
+        for row in range(len(records)):
+            by_view: dict[str, ViewValues] = {}
+            for view in plan.views:
+                values = {f: columns[f][0][row] for f in view.features}
+                found = [columns[f][2][row] for f in view.features if columns[f][1][row] == _PRESENT]
+                by_view[view.entity.view] = ViewValues(values, max(found) if found else None)
+            result.append(by_view)
+        return result
+
+    async def ping(self) -> bool:
+        try:
+            await self._read([f"{TRANSACTION.view}:amount"], [{TRANSACTION.join_key: ABSENT_KEY}])
+        except RedisUnavailable:
+            return False
+        return True
+
+
+def _columns(response: Any) -> dict[str, tuple[list[Any], list[int], list[float]]]:
+    """Feature name -> (python values, statuses, event timestamps in epoch seconds), from Feast's response proto."""
+    from feast.type_map import feast_value_type_to_python_type
+
+    out: dict[str, tuple[list[Any], list[int], list[float]]] = {}
+    for name, vector in zip(response.proto.metadata.feature_names.val, response.proto.results, strict=True):
+        values = [feast_value_type_to_python_type(v) for v in vector.values]
+        stamps = [ts.seconds + ts.nanos / 1e9 for ts in vector.event_timestamps]
+        out[name] = (values, list(vector.statuses), stamps)
+    return out

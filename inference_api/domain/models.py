@@ -1,0 +1,143 @@
+"""Loaded models and live swaps: the API's side of the registry.
+
+A `ModelManager` keeps the production (and, when canary or shadow is on, the candidate) version of one model name
+loaded. A background task polls the registry's aliases; a new production version is loaded, warmed with a
+prediction, and only then swapped in by replacing one reference. Requests hold the reference they started with,
+so an old version finishes its requests and no request fails because of a swap. A version that fails to load
+leaves the old one serving, and the failure is kept for health checks and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fraudserve.errors import FraudserveError, ModelNotFound
+from fraudserve.models.manifest import Manifest
+from fraudserve.models.runtime import Runtime, load_runtime
+from fraudserve.registry import CANDIDATE, PRODUCTION, ModelRegistry
+from inference_api.domain.plan import FeaturePlan, resolve_plan
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+log = logging.getLogger("fraudserve.models")
+
+
+class ModelNotReady(FraudserveError):
+    code = "model_not_ready"
+    status = 503
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    version: int
+    manifest: Manifest
+    plan: FeaturePlan
+    runtime: Runtime
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        return self.runtime.predict(rows)
+
+
+@dataclass
+class ManagerState:
+    production: LoadedModel | None = None
+    candidate: LoadedModel | None = None
+    last_error: str | None = None
+    swaps: int = 0
+    failures: int = 0
+    by_version: dict[tuple[str, int], LoadedModel] = field(default_factory=dict)
+
+
+class ModelManager:
+    def __init__(
+        self, registry: ModelRegistry, store: FeatureStore, name: str, device: str = "cpu", keep_candidate: bool = False
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.name = name
+        self.device = device
+        self.keep_candidate = keep_candidate
+        self.state = ManagerState()
+
+    # ------------------------------------------------------------------------------------------------ loading
+    def load(self, name: str, version: int) -> LoadedModel:
+        """Load, resolve the feature plan and warm one version (cached by name and version: versions never change)."""
+        cached = self.state.by_version.get((name, version))
+        if cached is not None:
+            return cached
+        model = self.registry.get(name, version)
+        manifest = model.manifest
+        plan = resolve_plan(self.store, manifest.feature_service)
+        if list(plan.features) != manifest.feature_names:
+            raise ModelNotReady(
+                f"model {name} version {version} reads features that feature service {manifest.feature_service} "
+                "no longer serves in that order; register a model trained on the current service"
+            )
+        runtime = load_runtime(manifest.flavor, self.registry.model_path(name, version), device=self.device)
+        warm = np.zeros((1, len(manifest.features)))
+        runtime.predict(warm)  # first call pays the framework's lazy set-up, not a client's request
+        runtime.contributions(warm)
+        loaded = LoadedModel(name, version, manifest, plan, runtime)
+        self.state.by_version[(name, version)] = loaded
+        return loaded
+
+    def refresh(self) -> bool:
+        """Follow the registry's aliases; returns whether production changed. Never raises."""
+        changed = False
+        try:
+            production = self.registry.get(self.name, PRODUCTION)
+            current = self.state.production
+            if current is None or current.version != production.version:
+                loaded = self.load(self.name, production.version)
+                self.state.production = loaded  # the swap: one reference, after load and warm-up
+                self.state.swaps += 1
+                changed = True
+                log.info("serving model", extra={"model": self.name, "version": loaded.version})
+            if self.keep_candidate:
+                self.state.candidate = self._candidate()
+            self.state.last_error = None
+        except (FraudserveError, ValueError, OSError) as exc:
+            self.state.failures += 1
+            self.state.last_error = str(exc)
+            log.error("model refresh failed; the loaded version keeps serving", extra={"error": str(exc)})
+        return changed
+
+    def _candidate(self) -> LoadedModel | None:
+        try:
+            candidate = self.registry.get(self.name, CANDIDATE)
+        except ModelNotFound:
+            return None
+        return self.load(self.name, candidate.version)
+
+    async def watch(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await asyncio.to_thread(self.refresh)
+
+    # -------------------------------------------------------------------------------------------------- access
+    def production(self) -> LoadedModel:
+        model = self.state.production
+        if model is None:
+            detail = f": {self.state.last_error}" if self.state.last_error else ""
+            raise ModelNotReady(
+                f"no production version of model {self.name!r} is loaded{detail}. Register one with "
+                f"`fraudserve models register` (the first version becomes production)"
+            )
+        return model
+
+    def candidate(self) -> LoadedModel | None:
+        return self.state.candidate
+
+    def get(self, name: str, version: int | str | None = None) -> LoadedModel:
+        """Any registered version, for the generic per-model API (production when no version is given)."""
+        if name == self.name and version is None:
+            return self.production()
+        model = self.registry.get(name, PRODUCTION if version is None else version)
+        return self.load(name, model.version)

@@ -1,0 +1,249 @@
+"""Scoring in business terms: a transaction in, a fraud score, a label, reasons and freshness out.
+
+The request is translated into the data domain (the transaction and its entities), the model's representation is
+built (its feature service's online features plus request-time features, in manifest order), the model predicts,
+and the score is translated back (label from the manifest's thresholds, or `uncertain` when the inputs cannot be
+trusted: a required feature group missing, or older than its feature view's TTL).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fraudserve.errors import FraudserveError
+from inference_api.domain.features import FeatureSource, TransactionRecord, ViewValues
+from inference_api.domain.models import LoadedModel, ModelManager
+from inference_api.domain.plan import FeaturePlan
+from inference_api.observability import Metrics
+from pipelines.features.request_time import request_time_features
+
+log = logging.getLogger("fraudserve.scoring")
+UNCERTAIN = "uncertain"
+
+
+class TransactionNotFound(FraudserveError):
+    code = "transaction_not_found"
+    status = 404
+
+    def __init__(self, transaction_id: str) -> None:
+        super().__init__(
+            f"transaction {transaction_id!r} is not in the online store: it has not been ingested (backfill and "
+            'materialize, or the stream). Send the whole event as {"transaction": {...}} to score it anyway.',
+            {"transaction_id": transaction_id},
+        )
+
+
+@dataclass(frozen=True)
+class Reason:
+    feature: str
+    value: float | None
+    contribution: float
+
+
+@dataclass(frozen=True)
+class Score:
+    transaction_id: str
+    score: float
+    label: str
+    model: LoadedModel
+    reasons: list[Reason]
+    feature_freshness_seconds: float | None
+    uncertain_reasons: list[str] = field(default_factory=list)
+
+
+def _age_text(seconds: float) -> str:
+    return f"{seconds / 86400:.1f} days" if seconds >= 86400 else f"{seconds / 3600:.1f} hours"
+
+
+def build_rows(
+    plan: FeaturePlan, records: Sequence[TransactionRecord], fetched: Sequence[dict[str, ViewValues]], now: float
+) -> tuple[np.ndarray, list[list[str]], list[float | None]]:
+    """The model matrix (manifest order), the reasons each row is uncertain, and each row's feature freshness."""
+    columns: dict[str, list[Any]] = {name: [] for name in plan.features}
+    for record, views in zip(records, fetched, strict=True):
+        for view in plan.views:
+            values = views[view.entity.view].values
+            for name in view.features:
+                columns[name].append(values.get(name))
+        for name in plan.transaction_fields:
+            columns[name].append(getattr(record, name))
+    if plan.request_time:
+        mean_7d = columns.get("card_amount_mean_7d") or [
+            views.get("card_features", ViewValues({}, None)).values.get("card_amount_mean_7d") for views in fetched
+        ]
+        extra = request_time_features(
+            pd.Series([r.amount for r in records], dtype="float64"),
+            pd.Series([r.event_time_ms for r in records], dtype="int64"),
+            pd.Series(mean_7d, dtype="float64"),
+        )
+        for name in plan.request_time:
+            columns[name] = extra[name].astype("float64").tolist()
+    matrix = np.array(
+        [[np.nan if v is None else v for v in columns[name]] for name in plan.features], dtype=np.float64
+    ).T.reshape(len(records), len(plan.features))
+
+    uncertain: list[list[str]] = []
+    freshness: list[float | None] = []
+    for record, views in zip(records, fetched, strict=True):
+        reasons: list[str] = []
+        ages: list[float] = []
+        for view in plan.views:
+            key = record.key(view.entity.join_key)
+            if key is None:
+                continue  # no device or IP on this transaction: that group is not required
+            stamp = views[view.entity.view].timestamp
+            if stamp is None:
+                reasons.append(f"no {view.entity.name} features for {view.entity.join_key} {key!r}")
+                continue
+            age = max(now - stamp, 0.0)
+            ages.append(age)
+            ttl = view.entity.ttl.total_seconds()
+            if age > ttl:
+                reasons.append(
+                    f"{view.entity.name} features for {key!r} are {_age_text(age)} old, older than the "
+                    f"{view.entity.view} TTL of {_age_text(ttl)}"
+                )
+        uncertain.append(reasons)
+        freshness.append(max(ages) if ages else None)
+    return matrix, uncertain, freshness
+
+
+class ScoringService:
+    def __init__(
+        self,
+        source: FeatureSource,
+        models: ModelManager,
+        metrics: Metrics,
+        top_reasons: int = 3,
+        canary_percent: float = 0.0,
+        shadow: bool = False,
+    ) -> None:
+        self.source = source
+        self.models = models
+        self.metrics = metrics
+        self.top_reasons = top_reasons
+        self.canary_percent = canary_percent
+        self.shadow = shadow
+
+    def _choose(self) -> LoadedModel:
+        production = self.models.production()
+        candidate = self.models.candidate()
+        if candidate is not None and self.canary_percent > 0 and random.random() * 100 < self.canary_percent:  # noqa: S311
+            return candidate
+        return production
+
+    async def lookup(self, transaction_ids: Sequence[str]) -> list[TransactionRecord | None]:
+        started = time.perf_counter()
+        try:
+            return await self.source.transactions(transaction_ids)
+        finally:
+            self.metrics.stage("transaction_lookup", time.perf_counter() - started)
+
+    async def score(self, records: Sequence[TransactionRecord], model: LoadedModel | None = None) -> list[Score]:
+        """Score transactions (looked up, or inline) with one feature fetch and one model call.
+
+        `model`: a specific version (the generic per-model API); by default production, or candidate for the
+        canary share.
+        """
+        serving_default = model is None
+        model = model or self._choose()
+        started = time.perf_counter()
+        fetched = await self.source.views(model.plan, records)
+        self.metrics.stage("feature_fetch", time.perf_counter() - started)
+
+        started = time.perf_counter()
+        matrix, uncertain, freshness = build_rows(model.plan, records, fetched, time.time())
+        scores = model.predict(matrix)
+        contributions = model.runtime.contributions(matrix) if self.top_reasons else None
+        self.metrics.stage("predict", time.perf_counter() - started)
+
+        results = []
+        for i, record in enumerate(records):
+            score = float(scores[i])
+            label = UNCERTAIN if uncertain[i] else model.manifest.thresholds.label(score)
+            reasons: list[Reason] = []
+            if contributions is not None:
+                row = contributions[i, : len(model.plan.features)]
+                for j in np.argsort(-row, kind="stable")[: self.top_reasons]:
+                    value = matrix[i, j]
+                    reasons.append(
+                        Reason(model.plan.features[j], None if np.isnan(value) else float(value), float(row[j]))
+                    )
+            results.append(Score(record.transaction_id, score, label, model, reasons, freshness[i], uncertain[i]))
+            self.metrics.scored(model.name, model.version, label)
+        if self.shadow and serving_default:
+            self._shadow(records, fetched, scores)
+        return results
+
+    def _shadow(
+        self, records: Sequence[TransactionRecord], fetched: Sequence[dict[str, ViewValues]], served: np.ndarray
+    ) -> None:
+        candidate = self.models.candidate()
+        if candidate is None:
+            return
+        try:
+            matrix, _, _ = build_rows(candidate.plan, records, fetched, time.time())
+            shadow = candidate.predict(matrix)
+        except Exception as exc:  # a shadow model must never break a served request
+            log.warning("shadow scoring failed", extra={"error": str(exc)})
+            return
+        for record, ours, theirs in zip(records, served, shadow, strict=True):
+            self.metrics.shadow(candidate.version, float(abs(theirs - ours)))
+            log.info(
+                "shadow score",
+                extra={"transaction_id": record.transaction_id, "served": float(ours), "candidate": float(theirs),
+                       "candidate_version": candidate.version},
+            )  # fmt: skip
+
+
+def record_from_event(event: dict[str, Any]) -> TransactionRecord:
+    """An inline transaction event, checked with the pipelines' own rules, as a record to score."""
+    from fraudserve.errors import InvalidInput
+    from pipelines.events import TRANSACTIONS
+    from pipelines.validation import check
+
+    checked = check(TRANSACTIONS, {name: [event.get(name)] for name in TRANSACTIONS.schema.names}, np.array([1]))
+    if checked.rejected.num_rows:
+        problem = checked.rejected.to_pylist()[0]
+        raise InvalidInput(
+            f"transaction.{problem['field']}: {problem['reason']} (got {problem['value']})",
+            {"field": f"transaction.{problem['field']}", "value": problem["value"]},
+        )
+    row = checked.valid.to_pylist()[0]
+    moment = row.pop("event_timestamp")
+    return TransactionRecord(event_time_ms=int(moment.timestamp() * 1000), **row)
+
+
+Request = tuple[str | None, dict[str, Any] | None]  # (transaction_id, inline event): exactly one is set
+
+
+async def score_requests(
+    service: ScoringService, requests: Sequence[Request], model: LoadedModel | None = None
+) -> list[Score | FraudserveError]:
+    """Score many requests with one transaction lookup, one feature fetch and one model call; errors per item."""
+    outcomes: list[Score | FraudserveError | TransactionRecord | None] = [None] * len(requests)
+    ids = [(i, tid) for i, (tid, event) in enumerate(requests) if event is None and tid is not None]
+    if ids:
+        found = await service.lookup([tid for _, tid in ids])
+        for (i, tid), record in zip(ids, found, strict=True):
+            outcomes[i] = record if record is not None else TransactionNotFound(tid)
+    for i, (_, event) in enumerate(requests):
+        if event is not None:
+            try:
+                outcomes[i] = record_from_event(event)
+            except FraudserveError as exc:
+                outcomes[i] = exc
+    ready = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, TransactionRecord)]
+    if ready:
+        scores = await service.score([o for _, o in ready], model)
+        for (i, _), score in zip(ready, scores, strict=True):
+            outcomes[i] = score
+    return [o for o in outcomes if isinstance(o, Score | FraudserveError)]

@@ -1,0 +1,101 @@
+"""One ASGI middleware for every request: request id (echoed as X-Request-ID), body size limit, access log, metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from inference_api.observability import Metrics
+
+log = logging.getLogger("fraudserve.access")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _too_large(limit: int) -> bytes:
+    return json.dumps(
+        {"error": {"code": "payload_too_large", "message": f"request body exceeds {limit} bytes; send smaller "
+                   "batches", "details": {"limit_bytes": limit}}}
+    ).encode()  # fmt: skip
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope.get("headers") or [])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = {"code": 500}
+        limit = self.max_body_bytes
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._reject(send_with_id, limit)
+            self._done(scope, request_id, status["code"], started)
+            return
+
+        seen = {"bytes": 0}
+
+        async def limited_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                seen["bytes"] += len(message.get("body", b""))
+                if seen["bytes"] > limit:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except _BodyTooLarge:
+            await self._reject(send_with_id, limit)
+        self._done(scope, request_id, status["code"], started)
+
+    async def _reject(self, send: Any, limit: int) -> None:
+        body = _too_large(limit)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})  # fmt: skip
+        self.metrics.error("payload_too_large")
+
+    def _done(self, scope: Scope, request_id: str, status: int, started: float) -> None:
+        seconds = time.perf_counter() - started
+        route = scope.get("route")
+        path = getattr(route, "path", None) or "unmatched"
+        self.metrics.requests.labels(path, str(status)).inc()
+        if path.startswith("/v1/fraud/score"):
+            self.metrics.stage("total", seconds)
+        log.info(
+            "request",
+            extra={"request_id": request_id, "method": scope.get("method"), "path": scope.get("path"),
+                   "status": status, "ms": round(seconds * 1000, 3)},
+        )  # fmt: skip
+
+
+class _BodyTooLarge(Exception):
+    pass

@@ -1,0 +1,91 @@
+"""Prometheus metrics, structured JSON logs and request ids."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+STAGES = ("transaction_lookup", "feature_fetch", "predict", "total")
+_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """The API's metrics, in one registry per app (so tests and several apps in a process do not collide)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.latency = Histogram(
+            "fraudserve_stage_seconds", "Latency by stage of a scoring request", ["stage"],
+            buckets=_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.requests = Counter(
+            "fraudserve_http_requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry
+        )
+        self.labels = Counter(
+            "fraudserve_scores", "Scores by label and model version", ["model", "version", "label"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.errors = Counter("fraudserve_errors", "Errors by code", ["code"], registry=self.registry)
+        self.model_version = Gauge(
+            "fraudserve_model_version", "Loaded version by alias", ["model", "alias"], registry=self.registry
+        )
+        self.model_failures = Counter(
+            "fraudserve_model_load_failures", "Versions that failed to load", ["model"], registry=self.registry
+        )
+        self.shadow_delta = Histogram(
+            "fraudserve_shadow_abs_difference", "|candidate - served| score in shadow mode", ["candidate_version"],
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0), registry=self.registry,
+        )  # fmt: skip
+
+    def stage(self, stage: str, seconds: float) -> None:
+        self.latency.labels(stage).observe(seconds)
+
+    def scored(self, model: str, version: int, label: str) -> None:
+        self.labels.labels(model, str(version), label).inc()
+
+    def error(self, code: str) -> None:
+        self.errors.labels(code).inc()
+
+    def shadow(self, version: int, difference: float) -> None:
+        self.shadow_delta.labels(str(version)).observe(difference)
+
+    def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return bytes(generate_latest(registry))
+        return bytes(generate_latest(self.registry))
+
+
+_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and every `extra` field."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("fraudserve")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False

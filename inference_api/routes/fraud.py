@@ -1,0 +1,85 @@
+"""The business API: score a transaction by id or inline, one at a time or in batches."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from fraudserve.errors import FraudserveError, InvalidInput
+from inference_api.domain.scoring import Score, ScoringService, score_requests
+from inference_api.schemas import (
+    BatchItem,
+    BatchRequest,
+    BatchResponse,
+    ErrorBody,
+    ErrorResponse,
+    ModelRef,
+    ReasonOut,
+    ScoreRequest,
+    ScoreResponse,
+)
+
+router = APIRouter(prefix="/v1/fraud", tags=["fraud"])
+
+
+def scoring(request: Request) -> ScoringService:
+    service: ScoringService = request.app.state.scoring
+    return service
+
+
+ScoringDep = Annotated[ScoringService, Depends(scoring)]
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    404: {"model": ErrorResponse, "description": "transaction_not_found"},
+    413: {"model": ErrorResponse, "description": "payload_too_large"},
+    422: {"model": ErrorResponse, "description": "invalid_request"},
+    503: {"model": ErrorResponse, "description": "features_unavailable or model_not_ready"},
+}
+
+
+def to_response(score: Score) -> ScoreResponse:
+    return ScoreResponse(
+        transaction_id=score.transaction_id,
+        score=score.score,
+        label=score.label,  # type: ignore[arg-type]
+        model=ModelRef(name=score.model.name, version=score.model.version),
+        reasons=[ReasonOut(feature=r.feature, value=r.value, contribution=r.contribution) for r in score.reasons],
+        feature_freshness_seconds=score.feature_freshness_seconds,
+        uncertain_reasons=score.uncertain_reasons,
+    )
+
+
+def _as_request(body: ScoreRequest) -> tuple[str | None, dict[str, object] | None]:
+    return body.transaction_id, body.transaction.model_dump() if body.transaction else None
+
+
+@router.post("/score", response_model=ScoreResponse, responses=ERRORS)
+async def score(body: ScoreRequest, service: ScoringDep) -> ScoreResponse:
+    """Score one transaction: by `transaction_id` (already ingested) or by the whole event as `transaction`."""
+    (outcome,) = await score_requests(service, [_as_request(body)])
+    if isinstance(outcome, FraudserveError):
+        raise outcome
+    return to_response(outcome)
+
+
+@router.post("/score:batch", response_model=BatchResponse, responses=ERRORS)
+async def score_batch(body: BatchRequest, request: Request, service: ScoringDep) -> BatchResponse:
+    """Score up to the configured number of transactions; each item gets its result or its own error."""
+    limit = request.app.state.settings.max_batch
+    if len(body.items) > limit:
+        raise InvalidInput(
+            f"items: {len(body.items)} items is more than the limit of {limit} per batch; split the batch",
+            {"limit": limit, "items": len(body.items)},
+        )
+    outcomes = await score_requests(service, [_as_request(item) for item in body.items])
+    results = []
+    for item, outcome in zip(body.items, outcomes, strict=True):
+        tid = item.transaction_id or (item.transaction.transaction_id if item.transaction else None)
+        if isinstance(outcome, FraudserveError):
+            request.app.state.metrics.error(outcome.code)
+            error = ErrorBody(code=outcome.code, message=outcome.message, details=outcome.details)
+            results.append(BatchItem(transaction_id=tid, error=error))
+        else:
+            results.append(BatchItem(transaction_id=tid, result=to_response(outcome)))
+    return BatchResponse(results=results)

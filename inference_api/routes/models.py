@@ -1,0 +1,54 @@
+"""The generic per-model API: entity rows in, the model's own feature service fetched, scores out."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+
+from fraudserve.errors import FraudserveError
+from inference_api.domain.models import LoadedModel, ModelManager
+from inference_api.domain.scoring import score_requests
+from inference_api.routes.fraud import ERRORS, ScoringDep, _as_request
+from inference_api.schemas import ErrorBody, ModelRef, PredictRequest, PredictResponse
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+async def loaded(request: Request, name: str, version: int | None) -> LoadedModel:
+    manager: ModelManager = request.app.state.models
+    # Loading a version not yet in memory reads files and builds trees: off the event loop.
+    return await asyncio.to_thread(manager.get, name, version)
+
+
+async def _predict(body: PredictRequest, service: ScoringDep, model: LoadedModel) -> PredictResponse:
+    outcomes = await score_requests(service, [_as_request(row) for row in body.rows], model)
+    scores: list[float | None] = []
+    errors: list[ErrorBody | None] = []
+    for outcome in outcomes:
+        if isinstance(outcome, FraudserveError):
+            scores.append(None)
+            errors.append(ErrorBody(code=outcome.code, message=outcome.message, details=outcome.details))
+        else:
+            scores.append(outcome.score)
+            errors.append(None)
+    return PredictResponse(
+        model=ModelRef(name=model.name, version=model.version),
+        feature_service=model.manifest.feature_service,
+        scores=scores,
+        errors=errors,
+    )
+
+
+@router.post("/{name}/predict", response_model=PredictResponse, responses=ERRORS)
+async def predict(name: str, body: PredictRequest, request: Request, service: ScoringDep) -> PredictResponse:
+    """Scores from the production version of `name`, on features of the feature service it was registered with."""
+    return await _predict(body, service, await loaded(request, name, None))
+
+
+@router.post("/{name}/versions/{version}/predict", response_model=PredictResponse, responses=ERRORS)
+async def predict_version(
+    name: str, version: int, body: PredictRequest, request: Request, service: ScoringDep
+) -> PredictResponse:
+    """Scores from one version of `name`."""
+    return await _predict(body, service, await loaded(request, name, version))

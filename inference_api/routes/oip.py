@@ -1,0 +1,117 @@
+"""The Open Inference Protocol (KServe v2) REST subset: health, server and model metadata, readiness, infer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from fraudserve import __version__
+from fraudserve.errors import FraudserveError, InvalidInput
+from inference_api.domain.models import LoadedModel, ModelManager
+from inference_api.routes.models import loaded
+from inference_api.schemas import ERRORS_OIP, InferRequest, InferResponse, InferTensor, ModelMetadata, TensorMetadata
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+
+
+@router.get("")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "fraudserve", "version": __version__, "extensions": []}
+
+
+@router.get("/health/live")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", responses={503: {"description": "Redis unreachable or no production model"}})
+async def ready(request: Request) -> JSONResponse:
+    """Ready when the online store answers and a production model is loaded."""
+    manager: ModelManager = request.app.state.models
+    store_ok = await request.app.state.source.ping()
+    model_ok = manager.state.production is not None
+    body = {"ready": store_ok and model_ok, "online_store": store_ok, "model_loaded": model_ok}
+    if manager.state.last_error:
+        body["model_error"] = manager.state.last_error
+    return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+
+def _metadata(model: LoadedModel, versions: list[str]) -> ModelMetadata:
+    return ModelMetadata(
+        name=model.name,
+        versions=versions,
+        platform=model.manifest.flavor.value,
+        inputs=[TensorMetadata(name="features", datatype="FP32", shape=[-1, len(model.manifest.features)])],
+        outputs=[TensorMetadata(name="score", datatype="FP32", shape=[-1])],
+        parameters={"feature_service": model.manifest.feature_service, "features": model.manifest.feature_names},
+    )
+
+
+@router.get("/models/{name}", response_model=ModelMetadata, responses=ERRORS_OIP)
+async def model_metadata(name: str, request: Request) -> ModelMetadata:
+    model = await loaded(request, name, None)
+    versions = [str(v.version) for v in request.app.state.models.registry.versions(name)]
+    return _metadata(model, versions)
+
+
+@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=ERRORS_OIP)
+async def version_metadata(name: str, version: int, request: Request) -> ModelMetadata:
+    return _metadata(await loaded(request, name, version), [str(version)])
+
+
+async def _ready(request: Request, name: str, version: int | None) -> JSONResponse:
+    try:
+        await loaded(request, name, version)
+    except FraudserveError:
+        return JSONResponse({"name": name, "ready": False}, status_code=503)
+    return JSONResponse({"name": name, "ready": True})
+
+
+@router.get("/models/{name}/ready")
+async def model_ready(name: str, request: Request) -> JSONResponse:
+    return await _ready(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready")
+async def version_ready(name: str, version: int, request: Request) -> JSONResponse:
+    return await _ready(request, name, version)
+
+
+def _infer(model: LoadedModel, body: InferRequest) -> InferResponse:
+    tensor = body.inputs[0]
+    width = len(model.manifest.features)
+    shape = tensor.shape if len(tensor.shape) == 2 else [1, *tensor.shape]
+    if shape[1] != width or shape[0] < 0:
+        raise InvalidInput(
+            f"inputs[0].shape {tensor.shape} does not fit model {model.name}: expected [N, {width}] with the columns "
+            f"{', '.join(model.manifest.feature_names)}",
+            {"expected_columns": model.manifest.feature_names},
+        )
+    flat = np.asarray(tensor.data, dtype=object).ravel()
+    if flat.size != shape[0] * shape[1]:
+        raise InvalidInput(f"inputs[0].data has {flat.size} values, shape {tensor.shape} needs {shape[0] * shape[1]}")
+    try:
+        matrix = np.array([np.nan if v is None else v for v in flat], dtype=np.float64).reshape(shape)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput("inputs[0].data must hold numbers (null for a missing feature)") from exc
+    scores = model.predict(matrix)
+    return InferResponse(
+        model_name=model.name,
+        model_version=str(model.version),
+        id=body.id,
+        outputs=[InferTensor(name="score", shape=[len(scores)], datatype="FP32", data=scores.astype(float).tolist())],
+    )
+
+
+@router.post("/models/{name}/infer", response_model=InferResponse, responses=ERRORS_OIP)
+async def infer(name: str, body: InferRequest, request: Request) -> InferResponse:
+    """`inputs[0]`: an FP32 tensor [N, features] whose columns follow the model's manifest (see its metadata)."""
+    return _infer(await loaded(request, name, None), body)
+
+
+@router.post("/models/{name}/versions/{version}/infer", response_model=InferResponse, responses=ERRORS_OIP)
+async def infer_version(name: str, version: int, body: InferRequest, request: Request) -> InferResponse:
+    return _infer(await loaded(request, name, version), body)
