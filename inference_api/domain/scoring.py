@@ -136,7 +136,7 @@ class ScoringService:
     def _choose(self) -> LoadedModel:
         production = self.models.production()
         candidate = self.models.candidate()
-        if candidate is not None and self.canary_percent > 0 and random.random() * 100 < self.canary_percent:  # noqa: S311
+        if candidate is not None and self.canary_percent > 0 and random.random() * 100 < self.canary_percent:
             return candidate
         return production
 

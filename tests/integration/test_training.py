@@ -123,6 +123,7 @@ def test_model_beats_the_rules_baseline_and_is_deterministic(
     assert evaluation.model.roc_auc is not None and evaluation.baseline.roc_auc is not None
     assert evaluation.model.roc_auc > evaluation.baseline.roc_auc
     model_file = first.manifest.model_file
+    assert second.manifest.thresholds == first.manifest.thresholds
     assert (tmp_path / "one" / model_file).read_bytes() == (tmp_path / "two" / model_file).read_bytes()
     assert first.manifest.thresholds.highly_suspicious >= first.manifest.thresholds.suspicious
     assert first.manifest.feature_names == training_set.feature_names
