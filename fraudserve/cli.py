@@ -399,6 +399,7 @@ def serve(
                 metrics_dir = settings.home_dir / "run" / f"prometheus-{os.getpid()}"
                 metrics_dir.mkdir(parents=True, exist_ok=True)
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+                os.environ["FRAUDSERVE_METRICS_MULTIPROCESS"] = "1"
             configure_logging()
             console.print(
                 f"fraudserve API on http://{host}:{port} ({workers} worker(s)), online store {connection}, "

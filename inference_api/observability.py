@@ -11,6 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
+MULTIPROCESS_FLAG = "FRAUDSERVE_METRICS_MULTIPROCESS"
 STAGES = ("transaction_lookup", "feature_fetch", "predict", "total")
 _BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -56,7 +57,8 @@ class Metrics:
         self.shadow_delta.labels(str(version)).observe(difference)
 
     def render(self) -> bytes:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Only when `fraudserve serve --workers N` asked for it: Feast sets PROMETHEUS_MULTIPROC_DIR on import.
+        if os.environ.get(MULTIPROCESS_FLAG) and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return bytes(generate_latest(registry))

@@ -109,7 +109,12 @@ class FeastFeatureSource:
             by_view: dict[str, ViewValues] = {}
             for view in plan.views:
                 values = {f: columns[f][0][row] for f in view.features}
-                found = [columns[f][2][row] for f in view.features if columns[f][1][row] == _PRESENT]
+                # An entity Feast did not find comes back with a zero timestamp (its status is not reliable).
+                found = [
+                    columns[f][2][row]
+                    for f in view.features
+                    if columns[f][1][row] == _PRESENT and columns[f][2][row] > 0
+                ]
                 by_view[view.entity.view] = ViewValues(values, max(found) if found else None)
             result.append(by_view)
         return result

@@ -229,6 +229,8 @@ async def score_requests(
     service: ScoringService, requests: Sequence[Request], model: LoadedModel | None = None
 ) -> list[Score | FraudserveError]:
     """Score many requests with one transaction lookup, one feature fetch and one model call; errors per item."""
+    if model is None:
+        service.models.production()  # no model: say so (503) before any lookup
     outcomes: list[Score | FraudserveError | TransactionRecord | None] = [None] * len(requests)
     ids = [(i, tid) for i, (tid, event) in enumerate(requests) if event is None and tid is not None]
     if ids:

@@ -1,0 +1,270 @@
+"""The inference API against a real Redis, a real Feast repo and a model trained in the test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import httpx
+import lightgbm
+import numpy as np
+import pytest
+
+from fraudserve import feature_store
+from fraudserve.models.manifest import Flavor
+from fraudserve.registry import ModelRegistry, open_registry
+from fraudserve.settings import Settings
+from pipelines.generate import GenerateConfig, generate
+from pipelines.materialize import materialize
+from pipelines.offline.backfill import backfill
+from pipelines.training.dataset import build_training_set
+from pipelines.training.train import TrainConfig, train
+from tests.api_server import ApiServer
+from tests.redis_process import RedisProcess
+
+
+@dataclass
+class Deployment:
+    settings: Settings
+    redis: RedisProcess
+    registry: ModelRegistry
+    packages: list[Path]
+    recent: list[str]  # recent transaction ids, with device and IP
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    root = tmp_path_factory.mktemp("api")
+    redis = RedisProcess(root / "redis").start()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("FRAUDSERVE_HOME", str(root / "home"))
+        monkeypatch.setenv("FRAUDSERVE_REDIS", redis.connection_string)
+        monkeypatch.setenv("FRAUDSERVE_MODEL_POLL_SECONDS", "0.2")
+        settings = Settings()
+        end = datetime.now(UTC).replace(second=0, microsecond=0)  # fresh features: within every TTL
+        generated = generate(root / "raw", GenerateConfig(seed=21, cards=700, days=32, end=end))
+        feature_store.apply(settings, redis.connection_string)
+        backfill(generated.files["transactions_parquet"], generated.files["labels_parquet"], settings.offline)
+        store = feature_store.open_store(settings, redis.connection_string)
+        training_set = build_training_set(store, "fraud_v2", settings.offline)
+        packages = [
+            train(training_set, TrainConfig(flavor=Flavor.lightgbm, seed=1), root / "pkg-lgb").package,
+            train(training_set, TrainConfig(flavor=Flavor.xgboost, seed=1), root / "pkg-xgb").package,
+        ]
+        registry = open_registry(settings)
+        registry.register(packages[0], name="fraud", feature_service="fraud_v2")
+        materialize(store, settings.offline)
+        recent = [
+            str(r[0])
+            for r in duckdb.connect()
+            .execute(
+                f"SELECT transaction_id FROM read_parquet('{settings.offline.transactions_file}') WHERE device_id "
+                "IS NOT NULL AND ip_address IS NOT NULL ORDER BY event_timestamp DESC LIMIT 40"
+            )
+            .fetchall()
+        ]
+        yield Deployment(settings, redis, registry, packages, recent)
+    redis.stop()
+
+
+@pytest.fixture(scope="module")
+def api(deployment: Deployment) -> Iterator[str]:
+    with ApiServer(deployment.settings) as server:
+        yield server.url
+
+
+def post(url: str, body: object, **headers: str) -> httpx.Response:
+    return httpx.post(url, json=body, headers=headers, timeout=30)
+
+
+def test_score_equals_the_model_applied_to_feasts_own_online_features(deployment: Deployment, api: str) -> None:
+    store = feature_store.open_store(deployment.settings, deployment.redis.connection_string)
+    model = deployment.registry.get("fraud")
+    booster = lightgbm.Booster(model_file=str(deployment.registry.model_path("fraud", model.version)))
+    ids = deployment.recent[:10]
+    keys = store.get_online_features(
+        features=[f"transaction_features:{k}" for k in ("card_id", "merchant_id", "device_id", "ip_address")],
+        entity_rows=[{"transaction_id": t} for t in ids],
+    ).to_dict()
+    rows = [{k: keys[k][i] for k in ("transaction_id", "card_id", "merchant_id", "device_id", "ip_address")}
+            for i in range(len(ids))]  # fmt: skip
+    online = store.get_online_features(features=store.get_feature_service("fraud_v2"), entity_rows=rows).to_dict()
+    names = model.manifest.feature_names
+    matrix = np.array([[np.nan if online[n][i] is None else online[n][i] for n in names] for i in range(len(ids))])
+    expected = booster.predict(matrix)
+    for transaction_id, score in zip(ids, expected, strict=True):
+        response = post(f"{api}/v1/fraud/score", {"transaction_id": transaction_id})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["score"] == pytest.approx(float(score), rel=1e-9, abs=1e-12)
+        assert body["model"] == {"name": "fraud", "version": model.version}
+        assert body["label"] in {"not_fraud", "suspicious", "highly_suspicious"}
+        assert body["feature_freshness_seconds"] is not None and body["feature_freshness_seconds"] >= 0
+        assert len(body["reasons"]) == 3 and all(r["feature"] in names for r in body["reasons"])
+        contributions = [r["contribution"] for r in body["reasons"]]
+        assert contributions == sorted(contributions, reverse=True)
+        assert response.headers["x-request-id"]
+
+
+def test_batch_scores_each_item_and_reports_each_error(deployment: Deployment, api: str) -> None:
+    items = [
+        {"transaction_id": deployment.recent[0]},
+        {"transaction_id": "tx_missing"},
+        {"transaction_id": deployment.recent[1]},
+    ]
+    response = post(f"{api}/v1/fraud/score:batch", {"items": items})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["transaction_id"] for r in results] == [i["transaction_id"] for i in items]
+    assert results[0]["result"]["score"] == post(f"{api}/v1/fraud/score", items[0]).json()["score"]
+    assert results[1]["error"]["code"] == "transaction_not_found" and results[1]["result"] is None
+    assert results[2]["result"] is not None
+
+
+def test_inline_transaction_of_an_unknown_card_is_uncertain(api: str) -> None:
+    event = {"transaction_id": "inline-1", "card_id": "card_never_seen", "merchant_id": "m_00001", "amount": 12.5,
+             "currency": "USD", "merchant_category": "5411", "country": "US",
+             "event_timestamp": datetime.now(UTC).isoformat()}  # fmt: skip
+    body = post(f"{api}/v1/fraud/score", {"transaction": event}).json()
+    assert body["label"] == "uncertain"
+    assert "no card features for card_id 'card_never_seen'" in body["uncertain_reasons"]
+    assert 0 <= body["score"] <= 1
+
+
+def error_of(response: httpx.Response, status: int, code: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
+    assert body["error"]["code"] == code
+    assert "Traceback" not in response.text
+    return str(body["error"]["message"])
+
+
+def test_spec_errors(deployment: Deployment, api: str) -> None:
+    url = f"{api}/v1/fraud/score"
+    assert "transaction_id" in error_of(post(url, {"transaction_id": ""}), 422, "invalid_request")
+    assert "exactly one" in error_of(post(url, {}), 422, "invalid_request")
+    bad = {"transaction_id": "x", "card_id": "c", "merchant_id": "m", "amount": -4, "currency": "USD",
+           "merchant_category": "5411", "country": "US", "event_timestamp": "2026-11-25T00:00:00Z"}  # fmt: skip
+    assert "transaction.amount" in error_of(post(url, {"transaction": bad}), 422, "invalid_request")
+    no_zone = {**bad, "amount": 4, "event_timestamp": "2026-11-25T00:00:00"}
+    assert "event_timestamp" in error_of(post(url, {"transaction": no_zone}), 422, "invalid_request")
+    response = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
+    error_of(response, 422, "invalid_request")
+    assert "tx_nope" in error_of(post(url, {"transaction_id": "tx_nope"}), 404, "transaction_not_found")
+    message = error_of(
+        post(f"{api}/v1/models/nope/predict", {"rows": [{"transaction_id": "x"}]}), 404, "model_not_found"
+    )
+    assert "'nope'" in message
+    huge = {"items": [{"transaction_id": "x" * 60}] * 40_000}
+    assert "bytes" in error_of(post(f"{url}:batch", huge), 413, "payload_too_large")
+    too_many = {"items": [{"transaction_id": "t"}] * (deployment.settings.max_batch + 1)}
+    assert "limit" in error_of(post(f"{url}:batch", too_many), 422, "invalid_request")
+    error_of(httpx.get(f"{api}/v1/nothing/here"), 404, "not_found")
+
+
+def test_features_unavailable_and_model_not_ready(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    dead = RedisProcess(deployment.settings.home_dir / "dead")  # a free port with nothing listening
+    monkeypatch.setenv("FRAUDSERVE_HOME", str(deployment.settings.home_dir))
+    monkeypatch.setenv("FRAUDSERVE_REDIS", dead.connection_string)
+    with ApiServer(Settings()) as server:
+        message = error_of(post(f"{server.url}/v1/fraud/score", {"transaction_id": "x"}), 503, "features_unavailable")
+        assert "online store" in message
+        ready = httpx.get(f"{server.url}/v2/health/ready")
+        assert ready.status_code == 503 and ready.json()["online_store"] is False
+    monkeypatch.setenv("FRAUDSERVE_REDIS", deployment.redis.connection_string)
+    monkeypatch.setenv("FRAUDSERVE_MODEL_NAME", "unregistered")
+    with ApiServer(Settings()) as server:
+        message = error_of(post(f"{server.url}/v1/fraud/score", {"transaction_id": "x"}), 503, "model_not_ready")
+        assert "unregistered" in message and "fraudserve models register" in message
+
+
+def test_generic_predict_by_version(deployment: Deployment, api: str) -> None:
+    body = post(
+        f"{api}/v1/models/fraud/versions/1/predict", {"rows": [{"transaction_id": deployment.recent[0]}]}
+    ).json()
+    assert body["model"] == {"name": "fraud", "version": 1} and body["feature_service"] == "fraud_v2"
+    assert body["scores"][0] == post(f"{api}/v1/fraud/score", {"transaction_id": deployment.recent[0]}).json()["score"]
+
+
+def test_open_inference_protocol(deployment: Deployment, api: str) -> None:
+    assert httpx.get(f"{api}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{api}/v2/health/ready").json()["ready"] is True
+    metadata = httpx.get(f"{api}/v2/models/fraud").json()
+    width = metadata["inputs"][0]["shape"][1]
+    assert width == len(deployment.registry.get("fraud").manifest.features)
+    assert httpx.get(f"{api}/v2/models/fraud/ready").json() == {"name": "fraud", "ready": True}
+    # Shaped as in the protocol's documentation: a named tensor, shape, datatype and row-major data.
+    request = {"id": "42", "inputs": [{"name": "input-0", "shape": [2, width], "datatype": "FP32",
+                                       "data": [[1.0] * width, [0.0] * width]}]}  # fmt: skip
+    response = post(f"{api}/v2/models/fraud/infer", request).json()
+    assert response["model_name"] == "fraud" and response["id"] == "42"
+    output = response["outputs"][0]
+    assert output["name"] == "score" and output["shape"] == [2] and output["datatype"] == "FP32"
+    booster = lightgbm.Booster(model_file=str(deployment.registry.model_path("fraud", 1)))
+    assert output["data"] == pytest.approx(booster.predict(np.array([[1.0] * width, [0.0] * width])).tolist())
+    flat = {"inputs": [{"name": "input-0", "shape": [1, width], "datatype": "FP32", "data": [1.0] * width}]}
+    assert post(f"{api}/v2/models/fraud/versions/1/infer", flat).json()["outputs"][0]["shape"] == [1]
+    wrong = {"inputs": [{"name": "input-0", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
+    assert "card_txn_count_10m" in error_of(post(f"{api}/v2/models/fraud/infer", wrong), 422, "invalid_request")
+
+
+def test_metrics_and_request_ids(api: str) -> None:
+    response = post(f"{api}/v1/fraud/score", {"transaction_id": "tx_nope"}, **{"X-Request-ID": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
+    text = httpx.get(f"{api}/metrics").text
+    for stage in ("transaction_lookup", "feature_fetch", "predict", "total"):
+        assert f'fraudserve_stage_seconds_count{{stage="{stage}"}}' in text
+    assert 'fraudserve_errors_total{code="transaction_not_found"}' in text
+    assert "fraudserve_scores_total{label=" in text or "fraudserve_scores_total{" in text
+    assert 'fraudserve_model_version{alias="production",model="fraud"}' in text
+
+
+@pytest.mark.timeout(240)
+def test_promotion_under_load_fails_no_request_and_switches_version(deployment: Deployment, api: str) -> None:
+    ids = deployment.recent[:20]
+    seen: list[tuple[int, int]] = []  # (status, model version)
+    stop = asyncio.Event()
+
+    async def client() -> None:
+        async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+            i = 0
+            while not stop.is_set():
+                response = await http.post("/v1/fraud/score", json={"transaction_id": ids[i % len(ids)]})
+                version = response.json().get("model", {}).get("version", -1) if response.status_code == 200 else -1
+                seen.append((response.status_code, version))
+                i += 1
+
+    async def scenario() -> None:
+        clients = [asyncio.create_task(client()) for _ in range(8)]
+        await asyncio.sleep(1.5)
+        registered = await asyncio.to_thread(
+            deployment.registry.register, deployment.packages[1], name="fraud", feature_service="fraud_v2"
+        )
+        await asyncio.to_thread(deployment.registry.promote, "fraud", registered.version)
+        deadline = asyncio.get_running_loop().time() + 30
+        while asyncio.get_running_loop().time() < deadline:
+            if seen and seen[-1][1] == registered.version:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.gather(*clients)
+
+    asyncio.run(scenario())
+    statuses = {status for status, _ in seen}
+    versions = [v for _, v in seen]
+    print(f"\n{len(seen)} requests during the swap; statuses {statuses}; versions {sorted(set(versions))}")
+    assert statuses == {200}
+    assert versions[0] == 1 and versions[-1] == 2
+    first_new = versions.index(2)
+    assert all(v == 2 for v in versions[first_new + 8 :])  # after the swap (8 requests in flight), only v2
+    assert math.isfinite(len(seen)) and len(seen) > 50
+    assert json.loads(httpx.get(f"{api}/v2/models/fraud").text)["versions"] == ["1", "2"]
+    deployment.registry.rollback("fraud")
