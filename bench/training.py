@@ -50,7 +50,12 @@ def main() -> None:
         feature_store.apply(settings, feature_store.OFFLINE_ONLY)
         store = feature_store.open_offline_store(settings)
         started = time.perf_counter()
-        training_set = build_training_set(store, args.feature_service, settings.offline)
+        training_set = build_training_set(
+            store,
+            args.feature_service,
+            settings.offline,
+            progress=lambda done, total: console.print(f"  training set: {done:,}/{total:,} rows", end="\r"),
+        )
         build_s = time.perf_counter() - started
         n = len(training_set.frame)
         rows.append(

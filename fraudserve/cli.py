@@ -252,9 +252,16 @@ def train_command(
         policy = LabelPolicy(
             cutoff=_parse_end(cutoff) if cutoff else None, maturity=timedelta(days=label_maturity_days)
         )
-        with console.status(f"building the training set from feature service {feature_service} ..."):
-            store = open_offline_store(settings)
-            training_set = build_training_set(store, feature_service, settings.offline, policy)
+        store = open_offline_store(settings)
+        with _progress() as progress:
+            task = progress.add_task(f"training set from {feature_service} (Feast, point in time)", total=None)
+            training_set = build_training_set(
+                store,
+                feature_service,
+                settings.offline,
+                policy,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
         frame = training_set.frame
         out.print(
             f"training set: {len(frame):,} rows, {int(frame['is_fraud'].sum()):,} known fraud, "

@@ -9,6 +9,7 @@ without a fraud verdict counts as genuine.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -115,8 +116,19 @@ def labeled_entity_rows(layout: OfflineLayout, policy: LabelPolicy) -> tuple[pd.
     return frame, cutoff
 
 
+# Feast's point-in-time join (DuckDB offline store, through ibis) joins each entity row with every feature row of
+# its key inside the view's TTL before keeping the latest: for a busy merchant and a 30-day TTL that is hundreds of
+# rows per entity row. Entity rows go to Feast in time-ordered chunks so the join's intermediate stays bounded.
+CHUNK_ROWS = 25_000
+
+
 def build_training_set(
-    store: FeatureStore, feature_service: str, layout: OfflineLayout, policy: LabelPolicy | None = None
+    store: FeatureStore,
+    feature_service: str,
+    layout: OfflineLayout,
+    policy: LabelPolicy | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> TrainingSet:
     """Entity rows and labels from the offline store, features from Feast's get_historical_features."""
     policy = policy or LabelPolicy()
@@ -124,8 +136,14 @@ def build_training_set(
     features = service_features(store, feature_service)
     rows, cutoff = labeled_entity_rows(layout, policy)
     service = store.get_feature_service(feature_service)
-    joined = store.get_historical_features(entity_df=rows, features=service).to_df()
     names = [f.name for f in features]
-    frame = joined[[*ENTITY_COLUMNS, "event_timestamp", LABEL, *names]]
+    parts = []
+    for start in range(0, len(rows), chunk_rows):
+        chunk = rows.iloc[start : start + chunk_rows]
+        joined = store.get_historical_features(entity_df=chunk, features=service).to_df()
+        parts.append(joined[[*ENTITY_COLUMNS, "event_timestamp", LABEL, *names]])
+        if progress is not None:
+            progress(min(start + chunk_rows, len(rows)), len(rows))
+    frame = pd.concat(parts, ignore_index=True)
     frame = frame.sort_values(["event_timestamp", TRANSACTION.join_key], kind="stable").reset_index(drop=True)
     return TrainingSet(frame, features, feature_service, cutoff, policy.maturity, time.perf_counter() - started)
