@@ -387,10 +387,6 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
 ) -> None:
     """The inference API on uvicorn (FastAPI)."""
-    import uvicorn
-
-    from inference_api.observability import configure_logging
-
     settings = _settings()
     if host not in LOOPBACK:
         raise _fail(
@@ -401,30 +397,38 @@ def serve(
         )
     try:
         with online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
-            os.environ.update(settings.feast_environment(connection))
-            if workers > 1:
-                metrics_dir = settings.home_dir / "run" / f"prometheus-{os.getpid()}"
-                metrics_dir.mkdir(parents=True, exist_ok=True)
-                os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-                os.environ["FRAUDSERVE_METRICS_MULTIPROCESS"] = "1"
-            configure_logging()
-            console.print(
-                f"fraudserve API on http://{host}:{port} ({workers} worker(s)), online store {connection}, "
-                f"model {settings.model_name!r}. No API key exists: serving on loopback only."
-            )
-            uvicorn.run(
-                "inference_api.app:create_app",
-                factory=True,
-                host=host,
-                port=port,
-                workers=workers,
-                log_config=None,
-                access_log=False,
-                loop="uvloop" if _has("uvloop") else "asyncio",
-                http="httptools" if _has("httptools") else "h11",
-            )
+            _run_api(settings, connection, host, port, workers)
     except (FraudserveError, ValueError) as exc:
         raise _fail(exc) from exc
+
+
+def _run_api(settings: Settings, connection: str, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    from inference_api.observability import configure_logging
+
+    os.environ.update(settings.feast_environment(connection))
+    if workers > 1:
+        metrics_dir = settings.home_dir / "run" / f"prometheus-{os.getpid()}"
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        os.environ["FRAUDSERVE_METRICS_MULTIPROCESS"] = "1"
+    configure_logging()
+    console.print(
+        f"fraudserve API on http://{host}:{port} ({workers} worker(s)), online store {connection}, "
+        f"model {settings.model_name!r}. No API key exists: serving on loopback only. Ctrl-C stops it."
+    )
+    uvicorn.run(
+        "inference_api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        loop="uvloop" if _has("uvloop") else "asyncio",
+        http="httptools" if _has("httptools") else "h11",
+    )
 
 
 def _has(module: str) -> bool:
@@ -473,6 +477,8 @@ def demo(
     cards: Annotated[int, typer.Option(min=1)] = 1000,
     days: Annotated[int, typer.Option(min=12, help="Days of data; training needs 10 mature days + 2 x 5.")] = 40,
     seed: int = 7,
+    serve_api: Annotated[bool, typer.Option("--serve/--no-serve", help="Start the API at the end.")] = True,
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
 ) -> None:
     """The whole path on the embedded default: data, Feast apply, backfill, training, materialize, read-back."""
     from fraudserve import feature_store
@@ -542,6 +548,23 @@ def demo(
                 f"     FRAUDSERVE_HOME={settings.home_dir} fraudserve models show fraud",
                 highlight=False,
             )
+            if serve_api:
+                out.rule("7. the inference API")
+                base = f"http://127.0.0.1:{port}"
+                json_header = "-H 'content-type: application/json'"
+                out.print(
+                    "Try, in another terminal:\n"
+                    f'  curl -s {base}/v1/fraud/score {json_header} -d \'{{"transaction_id": "{latest[0]}"}}\'\n'
+                    f"  curl -s '{base}/v1/fraud/score:batch' {json_header} "
+                    f'-d \'{{"items": [{{"transaction_id": "{latest[1]}"}}, {{"transaction_id": "nope"}}]}}\'\n'
+                    f"  curl -s {base}/v2/models/fraud\n"
+                    f"  curl -s {base}/v2/health/ready\n"
+                    f"  curl -s {base}/metrics | grep fraudserve_\n"
+                    f"  open {base}/docs",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                _run_api(settings, connection, "127.0.0.1", port, 1)
     except (FraudserveError, ValueError) as exc:
         raise _fail(exc) from exc
 

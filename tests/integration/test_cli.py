@@ -26,7 +26,7 @@ def run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def demo_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     home = tmp_path_factory.mktemp("demo") / "home"
-    return home, run(home, "demo", "--cards", "500", "--days", "32")
+    return home, run(home, "demo", "--cards", "500", "--days", "32", "--no-serve")
 
 
 @pytest.mark.timeout(300)
