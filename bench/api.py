@@ -1,0 +1,153 @@
+"""Score-by-id throughput and latency against Feast's own feature server, in the same run on the same machine.
+
+    python -m bench.api [--seconds 15] [--workers 2]
+
+Builds a small deployment (synthetic data, backfill, a trained model, materialize) on an embedded redis-server,
+then loads, one after the other with the same closed-loop client at 1 and 8 connections:
+- fraudserve `POST /v1/fraud/score {"transaction_id"}`: transaction lookup, feature fetch, predict, label;
+- Feast `feast serve` `POST /get-online-features` for the same feature service and the same entities (features
+  only, no model, no transaction lookup).
+Prints a table and writes bench/results/api-<date>.json. The load generator shares the machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from bench.load import run_load
+from bench.pipeline import RESULTS, machine
+from fraudserve import feature_store
+from fraudserve.embedded_redis import free_port, online_store
+from fraudserve.models.manifest import Flavor
+from fraudserve.registry import open_registry
+from fraudserve.settings import Settings
+from pipelines.generate import GenerateConfig, generate
+from pipelines.materialize import materialize
+from pipelines.offline.backfill import backfill
+from pipelines.training.dataset import build_training_set
+from pipelines.training.train import TrainConfig, train
+
+
+def wait_http(url: str, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.25)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes for both servers")
+    parser.add_argument("--cards", type=int, default=2000)
+    parser.add_argument("--days", type=int, default=30)
+    args = parser.parse_args()
+    console = Console()
+    result: dict[str, object] = {"machine": machine(), "started": datetime.now(UTC).isoformat(), "args": vars(args)}
+    with tempfile.TemporaryDirectory(prefix="fraudserve-bench-") as tmp:
+        os.environ["FRAUDSERVE_HOME"] = str(Path(tmp) / "home")
+        os.environ.pop("FRAUDSERVE_REDIS", None)
+        settings = Settings()
+        with online_store(None, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
+            env = {**os.environ, **settings.feast_environment(connection)}
+            generated = generate(
+                Path(tmp) / "raw",
+                GenerateConfig(seed=3, cards=args.cards, days=args.days, end=datetime.now(UTC).replace(microsecond=0)),
+            )
+            feature_store.apply(settings, connection)
+            backfill(generated.files["transactions_parquet"], generated.files["labels_parquet"], settings.offline)
+            store = feature_store.open_store(settings, connection)
+            console.print("training a model ...")
+            trained = train(build_training_set(store, "fraud_v2", settings.offline), TrainConfig(Flavor.lightgbm),
+                            Path(tmp) / "pkg")  # fmt: skip
+            open_registry(settings).register(trained.package, name="fraud", feature_service="fraud_v2")
+            console.print("materializing ...")
+            materialize(store, settings.offline)
+            recent = (
+                duckdb.connect()
+                .execute(
+                    f"SELECT transaction_id, card_id, merchant_id, device_id, ip_address FROM "
+                    f"read_parquet('{settings.offline.transactions_file}') ORDER BY event_timestamp DESC LIMIT 2000"
+                )
+                .fetchall()
+            )
+            ours = [{"transaction_id": r[0]} for r in recent]
+            theirs = [
+                {"feature_service": "fraud_v2", "entities": {
+                    "transaction_id": [r[0]], "card_id": [r[1]], "merchant_id": [r[2]],
+                    "device_id": [r[3] or ""], "ip_address": [r[4] or ""]}}
+                for r in recent
+            ]  # fmt: skip
+
+            servers = {
+                "fraudserve": (
+                    [sys.executable, "-m", "fraudserve", "serve", "--workers", str(args.workers)],
+                    "/v1/fraud/score", ours, None,
+                ),
+                "feast serve": (
+                    [str(Path(sys.executable).parent / "feast"), "serve", "-w", str(args.workers)],
+                    "/get-online-features", theirs, settings.feature_repo,
+                ),
+            }  # fmt: skip
+            rows = []
+            for name, (command, path, bodies, cwd) in servers.items():
+                port = free_port()
+                flag = ["--port", str(port)] if name == "fraudserve" else ["-p", str(port)]
+                log = (Path(tmp) / f"{name.replace(' ', '_')}.log").open("w")
+                process = subprocess.Popen(
+                    [*command, *flag], env={**env, "FRAUDSERVE_REDIS": connection}, cwd=cwd, stdout=log, stderr=log
+                )
+                try:
+                    wait_http(f"http://127.0.0.1:{port}/")
+                    run_load("127.0.0.1", port, path, bodies, 1, 2)  # warm-up
+                    for connections in (1, 8):
+                        load = run_load("127.0.0.1", port, path, bodies, connections, args.seconds)
+                        result[f"{name} c{connections}"] = load.summary()
+                        rows.append((name, connections, load))
+                finally:
+                    process.terminate()
+                    process.wait(timeout=30)
+
+    table = Table(
+        title=f"score by id vs feast serve, {args.workers} worker(s) each, {os.cpu_count()} cores "
+        "(shared with the load generator)"
+    )
+    for column in ("server", "connections", "requests/s", "p50 ms", "p99 ms", "errors"):
+        table.add_column(column, justify="right")
+    for name, connections, load in rows:
+        table.add_row(name, str(connections), f"{load.rps:,.0f}", f"{load.pct(50):.2f}", f"{load.pct(99):.2f}",
+                      str(load.errors))  # fmt: skip
+    console.print(table)
+    for connections in (1, 8):
+        ours_rps = result[f"fraudserve c{connections}"]["rps"]  # type: ignore[index]
+        feast_rps = result[f"feast serve c{connections}"]["rps"]  # type: ignore[index]
+        ratio = ours_rps / feast_rps
+        result[f"ratio c{connections}"] = ratio
+        console.print(f"{connections} connection(s): fraudserve / feast serve = {ratio:.1f}x requests/s")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"api-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
+    out.write_text(json.dumps(result, indent=2, default=str))
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
