@@ -147,3 +147,33 @@ def test_a_fraud_v1_model_is_refused_for_fraud_v2_by_the_real_feature_store(
         open_registry(trained_home.settings).register(result.package, name="mixed", feature_service="fraud_v2")
     for name in ("device_distinct_cards_24h", "ip_distinct_cards_24h", "ip_txn_count_1h"):
         assert f"missing feature '{name}'" in str(caught.value)
+
+
+@pytest.mark.timeout(300)
+def test_asof_offline_store_equals_feasts_own_duckdb_store(trained_home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ASOF plugin keeps Feast's contract: the same rows and values as Feast's DuckDB store, on 3,000 rows."""
+    from feast import FeatureStore
+    from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
+
+    from pipelines.training.dataset import labeled_entity_rows
+
+    monkeypatch.setenv("FRAUDSERVE_HOME", str(trained_home.settings.home_dir))
+    ours = feature_store.open_offline_store(trained_home.settings)
+    reference = FeatureStore(repo_path=str(trained_home.settings.feature_repo))
+    reference.config._offline_store = DuckDBOfflineStoreConfig()  # Feast's own store, same repo
+    rows, _ = labeled_entity_rows(trained_home.settings.offline, LabelPolicy())
+    rows = rows.sample(3000, random_state=1)
+    frames = []
+    for store in (ours, reference):
+        assert type(store._get_provider().offline_store).__name__ in {"AsofDuckDBOfflineStore", "DuckDBOfflineStore"}
+        frame = store.get_historical_features(entity_df=rows, features=store.get_feature_service("fraud_v2")).to_df()
+        frames.append(frame.sort_values("transaction_id").reset_index(drop=True))
+    assert type(ours._get_provider().offline_store).__name__ == "AsofDuckDBOfflineStore"
+    assert type(reference._get_provider().offline_store).__name__ == "DuckDBOfflineStore"
+    left, right = frames
+    features = [f.name for f in ours.get_feature_service("fraud_v2").feature_view_projections[0].features]
+    assert len(left) == len(right) == 3000 and len(features) > 5
+    for column in right.columns:
+        if column in ("event_timestamp",):
+            continue
+        pd.testing.assert_series_equal(left[column], right[column], check_dtype=False, check_exact=False, rtol=1e-12)
