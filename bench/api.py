@@ -42,15 +42,18 @@ from pipelines.training.dataset import build_training_set
 from pipelines.training.train import TrainConfig, train
 
 
-def wait_http(url: str, seconds: float = 90) -> None:
+def wait_ready(url: str, body: dict[str, object], seconds: float = 120) -> None:
+    """Until the endpoint answers the benchmark's own request with 200 (every worker process started)."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    ok = 0
+    while time.monotonic() < deadline and ok < 10:
         try:
-            httpx.get(url, timeout=1)
-            return
+            ok = ok + 1 if httpx.post(url, json=body, timeout=5).status_code == 200 else 0
         except httpx.HTTPError:
-            time.sleep(0.25)
-    raise RuntimeError(f"{url} did not come up")
+            ok = 0
+            time.sleep(0.5)
+    if ok < 10:
+        raise RuntimeError(f"{url} did not answer 200 within {seconds} s")
 
 
 def main() -> None:
@@ -117,7 +120,7 @@ def main() -> None:
                     [*command, *flag], env={**env, "FRAUDSERVE_REDIS": connection}, cwd=cwd, stdout=log, stderr=log
                 )
                 try:
-                    wait_http(f"http://127.0.0.1:{port}/")
+                    wait_ready(f"http://127.0.0.1:{port}{path}", bodies[0])
                     run_load("127.0.0.1", port, path, bodies, 1, 2)  # warm-up
                     for connections in (1, 8):
                         load = run_load("127.0.0.1", port, path, bodies, connections, args.seconds)

@@ -44,7 +44,13 @@ async def _connection(
         ).encode() + body
         started = time.perf_counter()
         writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            errs.append(0)  # the server closed the connection: count it, reconnect
+            writer.close()
+            reader, writer = await asyncio.open_connection(host, port)
+            continue
         length = 0
         status = int(head.split(b" ", 2)[1])
         for line in head.split(b"\r\n"):

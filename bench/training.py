@@ -60,7 +60,7 @@ def main() -> None:
         n = len(training_set.frame)
         rows.append(
             (
-                f"training set ({args.feature_service}, Feast DuckDB offline store)",
+                f"training set ({args.feature_service}, Feast get_historical_features, ASOF store)",
                 f"{n:,} rows of {generated.transactions:,} transactions in {build_s:.1f} s",
                 f"{n / build_s:,.0f} rows/s",
             )

@@ -19,6 +19,11 @@ class RedisType(StrEnum):
     redis_cluster = "redis_cluster"
 
 
+class FeatureSourceKind(StrEnum):
+    redis = "redis"
+    feast = "feast"
+
+
 class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
@@ -54,6 +59,11 @@ class Settings(BaseSettings):
     canary_percent: float = Field(default=0.0, ge=0, le=100, description="Share of requests scored by candidate.")
     shadow_candidate: bool = Field(default=False, description="Also score with candidate; log, never return.")
     device: Device = Field(default=Device.auto, description="Where models run: auto, cpu or cuda.")
+    feature_source: FeatureSourceKind = Field(
+        default=FeatureSourceKind.redis,
+        description="How the API reads online features: redis (Feast's Redis layout, one pipelined round trip) "
+        "or feast (Feast's SDK, get_online_features_async).",
+    )
     top_reasons: int = Field(default=3, ge=0, le=50, description="Reasons (feature contributions) per score.")
 
     @property

@@ -12,10 +12,11 @@ from fastapi import FastAPI, Request, Response
 from fraudserve import __version__
 from fraudserve.errors import ConfigurationError
 from fraudserve.models.device import resolve_device
-from fraudserve.settings import Settings
+from fraudserve.settings import FeatureSourceKind, Settings
 from inference_api import errors
-from inference_api.domain.features import FeastFeatureSource
+from inference_api.domain.features import FeastFeatureSource, FeatureSource
 from inference_api.domain.models import ModelManager
+from inference_api.domain.redis_source import RedisFeatureSource
 from inference_api.domain.scoring import ScoringService
 from inference_api.middleware import RequestContext
 from inference_api.observability import Metrics
@@ -38,7 +39,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ConfigurationError("FRAUDSERVE_REDIS is not set: run the API with `fraudserve serve`, which sets it")
         settings.export_feast_environment(settings.redis)
         store = FeatureStore(repo_path=str(settings.feature_repo))
-        source = FeastFeatureSource(store, settings.request_budget_ms / 1000)
+        budget = settings.request_budget_ms / 1000
+        source: FeatureSource = (
+            RedisFeatureSource(store, budget)
+            if settings.feature_source is FeatureSourceKind.redis
+            else FeastFeatureSource(store, budget)
+        )
         manager = ModelManager(
             open_registry(settings, check_features=False),
             store,
@@ -60,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            if isinstance(source, RedisFeatureSource):
+                await source.close()
 
     app = FastAPI(
         title="fraudserve",

@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from fraudserve.errors import FraudserveError
 from inference_api.domain.features import FeatureSource, TransactionRecord, ViewValues
 from inference_api.domain.models import LoadedModel, ModelManager
 from inference_api.domain.plan import FeaturePlan
 from inference_api.observability import Metrics
-from pipelines.features.request_time import request_time_features
+from pipelines.features.request_time import request_time_arrays
 
 log = logging.getLogger("fraudserve.scoring")
 UNCERTAIN = "uncertain"
@@ -79,13 +78,13 @@ def build_rows(
         mean_7d = columns.get("card_amount_mean_7d") or [
             views.get("card_features", ViewValues({}, None)).values.get("card_amount_mean_7d") for views in fetched
         ]
-        extra = request_time_features(
-            pd.Series([r.amount for r in records], dtype="float64"),
-            pd.Series([r.event_time_ms for r in records], dtype="int64"),
-            pd.Series(mean_7d, dtype="float64"),
+        extra = request_time_arrays(
+            np.array([r.amount for r in records], dtype=np.float64),
+            np.array([r.event_time_ms for r in records], dtype=np.float64),
+            np.array([np.nan if v is None else v for v in mean_7d], dtype=np.float64),
         )
         for name in plan.request_time:
-            columns[name] = extra[name].astype("float64").tolist()
+            columns[name] = extra[name].tolist()
     matrix = np.array(
         [[np.nan if v is None else v for v in columns[name]] for name in plan.features], dtype=np.float64
     ).T.reshape(len(records), len(plan.features))

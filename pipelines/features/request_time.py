@@ -16,17 +16,41 @@ REQUEST_TIME_FEATURES: dict[str, str] = {
 }
 
 
+MS_PER_HOUR = 3_600_000
+MS_PER_DAY = 86_400_000
+EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday is 0)
+
+
+def request_time_arrays(
+    amount: np.ndarray, event_time_ms: np.ndarray, card_amount_mean_7d: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The definition, on float arrays (NaN for unknown): amount / card_amount_mean_7d (NaN when the mean is unknown
+    or not positive), hour of day and weekday (Monday 0) in UTC. The API calls it directly (no pandas per request)."""
+    amount = np.asarray(amount, dtype=np.float64)
+    mean = np.asarray(card_amount_mean_7d, dtype=np.float64)
+    ms = np.asarray(event_time_ms, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(mean > 0, amount / mean, np.nan)
+    return {
+        "amount_to_card_mean_7d": ratio,
+        "hour_of_day_utc": np.floor(np.mod(ms, MS_PER_DAY) / MS_PER_HOUR),
+        "day_of_week_utc": np.mod(np.floor(ms / MS_PER_DAY) + EPOCH_WEEKDAY, 7),
+    }
+
+
 def request_time_features(amount: pd.Series, event_time_ms: pd.Series, card_amount_mean_7d: pd.Series) -> pd.DataFrame:
-    """amount / card_amount_mean_7d (null when the mean is unknown or 0), hour of day and weekday (Monday 0), UTC."""
-    mean = pd.to_numeric(card_amount_mean_7d, errors="coerce").astype("float64")
-    ratio = pd.to_numeric(amount, errors="coerce").astype("float64") / mean.where(mean > 0)
-    when = pd.to_datetime(pd.to_numeric(event_time_ms, errors="coerce"), unit="ms", utc=True)
+    """The same features as a DataFrame, for Feast's pandas on-demand feature view."""
+    arrays = request_time_arrays(
+        pd.to_numeric(amount, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan),
+        pd.to_numeric(event_time_ms, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan),
+        pd.to_numeric(card_amount_mean_7d, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan),
+    )
     out = pd.DataFrame(
         {
-            "amount_to_card_mean_7d": ratio.replace([np.inf, -np.inf], np.nan),
-            "hour_of_day_utc": when.dt.hour.astype("Int64"),
-            "day_of_week_utc": when.dt.dayofweek.astype("Int64"),
-        }
+            "amount_to_card_mean_7d": arrays["amount_to_card_mean_7d"],
+            "hour_of_day_utc": pd.array(arrays["hour_of_day_utc"], dtype="Float64").astype("Int64"),
+            "day_of_week_utc": pd.array(arrays["day_of_week_utc"], dtype="Float64").astype("Int64"),
+        },
+        index=amount.index,
     )
-    out.index = amount.index
     return out

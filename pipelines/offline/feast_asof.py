@@ -130,7 +130,6 @@ def asof_join(
 
 class AsofDuckDBOfflineStore(DuckDBOfflineStore):
     @staticmethod
-
     def get_historical_features(  # type: ignore[override]
         config: RepoConfig,
         feature_views: list[FeatureView],

@@ -268,3 +268,35 @@ def test_promotion_under_load_fails_no_request_and_switches_version(deployment: 
     assert math.isfinite(len(seen)) and len(seen) > 50
     assert json.loads(httpx.get(f"{api}/v2/models/fraud").text)["versions"] == ["1", "2"]
     deployment.registry.rollback("fraud")
+
+
+def test_direct_redis_reader_returns_what_feasts_sdk_returns(deployment: Deployment) -> None:
+    from inference_api.domain.features import FeastFeatureSource
+    from inference_api.domain.plan import resolve_plan
+    from inference_api.domain.redis_source import RedisFeatureSource
+
+    store = feature_store.open_store(deployment.settings, deployment.redis.connection_string)
+    plan = resolve_plan(store, "fraud_v2")
+    ids = [*deployment.recent[:25], "tx_missing"]
+
+    async def read(source: FeastFeatureSource | RedisFeatureSource) -> tuple[list, list]:  # type: ignore[type-arg]
+        records = await source.transactions(ids)
+        found = [r for r in records if r is not None]
+        return records, await source.views(plan, found)
+
+    direct = RedisFeatureSource(store, 1.0)
+    ours, theirs = asyncio.run(read(direct)), asyncio.run(read(FeastFeatureSource(store, 1.0)))
+    assert ours[0][-1] is None and theirs[0][-1] is None
+    assert [r.transaction_id for r in ours[0][:-1]] == ids[:-1]
+    for mine, feasts in zip(ours[0][:-1], theirs[0][:-1], strict=True):
+        assert mine is not None and feasts is not None
+        assert {**vars(mine), "stored_at": None} == {**vars(feasts), "stored_at": None}
+        assert mine.stored_at == pytest.approx(feasts.stored_at)
+    assert len(ours[1]) == 25
+    for mine_views, feast_views in zip(ours[1], theirs[1], strict=True):
+        for view, values in mine_views.items():
+            assert values.values == pytest.approx(feast_views[view].values, nan_ok=True)
+            if values.timestamp is None:
+                assert feast_views[view].timestamp is None
+            else:
+                assert values.timestamp == pytest.approx(feast_views[view].timestamp)
