@@ -123,7 +123,7 @@ def asof_join(
                 value = f"CASE WHEN {alias}.__ts >= e.{ENTITY_TIMESTAMP} - INTERVAL {seconds} SECOND THEN {value} END"
             selected.append(f"{value} AS {_quote(name)}")
     query = f"SELECT {', '.join(selected)} FROM entity e {' '.join(joins)} ORDER BY e.__row"
-    table = con.execute(query).to_arrow_table()
+    table = con.sql(query).to_arrow_table()
     con.close()
     return table
 

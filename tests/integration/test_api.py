@@ -300,3 +300,25 @@ def test_direct_redis_reader_returns_what_feasts_sdk_returns(deployment: Deploym
                 assert feast_views[view].timestamp is None
             else:
                 assert values.timestamp == pytest.approx(feast_views[view].timestamp)
+
+
+def test_canary_and_shadow(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All traffic to the candidate at 100 % canary; in shadow mode the candidate scores but production answers."""
+    candidate = deployment.registry.register(deployment.packages[1], name="fraud", feature_service="fraud_v2")
+    assert "candidate" in candidate.aliases
+    production = deployment.registry.get("fraud").version
+    monkeypatch.setenv("FRAUDSERVE_HOME", str(deployment.settings.home_dir))
+    monkeypatch.setenv("FRAUDSERVE_REDIS", deployment.redis.connection_string)
+    body = {"transaction_id": deployment.recent[0]}
+    monkeypatch.setenv("FRAUDSERVE_CANARY_PERCENT", "100")
+    with ApiServer(Settings()) as server:
+        versions = {post(f"{server.url}/v1/fraud/score", body).json()["model"]["version"] for _ in range(5)}
+        assert versions == {candidate.version}
+    monkeypatch.setenv("FRAUDSERVE_CANARY_PERCENT", "0")
+    monkeypatch.setenv("FRAUDSERVE_SHADOW_CANDIDATE", "true")
+    with ApiServer(Settings()) as server:
+        versions = {post(f"{server.url}/v1/fraud/score", body).json()["model"]["version"] for _ in range(5)}
+        assert versions == {production}
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert f'fraudserve_shadow_abs_difference_count{{candidate_version="{candidate.version}"}} 5.0' in metrics
+        assert f'fraudserve_model_version{{alias="candidate",model="fraud"}} {float(candidate.version)}' in metrics
