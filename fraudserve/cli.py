@@ -25,9 +25,11 @@ features_app = typer.Typer(no_args_is_help=True, help="The Feast feature repo an
 redis_app = typer.Typer(no_args_is_help=True, help="The embedded redis-server (when FRAUDSERVE_REDIS is unset).")
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys: create, list, revoke.")
 models_app = typer.Typer(no_args_is_help=True, help="The model registry: register, list, show, promote, rollback.")
 app.add_typer(redis_app, name="redis")
 app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
 
 console = Console(stderr=True)
 out = Console()
@@ -387,12 +389,14 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
 ) -> None:
     """The inference API on uvicorn (FastAPI)."""
+    from fraudserve.keys import KeyStore
+
     settings = _settings()
-    if host not in LOOPBACK:
+    if host not in LOOPBACK and not KeyStore(settings.keys_file).any():
         raise _fail(
             ValueError(
                 f"refusing to listen on {host}: no API key exists, so the API serves on loopback only. "
-                "API keys (`fraudserve keys create`) come with the security issue; until then use --host 127.0.0.1"
+                "Create one with `fraudserve keys create --name NAME --scopes score`, or use --host 127.0.0.1"
             )
         )
     try:
@@ -414,9 +418,13 @@ def _run_api(settings: Settings, connection: str, host: str, port: int, workers:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         os.environ["FRAUDSERVE_METRICS_MULTIPROCESS"] = "1"
     configure_logging()
+    from fraudserve.keys import KeyStore
+
+    keyed = KeyStore(settings.keys_file).any()
+    access = "API keys required" if keyed else "no API key exists: serving on loopback only, open to local callers"
     console.print(
         f"fraudserve API on http://{host}:{port} ({workers} worker(s)), online store {connection}, "
-        f"model {settings.model_name!r}. No API key exists: serving on loopback only. Ctrl-C stops it."
+        f"model {settings.model_name!r}; {access}. Ctrl-C stops it."
     )
     uvicorn.run(
         "inference_api.app:create_app",
@@ -435,6 +443,49 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+# ----------------------------------------------------------------------------------------------------------- keys
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what uses the key.")],
+    scopes: Annotated[str, typer.Option(help="Comma-separated: score, predict, admin.")] = "score",
+) -> None:
+    """Create an API key; it is printed once, only its hash is stored."""
+    from fraudserve.keys import KeyStore, Scope
+
+    try:
+        chosen = [Scope(s.strip()) for s in scopes.split(",") if s.strip()]
+    except ValueError as exc:
+        raise _fail(ValueError(f"--scopes {scopes!r}: use score, predict and/or admin")) from exc
+    if not chosen:
+        raise _fail(ValueError("--scopes is empty: use score, predict and/or admin"))
+    record, key = KeyStore(_settings().keys_file).create(name, chosen)
+    console.print(f"key {record.id} ({record.name}, scopes {', '.join(record.scopes)}); store it now, it is not kept:")
+    out.print(key, highlight=False)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Key ids, names and scopes (never the secrets)."""
+    from fraudserve.keys import KeyStore
+
+    table = Table(title="API keys")
+    for column in ("id", "name", "scopes", "created"):
+        table.add_column(column)
+    for record in KeyStore(_settings().keys_file).records().values():
+        table.add_row(record.id, record.name, ", ".join(record.scopes), record.created_at)
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id."""
+    from fraudserve.keys import KeyStore
+
+    if not KeyStore(_settings().keys_file).revoke(key_id):
+        raise _fail(ValueError(f"no key with id {key_id!r} (see `fraudserve keys list`)"))
+    out.print(f"revoked {key_id}")
 
 
 # ---------------------------------------------------------------------------------------------------------- redis

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
         description="How the API reads online features: redis (Feast's Redis layout, one pipelined round trip) "
         "or feast (Feast's SDK, get_online_features_async).",
     )
+    metrics_public: bool = Field(default=True, description="GET /metrics without an API key.")
     top_reasons: int = Field(default=3, ge=0, le=50, description="Reasons (feature contributions) per score.")
 
     @property
@@ -73,6 +74,10 @@ class Settings(BaseSettings):
     @property
     def offline(self) -> OfflineLayout:
         return OfflineLayout(self.home_dir / "offline")
+
+    @property
+    def keys_file(self) -> Path:
+        return self.home_dir / "keys" / "api_keys.json"
 
     @property
     def models_dir(self) -> Path:

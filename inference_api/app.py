@@ -11,16 +11,18 @@ from fastapi import FastAPI, Request, Response
 
 from fraudserve import __version__
 from fraudserve.errors import ConfigurationError
+from fraudserve.keys import KeyStore, Scope
 from fraudserve.models.device import resolve_device
 from fraudserve.settings import FeatureSourceKind, Settings
 from inference_api import errors
+from inference_api.auth import require
 from inference_api.domain.features import FeastFeatureSource, FeatureSource
 from inference_api.domain.models import ModelManager
 from inference_api.domain.redis_source import RedisFeatureSource
 from inference_api.domain.scoring import ScoringService
 from inference_api.middleware import RequestContext
 from inference_api.observability import Metrics
-from inference_api.routes import fraud, models, oip
+from inference_api.routes import admin, fraud, models, oip
 
 log = logging.getLogger("fraudserve.api")
 
@@ -77,13 +79,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.keys = KeyStore(settings.keys_file)
     errors.install(app)
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     app.include_router(fraud.router)
     app.include_router(models.router)
     app.include_router(oip.router)
+    app.include_router(admin.router)
 
-    @app.get("/metrics", tags=["operations"], response_class=Response)
+    metrics_guard = [] if settings.metrics_public else [require(Scope.admin)]
+
+    @app.get("/metrics", tags=["operations"], response_class=Response, dependencies=metrics_guard)
     async def prometheus(request: Request) -> Response:
         manager: ModelManager | None = getattr(request.app.state, "models", None)
         if manager is not None:

@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 
 from fraudserve.errors import FraudserveError, InvalidInput
+from fraudserve.keys import Scope
+from inference_api.auth import require
 from inference_api.domain.scoring import Score, ScoringService, score_requests
 from inference_api.schemas import (
     BatchItem,
@@ -20,7 +22,7 @@ from inference_api.schemas import (
     ScoreResponse,
 )
 
-router = APIRouter(prefix="/v1/fraud", tags=["fraud"])
+router = APIRouter(prefix="/v1/fraud", tags=["fraud"], dependencies=[require(Scope.score)])
 
 
 def scoring(request: Request) -> ScoringService:
@@ -31,6 +33,8 @@ def scoring(request: Request) -> ScoringService:
 ScoringDep = Annotated[ScoringService, Depends(scoring)]
 
 ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorResponse, "description": "unauthorized"},
+    403: {"model": ErrorResponse, "description": "forbidden"},
     404: {"model": ErrorResponse, "description": "transaction_not_found"},
     413: {"model": ErrorResponse, "description": "payload_too_large"},
     422: {"model": ErrorResponse, "description": "invalid_request"},

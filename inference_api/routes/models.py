@@ -7,12 +7,14 @@ import asyncio
 from fastapi import APIRouter, Request
 
 from fraudserve.errors import FraudserveError
+from fraudserve.keys import Scope
+from inference_api.auth import require
 from inference_api.domain.models import LoadedModel, ModelManager
 from inference_api.domain.scoring import score_requests
 from inference_api.routes.fraud import ERRORS, ScoringDep, _as_request
 from inference_api.schemas import ErrorBody, ModelRef, PredictRequest, PredictResponse
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[require(Scope.predict)])
 
 
 async def loaded(request: Request, name: str, version: int | None) -> LoadedModel:

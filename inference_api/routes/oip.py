@@ -10,11 +10,14 @@ from fastapi.responses import JSONResponse
 
 from fraudserve import __version__
 from fraudserve.errors import FraudserveError, InvalidInput
+from fraudserve.keys import Scope
+from inference_api.auth import require
 from inference_api.domain.models import LoadedModel, ModelManager
 from inference_api.routes.models import loaded
 from inference_api.schemas import ERRORS_OIP, InferRequest, InferResponse, InferTensor, ModelMetadata, TensorMetadata
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+PREDICT = [require(Scope.predict)]
 
 
 @router.get("")
@@ -50,14 +53,16 @@ def _metadata(model: LoadedModel, versions: list[str]) -> ModelMetadata:
     )
 
 
-@router.get("/models/{name}", response_model=ModelMetadata, responses=ERRORS_OIP)
+@router.get("/models/{name}", response_model=ModelMetadata, responses=ERRORS_OIP, dependencies=PREDICT)
 async def model_metadata(name: str, request: Request) -> ModelMetadata:
     model = await loaded(request, name, None)
     versions = [str(v.version) for v in request.app.state.models.registry.versions(name)]
     return _metadata(model, versions)
 
 
-@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=ERRORS_OIP)
+@router.get(
+    "/models/{name}/versions/{version}", response_model=ModelMetadata, responses=ERRORS_OIP, dependencies=PREDICT
+)
 async def version_metadata(name: str, version: int, request: Request) -> ModelMetadata:
     return _metadata(await loaded(request, name, version), [str(version)])
 
@@ -70,12 +75,12 @@ async def _ready(request: Request, name: str, version: int | None) -> JSONRespon
     return JSONResponse({"name": name, "ready": True})
 
 
-@router.get("/models/{name}/ready")
+@router.get("/models/{name}/ready", dependencies=PREDICT)
 async def model_ready(name: str, request: Request) -> JSONResponse:
     return await _ready(request, name, None)
 
 
-@router.get("/models/{name}/versions/{version}/ready")
+@router.get("/models/{name}/versions/{version}/ready", dependencies=PREDICT)
 async def version_ready(name: str, version: int, request: Request) -> JSONResponse:
     return await _ready(request, name, version)
 
@@ -106,12 +111,14 @@ def _infer(model: LoadedModel, body: InferRequest) -> InferResponse:
     )
 
 
-@router.post("/models/{name}/infer", response_model=InferResponse, responses=ERRORS_OIP)
+@router.post("/models/{name}/infer", response_model=InferResponse, responses=ERRORS_OIP, dependencies=PREDICT)
 async def infer(name: str, body: InferRequest, request: Request) -> InferResponse:
     """`inputs[0]`: an FP32 tensor [N, features] whose columns follow the model's manifest (see its metadata)."""
     return _infer(await loaded(request, name, None), body)
 
 
-@router.post("/models/{name}/versions/{version}/infer", response_model=InferResponse, responses=ERRORS_OIP)
+@router.post(
+    "/models/{name}/versions/{version}/infer", response_model=InferResponse, responses=ERRORS_OIP, dependencies=PREDICT
+)
 async def infer_version(name: str, version: int, body: InferRequest, request: Request) -> InferResponse:
     return _infer(await loaded(request, name, version), body)

@@ -322,3 +322,49 @@ def test_canary_and_shadow(deployment: Deployment, monkeypatch: pytest.MonkeyPat
         metrics = httpx.get(f"{server.url}/metrics").text
         assert f'fraudserve_shadow_abs_difference_count{{candidate_version="{candidate.version}"}} 5.0' in metrics
         assert f'fraudserve_model_version{{alias="candidate",model="fraud"}} {float(candidate.version)}' in metrics
+
+
+def test_api_keys_and_scopes(deployment: Deployment, api: str) -> None:
+    """Once a key exists every route but health needs one; admin routes need the admin scope."""
+    from fraudserve.keys import KeyStore, Scope
+
+    keys = KeyStore(deployment.settings.keys_file)
+    try:
+        _, score_key = keys.create("fraud-service", [Scope.score])
+        _, predict_key = keys.create("notebook", [Scope.predict])
+        _, admin_key = keys.create("ops", [Scope.admin, Scope.score])
+        assert score_key not in deployment.settings.keys_file.read_text()  # only the hash is stored
+        body = {"transaction_id": deployment.recent[0]}
+        score = f"{api}/v1/fraud/score"
+        assert "API key is required" in error_of(post(score, body), 401, "unauthorized")
+        assert "not valid" in error_of(post(score, body, Authorization="Bearer fs_0000_nope"), 401, "unauthorized")
+        assert "'score' scope" in error_of(post(score, body, **{"X-API-Key": predict_key}), 403, "forbidden")
+        assert post(score, body, Authorization=f"Bearer {score_key}").status_code == 200
+        assert post(score, body, **{"X-API-Key": score_key}).status_code == 200
+        assert httpx.get(f"{api}/v2/health/live").status_code == 200  # health stays open
+        predict = f"{api}/v1/models/fraud/predict"
+        assert post(predict, {"rows": [body]}, **{"X-API-Key": predict_key}).status_code == 200
+        error_of(post(predict, {"rows": [body]}, **{"X-API-Key": score_key}), 403, "forbidden")
+        admin_routes = [
+            ("GET", "/v1/admin/models", None),
+            ("GET", "/v1/admin/models/fraud", None),
+            ("POST", "/v1/admin/models/fraud/promote", {"version": 1}),
+            ("POST", "/v1/admin/models/fraud/rollback", None),
+            ("POST", "/v1/admin/reload", None),
+        ]
+        for method, path, payload in admin_routes:
+            for headers, status, code in (
+                ({}, 401, "unauthorized"),
+                ({"X-API-Key": "fs_1234_wrong"}, 401, "unauthorized"),
+                ({"X-API-Key": score_key}, 403, "forbidden"),
+            ):
+                response = httpx.request(method, f"{api}{path}", json=payload, headers=headers)
+                error_of(response, status, code)
+        listing = httpx.get(f"{api}/v1/admin/models", headers={"X-API-Key": admin_key})
+        assert listing.status_code == 200 and "fraud" in listing.json()["models"]
+        promoted = post(f"{api}/v1/admin/models/fraud/promote", {"version": 1}, **{"X-API-Key": admin_key})
+        assert promoted.status_code == 200 and "production" in promoted.json()["aliases"]
+        reloaded = post(f"{api}/v1/admin/reload", None, **{"X-API-Key": admin_key}).json()
+        assert reloaded["production"] == 1
+    finally:
+        deployment.settings.keys_file.unlink(missing_ok=True)

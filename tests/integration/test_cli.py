@@ -122,3 +122,20 @@ def test_backfill_of_invalid_input_fails_with_the_row_and_field(tmp_path: Path) 
     result = run(tmp_path / "home", "features", "backfill", "--transactions", str(bad))
     assert result.returncode == 1
     assert "row 1: amount required finite number >= 0 (got -1)" in result.stderr
+
+
+def test_keys_cli_and_the_loopback_rule(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    refused = run(home, "serve", "--host", "0.0.0.0")
+    assert refused.returncode == 1 and "loopback only" in refused.stderr and "keys create" in refused.stderr
+    created = run(home, "keys", "create", "--name", "fraud-service", "--scopes", "score,predict")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("fs_")
+    listing = run(home, "keys", "list")
+    assert "fraud-service" in listing.stdout and "predict, score" in listing.stdout
+    assert key.split("_", 2)[2] not in listing.stdout
+    assert key.split("_", 2)[2] not in (home / "keys" / "api_keys.json").read_text()
+    bad = run(home, "keys", "create", "--name", "x", "--scopes", "root")
+    assert bad.returncode == 1 and "use score, predict and/or admin" in bad.stderr
+    assert run(home, "keys", "revoke", key.split("_")[1]).stdout.strip() == f"revoked {key.split('_')[1]}"

@@ -1,0 +1,25 @@
+"""API-key checks as FastAPI dependencies: open while no key exists (the API then serves on loopback only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Depends, Request
+
+from fraudserve.keys import KeyStore, Scope
+
+
+def presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header and header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+def require(scope: Scope) -> Any:
+    async def check(request: Request) -> None:
+        keys: KeyStore = request.app.state.keys
+        if keys.any():
+            keys.authenticate(presented_key(request), scope)
+
+    return Depends(check)
