@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import shutil
 
@@ -11,16 +12,12 @@ log = logging.getLogger("fraudserve.models")
 
 
 def cuda_available() -> tuple[bool, str]:
+    """Whether models can run on a GPU here: an NVIDIA GPU and nvForest (the `gpu` extra)."""
     if shutil.which("nvidia-smi") is None:
         return False, "no NVIDIA GPU (nvidia-smi not found)"
-    try:
-        import xgboost
-
-        if not xgboost.build_info().get("USE_CUDA"):
-            return False, "this XGBoost is built without CUDA (install the `gpu` extra: pip install 'fraudserve[gpu]')"
-    except ImportError:
-        return False, "XGBoost is not installed"
-    return True, "CUDA GPU and CUDA-enabled XGBoost found"
+    if importlib.util.find_spec("nvforest") is None:
+        return False, "nvForest is not installed (install the `gpu` extra: pip install 'fraudserve[gpu]')"
+    return True, "NVIDIA GPU and nvForest found"
 
 
 def resolve_device(requested: str) -> str:

@@ -78,11 +78,55 @@ class XGBoostRuntime:
         return np.asarray(booster.predict(matrix, pred_contribs=True))
 
 
+class NvForestRuntime:
+    """Predictions by NVIDIA nvForest (GPU), reasons by the framework's own library (TreeSHAP on the CPU).
+
+    nvForest loads LightGBM text and XGBoost JSON/UBJ files as they are. It has no SHAP, so `contributions` uses
+    the native booster; that is the per-row part of a request, while batches are where the GPU pays.
+    """
+
+    def __init__(self, flavor: Flavor, path: Path, threads: int = 0, device: str = "gpu", precision: str = "single"):
+        import nvforest
+
+        model_type = "lightgbm" if flavor is Flavor.lightgbm else "xgboost_json"
+        if path.suffix == ".ubj":
+            model_type = "xgboost_ubj"
+        self.forest = nvforest.load_model(path, model_type=model_type, device=device, precision=precision)
+        self.native: Runtime = (
+            LightGBMRuntime(path, threads) if flavor is Flavor.lightgbm else XGBoostRuntime(path, threads)
+        )
+        self.feature_names = self.native.feature_names
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        out = np.asarray(self.forest.predict_proba(np.ascontiguousarray(rows, dtype=np.float32)))
+        if hasattr(out, "get"):  # a CuPy array when the input lived on the GPU
+            out = out.get()
+        out = np.asarray(out, dtype=np.float64)
+        return out[:, -1] if out.ndim == 2 else out
+
+    def contributions(self, rows: np.ndarray) -> np.ndarray:
+        return self.native.contributions(rows)
+
+
 def load_runtime(flavor: Flavor, path: Path, threads: int = 0, device: str = "cpu") -> Runtime:
     """Load a model file with its framework's own loader; ModelLoadError names the file when it is not one.
 
-    `device` is "cpu" or "cuda". On CUDA, XGBoost predicts on the GPU; LightGBM cannot, and stays on the CPU here.
+    `device`: "cpu" runs the native library. "cuda" runs XGBoost on CUDA when this XGBoost is built with it, and
+    otherwise (LightGBM always: it cannot predict on a GPU) nvForest on the GPU.
     """
+    if device == "cuda":
+        if flavor is Flavor.xgboost and _xgboost_has_cuda():
+            return XGBoostRuntime(path, threads, device)
+        return NvForestRuntime(flavor, path, threads, device="gpu")
     if flavor is Flavor.lightgbm:
         return LightGBMRuntime(path, threads)
     return XGBoostRuntime(path, threads, device)
+
+
+def _xgboost_has_cuda() -> bool:
+    try:
+        import xgboost
+
+        return bool(xgboost.build_info().get("USE_CUDA"))
+    except ImportError:
+        return False
