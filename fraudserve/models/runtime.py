@@ -88,21 +88,23 @@ class NvForestRuntime:
     def __init__(self, flavor: Flavor, path: Path, threads: int = 0, device: str = "gpu", precision: str = "single"):
         import nvforest
 
+        # The framework's own loader first: it names a corrupt file, and it explains the scores.
+        self.native: Runtime = (
+            LightGBMRuntime(path, threads) if flavor is Flavor.lightgbm else XGBoostRuntime(path, threads)
+        )
         model_type = "lightgbm" if flavor is Flavor.lightgbm else "xgboost_json"
         if path.suffix == ".ubj":
             model_type = "xgboost_ubj"
         self.forest = nvforest.load_model(path, model_type=model_type, device=device, precision=precision)
-        self.native: Runtime = (
-            LightGBMRuntime(path, threads) if flavor is Flavor.lightgbm else XGBoostRuntime(path, threads)
-        )
+        self.dtype = np.float64 if precision == "double" else np.float32
         self.feature_names = self.native.feature_names
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
-        out = np.asarray(self.forest.predict_proba(np.ascontiguousarray(rows, dtype=np.float32)))
-        if hasattr(out, "get"):  # a CuPy array when the input lived on the GPU
+        out = self.forest.predict_proba(np.ascontiguousarray(rows, dtype=self.dtype))
+        if hasattr(out, "get"):  # nvForest on the GPU answers with a CuPy array
             out = out.get()
-        out = np.asarray(out, dtype=np.float64)
-        return out[:, -1] if out.ndim == 2 else out
+        scores = np.asarray(out, dtype=np.float64)
+        return scores[:, -1] if scores.ndim == 2 else scores
 
     def contributions(self, rows: np.ndarray) -> np.ndarray:
         return self.native.contributions(rows)
