@@ -17,7 +17,8 @@ class ModelLoadError(ValueError):
 class Runtime(Protocol):
     """A loaded model: fraud probability for each row of a float matrix whose columns follow `feature_names`."""
 
-    feature_names: list[str]
+    @property
+    def feature_names(self) -> list[str]: ...
 
     def predict(self, rows: np.ndarray) -> np.ndarray: ...
 
@@ -88,16 +89,31 @@ class NvForestRuntime:
     def __init__(self, flavor: Flavor, path: Path, threads: int = 0, device: str = "gpu", precision: str = "single"):
         import nvforest
 
-        # The framework's own loader first: it names a corrupt file, and it explains the scores.
-        self.native: Runtime = (
-            LightGBMRuntime(path, threads) if flavor is Flavor.lightgbm else XGBoostRuntime(path, threads)
-        )
+        self.flavor, self.path, self.threads = flavor, path, threads
+        self._native: Runtime | None = None
         model_type = "lightgbm" if flavor is Flavor.lightgbm else "xgboost_json"
         if path.suffix == ".ubj":
             model_type = "xgboost_ubj"
-        self.forest = nvforest.load_model(path, model_type=model_type, device=device, precision=precision)
+        try:
+            self.forest = nvforest.load_model(path, model_type=model_type, device=device, precision=precision)
+        except Exception as exc:  # nvForest/Treelite raise their own error types
+            raise ModelLoadError(f"{path.name} cannot be loaded by nvForest: {exc}") from exc
         self.dtype = np.float64 if precision == "double" else np.float32
-        self.feature_names = self.native.feature_names
+
+    @property
+    def native(self) -> Runtime:
+        """The framework's own booster, loaded on first use (a GPU host may lack the CPU framework)."""
+        if self._native is None:
+            self._native = (
+                LightGBMRuntime(self.path, self.threads)
+                if self.flavor is Flavor.lightgbm
+                else XGBoostRuntime(self.path, self.threads)
+            )
+        return self._native
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.native.feature_names
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         out = self.forest.predict_proba(np.ascontiguousarray(rows, dtype=self.dtype))
