@@ -79,6 +79,11 @@ class XGBoostRuntime:
         return np.asarray(booster.predict(matrix, pred_contribs=True))
 
 
+# Below this many rows the CPU framework answers faster than a GPU round trip (bench/results/gpu-*.json: one row
+# takes 0.1-0.2 ms on the H100 through nvForest, 28 us on one CPU thread).
+GPU_MIN_ROWS = 64
+
+
 class NvForestRuntime:
     """Predictions by NVIDIA nvForest (GPU), reasons by the framework's own library (TreeSHAP on the CPU).
 
@@ -115,7 +120,16 @@ class NvForestRuntime:
     def feature_names(self) -> list[str]:
         return self.native.feature_names
 
+    def _cpu_available(self) -> bool:
+        try:
+            self.native  # noqa: B018 - loads it on first use
+        except ImportError:
+            return False
+        return True
+
     def predict(self, rows: np.ndarray) -> np.ndarray:
+        if rows.shape[0] < GPU_MIN_ROWS and self._cpu_available():
+            return self.native.predict(rows)  # a GPU call costs more than a small batch on the CPU
         out = self.forest.predict_proba(np.ascontiguousarray(rows, dtype=self.dtype))
         if hasattr(out, "get"):  # nvForest on the GPU answers with a CuPy array
             out = out.get()
