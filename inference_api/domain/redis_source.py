@@ -10,47 +10,27 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio as aioredis
-from feast.infra.key_encoding_utils import serialize_entity_key
-from feast.infra.online_stores.helpers import _mmh3
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-from feast.protos.feast.types.Value_pb2 import Value
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from fraudserve.errors import RedisUnavailable
 from inference_api.domain.features import TRANSACTION_FIELDS, TransactionRecord, ViewValues
 from inference_api.domain.plan import FeaturePlan
 from pipelines.features.catalog import TRANSACTION
+from pipelines.online_layout import decode_ts, decode_value, entity_key, feature_field, ts_field
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
 
-@lru_cache(maxsize=4096)
 def _fields(view: str, features: tuple[str, ...]) -> tuple[bytes | str, ...]:
-    return (*(_mmh3(f"{view}:{f}") for f in features), f"_ts:{view}")
+    return (*(feature_field(view, f) for f in features), ts_field(view))
 
 
-def _value(raw: bytes | None) -> Any:
-    if not raw:
-        return None
-    proto = Value()
-    proto.ParseFromString(raw)
-    kind = proto.WhichOneof("val")
-    return None if kind is None or kind == "null_val" else getattr(proto, kind)
-
-
-def _stamp(raw: bytes | None) -> float | None:
-    if not raw:
-        return None
-    ts = Timestamp()
-    ts.ParseFromString(raw)
-    seconds = ts.seconds + ts.nanos / 1e9
-    return seconds if seconds > 0 else None
+_value = decode_value
+_stamp = decode_ts
 
 
 class RedisFeatureSource:
@@ -75,8 +55,7 @@ class RedisFeatureSource:
         self.budget_s = budget_s
 
     def _key(self, join_key: str, value: str) -> bytes:
-        entity = EntityKey(join_keys=[join_key], entity_values=[Value(string_val=value)])
-        return bytes(serialize_entity_key(entity, entity_key_serialization_version=self.version)) + self.project
+        return entity_key(self.project, join_key, value, self.version)
 
     async def _hmget_all(self, commands: list[tuple[bytes, tuple[bytes | str, ...]]]) -> list[list[bytes | None]]:
         try:
