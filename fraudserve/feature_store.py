@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fraudserve.errors import ConfigurationError
 from fraudserve.settings import Settings
@@ -59,3 +59,23 @@ OFFLINE_ONLY = "127.0.0.1:1"
 def open_offline_store(settings: Settings) -> FeatureStore:
     """A FeatureStore for registry and offline-store work: it does not start or need Redis."""
     return open_store(settings, settings.redis or OFFLINE_ONLY)
+
+
+def feast_project(settings: Settings) -> str:
+    """The `project` of feature_repo/feature_store.yaml (the suffix of every online-store key)."""
+    import yaml
+
+    config = yaml.safe_load((settings.feature_repo / "feature_store.yaml").read_text())
+    return str(config["project"])
+
+
+def redis_client(settings: Settings, connection: str) -> Any:
+    """A synchronous redis-py client for Feast's connection-string form (single node or cluster)."""
+    import redis
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    nodes, params = RedisOnlineStore._parse_connection_string(connection)
+    if settings.redis_type.value == "redis_cluster":
+        startup = [redis.cluster.ClusterNode(n["host"], int(n["port"])) for n in nodes]  # type: ignore[no-untyped-call]
+        return redis.RedisCluster(startup_nodes=startup, **params)
+    return redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params)

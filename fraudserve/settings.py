@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     redis_server_bin: str = "redis-server"
     backfill_threads: int | None = Field(default=None, ge=1, description="DuckDB threads; default all cores.")
 
+    stream_lateness_seconds: float = Field(
+        default=300, ge=0, description="Events this late (event time) are still counted exactly online."
+    )
+
     # --- the inference API
     model_name: str = Field(default="fraud", description="Registered model that /v1/fraud/score serves.")
     max_batch: int = Field(default=256, ge=1, le=10_000, description="Most items in one score:batch request.")

@@ -1,0 +1,1 @@
+"""The streaming pipeline: transaction and label events through Redis Streams to fresh online features."""
