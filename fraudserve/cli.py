@@ -525,7 +525,13 @@ def _work(connection: str, consumer: str, until_idle: float | None) -> None:
 
     settings = _settings()
     lateness = timedelta(seconds=settings.stream_lateness_seconds)
-    worker = Worker(redis_client(settings, connection), feast_project(settings), consumer, lateness)
+    worker = Worker(
+        redis_client(settings, connection),
+        feast_project(settings),
+        consumer,
+        lateness,
+        claim_idle_ms=settings.stream_claim_idle_ms,
+    )
     worker.run(until_idle_s=until_idle)
 
 

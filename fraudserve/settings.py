@@ -54,6 +54,10 @@ class Settings(BaseSettings):
         default=300, ge=0, description="Events this late (event time) are still counted exactly online."
     )
 
+    stream_claim_idle_ms: int = Field(
+        default=15_000, ge=100, description="A worker takes over entries another worker left unacknowledged this long."
+    )
+
     # --- the inference API
     model_name: str = Field(default="fraud", description="Registered model that /v1/fraud/score serves.")
     max_batch: int = Field(default=256, ge=1, le=10_000, description="Most items in one score:batch request.")

@@ -1,0 +1,167 @@
+"""The stream worker produces, online, exactly the offline pipeline's values: real Redis, workers as processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+
+from fraudserve import feature_store
+from fraudserve.settings import Settings
+from pipelines.features.catalog import ENTITIES, features_of
+from pipelines.generate import GenerateConfig, generate
+from pipelines.offline.backfill import backfill
+from pipelines.stream.log import DEAD_LETTER
+from tests.integration.test_online_equals_offline import latest_rows, same
+from tests.redis_process import RedisProcess
+
+
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Path]]]:
+    root = tmp_path_factory.mktemp("stream")
+    home = root / "home"
+    generated = generate(
+        root / "raw", GenerateConfig(seed=17, cards=150, days=6, end=datetime(2026, 11, 1, tzinfo=UTC))
+    )
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("FRAUDSERVE_HOME", str(home))
+        settings = Settings()
+        feature_store.apply(settings, feature_store.OFFLINE_ONLY)
+        backfill(generated.files["transactions_parquet"], generated.files["labels_parquet"], settings.offline)
+    yield home, generated.files
+
+
+def env_for(home: Path, server: RedisProcess, **extra: str) -> dict[str, str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSERVE_")}
+    environment.update(
+        {"FRAUDSERVE_HOME": str(home), "FRAUDSERVE_REDIS": server.connection_string, "COLUMNS": "200", **extra}
+    )
+    return environment
+
+
+def cli(environment: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fraudserve", *args], env=environment, capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
+
+
+def assert_parity(home: Path, server: RedisProcess, monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setenv("FRAUDSERVE_HOME", str(home))
+    settings = Settings()
+    store = feature_store.open_store(settings, server.connection_string)
+    compared, mismatches = 0, []
+    for entity in ENTITIES:
+        offline = latest_rows(settings.offline.file(entity.view), entity.join_key)
+        names = [f.name for f in features_of(entity)]
+        keys = sorted(offline)
+        online = store.get_online_features(
+            features=[f"{entity.view}:{n}" for n in names], entity_rows=[{entity.join_key: k} for k in keys]
+        ).to_dict()
+        for i, key in enumerate(keys):
+            for name in names:
+                compared += 1
+                expected, got = offline[key][name], online[name][i]
+                close = same(expected, got) or (
+                    isinstance(expected, float) and got is not None and abs(expected - got) <= 1e-9 * abs(expected)
+                )
+                if not close:
+                    mismatches.append((entity.name, key, name, expected, got))
+    assert mismatches[:10] == []
+    return compared
+
+
+def jsonl_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.timeout(300)
+def test_two_workers_reach_offline_parity_even_with_every_event_twice(
+    offline: tuple[Path, dict[str, Path]], redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, files = offline
+    environment = env_for(home, redis_server)
+    for _ in range(2):  # every event delivered twice
+        produced = cli(environment, "stream", "produce", "--file", str(files["transactions_jsonl"]))
+        assert produced.returncode == 0, produced.stderr
+        assert cli(environment, "stream", "produce", "--file", str(files["labels_jsonl"]), "--labels").returncode == 0
+    run = cli(environment, "stream", "run", "--workers", "2", "--until-idle", "2")
+    assert run.returncode == 0, run.stderr
+    assert assert_parity(home, redis_server, monkeypatch) > 1000
+    status = cli(environment, "stream", "status")
+    assert "lag" in status.stdout and "freshness_p99_ms" in status.stdout
+
+
+@pytest.mark.timeout(300)
+def test_out_of_order_within_the_lateness_is_exact(
+    offline: tuple[Path, dict[str, Path]], redis_server: RedisProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, files = offline
+    rnd = random.Random(5)
+    lines = jsonl_lines(files["transactions_jsonl"])
+
+    def jittered(line: str) -> float:
+        moment = datetime.fromisoformat(json.loads(line)["event_timestamp"]).timestamp()
+        return moment + rnd.uniform(0, 240)  # up to 4 minutes out of order, inside the 5-minute lateness
+
+    shuffled = tmp_path / "shuffled.jsonl"
+    shuffled.write_text("\n".join(sorted(lines, key=jittered)) + "\n")
+    assert jsonl_lines(shuffled) != lines
+    environment = env_for(home, redis_server)
+    assert cli(environment, "stream", "produce", "--file", str(shuffled)).returncode == 0
+    assert cli(environment, "stream", "produce", "--file", str(files["labels_jsonl"]), "--labels").returncode == 0
+    assert cli(environment, "stream", "run", "--until-idle", "2").returncode == 0
+    assert_parity(home, redis_server, monkeypatch)
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_killed_mid_stream_loses_nothing(
+    offline: tuple[Path, dict[str, Path]], redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, files = offline
+    environment = env_for(home, redis_server, FRAUDSERVE_STREAM_CLAIM_IDLE_MS="1500")
+    assert cli(environment, "stream", "produce", "--file", str(files["transactions_jsonl"])).returncode == 0
+    assert cli(environment, "stream", "produce", "--file", str(files["labels_jsonl"]), "--labels").returncode == 0
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "fraudserve", "stream", "run"], env=environment, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(port=redis_server.port)
+    deadline = time.monotonic() + 60
+    while int(client.hget("fraudserve:stream:stats", "processed") or 0) < 300 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGKILL)  # the worker and its process group, mid-stream
+    victim.wait()
+    processed = int(client.hget("fraudserve:stream:stats", "processed") or 0)
+    assert 0 < processed < len(jsonl_lines(files["transactions_jsonl"]))
+    replacement = cli(environment, "stream", "run", "--until-idle", "3")
+    assert replacement.returncode == 0, replacement.stderr
+    assert assert_parity(home, redis_server, monkeypatch) > 1000
+
+
+def test_invalid_events_go_to_the_dead_letter_stream_with_their_reason(
+    offline: tuple[Path, dict[str, Path]], redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    home, files = offline
+    good = jsonl_lines(files["transactions_jsonl"])[0]
+    bad_amount = json.dumps({**json.loads(good), "transaction_id": "bad-1", "amount": -3})
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join([good, bad_amount, "{oops"]) + "\n")
+    produced = cli(env_for(home, redis_server), "stream", "produce", "--file", str(events))
+    assert produced.returncode == 0, produced.stderr
+    assert "appended 1 events; 2 invalid to the dead-letter stream" in produced.stdout
+    dead = redis.Redis(port=redis_server.port).xrange(DEAD_LETTER)
+    reasons = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in dead]
+    assert reasons[0]["field"] == "amount" and "finite number >= 0" in reasons[0]["reason"]
+    assert reasons[0]["value"] == "-3" and reasons[0]["row"] == "2"
+    assert reasons[1]["field"] == "(line)" and "not valid JSON" in reasons[1]["reason"]
