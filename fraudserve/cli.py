@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -658,10 +659,9 @@ def demo(
             )
             out.rule("2. feast apply")
             out.print(feature_store.apply(settings, connection).strip(), highlight=False)
-            out.rule("3. backfill (offline features, point in time)")
-            summary = backfill(
-                generated.files["transactions_parquet"], generated.files["labels_parquet"], settings.offline
-            )
+            out.rule("3. backfill (offline features, point in time) of all days but the last")
+            history, last_day = _split_last_day(generated.files, data_dir, end)
+            summary = backfill(history["transactions"], history["labels"], settings.offline)
             out.print(
                 f"{summary.transactions.valid:,} transactions in {summary.seconds:.1f} s "
                 f"({summary.transactions_per_second:,.0f}/s) -> {settings.offline.root}"
@@ -689,8 +689,26 @@ def demo(
                 f"{materialized.rows:,} entity rows in {materialized.seconds:.1f} s "
                 f"({materialized.rows_per_second:,.0f}/s)"
             )
-            out.rule("6. online feature vectors, read back through Feast")
-            latest = _latest_transactions(settings, 3)
+            out.rule("6. the last day's events through the stream (Redis Streams, stream worker)")
+            from fraudserve.feature_store import feast_project, redis_client
+            from pipelines.events import LABELS, TRANSACTIONS
+            from pipelines.stream.worker import Worker, produce
+
+            client = redis_client(settings, connection)
+            produced = produce(client, last_day["transactions"], TRANSACTIONS)
+            produce(client, last_day["labels"], LABELS)
+            started = time.perf_counter()
+            worker = Worker(
+                client, feast_project(settings), "demo", timedelta(seconds=settings.stream_lateness_seconds)
+            )
+            processed = worker.run(until_idle_s=0.5)
+            seconds = time.perf_counter() - started
+            out.print(
+                f"{produced['appended']:,} transactions of the last day streamed; {processed:,} events processed in "
+                f"{seconds:.1f} s: their features are fresh in Redis and they can be scored by id"
+            )
+            out.rule("7. online feature vectors, read back through Feast")
+            latest = _latest_transactions(last_day["transactions"], 3)
             _print_vectors(feature_vectors(store, "fraud_v2", latest))
             out.print(
                 f"\nTry: FRAUDSERVE_HOME={settings.home_dir} fraudserve features get {' '.join(latest)}\n"
@@ -698,7 +716,7 @@ def demo(
                 highlight=False,
             )
             if serve_api:
-                out.rule("7. the inference API")
+                out.rule("8. the inference API")
                 base = f"http://127.0.0.1:{port}"
                 json_header = "-H 'content-type: application/json'"
                 out.print(
@@ -718,15 +736,32 @@ def demo(
         raise _fail(exc) from exc
 
 
-def _latest_transactions(settings: Settings, n: int) -> list[str]:
+def _split_last_day(files: dict[str, Path], folder: Path, end: datetime) -> tuple[dict[str, Path], dict[str, Path]]:
+    """History (for the backfill) and the last day (for the stream), as Parquet and JSON Lines files."""
     import duckdb
 
-    rows = (
-        duckdb.connect()
-        .execute(
-            f"SELECT transaction_id FROM read_parquet('{settings.offline.transactions_file}') "
-            f"WHERE device_id IS NOT NULL AND ip_address IS NOT NULL ORDER BY event_timestamp DESC LIMIT {int(n)}"
-        )
-        .fetchall()
-    )
-    return [str(r[0]) for r in rows]
+    cutoff = end - timedelta(days=1)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    history = {"transactions": folder / "history_transactions.parquet", "labels": folder / "history_labels.parquet"}
+    last = {"transactions": folder / "last_day_transactions.jsonl", "labels": folder / "last_day_labels.jsonl"}
+    for kind, column in (("transactions", "event_timestamp"), ("labels", "label_timestamp")):
+        source = files[f"{kind}_parquet"]
+        older = f"SELECT * FROM read_parquet('{source}') WHERE {column} < $cutoff"
+        con.execute(f"COPY ({older}) TO '{history[kind]}' (FORMAT parquet)", {"cutoff": cutoff})
+        recent = con.execute(
+            f"SELECT * FROM read_parquet('{source}') WHERE {column} >= $cutoff ORDER BY {column}", {"cutoff": cutoff}
+        ).to_arrow_table()
+        assert recent is not None
+        with last[kind].open("w") as handle:
+            for row in recent.to_pylist():
+                row[column] = row[column].isoformat().replace("+00:00", "Z")
+                handle.write(json.dumps(row) + "\n")
+    return history, last
+
+
+def _latest_transactions(path: Path, n: int) -> list[str]:
+    """The last `n` transactions of a JSON Lines file that carry a device and an IP, newest first."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    chosen = [r["transaction_id"] for r in rows if r.get("device_id") and r.get("ip_address")]
+    return chosen[-n:][::-1]
