@@ -100,9 +100,11 @@ class OnlineUpdater:
         self._attach_pending([e["transaction_id"] for e in transactions], result)
         for label in labels:
             self._store_label(label, result)
-        for name, key in sorted(result.touched):
-            result.retries += self._recompute(self.entities[name], key, result)
-            result.recomputed += 1
+        touched = [(self.entities[name], key) for name, key in sorted(result.touched)]
+        if not self._recompute_together(touched, result):
+            for entity, key in touched:  # contention: entity by entity, each retried until it wins
+                result.retries += self._recompute(entity, key)
+        result.recomputed = len(touched)
         return result
 
     def _store_label(self, label: dict[str, Any], result: BatchResult) -> None:
@@ -130,42 +132,81 @@ class OnlineUpdater:
             result.touched.add((MERCHANT.name, merchant.decode()))
 
     # ----------------------------------------------------------------------------------------------- compute
-    def _recompute(self, entity: EntitySpec, key: str, result: BatchResult) -> int:
-        """Recompute and write one entity's features; returns how many times a concurrent writer forced a retry."""
+    def _watched(self, entity: EntitySpec, key: str) -> list[str]:
         state = state_key(entity, key)
-        watched = [state, labels_key(key)] if entity is MERCHANT else [state]
+        return [state, labels_key(key)] if entity is MERCHANT else [state]
+
+    def _compute(
+        self, entity: EntitySpec, key: str, raw: dict[bytes, bytes], label_members: list[bytes]
+    ) -> tuple[dict[bytes | str, bytes], list[str]] | None:
+        """The entity's online row at its latest event, and the history entries too old to keep."""
+        events = [_unpack(tid.decode(), value) for tid, value in raw.items()]
+        if not events:
+            return None
+        latest = max(e.ts_ms for e in events)
+        keep_from = latest - int(max_window(entity).total_seconds() * 1000) - self.lateness_ms
+        stale = [e.transaction_id for e in events if e.ts_ms < keep_from]
+        labels: dict[str, list[Label]] = {}
+        for member in label_members:
+            tid, ts, fraud = member.decode().rsplit("|", 2)
+            labels.setdefault(tid, []).append(Label(tid, fraud == "1", int(ts)))
+        mapping: dict[bytes | str, bytes] = {
+            feature_field(entity.view, f.name): encode_value(evaluate(f, events, latest, labels), f.dtype)
+            for f in features_of(entity)
+        }
+        mapping[ts_field(entity.view)] = encode_ts(latest)
+        return mapping, stale
+
+    def _recompute_together(self, touched: list[tuple[EntitySpec, str]], result: BatchResult) -> bool:
+        """All touched entities in three round trips: WATCH, pipelined reads, one MULTI/EXEC. False on contention."""
+        if not touched:
+            return True
+        watched = [k for entity, key in touched for k in self._watched(entity, key)]
+        with self.client.pipeline(transaction=True) as tx:
+            try:
+                tx.watch(*watched)
+                reads = self.client.pipeline(transaction=False)  # another connection: reads go in one round trip
+                for entity, key in touched:
+                    reads.hgetall(state_key(entity, key))
+                    if entity is MERCHANT:
+                        reads.hkeys(labels_key(key))
+                replies = iter(reads.execute())
+                tx.multi()
+                for entity, key in touched:
+                    raw = next(replies)
+                    members = next(replies) if entity is MERCHANT else []
+                    computed = self._compute(entity, key, raw, members)
+                    if computed is not None:
+                        self._write(tx, entity, key, *computed)
+                tx.execute()
+                return True
+            except redis.WatchError:
+                result.retries += 1
+                return False
+
+    def _recompute(self, entity: EntitySpec, key: str) -> int:
+        """One entity, retried until no other worker changed its history meanwhile; returns the retries."""
         retries = 0
         while True:
             with self.client.pipeline(transaction=True) as pipe:
                 try:
-                    pipe.watch(*watched)
-                    raw = pipe.hgetall(state)
-                    events = [_unpack(tid.decode(), value) for tid, value in raw.items()]
-                    if not events:
+                    pipe.watch(*self._watched(entity, key))
+                    raw = pipe.hgetall(state_key(entity, key))
+                    members = pipe.hkeys(labels_key(key)) if entity is MERCHANT else []
+                    computed = self._compute(entity, key, raw, members)
+                    if computed is None:
                         pipe.unwatch()
                         return retries
-                    latest = max(e.ts_ms for e in events)
-                    keep_from = latest - int(max_window(entity).total_seconds() * 1000) - self.lateness_ms
-                    stale = [e.transaction_id for e in events if e.ts_ms < keep_from]
-                    labels = self._labels(pipe, key) if entity is MERCHANT else {}
-                    mapping: dict[bytes | str, bytes] = {
-                        feature_field(entity.view, f.name): encode_value(evaluate(f, events, latest, labels), f.dtype)
-                        for f in features_of(entity)
-                    }
-                    mapping[ts_field(entity.view)] = encode_ts(latest)
                     pipe.multi()
-                    pipe.hset(entity_key(self.project, entity.join_key, key), mapping=mapping)
-                    if stale:
-                        pipe.hdel(state, *stale)
+                    self._write(pipe, entity, key, *computed)
                     pipe.execute()
                     return retries
                 except redis.WatchError:
                     retries += 1
 
-    @staticmethod
-    def _labels(pipe: Any, merchant: str) -> dict[str, list[Label]]:
-        labels: dict[str, list[Label]] = {}
-        for member in pipe.hkeys(labels_key(merchant)):
-            tid, ts, fraud = member.decode().rsplit("|", 2)
-            labels.setdefault(tid, []).append(Label(tid, fraud == "1", int(ts)))
-        return labels
+    def _write(
+        self, pipe: Any, entity: EntitySpec, key: str, mapping: dict[bytes | str, bytes], stale: list[str]
+    ) -> None:
+        pipe.hset(entity_key(self.project, entity.join_key, key), mapping=mapping)
+        if stale:
+            pipe.hdel(state_key(entity, key), *stale)
