@@ -1,6 +1,6 @@
 """Stream worker throughput: events/s with one and with two worker processes, and freshness.
 
-    python -m bench.stream [--cards 800 --days 3]
+    python -m bench.stream [--cards 6000 --days 3]
 
 Generates events, appends them all to the stream, then times `fraudserve stream run --workers N --until-idle 1`
 draining it on a fresh redis-server, for N = 1 and 2. Freshness here is append-to-visible under a backlog (every
@@ -29,7 +29,7 @@ from tests.redis_process import RedisProcess
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cards", type=int, default=800)
+    parser.add_argument("--cards", type=int, default=6000)
     parser.add_argument("--days", type=int, default=3)
     args = parser.parse_args()
     result: dict[str, object] = {"machine": machine(), "started": datetime.now(UTC).isoformat(), "args": vars(args)}
