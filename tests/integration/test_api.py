@@ -7,7 +7,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -368,3 +368,35 @@ def test_api_keys_and_scopes(deployment: Deployment, api: str) -> None:
         assert reloaded["production"] == 1
     finally:
         deployment.settings.keys_file.unlink(missing_ok=True)
+
+
+def test_a_transaction_produced_to_the_stream_is_scored_by_id(deployment: Deployment, api: str, tmp_path: Path) -> None:
+    """End to end: produce an event, a stream worker processes it, the API scores it by id with fresh features."""
+    from fraudserve.feature_store import feast_project, redis_client
+    from pipelines.events import TRANSACTIONS
+    from pipelines.stream.worker import Worker, produce
+
+    store = feature_store.open_store(deployment.settings, deployment.redis.connection_string)
+    card = store.get_online_features(
+        features=["transaction_features:card_id"], entity_rows=[{"transaction_id": deployment.recent[0]}]
+    ).to_dict()["card_id"][0]
+    now = datetime.now(UTC)
+    event = {"transaction_id": "tx_streamed_1", "card_id": card, "merchant_id": "m_00001", "device_id": None,
+             "ip_address": None, "amount": 987.65, "currency": "USD", "merchant_category": "5732", "country": "US",
+             "event_timestamp": now.isoformat().replace("+00:00", "Z")}  # fmt: skip
+    events = tmp_path / "new.jsonl"
+    events.write_text(json.dumps(event) + "\n")
+    client = redis_client(deployment.settings, deployment.redis.connection_string)
+    assert produce(client, events, TRANSACTIONS) == {"appended": 1, "dead_letter": 0}
+    project = feast_project(deployment.settings)
+    assert Worker(client, project, "test", timedelta(minutes=5)).run(until_idle_s=0.2) == 1
+
+    body = post(f"{api}/v1/fraud/score", {"transaction_id": "tx_streamed_1"}).json()
+    assert body["transaction_id"] == "tx_streamed_1" and 0 <= body["score"] <= 1
+    assert body["label"] != "uncertain", body["uncertain_reasons"]
+    assert body["feature_freshness_seconds"] < 120
+    online = store.get_online_features(
+        features=["card_features:card_txn_count_10m", "card_features:card_amount_max_7d"],
+        entity_rows=[{"card_id": card}],
+    ).to_dict()
+    assert online["card_txn_count_10m"][0] >= 1 and online["card_amount_max_7d"][0] >= 987.65

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -165,3 +165,23 @@ def test_invalid_events_go_to_the_dead_letter_stream_with_their_reason(
     assert reasons[0]["field"] == "amount" and "finite number >= 0" in reasons[0]["reason"]
     assert reasons[0]["value"] == "-3" and reasons[0]["row"] == "2"
     assert reasons[1]["field"] == "(line)" and "not valid JSON" in reasons[1]["reason"]
+
+
+def test_events_later_than_the_lateness_are_reported(
+    offline: tuple[Path, dict[str, Path]], redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    home, files = offline
+    lines = jsonl_lines(files["transactions_jsonl"])
+    newest, oldest = json.loads(lines[-1]), json.loads(lines[0])
+    events = tmp_path / "late.jsonl"
+    events.write_text(json.dumps(newest) + "\n" + json.dumps(oldest) + "\n")  # the oldest arrives days late
+    environment = env_for(home, redis_server)
+    assert cli(environment, "stream", "produce", "--file", str(events)).returncode == 0
+    client = redis.Redis(port=redis_server.port)
+    # one event per batch, in order, so the watermark moves before the late one arrives
+    from pipelines.stream.worker import Worker
+
+    worker = Worker(client, "fraudserve", "t", timedelta(minutes=5), batch=1)
+    assert worker.run(until_idle_s=0.2) == 2
+    assert int(client.hget("fraudserve:stream:stats", "late") or 0) == 1
+    assert "late" in cli(environment, "stream", "status").stdout
