@@ -27,10 +27,55 @@ from pipelines.generate import GenerateConfig, generate
 from tests.redis_process import RedisProcess
 
 
+def steady(tmp: Path, lines: list[str], rate: int, seconds: float) -> dict[str, float]:
+    """Append events at a steady rate while one worker runs; freshness = append to visible online, per event."""
+    import numpy as np
+
+    from pipelines.events import TRANSACTIONS
+    from pipelines.stream.log import RedisStreamLog
+    from pipelines.stream.worker import FRESHNESS, _normalized
+    from pipelines.validation import check
+
+    server = RedisProcess(tmp / f"redis-steady-{rate}").start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSERVE_")}
+    env.update({"FRAUDSERVE_HOME": str(tmp / "home"), "FRAUDSERVE_REDIS": server.connection_string})
+    worker = subprocess.Popen([sys.executable, "-m", "fraudserve", "stream", "run"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    client: Any = redis.Redis(port=server.port)
+    time.sleep(8)  # worker start-up (imports), so that freshness measures steady state
+    rows = [json.loads(line) for line in lines]
+    columns: dict[str, Any] = {name: [r.get(name) for r in rows] for name in TRANSACTIONS.schema.names}
+    events = _normalized(TRANSACTIONS, check(TRANSACTIONS, columns, np.arange(1, len(rows) + 1)).valid)
+    stream = RedisStreamLog(client)
+    tick = 0.05
+    per_tick = max(1, int(rate * tick))
+    started = time.perf_counter()
+    sent = 0
+    while time.perf_counter() - started < seconds and sent + per_tick <= len(events):
+        stream.append("transaction", events[sent : sent + per_tick])
+        sent += per_tick
+        time.sleep(max(0.0, started + (sent / rate) - time.perf_counter()))
+    time.sleep(1.0)
+    lag = stream.lag()
+    samples = np.array([int(v) for v in client.lrange(FRESHNESS, 0, -1)], dtype=float)
+    worker.terminate()
+    worker.wait()
+    server.stop()
+    return {
+        "rate": rate,
+        "sent": sent,
+        "freshness_p50_ms": float(np.percentile(samples, 50)) if samples.size else float("nan"),
+        "freshness_p99_ms": float(np.percentile(samples, 99)) if samples.size else float("nan"),
+        "lag_at_end": lag["lag"] + lag["pending"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cards", type=int, default=6000)
     parser.add_argument("--days", type=int, default=3)
+    parser.add_argument("--rates", default="500,1000,2000", help="steady append rates (events/s) for freshness")
+    parser.add_argument("--seconds", type=float, default=20, help="duration of each steady-rate run")
     args = parser.parse_args()
     result: dict[str, object] = {"machine": machine(), "started": datetime.now(UTC).isoformat(), "args": vars(args)}
     with tempfile.TemporaryDirectory(prefix="fraudserve-bench-") as tmp:
@@ -55,6 +100,13 @@ def main() -> None:
             print(f"{workers} worker(s): {events:,} events in {seconds:.1f} s = {events / seconds:,.0f} events/s "
                   "(including process start-up)")  # fmt: skip
             server.stop()
+        lines = generated.files["transactions_jsonl"].read_text().splitlines()
+        for rate in (int(r) for r in args.rates.split(",")):
+            figures = steady(Path(tmp), lines, rate, args.seconds)
+            result[f"steady_{rate}"] = figures
+            print(f"steady {rate:,} events/s for {args.seconds:.0f} s, 1 worker: freshness p50 "
+                  f"{figures['freshness_p50_ms']:.0f} ms, p99 {figures['freshness_p99_ms']:.0f} ms, "
+                  f"lag at the end {figures['lag_at_end']:,}")  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"stream-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
     out.write_text(json.dumps(result, indent=2, default=str))
