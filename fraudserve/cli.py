@@ -520,7 +520,7 @@ def stream_produce(
     out.print(f"appended {counts['appended']:,} events; {counts['dead_letter']:,} invalid to the dead-letter stream")
 
 
-def _work(connection: str, consumer: str, until_idle: float | None) -> None:
+def _work(connection: str, consumer: str, until_idle: float | None, index: int = 0) -> None:
     from fraudserve.feature_store import feast_project, redis_client
     from pipelines.stream.worker import Worker
 
@@ -533,6 +533,8 @@ def _work(connection: str, consumer: str, until_idle: float | None) -> None:
         lateness,
         claim_idle_ms=settings.stream_claim_idle_ms,
     )
+    if settings.stream_metrics_port:
+        worker.metrics.serve(settings.stream_metrics_port + index)
     worker.run(until_idle_s=until_idle)
 
 
@@ -552,7 +554,9 @@ def stream_run(
         with online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
             context = multiprocessing.get_context("spawn")
             names = [f"{socket.gethostname()}-{os.getpid()}-{i}" for i in range(workers)]
-            processes = [context.Process(target=_work, args=(connection, n, until_idle)) for n in names]
+            processes = [
+                context.Process(target=_work, args=(connection, name, until_idle, i)) for i, name in enumerate(names)
+            ]
             for process in processes:
                 process.start()
             console.print(f"{workers} stream worker(s) consuming (group fraudserve-features); Ctrl-C stops them")

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
         default=15_000, ge=100, description="A worker takes over entries another worker left unacknowledged this long."
     )
 
+    stream_metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Serve each worker's Prometheus metrics from this port up (0: off)."
+    )
+
     # --- the inference API
     model_name: str = Field(default="fraud", description="Registered model that /v1/fraud/score serves.")
     max_batch: int = Field(default=256, ge=1, le=10_000, description="Most items in one score:batch request.")

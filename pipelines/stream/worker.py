@@ -53,6 +53,28 @@ def produce(
     return counts
 
 
+class WorkerMetrics:
+    """A worker's own Prometheus figures (served with `FRAUDSERVE_STREAM_METRICS_PORT`)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.processed = Counter("fraudserve_stream_events", "Events applied", ["kind"], registry=self.registry)
+        self.late = Counter("fraudserve_stream_late_events", "Events later than the lateness", registry=self.registry)
+        self.retries = Counter("fraudserve_stream_retries", "Optimistic transactions retried", registry=self.registry)
+        self.lag = Gauge("fraudserve_stream_lag", "Entries not yet delivered plus pending", registry=self.registry)
+        self.freshness = Histogram(
+            "fraudserve_stream_freshness_seconds", "Append to visible online", registry=self.registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )  # fmt: skip
+
+    def serve(self, port: int) -> None:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr="127.0.0.1", registry=self.registry)
+
+
 class Worker:
     def __init__(
         self, client: redis.Redis, project: str, consumer: str, lateness: timedelta, batch: int = 500,
@@ -65,12 +87,13 @@ class Worker:
         self.batch = batch
         self.claim_idle_ms = claim_idle_ms
         self.lateness_ms = int(lateness.total_seconds() * 1000)
+        self.metrics = WorkerMetrics()
 
     def process(self, entries: list[Entry]) -> None:
         transactions = [e.event for e in entries if e.kind == TRANSACTIONS.name]
         labels = [e.event for e in entries if e.kind == LABELS.name]
         late = self._late(transactions)
-        self.updater.apply(transactions, labels)
+        applied = self.updater.apply(transactions, labels)
         self.stream.ack([e.id for e in entries])
         now_ms = int(time.time() * 1000)
         pipe = self.client.pipeline(transaction=False)
@@ -80,6 +103,12 @@ class Worker:
         pipe.lpush(FRESHNESS, *[max(now_ms - e.appended_ms, 0) for e in entries])
         pipe.ltrim(FRESHNESS, 0, FRESHNESS_SAMPLES - 1)
         pipe.execute()
+        self.metrics.processed.labels(TRANSACTIONS.name).inc(len(transactions))
+        self.metrics.processed.labels(LABELS.name).inc(len(labels))
+        self.metrics.late.inc(late)
+        self.metrics.retries.inc(applied.retries)
+        for entry in entries:
+            self.metrics.freshness.observe(max(now_ms - entry.appended_ms, 0) / 1000)
 
     def _late(self, transactions: list[dict[str, Any]]) -> int:
         """Events older than the watermark minus the lateness: still applied while in the kept history, but reported.
@@ -116,12 +145,12 @@ class Worker:
                 processed += len(entries)
                 idle_since = None
                 continue
-            if until_idle_s is not None:
-                lag = self.stream.lag()
-                if lag["lag"] == 0 and lag["pending"] == 0:
-                    idle_since = idle_since or time.monotonic()
-                    if time.monotonic() - idle_since >= until_idle_s:
-                        return processed
+            lag = self.stream.lag()
+            self.metrics.lag.set(lag["lag"] + lag["pending"])
+            if until_idle_s is not None and lag["lag"] == 0 and lag["pending"] == 0:
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since >= until_idle_s:
+                    return processed
         return processed
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -100,6 +101,39 @@ def test_two_workers_reach_offline_parity_even_with_every_event_twice(
     assert assert_parity(home, redis_server, monkeypatch) > 1000
     status = cli(environment, "stream", "status")
     assert "lag" in status.stdout and "freshness_p99_ms" in status.stdout
+    processed_row = next(line for line in status.stdout.splitlines() if " processed " in f" {line} ")
+    assert int(processed_row.split()[-2].replace(",", "")) >= 2 * len(jsonl_lines(files["transactions_jsonl"]))
+
+
+def test_worker_serves_its_own_prometheus_metrics(
+    offline: tuple[Path, dict[str, Path]], redis_server: RedisProcess
+) -> None:
+    import httpx
+
+    from fraudserve.embedded_redis import free_port
+
+    home, files = offline
+    port = free_port()
+    environment = env_for(home, redis_server, FRAUDSERVE_STREAM_METRICS_PORT=str(port))
+    assert cli(environment, "stream", "produce", "--file", str(files["transactions_jsonl"])).returncode == 0
+    worker = subprocess.Popen([sys.executable, "-m", "fraudserve", "stream", "run"], env=environment,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        expected = float(len(jsonl_lines(files["transactions_jsonl"])))
+        done = f'fraudserve_stream_events_total{{kind="transaction"}} {expected}'
+        deadline = time.monotonic() + 60
+        text = ""
+        while time.monotonic() < deadline and done not in text:
+            time.sleep(0.5)
+            with contextlib.suppress(httpx.HTTPError):
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text
+        time.sleep(1.5)  # one idle read later the lag gauge is refreshed
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text
+        assert done in text
+        assert "fraudserve_stream_freshness_seconds_count" in text and "fraudserve_stream_lag 0.0" in text
+    finally:
+        worker.terminate()
+        worker.wait()
 
 
 @pytest.mark.timeout(300)
