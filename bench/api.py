@@ -13,7 +13,6 @@ Prints a table and writes bench/results/api-<date>.json. The load generator shar
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.load import run_load
-from bench.pipeline import RESULTS, machine
+from bench.report import machine, write_result
 from fraudserve import feature_store
 from fraudserve.embedded_redis import free_port, online_store
 from fraudserve.models.manifest import Flavor
@@ -146,10 +145,7 @@ def main() -> None:
         ratio = ours_rps / feast_rps
         result[f"ratio c{connections}"] = ratio
         console.print(f"{connections} connection(s): fraudserve / feast serve = {ratio:.1f}x requests/s")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"api-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
-    out.write_text(json.dumps(result, indent=2, default=str))
-    console.print(f"wrote {out}")
+    write_result(console, "api", result)
 
 
 if __name__ == "__main__":

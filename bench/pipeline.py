@@ -9,29 +9,21 @@ embedded redis-server under a temporary FRAUDSERVE_HOME (or FRAUDSERVE_REDIS whe
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
+from bench.report import machine, print_table, write_result
 from fraudserve import feature_store
 from fraudserve.embedded_redis import online_store
 from fraudserve.settings import Settings
 from pipelines.generate import GenerateConfig, generate
 from pipelines.materialize import materialize
 from pipelines.offline.backfill import backfill
-
-RESULTS = Path(__file__).parent / "results"
-
-
-def machine() -> dict[str, object]:
-    return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
 
 
 def main() -> None:
@@ -95,16 +87,8 @@ def main() -> None:
                 "rows_per_second": materialized.rows_per_second,
             }
 
-    table = Table(title=f"fraudserve offline pipeline on {os.cpu_count()} cores")
-    for column in ("step", "work", "throughput"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"pipeline-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
-    out.write_text(json.dumps(result, indent=2, default=str))
-    console.print(f"wrote {out}")
+    print_table(console, f"fraudserve offline pipeline on {os.cpu_count()} cores", ("step", "work", "throughput"), rows)
+    write_result(console, "pipeline", result)
 
 
 if __name__ == "__main__":

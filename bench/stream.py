@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from rich.console import Console
 
-from bench.pipeline import RESULTS, machine
+from bench.report import machine, write_result
 from pipelines.generate import GenerateConfig, generate
 from tests.redis_process import RedisProcess
 
@@ -107,10 +108,7 @@ def main() -> None:
             print(f"steady {rate:,} events/s for {args.seconds:.0f} s, 1 worker: freshness p50 "
                   f"{figures['freshness_p50_ms']:.0f} ms, p99 {figures['freshness_p99_ms']:.0f} ms, "
                   f"lag at the end {figures['lag_at_end']:,}")  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"stream-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"wrote {out}")
+    write_result(Console(), "stream", result)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
-from bench.pipeline import RESULTS, machine
+from bench.report import machine, print_table, write_result
 from fraudserve import feature_store
 from fraudserve.models.manifest import Flavor
 from fraudserve.settings import Settings
@@ -82,16 +81,8 @@ def main() -> None:
                 "params": trained.manifest.params,
                 "evaluation": json.loads(evaluation.model_dump_json()),
             }
-    table = Table(title=f"fraudserve training on {os.cpu_count()} cores")
-    for column in ("step", "work", "result"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"training-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
-    out.write_text(json.dumps(result, indent=2, default=str))
-    console.print(f"wrote {out}")
+    print_table(console, f"fraudserve training on {os.cpu_count()} cores", ("step", "work", "result"), rows)
+    write_result(console, "training", result)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ stream worker, read in one round trip) can replace it without touching the scori
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import redis
 
@@ -29,6 +29,7 @@ TRANSACTION_FIELDS = (
     "event_time_ms",
 )  # fmt: skip
 _PRESENT = 1
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,21 @@ class ViewValues:
     timestamp: float | None  # epoch seconds of the entity's row; None when the entity is not in the online store
 
 
+async def within_budget(call: Awaitable[T], budget_s: float) -> T:
+    """Await an online-store call inside the request's time budget; failures become `features_unavailable`."""
+    try:
+        return await asyncio.wait_for(call, timeout=budget_s)
+    except TimeoutError as exc:
+        raise RedisUnavailable(
+            f"the online store did not answer within {budget_s * 1000:.0f} ms; try again shortly",
+            {"budget_ms": round(budget_s * 1000)},
+        ) from exc
+    except (redis.RedisError, OSError) as exc:
+        raise RedisUnavailable(
+            "the online store (Redis) is unavailable; try again shortly", {"reason": type(exc).__name__}
+        ) from exc
+
+
 class FeatureSource(Protocol):
     async def transactions(self, ids: Sequence[str]) -> list[TransactionRecord | None]: ...
 
@@ -70,19 +86,7 @@ class FeastFeatureSource:
         self.budget_s = budget_s
 
     async def _read(self, refs: list[str], rows: list[dict[str, str]]) -> Any:
-        try:
-            return await asyncio.wait_for(
-                self.store.get_online_features_async(features=refs, entity_rows=rows), timeout=self.budget_s
-            )
-        except TimeoutError as exc:
-            raise RedisUnavailable(
-                f"the online store did not answer within {self.budget_s * 1000:.0f} ms; try again shortly",
-                {"budget_ms": round(self.budget_s * 1000)},
-            ) from exc
-        except (redis.RedisError, OSError) as exc:
-            raise RedisUnavailable(
-                "the online store (Redis) is unavailable; try again shortly", {"reason": type(exc).__name__}
-            ) from exc
+        return await within_budget(self.store.get_online_features_async(features=refs, entity_rows=rows), self.budget_s)
 
     async def transactions(self, ids: Sequence[str]) -> list[TransactionRecord | None]:
         refs = [f"{TRANSACTION.view}:{f}" for f in TRANSACTION_FIELDS]

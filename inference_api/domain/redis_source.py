@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 import redis.asyncio as aioredis
 
-from fraudserve.errors import RedisUnavailable
-from inference_api.domain.features import TRANSACTION_FIELDS, TransactionRecord, ViewValues
+from inference_api.domain.features import TRANSACTION_FIELDS, TransactionRecord, ViewValues, within_budget
 from inference_api.domain.plan import FeaturePlan
 from pipelines.features.catalog import TRANSACTION
 from pipelines.online_layout import decode_ts, decode_value, entity_key, feature_field, ts_field
@@ -58,21 +57,11 @@ class RedisFeatureSource:
         return entity_key(self.project, join_key, value, self.version)
 
     async def _hmget_all(self, commands: list[tuple[bytes, tuple[bytes | str, ...]]]) -> list[list[bytes | None]]:
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for key, fields in commands:
-                    pipe.hmget(key, list(fields))  # type: ignore[arg-type]  # bytes keys are fine
-                replies: list[list[bytes | None]] = await asyncio.wait_for(pipe.execute(), timeout=self.budget_s)
-                return replies
-        except TimeoutError as exc:
-            raise RedisUnavailable(
-                f"the online store did not answer within {self.budget_s * 1000:.0f} ms; try again shortly",
-                {"budget_ms": round(self.budget_s * 1000)},
-            ) from exc
-        except (redis.RedisError, OSError) as exc:
-            raise RedisUnavailable(
-                "the online store (Redis) is unavailable; try again shortly", {"reason": type(exc).__name__}
-            ) from exc
+        pipe = self.client.pipeline(transaction=False)
+        for key, fields in commands:
+            pipe.hmget(key, list(fields))  # type: ignore[arg-type]  # bytes keys are fine
+        replies: list[list[bytes | None]] = await within_budget(pipe.execute(), self.budget_s)
+        return replies
 
     async def transactions(self, ids: Sequence[str]) -> list[TransactionRecord | None]:
         fields = _fields(TRANSACTION.view, TRANSACTION_FIELDS)

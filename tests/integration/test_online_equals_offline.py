@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from fraudserve import feature_store
 from fraudserve.online import feature_vectors
 from fraudserve.settings import Settings
-from pipelines.features.catalog import ENTITIES, TRANSACTION, features_of
+from pipelines.features.catalog import TRANSACTION
 from pipelines.generate import GenerateConfig, generate
 from pipelines.materialize import materialize
 from pipelines.offline.backfill import backfill
+from tests.parity import entity_mismatches, latest_rows, same
 from tests.redis_process import RedisProcess
 
 TRANSACTION_FIELDS = [
@@ -29,23 +28,6 @@ TRANSACTION_FIELDS = [
     "country",
     "event_time_ms",
 ]
-
-
-def latest_rows(path: Path, key: str) -> dict[str, dict[str, object]]:
-    """The offline row of each entity's latest event."""
-    rows = duckdb.sql(
-        f"SELECT * FROM read_parquet('{path}') QUALIFY row_number() OVER (PARTITION BY {key} "
-        "ORDER BY event_timestamp DESC) = 1"
-    ).fetchdf()
-    return {r[key]: r for r in rows.to_dict("records")}
-
-
-def same(a: object, b: object) -> bool:
-    if a is None or (isinstance(a, float) and math.isnan(a)):
-        return b is None or (isinstance(b, float) and math.isnan(b))
-    if isinstance(a, float) or isinstance(b, float):
-        return b is not None and math.isclose(float(a), float(b), rel_tol=1e-12)  # type: ignore[arg-type]
-    return a == b
 
 
 @pytest.mark.timeout(240)
@@ -64,20 +46,7 @@ def test_online_values_equal_the_offline_values_of_the_latest_event(
     summary = materialize(store, settings.offline)
     assert summary.entity_rows[TRANSACTION.view] == generated.transactions
 
-    mismatches = []
-    compared = 0
-    for entity in ENTITIES:
-        offline = latest_rows(settings.offline.file(entity.view), entity.join_key)
-        names = [f.name for f in features_of(entity)]
-        keys = sorted(offline)
-        online = store.get_online_features(
-            features=[f"{entity.view}:{n}" for n in names], entity_rows=[{entity.join_key: k} for k in keys]
-        ).to_dict()
-        for i, key in enumerate(keys):
-            for name in names:
-                compared += 1
-                if not same(offline[key][name], online[name][i]):
-                    mismatches.append((entity.name, key, name, offline[key][name], online[name][i]))
+    compared, mismatches = entity_mismatches(store, settings.offline)
     offline_tx = latest_rows(settings.offline.transactions_file, TRANSACTION.join_key)
     sample = sorted(offline_tx)[:: max(1, len(offline_tx) // 300)]
     online_tx = store.get_online_features(

@@ -19,11 +19,10 @@ import redis
 
 from fraudserve import feature_store
 from fraudserve.settings import Settings
-from pipelines.features.catalog import ENTITIES, features_of
 from pipelines.generate import GenerateConfig, generate
 from pipelines.offline.backfill import backfill
 from pipelines.stream.log import DEAD_LETTER
-from tests.integration.test_online_equals_offline import latest_rows, same
+from tests.parity import entity_mismatches
 from tests.redis_process import RedisProcess
 
 
@@ -61,23 +60,7 @@ def assert_parity(home: Path, server: RedisProcess, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("FRAUDSERVE_HOME", str(home))
     settings = Settings()
     store = feature_store.open_store(settings, server.connection_string)
-    compared, mismatches = 0, []
-    for entity in ENTITIES:
-        offline = latest_rows(settings.offline.file(entity.view), entity.join_key)
-        names = [f.name for f in features_of(entity)]
-        keys = sorted(offline)
-        online = store.get_online_features(
-            features=[f"{entity.view}:{n}" for n in names], entity_rows=[{entity.join_key: k} for k in keys]
-        ).to_dict()
-        for i, key in enumerate(keys):
-            for name in names:
-                compared += 1
-                expected, got = offline[key][name], online[name][i]
-                close = same(expected, got) or (
-                    isinstance(expected, float) and got is not None and abs(expected - got) <= 1e-9 * abs(expected)
-                )
-                if not close:
-                    mismatches.append((entity.name, key, name, expected, got))
+    compared, mismatches = entity_mismatches(store, settings.offline, rel=1e-9)
     assert mismatches[:10] == []
     return compared
 
