@@ -15,7 +15,7 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSo
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, PrimitiveFeastType, String
 
-from pipelines.features.catalog import ENTITIES, TRANSACTION, EntitySpec, features_of
+from pipelines.features.catalog import ENTITIES, TRANSACTION, TRANSACTION_FIELDS, EntitySpec, features_of
 from pipelines.features.request_time import REQUEST_TIME_FEATURES
 from pipelines.offline.store import OfflineLayout
 
@@ -53,17 +53,7 @@ transaction_features = FeatureView(
     name=TRANSACTION.view,
     entities=[transaction],
     ttl=TRANSACTION.ttl,
-    schema=[
-        Field(name="card_id", dtype=String),
-        Field(name="merchant_id", dtype=String),
-        Field(name="device_id", dtype=String),
-        Field(name="ip_address", dtype=String),
-        Field(name="amount", dtype=Float64),
-        Field(name="currency", dtype=String),
-        Field(name="merchant_category", dtype=String),
-        Field(name="country", dtype=String),
-        Field(name="event_time_ms", dtype=Int64),
-    ],
+    schema=[Field(name=name, dtype=_TYPES[dtype]) for name, dtype in TRANSACTION_FIELDS.items()],
     source=PushSource(
         name="transactions_push",
         batch_source=FileSource(

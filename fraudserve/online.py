@@ -6,14 +6,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pipelines.features.catalog import ENTITIES, TRANSACTION
+from pipelines.online_layout import ABSENT_KEY
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
 ENTITY_FIELDS = [e.join_key for e in ENTITIES]
-# Feast cannot look up a null join key. Events never carry an empty id (validation refuses it), so an empty
-# string finds nothing: the features of a missing device or IP come back null, as they should.
-ABSENT_KEY = ""
 
 
 def transaction_entities(store: FeatureStore, transaction_ids: Sequence[str]) -> list[dict[str, Any]]:

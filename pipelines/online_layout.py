@@ -16,6 +16,9 @@ from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 KEY_SERIALIZATION_VERSION = 3  # feature_store.yaml: entity_key_serialization_version
+# Feast cannot look up a null join key. No event carries an empty id (validation refuses it), so looking up "" finds
+# nothing: the features of a missing device or IP come back null, as they should.
+ABSENT_KEY = ""
 
 
 def entity_key(project: bytes, join_key: str, value: str, version: int = KEY_SERIALIZATION_VERSION) -> bytes:

@@ -17,17 +17,12 @@ import redis
 
 from fraudserve.errors import RedisUnavailable
 from inference_api.domain.plan import FeaturePlan
-from pipelines.features.catalog import TRANSACTION
+from pipelines.features.catalog import TRANSACTION, TRANSACTION_FIELDS
+from pipelines.online_layout import ABSENT_KEY
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-# Feast cannot look up a null join key; no event carries an empty id (validation refuses it), so "" finds nothing.
-ABSENT_KEY = ""
-TRANSACTION_FIELDS = (
-    "card_id", "merchant_id", "device_id", "ip_address", "amount", "currency", "merchant_category", "country",
-    "event_time_ms",
-)  # fmt: skip
 _PRESENT = 1
 T = TypeVar("T")
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import redis
 import redis.asyncio as aioredis
 
-from inference_api.domain.features import TRANSACTION_FIELDS, TransactionRecord, ViewValues, within_budget
+from inference_api.domain.features import TransactionRecord, ViewValues, within_budget
 from inference_api.domain.plan import FeaturePlan
-from pipelines.features.catalog import TRANSACTION
+from pipelines.features.catalog import TRANSACTION, TRANSACTION_FIELDS
 from pipelines.online_layout import decode_ts, decode_value, entity_key, feature_field, ts_field
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class RedisFeatureSource:
         return replies
 
     async def transactions(self, ids: Sequence[str]) -> list[TransactionRecord | None]:
-        fields = _fields(TRANSACTION.view, TRANSACTION_FIELDS)
+        fields = _fields(TRANSACTION.view, tuple(TRANSACTION_FIELDS))
         replies = await self._hmget_all([(self._key(TRANSACTION.join_key, i), fields) for i in ids])
         records: list[TransactionRecord | None] = []
         for transaction_id, reply in zip(ids, replies, strict=True):

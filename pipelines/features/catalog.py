@@ -70,6 +70,20 @@ TRANSACTION = EntitySpec(
 
 ENTITIES: tuple[EntitySpec, ...] = (CARD, MERCHANT, DEVICE, IP)
 
+# The transaction view's fields (name -> value type): the event's own fields, so that a transaction can be scored
+# by its id alone. The entity keys are fields here, not join keys: the view's only entity is the transaction.
+TRANSACTION_FIELDS: dict[str, str] = {
+    "card_id": "string",
+    "merchant_id": "string",
+    "device_id": "string",
+    "ip_address": "string",
+    "amount": "float64",
+    "currency": "string",
+    "merchant_category": "string",
+    "country": "string",
+    "event_time_ms": "int64",
+}
+
 _10M = timedelta(minutes=10)
 _1H = timedelta(hours=1)
 _24H = timedelta(hours=24)

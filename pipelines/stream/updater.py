@@ -20,15 +20,18 @@ from typing import Any
 
 import redis
 
-from pipelines.features.catalog import ENTITIES, MERCHANT, TRANSACTION, EntitySpec, features_of, max_window
+from pipelines.features.catalog import (
+    ENTITIES,
+    MERCHANT,
+    TRANSACTION,
+    TRANSACTION_FIELDS,
+    EntitySpec,
+    features_of,
+    max_window,
+)
 from pipelines.features.semantics import Event, Label, evaluate
 from pipelines.online_layout import encode_ts, encode_value, entity_key, feature_field, ts_field
 
-TRANSACTION_FIELDS = {
-    "card_id": "string", "merchant_id": "string", "device_id": "string", "ip_address": "string",
-    "amount": "float64", "currency": "string", "merchant_category": "string", "country": "string",
-    "event_time_ms": "int64",
-}  # fmt: skip
 TXN_MERCHANT = "fraudserve:txn-merchant"
 
 

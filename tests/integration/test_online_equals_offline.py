@@ -10,24 +10,12 @@ import pytest
 from fraudserve import feature_store
 from fraudserve.online import feature_vectors
 from fraudserve.settings import Settings
-from pipelines.features.catalog import TRANSACTION
+from pipelines.features.catalog import TRANSACTION, TRANSACTION_FIELDS
 from pipelines.generate import GenerateConfig, generate
 from pipelines.materialize import materialize
 from pipelines.offline.backfill import backfill
 from tests.parity import entity_mismatches, latest_rows, same
 from tests.redis_process import RedisProcess
-
-TRANSACTION_FIELDS = [
-    "card_id",
-    "merchant_id",
-    "device_id",
-    "ip_address",
-    "amount",
-    "currency",
-    "merchant_category",
-    "country",
-    "event_time_ms",
-]
 
 
 @pytest.mark.timeout(240)
