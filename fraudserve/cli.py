@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -38,11 +39,17 @@ console = Console(stderr=True)
 out = Console()
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 @app.callback()
 def _main() -> None:
     # Feast's DuckDB store (through ibis) warns about deprecated DuckDB calls on every query: noise for a CLI user.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # SIGTERM (docker stop, systemd, kill) unwinds like Ctrl-C, so an embedded redis-server is shut down cleanly.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 def _settings() -> Settings:
@@ -563,10 +570,11 @@ def stream_run(
             try:
                 for process in processes:
                     process.join()
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, SystemExit):
                 for process in processes:
                     process.terminate()
                     process.join()
+                raise
             failed = [p.exitcode for p in processes if p.exitcode not in (0, -15)]
             if failed:
                 raise ValueError(f"{len(failed)} stream worker(s) failed (exit codes {failed}); see the log above")

@@ -105,8 +105,9 @@ class ModelManager:
             self.state.last_error = None
         except (FraudserveError, ValueError, OSError) as exc:
             self.state.failures += 1
+            if self.state.last_error != str(exc):  # once per distinct failure, not at every poll
+                log.error("model refresh failed; the loaded version keeps serving", extra={"error": str(exc)})
             self.state.last_error = str(exc)
-            log.error("model refresh failed; the loaded version keeps serving", extra={"error": str(exc)})
         return changed
 
     def _candidate(self) -> LoadedModel | None:

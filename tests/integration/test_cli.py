@@ -139,3 +139,38 @@ def test_keys_cli_and_the_loopback_rule(tmp_path: Path) -> None:
     bad = run(home, "keys", "create", "--name", "x", "--scopes", "root")
     assert bad.returncode == 1 and "use score, predict and/or admin" in bad.stderr
     assert run(home, "keys", "revoke", key.split("_")[1]).stdout.strip() == f"revoked {key.split('_')[1]}"
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_stops_the_api_and_its_embedded_redis_cleanly(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import httpx
+
+    from fraudserve.embedded_redis import free_port
+
+    home = tmp_path / "home"
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSERVE_")}
+    environment["FRAUDSERVE_HOME"] = str(home)
+    server = subprocess.Popen(
+        [*FRAUDSERVE, "serve", "--port", str(port)], env=environment, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    embedded = EmbeddedRedis(home / "redis")
+    running = embedded.running()
+    assert running is not None
+    server.send_signal(signal.SIGTERM)
+    server.wait(timeout=30)
+    assert embedded.running() is None
+    assert not (home / "redis" / "server.json").exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(running.pid, 0)
