@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes for both servers")
     parser.add_argument("--cards", type=int, default=2000)
     parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--top-reasons", type=int, default=3, help="FRAUDSERVE_TOP_REASONS for fraudserve (0: none)")
     args = parser.parse_args()
     console = Console()
     result: dict[str, object] = {"machine": machine(), "started": datetime.now(UTC).isoformat(), "args": vars(args)}
@@ -116,7 +117,11 @@ def main() -> None:
                 flag = ["--port", str(port)] if name == "fraudserve" else ["-p", str(port)]
                 log = (Path(tmp) / f"{name.replace(' ', '_')}.log").open("w")
                 process = subprocess.Popen(
-                    [*command, *flag], env={**env, "FRAUDSERVE_REDIS": connection}, cwd=cwd, stdout=log, stderr=log
+                    [*command, *flag],
+                    env={**env, "FRAUDSERVE_REDIS": connection, "FRAUDSERVE_TOP_REASONS": str(args.top_reasons)},
+                    cwd=cwd,
+                    stdout=log,
+                    stderr=log,
                 )
                 try:
                     wait_ready(f"http://127.0.0.1:{port}{path}", bodies[0])
