@@ -1,0 +1,118 @@
+"""`fraudserve features`: feast apply, backfill, materialize, read back."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import TaskID
+from rich.table import Table
+
+from fraudserve.commands.common import fail, load_settings, out, print_vectors, progress_bar
+from fraudserve.embedded_redis import online_store
+from fraudserve.errors import FraudserveError
+
+app = typer.Typer(no_args_is_help=True, help="The Feast feature repo and the offline pipeline.")
+
+
+# ------------------------------------------------------------------------------------------------------- features
+@app.command("apply")
+def features_apply() -> None:
+    """`feast apply` of feature_repo/ against this run's stores."""
+    from fraudserve import feature_store
+
+    settings = load_settings()
+    try:
+        with online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
+            output = feature_store.apply(settings, connection)
+    except FraudserveError as exc:
+        raise fail(exc) from exc
+    out.print(output.strip(), highlight=False)
+
+
+@app.command("backfill")
+def features_backfill(
+    transactions: Annotated[Path, typer.Option(help="Transaction events: a .parquet or .jsonl file, or a folder.")],
+    labels: Annotated[Path | None, typer.Option(help="Label events: a .parquet or .jsonl file, or a folder.")] = None,
+    quarantine: Annotated[
+        bool,
+        typer.Option("--quarantine", help="Set invalid events aside (and count them) instead of failing."),
+    ] = False,
+) -> None:
+    """Offline pipeline: raw events to every feature, point in time, into the offline store."""
+    from pipelines.offline.backfill import backfill
+
+    settings = load_settings()
+    try:
+        with progress_bar() as progress:
+            tasks: dict[str, TaskID] = {}
+
+            def report(stage: str, fraction: float) -> None:
+                if stage not in tasks:
+                    tasks[stage] = progress.add_task(stage, total=1.0)
+                progress.update(tasks[stage], completed=fraction)
+
+            summary = backfill(
+                transactions,
+                labels,
+                settings.offline,
+                on_invalid="quarantine" if quarantine else "reject",
+                progress=report,
+                threads=settings.backfill_threads,
+            )
+    except (FraudserveError, ValueError) as exc:
+        raise fail(exc) from exc
+    table = Table(title=f"offline store: {settings.offline.root}")
+    table.add_column("file")
+    table.add_column("rows", justify="right")
+    for name, rows in summary.rows_written.items():
+        table.add_row(name, f"{rows:,}")
+    out.print(table)
+    rejected = summary.transactions.rejected + summary.labels.rejected
+    out.print(
+        f"{summary.transactions.valid:,} transactions and {summary.labels.valid:,} labels in {summary.seconds:.1f} s: "
+        f"[bold]{summary.transactions_per_second:,.0f} transactions/s[/] on {os.cpu_count()} cores"
+    )
+    if rejected:
+        out.print(f"[yellow]{rejected:,} invalid events quarantined in {summary.quarantine}[/]")
+    if summary.labels_without_transaction:
+        out.print(f"[yellow]{summary.labels_without_transaction:,} labels name no known transaction[/]")
+
+
+@app.command("materialize")
+def features_materialize() -> None:
+    """Offline store to the Redis online store, through Feast."""
+    from fraudserve import feature_store
+    from pipelines.materialize import materialize
+
+    settings = load_settings()
+    try:
+        with online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
+            summary = materialize(feature_store.open_store(settings, connection), settings.offline)
+    except (FraudserveError, ValueError) as exc:
+        raise fail(exc) from exc
+    out.print(
+        f"materialized {summary.rows:,} entity rows ({summary.start:%Y-%m-%d %H:%M} to {summary.end:%Y-%m-%d %H:%M}) "
+        f"in {summary.seconds:.1f} s: [bold]{summary.rows_per_second:,.0f} rows/s[/]"
+    )
+
+
+@app.command("get")
+def features_get(
+    transaction_ids: Annotated[list[str], typer.Argument(help="Transaction ids to read.")],
+    feature_service: Annotated[str, typer.Option(help="Feast feature service.")] = "fraud_v2",
+) -> None:
+    """Print the online feature vectors of ingested transactions, read back through Feast."""
+    from fraudserve import feature_store
+    from fraudserve.online import feature_vectors
+
+    settings = load_settings()
+    try:
+        with online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
+            store = feature_store.open_store(settings, connection)
+            vectors = feature_vectors(store, feature_service, transaction_ids)
+    except (FraudserveError, ValueError) as exc:
+        raise fail(exc) from exc
+    print_vectors(vectors)

@@ -1,0 +1,105 @@
+"""`fraudserve models`: the model registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fraudserve.commands.common import fail, load_settings, out
+from fraudserve.errors import FraudserveError
+
+app = typer.Typer(no_args_is_help=True, help="The model registry: register, list, show, promote, rollback.")
+
+
+# --------------------------------------------------------------------------------------------------------- models
+@app.command("register")
+def models_register(
+    path: Annotated[Path, typer.Argument(help="Model package folder: manifest.json and the model file.")],
+    name: Annotated[str, typer.Option(help="Model name.")],
+    feature_service: Annotated[str, typer.Option(help="The feature service the model was trained on.")],
+) -> None:
+    """Validate a model package against its feature service and store it as the next version."""
+    from fraudserve.registry import open_registry
+
+    try:
+        model = open_registry(load_settings()).register(path, name=name, feature_service=feature_service)
+    except FraudserveError as exc:
+        raise fail(exc) from exc
+    out.print(f"registered {model.name} version {model.version} ({', '.join(model.aliases) or 'no alias'})")
+
+
+@app.command("list")
+def models_list() -> None:
+    """Registered models, their versions and aliases."""
+    from fraudserve.registry import open_registry
+
+    registry = open_registry(load_settings(), check_features=False)
+    table = Table(title="registered models")
+    for column in ("name", "version", "aliases", "flavor", "feature service", "PR-AUC", "registered"):
+        table.add_column(column)
+    for name in registry.names():
+        for model in registry.versions(name):
+            m = model.manifest
+            pr_auc = m.evaluation.model.pr_auc if m.evaluation else None
+            table.add_row(
+                name,
+                str(model.version),
+                ", ".join(model.aliases),
+                m.flavor.value,
+                m.feature_service,
+                "-" if pr_auc is None else f"{pr_auc:.4f}",
+                f"{m.registered_at:%Y-%m-%d %H:%M}" if m.registered_at else "-",
+            )
+    out.print(table)
+
+
+@app.command("show")
+def models_show(
+    name: str, version: Annotated[str, typer.Argument(help="Version number or alias.")] = "production"
+) -> None:
+    """A version's manifest (as JSON) and the alias history of the model."""
+    from fraudserve.registry import open_registry
+
+    registry = open_registry(load_settings(), check_features=False)
+    try:
+        model = registry.get(name, version)
+    except FraudserveError as exc:
+        raise fail(exc) from exc
+    document = {
+        "name": name,
+        "version": model.version,
+        "aliases": list(model.aliases),
+        "manifest": json.loads(model.manifest.model_dump_json()),
+        "alias_history": registry.history(name),
+    }
+    out.print_json(json.dumps(document))
+
+
+@app.command("promote")
+def models_promote(
+    name: str, version: int, alias: Annotated[str, typer.Option(help="Alias to move.")] = "production"
+) -> None:
+    """Point an alias (production by default) at a version."""
+    from fraudserve.registry import open_registry
+
+    try:
+        model = open_registry(load_settings(), check_features=False).promote(name, version, alias)
+    except FraudserveError as exc:
+        raise fail(exc) from exc
+    out.print(f"{name}: {alias} -> version {model.version}")
+
+
+@app.command("rollback")
+def models_rollback(name: str) -> None:
+    """Move production back to the version it pointed to before."""
+    from fraudserve.registry import open_registry
+
+    try:
+        model = open_registry(load_settings(), check_features=False).rollback(name)
+    except FraudserveError as exc:
+        raise fail(exc) from exc
+    out.print(f"{name}: production -> version {model.version}")
