@@ -28,6 +28,16 @@ class RedisUnavailable(FraudserveError):
     status = 503
 
 
+class Unauthorized(FraudserveError):
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(FraudserveError):
+    code = "forbidden"
+    status = 403
+
+
 class InvalidInput(FraudserveError):
     code = "invalid_request"
     status = 422

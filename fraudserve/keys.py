@@ -20,23 +20,13 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
-from fraudserve.errors import FraudserveError
+from fraudserve.errors import Forbidden, Unauthorized
 
 
 class Scope(StrEnum):
     score = "score"
     predict = "predict"
     admin = "admin"
-
-
-class Unauthorized(FraudserveError):
-    code = "unauthorized"
-    status = 401
-
-
-class Forbidden(FraudserveError):
-    code = "forbidden"
-    status = 403
 
 
 @dataclass(frozen=True)
