@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fraudserve.commands.common import fail, out, parse_end, progress_bar
 from fraudserve.errors import FraudserveError
+
+if TYPE_CHECKING:
+    from pipelines.generate import GenerateConfig, GenerateSummary
 
 app = typer.Typer(no_args_is_help=True, help="Synthetic transaction and label events.")
 
@@ -25,17 +28,11 @@ def data_generate(
     ] = None,
 ) -> None:
     """Write synthetic transaction and label events as Parquet and JSON Lines."""
-    from pipelines.generate import GenerateConfig, generate
+    from pipelines.generate import GenerateConfig
 
     try:
         end_at = parse_end(end)
-        with progress_bar() as progress:
-            task = progress.add_task("generating days", total=days)
-            summary = generate(
-                out_dir,
-                GenerateConfig(seed=seed, cards=cards, days=days, end=end_at),
-                progress=lambda done, total: progress.update(task, completed=done, total=total),
-            )
+        summary = generate_with_progress(out_dir, GenerateConfig(seed=seed, cards=cards, days=days, end=end_at))
     except (FraudserveError, ValueError) as exc:
         raise fail(exc) from exc
     out.print(
@@ -43,3 +40,14 @@ def data_generate(
         f"{summary.start:%Y-%m-%d} to {summary.end:%Y-%m-%d}, in {summary.seconds:.1f} s "
         f"({summary.transactions / max(summary.seconds, 1e-9):,.0f} transactions/s) -> {out_dir}"
     )
+
+
+def generate_with_progress(out_dir: Path, config: GenerateConfig) -> GenerateSummary:
+    """The generator with a progress bar of the days written."""
+    from pipelines.generate import generate
+
+    with progress_bar() as progress:
+        task = progress.add_task("generating days", total=config.days)
+        return generate(
+            out_dir, config, progress=lambda done, total: progress.update(task, completed=done, total=total)
+        )

@@ -10,7 +10,8 @@ from typing import Annotated
 
 import typer
 
-from fraudserve.commands.common import console, fail, load_settings, out, parse_end, print_vectors, progress_bar
+from fraudserve.commands.common import console, fail, load_settings, out, parse_end, print_vectors
+from fraudserve.commands.data import generate_with_progress
 from fraudserve.commands.serve import run_api
 from fraudserve.embedded_redis import online_store
 from fraudserve.errors import FraudserveError
@@ -29,7 +30,7 @@ def demo(
     from fraudserve import feature_store
     from fraudserve.online import feature_vectors
     from fraudserve.registry import open_registry
-    from pipelines.generate import GenerateConfig, generate
+    from pipelines.generate import GenerateConfig
     from pipelines.materialize import materialize
     from pipelines.offline.backfill import backfill
     from pipelines.training.dataset import build_training_set
@@ -41,13 +42,7 @@ def demo(
         with online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
             out.rule("1. synthetic events")
             end = parse_end(None)
-            with progress_bar() as progress:
-                task = progress.add_task("generating days", total=days)
-                generated = generate(
-                    data_dir,
-                    GenerateConfig(seed=seed, cards=cards, days=days, end=end),
-                    progress=lambda done, total: progress.update(task, completed=done, total=total),
-                )
+            generated = generate_with_progress(data_dir, GenerateConfig(seed=seed, cards=cards, days=days, end=end))
             out.print(
                 f"{generated.transactions:,} transactions ({generated.fraud_rate:.2%} fraud), "
                 f"{generated.labels:,} labels in {data_dir}"

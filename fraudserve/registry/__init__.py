@@ -3,15 +3,15 @@
 from fraudserve.registry.checks import RegistrationError
 from fraudserve.registry.registry import CANDIDATE, PRODUCTION, FeatureServices, ModelRegistry, ModelVersion
 from fraudserve.registry.storage import LocalStorage, Storage
+from fraudserve.settings import Settings
 
 
-def open_registry(settings: object | None = None, *, check_features: bool = True) -> ModelRegistry:
+def open_registry(settings: Settings | None = None, *, check_features: bool = True) -> ModelRegistry:
     """The registry under FRAUDSERVE_HOME, checking registrations against Feast (for notebooks and the CLI)."""
     from fraudserve.feature_store import open_offline_store
     from fraudserve.registry.feast_services import FeastFeatureServices
-    from fraudserve.settings import Settings
 
-    resolved = settings if isinstance(settings, Settings) else Settings()
+    resolved = settings or Settings()
     services = FeastFeatureServices(open_offline_store(resolved), resolved.offline) if check_features else None
     return ModelRegistry.at(resolved.models_dir, services)
 

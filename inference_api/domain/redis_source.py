@@ -28,10 +28,6 @@ def _fields(view: str, features: tuple[str, ...]) -> tuple[bytes | str, ...]:
     return (*(feature_field(view, f) for f in features), ts_field(view))
 
 
-_value = decode_value
-_stamp = decode_ts
-
-
 class RedisFeatureSource:
     """`FeatureSource` over Feast's Redis layout, with redis-py's asyncio client (hiredis parser)."""
 
@@ -68,12 +64,12 @@ class RedisFeatureSource:
         replies = await self._hmget_all([(self._key(TRANSACTION.join_key, i), fields) for i in ids])
         records: list[TransactionRecord | None] = []
         for transaction_id, reply in zip(ids, replies, strict=True):
-            values = [_value(raw) for raw in reply[:-1]]
+            values = [decode_value(raw) for raw in reply[:-1]]
             row = dict(zip(TRANSACTION_FIELDS, values, strict=True))
             if row["card_id"] is None:
                 records.append(None)
                 continue
-            records.append(TransactionRecord(transaction_id=transaction_id, stored_at=_stamp(reply[-1]), **row))
+            records.append(TransactionRecord(transaction_id=transaction_id, stored_at=decode_ts(reply[-1]), **row))
         return records
 
     async def views(self, plan: FeaturePlan, records: Sequence[TransactionRecord]) -> list[dict[str, ViewValues]]:
@@ -94,8 +90,8 @@ class RedisFeatureSource:
                     by_view[view.entity.view] = ViewValues(dict.fromkeys(view.features), None)
                     continue
                 reply = next(replies)
-                values = {f: _value(raw) for f, raw in zip(view.features, reply[:-1], strict=True)}
-                by_view[view.entity.view] = ViewValues(values, _stamp(reply[-1]))
+                values = {f: decode_value(raw) for f, raw in zip(view.features, reply[:-1], strict=True)}
+                by_view[view.entity.view] = ViewValues(values, decode_ts(reply[-1]))
             result.append(by_view)
         return result
 
