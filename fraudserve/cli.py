@@ -7,11 +7,12 @@ import warnings
 
 import typer
 
-from fraudserve.commands import data, demo, features, keys, models, redis, serve, stream, training
+from fraudserve.commands import data, demo, features, keys, models, redis, scoring, serve, stream, training
 
 app = typer.Typer(no_args_is_help=True, help="Payments fraud scoring on Feast and Redis.")
 app.add_typer(data.app, name="data")
 app.add_typer(features.app, name="features")
+models.app.command("score-batch")(scoring.score_batch)
 app.add_typer(models.app, name="models")
 app.add_typer(stream.app, name="stream")
 app.add_typer(keys.app, name="keys")

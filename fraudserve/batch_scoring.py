@@ -1,0 +1,303 @@
+"""Offline batch scoring: a Parquet file of feature rows in, a Parquet file of scores and labels out.
+
+    scorer = BatchScorer.open(open_registry(settings, check_features=False), "fraud", "production", device="auto")
+    summary = scorer.score_parquet(Path("rows.parquet"), Path("scores.parquet"))
+
+The input holds one row per transaction: an id column (transaction_id by default), every feature the model's
+manifest lists, named as there (in any order; nulls are missing values, as in the API), and any other columns,
+which are passed through to the output unchanged. The output holds the id, the passed-through columns, `score`
+(P(fraud)) and `label` from the manifest's thresholds.
+
+There is no `uncertain` label here, unlike the API: the API knows how fresh each online feature is when it scores,
+an offline file does not say when its features were computed, so every row is labelled from its score alone.
+
+The file is read in record batches of `chunk_rows` (pyarrow's ParquetFile.iter_batches) and each batch is scored
+and written before the next is read, so memory is bounded by the chunk, not the file: a 100 M-row file scores in
+the memory of one chunk. Batches are large because that is where the model libraries (and the GPU) are fast.
+
+Where: `device` auto, cpu or cuda (FRAUDSERVE_DEVICE, see fraudserve/models/device.py). Unlike the API, which
+refuses to start with cuda and no GPU, a batch job asked for cuda on a machine without a GPU or without nvForest
+falls back to the CPU and says so (`DeviceChoice.reason`): an offline job is better late than not at all, and the
+summary reports the device actually used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from fraudserve.errors import FraudserveError
+from fraudserve.models.device import cuda_available
+from fraudserve.models.manifest import Thresholds
+from fraudserve.models.runtime import ModelLoadError, Runtime, load_runtime
+from fraudserve.registry import PRODUCTION, ModelRegistry, ModelVersion
+
+log = logging.getLogger("fraudserve.batch_scoring")
+
+DEFAULT_CHUNK_ROWS = 100_000
+ID_COLUMN = "transaction_id"
+SCORE_COLUMN = "score"
+LABEL_COLUMN = "label"
+LABELS = ("not_fraud", "suspicious", "highly_suspicious")  # the order of `label_indices`
+
+Progress = Callable[[int, int], None]  # rows done, rows in the file
+
+
+class BatchScoringError(FraudserveError):
+    """The input file cannot be scored by the model (missing or non-numeric feature columns, no id column, ...)."""
+
+    code = "invalid_batch_input"
+    status = 422
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """The device asked for, the one used, and why the CPU when a GPU was asked for (or `auto` found none)."""
+
+    requested: str
+    used: str
+    reason: str | None = None
+
+    @property
+    def fell_back(self) -> bool:
+        """cuda was asked for explicitly and the CPU does the work: the user must be told."""
+        return self.requested == "cuda" and self.used == "cpu"
+
+    def describe(self) -> str:
+        if self.fell_back:
+            return f"device cuda requested but {self.reason}: scoring on the CPU instead"
+        if self.used == "cpu" and self.requested == "auto" and self.reason:
+            return f"scoring on the CPU ({self.reason})"
+        return f"scoring on {self.used}"
+
+
+def choose_device(requested: str) -> DeviceChoice:
+    """cpu, or cuda where a GPU and nvForest are present; cuda without them is the CPU with the reason."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise BatchScoringError(f"device {requested!r} is not one of auto, cpu, cuda")
+    if requested == "cpu":
+        return DeviceChoice("cpu", "cpu")
+    ok, why = cuda_available()
+    return DeviceChoice(requested, "cuda" if ok else "cpu", None if ok else why)
+
+
+def label_indices(scores: np.ndarray, thresholds: Thresholds) -> np.ndarray:
+    """Index into LABELS for each score: the same rule as Thresholds.label, on a whole array at once."""
+    indices = np.zeros(len(scores), dtype=np.int8)
+    indices[scores >= thresholds.suspicious] = 1
+    indices[scores >= thresholds.highly_suspicious] = 2
+    return indices
+
+
+def labels_for(scores: np.ndarray, thresholds: Thresholds) -> pa.Array:
+    return pc.take(pa.array(LABELS, pa.string()), pa.array(label_indices(scores, thresholds)))
+
+
+@dataclass
+class BatchSummary:
+    model: str
+    version: int
+    flavor: str
+    input: Path
+    output: Path
+    device: DeviceChoice
+    rows: int = 0
+    chunks: int = 0
+    seconds: float = 0.0  # reading, scoring and writing
+    predict_seconds: float = 0.0  # the model alone
+    labels: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LABELS, 0))
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "flavor": self.flavor,
+            "input": str(self.input),
+            "output": str(self.output),
+            "device_requested": self.device.requested,
+            "device": self.device.used,
+            "device_reason": self.device.reason,
+            "rows": self.rows,
+            "chunks": self.chunks,
+            "seconds": round(self.seconds, 4),
+            "predict_seconds": round(self.predict_seconds, 4),
+            "rows_per_second": round(self.rows_per_second, 1),
+            "labels": dict(self.labels),
+        }
+
+
+_NUMERIC = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal, pa.types.is_null)
+
+
+def _numeric(dtype: pa.DataType) -> bool:
+    return any(check(dtype) for check in _NUMERIC)
+
+
+def feature_matrix(batch: pa.RecordBatch | pa.Table, features: Sequence[str]) -> np.ndarray:
+    """Rows x features as float64 in the manifest's order, nulls as NaN (what the API gives the model)."""
+    matrix = np.empty((batch.num_rows, len(features)), dtype=np.float64)
+    for j, name in enumerate(features):
+        column = pc.cast(batch.column(name), pa.float64())
+        matrix[:, j] = column.to_numpy(zero_copy_only=False)
+    return matrix
+
+
+class BatchScorer:
+    """A registered model version loaded for batch scoring on the chosen device."""
+
+    def __init__(self, model: ModelVersion, runtime: Runtime, device: DeviceChoice) -> None:
+        self.model = model
+        self.runtime = runtime
+        self.device = device
+
+    @property
+    def features(self) -> list[str]:
+        return self.model.manifest.feature_names
+
+    @classmethod
+    def open(
+        cls,
+        registry: ModelRegistry,
+        name: str = "fraud",
+        version: int | str = PRODUCTION,
+        *,
+        device: str = "auto",
+        threads: int = 0,
+    ) -> BatchScorer:
+        """Resolve name + version or alias, and load its model file on the GPU if asked and possible, else the CPU."""
+        model = registry.get(name, version)
+        path = registry.model_path(name, model.version)
+        flavor = model.manifest.flavor
+        choice = choose_device(device)
+        if choice.used == "cuda":
+            try:
+                return cls(model, load_runtime(flavor, path, threads=threads, device="cuda"), choice)
+            except (ImportError, ModelLoadError) as exc:  # a broken nvForest install, a model it cannot read
+                choice = DeviceChoice(choice.requested, "cpu", f"the GPU runtime could not load the model ({exc})")
+        return cls(model, load_runtime(flavor, path, threads=threads, device="cpu"), choice)
+
+    def check_schema(self, schema: pa.Schema, id_column: str) -> list[str]:
+        """The pass-through columns; BatchScoringError naming every missing or unusable column."""
+        names = schema.names
+        missing = [f for f in self.features if f not in names]
+        if missing:
+            raise BatchScoringError(
+                f"the input lacks {len(missing)} of the {len(self.features)} features that "
+                f"{self.model.name} version {self.model.version} reads: {', '.join(missing)}",
+                {"missing": missing},
+            )
+        if id_column not in names:
+            raise BatchScoringError(
+                f"the input has no id column {id_column!r} (columns: {', '.join(names)}); name it with --id-column"
+            )
+        unusable = [f"{f} ({schema.field(f).type})" for f in self.features if not _numeric(schema.field(f).type)]
+        if unusable:
+            raise BatchScoringError(f"feature columns that are not numbers or booleans: {', '.join(unusable)}")
+        clashes = [c for c in (SCORE_COLUMN, LABEL_COLUMN) if c in names and c not in self.features]
+        if clashes:
+            raise BatchScoringError(
+                f"the input already has a column named {' and '.join(clashes)}, which the output writes; rename it"
+            )
+        return [n for n in names if n != id_column and n not in self.features]
+
+    def score_batch(self, batch: pa.RecordBatch | pa.Table) -> tuple[np.ndarray, pa.Array]:
+        """Scores and labels of the rows of one batch."""
+        scores = self.runtime.predict(feature_matrix(batch, self.features))
+        return scores, labels_for(scores, self.model.manifest.thresholds)
+
+    def score_parquet(
+        self,
+        input_path: Path,
+        output_path: Path,
+        *,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        id_column: str = ID_COLUMN,
+        progress: Progress | None = None,
+    ) -> BatchSummary:
+        """Score every row of `input_path` into `output_path`, one record batch of `chunk_rows` at a time.
+
+        The output is written to a hidden file beside the target and renamed over it at the end, so a failed or
+        interrupted run never leaves a half-written file under the name a later job would read.
+        """
+        if chunk_rows < 1:
+            raise BatchScoringError(f"chunk rows must be at least 1, not {chunk_rows}")
+        if not input_path.is_file():
+            raise BatchScoringError(f"{input_path} is not a file")
+        if output_path.resolve() == input_path.resolve():
+            raise BatchScoringError("the output would overwrite the input; choose another --output")
+        try:
+            source = pq.ParquetFile(input_path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise BatchScoringError(f"{input_path} is not a readable Parquet file: {exc}") from exc
+        schema = source.schema_arrow
+        passthrough = self.check_schema(schema, id_column)
+        out_schema = pa.schema(
+            [
+                schema.field(id_column),
+                *(schema.field(n) for n in passthrough),
+                pa.field(SCORE_COLUMN, pa.float64()),
+                pa.field(LABEL_COLUMN, pa.string()),
+            ]
+        )
+        manifest = self.model.manifest
+        summary = BatchSummary(
+            self.model.name, self.model.version, manifest.flavor.value, input_path, output_path, self.device
+        )
+        total = source.metadata.num_rows
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = output_path.parent / f".{output_path.name}.partial"
+        wanted = list(dict.fromkeys([id_column, *passthrough, *self.features]))  # only what the output needs
+        started = time.perf_counter()
+        try:
+            with pq.ParquetWriter(partial, out_schema) as writer:
+                for batch in source.iter_batches(batch_size=chunk_rows, columns=wanted):
+                    predict_started = time.perf_counter()
+                    scores, labels = self.score_batch(batch)
+                    summary.predict_seconds += time.perf_counter() - predict_started
+                    columns = [batch.column(id_column), *(batch.column(n) for n in passthrough)]
+                    writer.write_batch(pa.record_batch([*columns, pa.array(scores), labels], schema=out_schema))
+                    counts = np.bincount(label_indices(scores, manifest.thresholds), minlength=len(LABELS))
+                    for label, count in zip(LABELS, counts, strict=True):
+                        summary.labels[label] += int(count)
+                    summary.rows += batch.num_rows
+                    summary.chunks += 1
+                    if progress is not None:
+                        progress(summary.rows, total)
+            os.replace(partial, output_path)
+        finally:
+            partial.unlink(missing_ok=True)
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+
+def score_parquet(
+    registry: ModelRegistry,
+    input_path: Path,
+    output_path: Path,
+    *,
+    model: str = "fraud",
+    version: int | str = PRODUCTION,
+    device: str = "auto",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    id_column: str = ID_COLUMN,
+    threads: int = 0,
+    progress: Progress | None = None,
+) -> BatchSummary:
+    """Open the model and score the file in one call (see BatchScorer for the two steps); logs a CPU fallback."""
+    scorer = BatchScorer.open(registry, model, version, device=device, threads=threads)
+    if scorer.device.fell_back:
+        log.warning(scorer.device.describe())
+    return scorer.score_parquet(input_path, output_path, chunk_rows=chunk_rows, id_column=id_column, progress=progress)
