@@ -24,6 +24,11 @@ class FeatureSourceKind(StrEnum):
     feast = "feast"
 
 
+class ReasonsMethod(StrEnum):
+    path = "path"
+    shap = "shap"
+
+
 class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
@@ -78,6 +83,21 @@ class Settings(BaseSettings):
     )
     metrics_public: bool = Field(default=True, description="GET /metrics without an API key.")
     top_reasons: int = Field(default=3, ge=0, le=50, description="Reasons (feature contributions) per score.")
+    reasons_method: ReasonsMethod = Field(
+        default=ReasonsMethod.path,
+        description="How reasons are computed: path (decision-path contributions, about a prediction's cost) or "
+        "shap (the framework's exact TreeSHAP, tens of times slower per row).",
+    )
+    batch_max_size: int = Field(
+        default=64, ge=1, le=4096, description="Dynamic batching: most single score requests merged into one call."
+    )
+    batch_max_delay_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description="Dynamic batching: how long a batch waits for more requests. 0: none; requests that arrive "
+        "while a batch is being scored still share the next one.",
+    )
 
     @property
     def home_dir(self) -> Path:

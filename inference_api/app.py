@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -16,10 +17,11 @@ from fraudserve.models.device import resolve_device
 from fraudserve.settings import FeatureSourceKind, Settings
 from inference_api import errors
 from inference_api.auth import require
+from inference_api.domain.batching import DynamicBatcher
 from inference_api.domain.features import FeastFeatureSource, FeatureSource
 from inference_api.domain.models import ModelManager
 from inference_api.domain.redis_source import RedisFeatureSource
-from inference_api.domain.scoring import ScoringService
+from inference_api.domain.scoring import ScoringService, score_requests
 from inference_api.middleware import RequestContext
 from inference_api.observability import Metrics
 from inference_api.routes import admin, fraud, models, oip
@@ -53,18 +55,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.model_name,
             device=resolve_device(settings.device.value),
             keep_candidate=settings.canary_percent > 0 or settings.shadow_candidate,
+            reasons=settings.reasons_method,
         )
         await asyncio.to_thread(manager.refresh)
         app.state.source = source
         app.state.models = manager
-        app.state.scoring = ScoringService(
+        scoring = ScoringService(
             source, manager, metrics, settings.top_reasons, settings.canary_percent, settings.shadow_candidate
         )
+        app.state.scoring = scoring
+        batcher = DynamicBatcher(
+            functools.partial(score_requests, scoring),
+            max_size=settings.batch_max_size,
+            max_delay_s=settings.batch_max_delay_ms / 1000,
+            on_batch=metrics.batch,
+        )
+        batcher.start()
+        app.state.batcher = batcher
         watcher = asyncio.create_task(manager.watch(settings.model_poll_seconds))
         log.info("ready", extra={"model": settings.model_name, "loaded": manager.state.production is not None})
         try:
             yield
         finally:
+            await batcher.close()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher

@@ -41,7 +41,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(FraudserveError)
     async def _ours(request: Request, exc: FraudserveError) -> JSONResponse:
         _metrics_error(request, exc.code)
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        response = error_response(exc.status, exc.code, exc.message, exc.details)
+        retry_after = getattr(exc, "retry_after_s", None)
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -39,10 +39,17 @@ class Metrics:
         self.model_failures = Counter(
             "fraudserve_model_load_failures", "Versions that failed to load", ["model"], registry=self.registry
         )
+        self.batch_size = Histogram(
+            "fraudserve_batch_size", "Requests per dynamic batch (single score requests scored together)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=self.registry,
+        )  # fmt: skip
         self.shadow_delta = Histogram(
             "fraudserve_shadow_abs_difference", "|candidate - served| score in shadow mode", ["candidate_version"],
             buckets=(0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0), registry=self.registry,
         )  # fmt: skip
+
+    def batch(self, size: int) -> None:
+        self.batch_size.observe(size)
 
     def stage(self, stage: str, seconds: float) -> None:
         self.latency.labels(stage).observe(seconds)

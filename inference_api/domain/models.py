@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fraudserve.errors import FraudserveError, ModelNotFound
+from fraudserve.models.attribution import Explainer, make_explainer
 from fraudserve.models.manifest import Manifest
 from fraudserve.models.runtime import Runtime, load_runtime
 from fraudserve.registry import CANDIDATE, PRODUCTION, ModelRegistry
+from fraudserve.settings import ReasonsMethod
 from inference_api.domain.plan import FeaturePlan, resolve_plan
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ class LoadedModel:
     manifest: Manifest
     plan: FeaturePlan
     runtime: Runtime
+    explainer: Explainer
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         return self.runtime.predict(rows)
@@ -57,13 +60,20 @@ class ManagerState:
 
 class ModelManager:
     def __init__(
-        self, registry: ModelRegistry, store: FeatureStore, name: str, device: str = "cpu", keep_candidate: bool = False
+        self,
+        registry: ModelRegistry,
+        store: FeatureStore,
+        name: str,
+        device: str = "cpu",
+        keep_candidate: bool = False,
+        reasons: ReasonsMethod = ReasonsMethod.path,
     ) -> None:
         self.registry = registry
         self.store = store
         self.name = name
         self.device = device
         self.keep_candidate = keep_candidate
+        self.reasons = reasons
         self.state = ManagerState()
 
     # ------------------------------------------------------------------------------------------------ loading
@@ -81,10 +91,11 @@ class ModelManager:
                 "no longer serves in that order; register a model trained on the current service"
             )
         runtime = load_runtime(manifest.flavor, self.registry.model_path(name, version), device=self.device)
+        explainer = make_explainer(self.reasons, manifest.flavor, self.registry.model_path(name, version), runtime)
         warm = np.zeros((1, len(manifest.features)))
         runtime.predict(warm)  # first call pays the framework's lazy set-up, not a client's request
-        runtime.contributions(warm)
-        loaded = LoadedModel(name, version, manifest, plan, runtime)
+        explainer.contributions(warm)
+        loaded = LoadedModel(name, version, manifest, plan, runtime, explainer)
         self.state.by_version[(name, version)] = loaded
         return loaded
 

@@ -152,8 +152,21 @@ class ScoringService:
         `model`: a specific version (the generic per-model API); by default production, or candidate for the
         canary share.
         """
-        serving_default = model is None
-        model = model or self._choose()
+        if model is not None:
+            return await self._score(records, model, serving_default=False)
+        chosen = [self._choose() for _ in records]  # the canary share is drawn per request, not per batch
+        if all(m is chosen[0] for m in chosen):
+            return await self._score(records, chosen[0], serving_default=True)
+        results: dict[int, Score] = {}
+        for version in {id(m): m for m in chosen}.values():
+            indices = [i for i, m in enumerate(chosen) if m is version]
+            scored = await self._score([records[i] for i in indices], version, serving_default=True)
+            results.update(zip(indices, scored, strict=True))
+        return [results[i] for i in range(len(records))]
+
+    async def _score(
+        self, records: Sequence[TransactionRecord], model: LoadedModel, serving_default: bool
+    ) -> list[Score]:
         started = time.perf_counter()
         fetched = await self.source.views(model.plan, records)
         self.metrics.stage("feature_fetch", time.perf_counter() - started)
@@ -161,7 +174,7 @@ class ScoringService:
         started = time.perf_counter()
         matrix, uncertain, freshness = build_rows(model.plan, records, fetched, time.time())
         scores = model.predict(matrix)
-        contributions = model.runtime.contributions(matrix) if self.top_reasons else None
+        contributions = model.explainer.contributions(matrix) if self.top_reasons else None
         self.metrics.stage("predict", time.perf_counter() - started)
 
         results = []

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fraudserve.errors import FraudserveError, InvalidInput
 from fraudserve.keys import Scope
 from inference_api.auth import require
+from inference_api.domain.batching import DynamicBatcher
 from inference_api.domain.scoring import Score, ScoringService, score_requests
 from inference_api.schemas import (
     BatchItem,
@@ -38,7 +39,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
     404: {"model": ErrorResponse, "description": "transaction_not_found"},
     413: {"model": ErrorResponse, "description": "payload_too_large"},
     422: {"model": ErrorResponse, "description": "invalid_request"},
-    503: {"model": ErrorResponse, "description": "features_unavailable or model_not_ready"},
+    503: {"model": ErrorResponse, "description": "features_unavailable, model_not_ready or overloaded"},
 }
 
 
@@ -59,9 +60,13 @@ def _as_request(body: ScoreRequest) -> tuple[str | None, dict[str, object] | Non
 
 
 @router.post("/score", response_model=ScoreResponse, responses=ERRORS)
-async def score(body: ScoreRequest, service: ScoringDep) -> ScoreResponse:
-    """Score one transaction: by `transaction_id` (already ingested) or by the whole event as `transaction`."""
-    (outcome,) = await score_requests(service, [_as_request(body)])
+async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
+    """Score one transaction: by `transaction_id` (already ingested) or by the whole event as `transaction`.
+
+    Concurrent requests are scored together (dynamic batching: one lookup, one fetch, one model call).
+    """
+    batcher: DynamicBatcher = request.app.state.batcher
+    outcome = await batcher.submit(_as_request(body))
     if isinstance(outcome, FraudserveError):
         raise outcome
     return to_response(outcome)
