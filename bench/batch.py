@@ -89,6 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     console = Console()
     result: dict[str, object] = {"machine": machine(), "started": datetime.now(UTC).isoformat(), "args": vars(args)}
+    result["load_average_at_start"] = os.getloadavg()  # other work on the machine skews the figures
     inputs = np.load(MODELS / "inputs.npy")
     names = feature_names()
     table: list[tuple[str, ...]] = []
@@ -138,6 +139,7 @@ def main() -> None:
             )
     columns = ("model", "input", "device", "time", "rows/s end to end", "rows/s model", "native, in memory", "peak MiB")
     print_table(console, f"batch scoring from Parquet on {os.cpu_count()} cores", columns, table)
+    result["load_average_at_end"] = os.getloadavg()
     write_result(console, "batch", result)
 
 

@@ -175,6 +175,7 @@ def main() -> None:
         print(f"GPU rows NOT measured: {why}. Measuring the CPU rows only.")
     result: dict[str, Any] = {
         "machine": {"gpu": gpu_name(), "cores": cores, "python": platform.python_version()},
+        "load_average_at_start": os.getloadavg(),  # other work on the machine skews the CPU rows
         "started": datetime.now(UTC).isoformat(),
         "gpu_measured": gpu,
         "gpu_status": why,
@@ -211,6 +212,7 @@ def main() -> None:
             )
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / f"gpu-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
+    result["load_average_at_end"] = os.getloadavg()
     target.write_text(json.dumps(result, indent=2))
     print(f"wrote {target}")
 
