@@ -1,15 +1,21 @@
-"""Offline store to online store: Feast's own materialization over the whole span of the offline data.
+"""Offline store to online store over the whole span of the offline data: the fast path, or Feast's own.
 
 Feast's `materialize_incremental` starts at now - TTL, which would skip historical (backfilled or generated) data;
-this asks Feast for exactly the offline store's time span instead, so every entity's latest row lands in Redis.
+this materializes exactly the offline store's time span instead, so every entity's latest row lands in Redis.
+
+Two engines write the same bytes: "fast" (default, `pipelines.fast_materialize`: DuckDB, vectorised encoding and a
+write-if-newer Lua script, 10x and more Feast's rows/s) and "feast" (`FeatureStore.materialize`, kept to compare
+with and as the fallback for anything the fast path does not cover, e.g. a Redis cluster). Both keep Feast's rule
+that an older row never replaces a newer one already in Redis, and both record the interval in Feast's registry.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import duckdb
 
@@ -18,6 +24,14 @@ from pipelines.offline.store import OfflineLayout
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+
+    from pipelines.fast_materialize import Progress
+
+
+log = logging.getLogger(__name__)
+
+Engine = Literal["fast", "feast"]
+ENGINES: tuple[Engine, ...] = ("fast", "feast")
 
 
 class NothingToMaterialize(ValueError):
@@ -28,8 +42,11 @@ class NothingToMaterialize(ValueError):
 class MaterializeSummary:
     start: datetime
     end: datetime
-    entity_rows: dict[str, int]  # rows written per feature view (one per entity key)
+    entity_rows: dict[str, int]  # rows materialized per feature view (one per entity key)
     seconds: float
+    engine: Engine = "feast"
+    # Fast engine: rows per view actually written, i.e. newer than what Redis held (Feast does not report it).
+    written: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -68,9 +85,36 @@ def offline_span(layout: OfflineLayout) -> tuple[datetime, datetime, dict[str, i
     return min(lows).astimezone(UTC), max(highs).astimezone(UTC), keys
 
 
-def materialize(store: FeatureStore, layout: OfflineLayout) -> MaterializeSummary:
-    """Load every feature view's latest row per entity from the offline store into the online store."""
+def materialize(
+    store: FeatureStore,
+    layout: OfflineLayout,
+    engine: Engine = "fast",
+    progress: Progress | None = None,
+) -> MaterializeSummary:
+    """Load every feature view's latest row per entity from the offline store into the online store.
+
+    `progress(view, rows done, rows of the view)` is called as the fast engine goes (Feast's prints its own bars).
+    """
+    from pipelines.fast_materialize import UnsupportedView, fast_materialize
+
+    if engine not in ENGINES:
+        raise ValueError(f"unknown materialize engine {engine!r}: one of {', '.join(ENGINES)}")
     start, end, keys = offline_span(layout)
+    span_start, span_end = start - timedelta(seconds=1), end + timedelta(seconds=1)
     started = time.perf_counter()
-    store.materialize(start_date=start - timedelta(seconds=1), end_date=end + timedelta(seconds=1))
-    return MaterializeSummary(start, end, keys, time.perf_counter() - started)
+    if engine == "fast":
+        try:
+            results = fast_materialize(store, span_start, span_end, keys, progress)
+        except UnsupportedView as exc:
+            log.warning("fast materialize does not cover this store (%s): using Feast's engine", exc)
+        else:
+            return MaterializeSummary(
+                start,
+                end,
+                {view: r.rows for view, r in results.items()},
+                time.perf_counter() - started,
+                engine="fast",
+                written={view: r.written for view, r in results.items()},
+            )
+    store.materialize(start_date=span_start, end_date=span_end)
+    return MaterializeSummary(start, end, keys, time.perf_counter() - started, engine="feast")

@@ -82,20 +82,43 @@ def features_backfill(
 
 
 @app.command("materialize")
-def features_materialize() -> None:
-    """Offline store to the Redis online store, through Feast."""
+def features_materialize(
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="fast: DuckDB + vectorised encoding + a write-if-newer Lua script (the same bytes as Feast's, 10x "
+            "faster and more); feast: Feast's own `store.materialize`.",
+        ),
+    ] = "fast",
+) -> None:
+    """Offline store to the Redis online store (Feast's layout, never overwriting a newer row)."""
     from fraudserve import feature_store
-    from pipelines.materialize import materialize
+    from pipelines.materialize import ENGINES, materialize
 
+    if engine not in ENGINES:
+        raise fail(ValueError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}"))
     settings = load_settings()
     try:
-        with online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
-            summary = materialize(feature_store.open_store(settings, connection), settings.offline)
+        with (
+            online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection,
+            progress_bar() as progress,
+        ):
+            tasks: dict[str, TaskID] = {}
+
+            def report(view: str, done: int, total: int) -> None:
+                if view not in tasks:
+                    tasks[view] = progress.add_task(view, total=max(total, done, 1))
+                progress.update(tasks[view], completed=done)
+
+            store = feature_store.open_store(settings, connection)
+            summary = materialize(store, settings.offline, engine=engine, progress=report)
     except (FraudserveError, ValueError) as exc:
         raise fail(exc) from exc
+    written = f", {sum(summary.written.values()):,} written" if summary.engine == "fast" else ""
     out.print(
         f"materialized {summary.rows:,} entity rows ({summary.start:%Y-%m-%d %H:%M} to {summary.end:%Y-%m-%d %H:%M}) "
-        f"in {summary.seconds:.1f} s: [bold]{summary.rows_per_second:,.0f} rows/s[/]"
+        f"in {summary.seconds:.1f} s: [bold]{summary.rows_per_second:,.0f} rows/s[/] ({summary.engine} engine{written})"
     )
 
 
