@@ -15,6 +15,10 @@ The file is read in record batches of `chunk_rows` (pyarrow's ParquetFile.iter_b
 and written before the next is read, so memory is bounded by the chunk, not the file: a 100 M-row file scores in
 the memory of one chunk. Batches are large because that is where the model libraries (and the GPU) are fast.
 
+Point in time: `BatchScorer.score_transactions` (`--point-in-time`) takes transaction ids instead and builds their
+features as of each transaction's time from the offline store through Feast, as the training set does: a backtest
+of a model on past transactions.
+
 Where: `device` auto, cpu or cuda (FRAUDSERVE_DEVICE, see fraudserve/models/device.py). Unlike the API, which
 refuses to start with cuda and no GPU, a batch job asked for cuda on a machine without a GPU or without nvForest
 falls back to the CPU and says so (`DeviceChoice.reason`): an offline job is better late than not at all, and the
@@ -26,9 +30,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +45,11 @@ from fraudserve.models.device import cuda_available
 from fraudserve.models.manifest import Thresholds
 from fraudserve.models.runtime import ModelLoadError, Runtime, load_runtime
 from fraudserve.registry import PRODUCTION, ModelRegistry, ModelVersion
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+    from pipelines.offline.store import OfflineLayout
 
 log = logging.getLogger("fraudserve.batch_scoring")
 
@@ -227,48 +237,82 @@ class BatchScorer:
         id_column: str = ID_COLUMN,
         progress: Progress | None = None,
     ) -> BatchSummary:
-        """Score every row of `input_path` into `output_path`, one record batch of `chunk_rows` at a time.
+        """Score every row of `input_path` (feature rows) into `output_path`, `chunk_rows` at a time."""
+        source = _open_input(input_path, output_path, chunk_rows)
+        schema = source.schema_arrow
+        passthrough = self.check_schema(schema, id_column)
+        wanted = list(dict.fromkeys([id_column, *passthrough, *self.features]))  # only what the output needs
+        batches = source.iter_batches(batch_size=chunk_rows, columns=wanted)
+        fields = [schema.field(id_column), *(schema.field(n) for n in passthrough)]
+        return self._write(batches, fields, source.metadata.num_rows, input_path, output_path, progress)
+
+    def score_transactions(
+        self,
+        store: FeatureStore,
+        layout: OfflineLayout,
+        input_path: Path,
+        output_path: Path,
+        *,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        id_column: str = ID_COLUMN,
+        progress: Progress | None = None,
+    ) -> BatchSummary:
+        """Score transactions by id, their features built point in time by Feast, as for a training set.
+
+        `input_path` holds transaction ids of the offline store (and optionally `event_timestamp`, the instant to
+        score as of; by default each transaction's own time); the entity keys come from the offline store's
+        transactions and the features from Feast's get_historical_features on the model's feature service, one
+        chunk at a time. The same rows as training saw, so a backtest of a model scores what it would have scored.
+        """
+        source = _open_input(input_path, output_path, chunk_rows)
+        schema = source.schema_arrow
+        if id_column not in schema.names:
+            raise BatchScoringError(f"the input has no id column {id_column!r} (columns: {', '.join(schema.names)})")
+        clashes = [c for c in (*self.features, SCORE_COLUMN, LABEL_COLUMN) if c in schema.names]
+        if clashes:
+            raise BatchScoringError(
+                f"the input has columns the output computes: {', '.join(clashes)}; with point-in-time features the "
+                "input holds transaction ids, and features come from the offline store"
+            )
+        passthrough = [n for n in schema.names if n != id_column]
+        service = self.model.manifest.feature_service
+        batches = (
+            point_in_time_rows(store, service, self.features, layout, batch, id_column)
+            for batch in source.iter_batches(batch_size=chunk_rows)
+        )
+        fields = [schema.field(id_column), *(schema.field(n) for n in passthrough)]
+        return self._write(batches, fields, source.metadata.num_rows, input_path, output_path, progress)
+
+    def _write(
+        self,
+        batches: Iterable[pa.RecordBatch | pa.Table],
+        fields: list[pa.Field],
+        total: int,
+        input_path: Path,
+        output_path: Path,
+        progress: Progress | None,
+    ) -> BatchSummary:
+        """Score each batch and write `fields` (the id, then the pass-through columns), score and label.
 
         The output is written to a hidden file beside the target and renamed over it at the end, so a failed or
         interrupted run never leaves a half-written file under the name a later job would read.
         """
-        if chunk_rows < 1:
-            raise BatchScoringError(f"chunk rows must be at least 1, not {chunk_rows}")
-        if not input_path.is_file():
-            raise BatchScoringError(f"{input_path} is not a file")
-        if output_path.resolve() == input_path.resolve():
-            raise BatchScoringError("the output would overwrite the input; choose another --output")
-        try:
-            source = pq.ParquetFile(input_path)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise BatchScoringError(f"{input_path} is not a readable Parquet file: {exc}") from exc
-        schema = source.schema_arrow
-        passthrough = self.check_schema(schema, id_column)
-        out_schema = pa.schema(
-            [
-                schema.field(id_column),
-                *(schema.field(n) for n in passthrough),
-                pa.field(SCORE_COLUMN, pa.float64()),
-                pa.field(LABEL_COLUMN, pa.string()),
-            ]
-        )
+        out_schema = pa.schema([*fields, pa.field(SCORE_COLUMN, pa.float64()), pa.field(LABEL_COLUMN, pa.string())])
         manifest = self.model.manifest
         summary = BatchSummary(
             self.model.name, self.model.version, manifest.flavor.value, input_path, output_path, self.device
         )
-        total = source.metadata.num_rows
         output_path.parent.mkdir(parents=True, exist_ok=True)
         partial = output_path.parent / f".{output_path.name}.partial"
-        wanted = list(dict.fromkeys([id_column, *passthrough, *self.features]))  # only what the output needs
         started = time.perf_counter()
         try:
             with pq.ParquetWriter(partial, out_schema) as writer:
-                for batch in source.iter_batches(batch_size=chunk_rows, columns=wanted):
+                for batch in batches:
                     predict_started = time.perf_counter()
                     scores, labels = self.score_batch(batch)
                     summary.predict_seconds += time.perf_counter() - predict_started
-                    columns = [batch.column(id_column), *(batch.column(n) for n in passthrough)]
-                    writer.write_batch(pa.record_batch([*columns, pa.array(scores), labels], schema=out_schema))
+                    columns = [batch.column(f.name) for f in fields]
+                    writer.write_table(pa.Table.from_arrays([*columns, pa.array(scores), labels], schema=out_schema))
                     counts = np.bincount(label_indices(scores, manifest.thresholds), minlength=len(LABELS))
                     for label, count in zip(LABELS, counts, strict=True):
                         summary.labels[label] += int(count)
@@ -281,6 +325,79 @@ class BatchScorer:
             partial.unlink(missing_ok=True)
         summary.seconds = time.perf_counter() - started
         return summary
+
+
+def _open_input(input_path: Path, output_path: Path, chunk_rows: int) -> pq.ParquetFile:
+    if chunk_rows < 1:
+        raise BatchScoringError(f"chunk rows must be at least 1, not {chunk_rows}")
+    if not input_path.is_file():
+        raise BatchScoringError(f"{input_path} is not a file")
+    if output_path.resolve() == input_path.resolve():
+        raise BatchScoringError("the output would overwrite the input; choose another --output")
+    try:
+        return pq.ParquetFile(input_path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise BatchScoringError(f"{input_path} is not a readable Parquet file: {exc}") from exc
+
+
+def point_in_time_rows(
+    store: FeatureStore,
+    feature_service: str,
+    features: Sequence[str],
+    layout: OfflineLayout,
+    requests: pa.RecordBatch,
+    id_column: str = ID_COLUMN,
+) -> pa.Table:
+    """The request rows with the model's features as of each transaction's time (Feast get_historical_features).
+
+    Entity keys and event times come from the offline store's transactions (the same entity rows a training set
+    uses); an `event_timestamp` column in the request overrides the time. Ids the offline store lacks are an
+    error naming them, not rows scored on missing values.
+    """
+    import duckdb
+    import pandas as pd
+
+    from pipelines.training.dataset import ENTITY_COLUMNS
+
+    transactions = layout.transactions_file
+    if not transactions.exists():
+        raise BatchScoringError(f"{transactions} does not exist: run `fraudserve features backfill` first")
+    table = pa.Table.from_batches([requests])
+    ids = pa.table({"transaction_id": pc.cast(table.column(id_column), pa.string())})
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("ids", ids)
+    keys = con.execute(
+        f"SELECT DISTINCT {', '.join(f't.{c}' for c in ENTITY_COLUMNS)}, t.event_timestamp "
+        f"FROM read_parquet('{transactions}') t SEMI JOIN ids USING (transaction_id)"
+    ).df()
+    con.close()
+    wanted = pd.DataFrame({"transaction_id": ids.column("transaction_id").to_pylist()})
+    unknown = sorted(set(wanted["transaction_id"]) - set(keys["transaction_id"]))
+    if unknown:
+        raise BatchScoringError(
+            f"{len(unknown)} transaction ids are not in the offline store ({transactions}): "
+            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}",
+            {"unknown": unknown[:100]},
+        )
+    keys = keys.drop_duplicates("transaction_id")
+    entity = wanted.merge(keys, on="transaction_id", how="left")
+    if "event_timestamp" in table.column_names:
+        entity["event_timestamp"] = pd.to_datetime(table.column("event_timestamp").to_pandas(), utc=True)
+    entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
+    entity_rows = entity.drop_duplicates(["transaction_id", "event_timestamp"])
+    service = store.get_feature_service(feature_service)
+    joined = store.get_historical_features(entity_df=entity_rows, features=service).to_df()
+    joined["event_timestamp"] = pd.to_datetime(joined["event_timestamp"], utc=True)
+    joined = joined.drop_duplicates(["transaction_id", "event_timestamp"])
+    rows = entity[["transaction_id", "event_timestamp"]].merge(
+        joined, on=["transaction_id", "event_timestamp"], how="left"
+    )
+    columns = {name: table.column(name) for name in table.column_names}
+    for name in features:
+        values = rows[name].astype("float64").to_numpy(dtype=np.float64, na_value=np.nan)
+        columns[name] = pa.array(values, pa.float64())
+    return pa.table(columns)
 
 
 def score_parquet(

@@ -16,7 +16,11 @@ from fraudserve.settings import Device
 
 def score_batch(
     input_path: Annotated[
-        Path, typer.Argument(metavar="INPUT.parquet", help="Feature rows: an id column and the model's features.")
+        Path,
+        typer.Argument(
+            metavar="INPUT.parquet",
+            help="Feature rows: an id column and the model's features (with --point-in-time: transaction ids).",
+        ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Parquet file to write: id, score, label.")],
     model: Annotated[str | None, typer.Option(help="Registered model name (default FRAUDSERVE_MODEL_NAME).")] = None,
@@ -28,12 +32,21 @@ def score_batch(
     chunk_rows: Annotated[int, typer.Option(min=1, help="Rows read, scored and written at a time.")] = 100_000,
     id_column: Annotated[str, typer.Option(help="The input's id column, copied to the output.")] = "transaction_id",
     threads: Annotated[int, typer.Option(min=0, help="CPU threads for the model (0: all cores).")] = 0,
+    point_in_time: Annotated[
+        bool,
+        typer.Option(
+            "--point-in-time",
+            help="The input holds transaction ids (optionally event_timestamp); features are built as of each "
+            "transaction's time from the offline store through Feast, as for a training set.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Score every row of a Parquet file (streamed in chunks) and write id, score and label to another.
 
     Other input columns are passed through. Labels come from the model's thresholds; there is no `uncertain`
     offline (feature freshness is not known). With --device cuda and no usable GPU it scores on the CPU and says so.
+    With --point-in-time the features come from the offline store (Feast get_historical_features) instead.
     """
     from fraudserve.batch_scoring import BatchScorer
     from fraudserve.registry import PRODUCTION, open_registry
@@ -61,9 +74,22 @@ def score_batch(
                 description = f"scoring with {name} v{scorer.model.version} ({rate:,.0f} rows/s)"
                 progress.update(task, completed=done, total=total, description=description)
 
-            summary = scorer.score_parquet(
-                input_path, output, chunk_rows=chunk_rows, id_column=id_column, progress=advance
-            )
+            if point_in_time:
+                from fraudserve.feature_store import open_offline_store
+
+                summary = scorer.score_transactions(
+                    open_offline_store(settings),
+                    settings.offline,
+                    input_path,
+                    output,
+                    chunk_rows=chunk_rows,
+                    id_column=id_column,
+                    progress=advance,
+                )
+            else:
+                summary = scorer.score_parquet(
+                    input_path, output, chunk_rows=chunk_rows, id_column=id_column, progress=advance
+                )
     except FraudserveError as exc:
         raise fail(exc) from exc
     if as_json:

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +17,19 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from fraudserve import feature_store
 from fraudserve.batch_scoring import BatchScorer, BatchScoringError, score_parquet
 from fraudserve.cli import app
 from fraudserve.models.device import cuda_available
 from fraudserve.models.manifest import MANIFEST_FILE, Flavor, Manifest, Thresholds
 from fraudserve.models.runtime import load_runtime
-from fraudserve.registry import ModelRegistry
+from fraudserve.registry import ModelRegistry, open_registry
+from fraudserve.settings import Settings
+from pipelines.offline.backfill import backfill
+from pipelines.training.dataset import LabelPolicy, build_training_set, service_features
+from tests.features_harness import DAY, HOUR, T0, label, txn, write_jsonl
 from tests.model_packages import make_package
+from tests.redis_process import RedisProcess
 
 FEATURES = [("amount", "float64"), ("card_txn_count_1h", "int64"), ("merchant_fraud_rate_30d", "float64")]
 NAMES = [n for n, _ in FEATURES]
@@ -160,7 +167,7 @@ def test_cuda_without_a_gpu_falls_back_to_the_cpu_and_says_so(
     assert cpu.device.reason is None
 
 
-def test_version_and_alias_resolve_through_the_registry(registered: tuple[ModelRegistry, Path], tmp_path: Path) -> None:
+def test_version_and_alias_resolve_through_the_registry(registered: tuple[ModelRegistry, Path]) -> None:
     registry, _ = registered
     assert BatchScorer.open(registry, "fraud", 1, device="cpu").model.version == 1
     assert BatchScorer.open(registry, "fraud", "production", device="cpu").model.version == 1
@@ -210,3 +217,50 @@ def test_the_cli_command_end_to_end(registered: tuple[ModelRegistry, Path], tmp_
     refused = runner.invoke(app, ["models", "score-batch", str(partial), "-o", str(target)], env=_environment(home))
     assert refused.exit_code == 1
     assert "error:" in refused.output and "card_txn_count_1h" in refused.output
+
+
+@pytest.mark.timeout(300)
+def test_point_in_time_features_from_feast_score_like_the_training_set(
+    tmp_path: Path, redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Transaction ids in: features built by Feast as of each transaction's time, equal to the training set's."""
+    monkeypatch.setenv("FRAUDSERVE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FRAUDSERVE_REDIS", redis_server.connection_string)
+    settings = Settings()
+    feature_store.apply(settings, redis_server.connection_string)
+    events = [
+        txn(f"t{i}", T0 + i * 7 * HOUR, card=f"c{i % 3}", merchant=f"m{i % 2}", amount=10.0 + 13 * i) for i in range(24)
+    ]
+    labels = [label("t4", T0 + 40 * HOUR), label("t9", T0 + 70 * HOUR)]
+    backfill(
+        write_jsonl(tmp_path / "tx.jsonl", events), write_jsonl(tmp_path / "labels.jsonl", labels), settings.offline
+    )
+    store = feature_store.open_offline_store(settings)
+    features = [(f.name, f.dtype) for f in service_features(store, "fraud_v2")]
+    registry = open_registry(settings)  # registration checks the package against Feast's fraud_v2
+    registry.register(make_package(tmp_path / "package", features, feature_service="fraud_v2"), name="fraud")
+
+    requests = tmp_path / "ids.parquet"
+    wanted = ["t20", "t3", "t11", "t3", "t0"]  # any order, a repeat
+    pd.DataFrame({"transaction_id": wanted, "batch": ["b1"] * len(wanted)}).to_parquet(requests)
+    scorer = BatchScorer.open(registry, "fraud", device="cpu")
+    summary = scorer.score_transactions(store, settings.offline, requests, tmp_path / "out.parquet", chunk_rows=2)
+    scored = pq.read_table(tmp_path / "out.parquet").to_pandas()
+    assert (summary.rows, summary.chunks) == (5, 3)
+    assert scored["transaction_id"].tolist() == wanted and set(scored["batch"]) == {"b1"}
+
+    everything = LabelPolicy(cutoff=datetime.fromtimestamp((T0 + 30 * DAY) / 1000, UTC), maturity=timedelta(0))
+    training = build_training_set(store, "fraud_v2", settings.offline, everything).frame.set_index("transaction_id")
+    matrix = training.loc[wanted, [n for n, _ in features]].astype("float64").to_numpy(na_value=np.nan)
+    expected = load_runtime(Flavor.lightgbm, registry.model_path("fraud", 1), threads=1).predict(matrix)
+    assert np.isfinite(matrix).mean() > 0.5  # real feature values, not a row of missing ones
+    np.testing.assert_array_equal(scored["score"].to_numpy(), expected)
+
+    command = ["models", "score-batch", str(requests), "-o", str(tmp_path / "cli.parquet"), "--point-in-time"]
+    result = CliRunner().invoke(app, [*command, "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(tmp_path / "cli.parquet").equals(pq.read_table(tmp_path / "out.parquet"))
+
+    pd.DataFrame({"transaction_id": ["t1", "nope-1", "nope-2"]}).to_parquet(requests)
+    with pytest.raises(BatchScoringError, match=r"2 transaction ids are not in the offline store .*: nope-1, nope-2"):
+        scorer.score_transactions(store, settings.offline, requests, tmp_path / "out2.parquet")
