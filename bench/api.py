@@ -167,11 +167,19 @@ def main() -> None:
                       str(load.errors))  # fmt: skip
     console.print(table)
     for connections in (1, 8):
-        ours_rps = result[f"fraudserve c{connections}"]["rps"]  # type: ignore[index]
-        feast_rps = result[f"feast serve c{connections}"]["rps"]  # type: ignore[index]
-        ratio = ours_rps / feast_rps
-        result[f"ratio c{connections}"] = ratio
-        console.print(f"{connections} connection(s): fraudserve / feast serve = {ratio:.1f}x requests/s")
+        mine = result.get(f"fraudserve c{connections}")
+        for baseline, what in (("feast serve", "requests/s"), ("constant FastAPI", "p50")):
+            base = result.get(f"{baseline} c{connections}")
+            if not isinstance(mine, dict) or not isinstance(base, dict):
+                continue
+            if what == "requests/s":
+                ratio = mine["rps"] / base["rps"]
+                result[f"ratio rps vs feast serve c{connections}"] = ratio
+                console.print(f"{connections} connection(s): fraudserve / feast serve = {ratio:.1f}x requests/s")
+            else:
+                ratio = mine["p50_ms"] / base["p50_ms"]
+                result[f"ratio p50 vs constant c{connections}"] = ratio
+                console.print(f"{connections} connection(s): fraudserve p50 / constant FastAPI p50 = {ratio:.2f}x")
     write_result(console, "api", result)
 
 

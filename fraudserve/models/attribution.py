@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fraudserve.models.manifest import Flavor
+from fraudserve.models.runtime import SINGLE_THREAD_ROWS
 from fraudserve.settings import ReasonsMethod
 
 log = logging.getLogger("fraudserve.models")
@@ -60,7 +61,7 @@ class LightGBMPathExplainer:
         self.table = np.vstack(rows) if rows else np.zeros((0, n_features + 1))
 
     def contributions(self, rows: np.ndarray) -> np.ndarray:
-        threads = 1 if rows.shape[0] <= 1 else self.threads
+        threads = 1 if rows.shape[0] <= SINGLE_THREAD_ROWS else self.threads
         leaves = np.asarray(self.booster.predict(rows, pred_leaf=True, num_threads=threads), dtype=np.int64)
         leaves = leaves.reshape(rows.shape[0], -1)
         result: np.ndarray = self.table[leaves + self.offsets].sum(axis=1)
@@ -97,7 +98,7 @@ def _fill_lightgbm(node: dict[str, Any], table: np.ndarray, path: np.ndarray, me
 
 
 class XGBoostPathExplainer:
-    """XGBoost's own decision-path contributions (`approx_contribs`), single-threaded for one row."""
+    """XGBoost's own decision-path contributions (`approx_contribs`), single-threaded for small batches."""
 
     def __init__(self, path: Path, threads: int = 0) -> None:
         import xgboost
@@ -113,7 +114,7 @@ class XGBoostPathExplainer:
         import xgboost
 
         matrix = xgboost.DMatrix(rows, feature_names=self.feature_names or None, missing=np.nan)
-        booster = self.single if rows.shape[0] <= 1 else self.booster
+        booster = self.single if rows.shape[0] <= SINGLE_THREAD_ROWS else self.booster
         return np.asarray(booster.predict(matrix, pred_contribs=True, approx_contribs=True))
 
 

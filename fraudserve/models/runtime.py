@@ -27,6 +27,11 @@ class Runtime(Protocol):
         ...
 
 
+# Up to this many rows a call runs on one thread: starting (and spin-waiting) OpenMP threads costs more than the
+# trees, and in the API it steals the cores other requests need. Larger batches use every core.
+SINGLE_THREAD_ROWS = 256
+
+
 class LightGBMRuntime:
     def __init__(self, path: Path, threads: int = 0) -> None:
         import lightgbm
@@ -40,7 +45,7 @@ class LightGBMRuntime:
 
     def _threads(self, rows: np.ndarray) -> int:
         # One row: one thread (LightGBM's thread start-up costs more than the trees); a batch: all cores.
-        return 1 if rows.shape[0] <= 1 else self.threads
+        return 1 if rows.shape[0] <= SINGLE_THREAD_ROWS else self.threads
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         return np.asarray(self.booster.predict(rows, num_threads=self._threads(rows)), dtype=np.float64)
@@ -68,14 +73,14 @@ class XGBoostRuntime:
         self.feature_names = list(self.booster.feature_names or [])
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
-        booster = self.single if rows.shape[0] <= 1 else self.booster
+        booster = self.single if rows.shape[0] <= SINGLE_THREAD_ROWS else self.booster
         return np.asarray(booster.inplace_predict(rows), dtype=np.float64)
 
     def contributions(self, rows: np.ndarray) -> np.ndarray:
         import xgboost
 
         matrix = xgboost.DMatrix(rows, feature_names=self.feature_names, missing=np.nan)
-        booster = self.single if rows.shape[0] <= 1 else self.booster
+        booster = self.single if rows.shape[0] <= SINGLE_THREAD_ROWS else self.booster
         return np.asarray(booster.predict(matrix, pred_contribs=True))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import redis
@@ -40,6 +40,9 @@ class TransactionRecord:
     country: str
     event_time_ms: int
     stored_at: float | None = None  # the online row's event timestamp (epoch seconds)
+    # Entity features read in the same round trip as the transaction, for `views_plan` (see FeatureSource).
+    views: dict[str, ViewValues] | None = field(default=None, compare=False, repr=False)
+    views_plan: FeaturePlan | None = field(default=None, compare=False, repr=False)
 
     def key(self, join_key: str) -> str | None:
         value: str | None = getattr(self, join_key)
@@ -68,7 +71,10 @@ async def within_budget(call: Awaitable[T], budget_s: float) -> T:
 
 
 class FeatureSource(Protocol):
-    async def transactions(self, ids: Sequence[str]) -> list[TransactionRecord | None]: ...
+    async def transactions(self, ids: Sequence[str], plan: FeaturePlan | None = None) -> list[TransactionRecord | None]:
+        """The stored transactions (None where unknown). With `plan`, a source may also read the plan's entity
+        features in the same round trip and attach them to each record (`views`, `views_plan`)."""
+        ...
 
     async def views(self, plan: FeaturePlan, records: Sequence[TransactionRecord]) -> list[dict[str, ViewValues]]: ...
 
@@ -83,7 +89,7 @@ class FeastFeatureSource:
     async def _read(self, refs: list[str], rows: list[dict[str, str]]) -> Any:
         return await within_budget(self.store.get_online_features_async(features=refs, entity_rows=rows), self.budget_s)
 
-    async def transactions(self, ids: Sequence[str]) -> list[TransactionRecord | None]:
+    async def transactions(self, ids: Sequence[str], plan: FeaturePlan | None = None) -> list[TransactionRecord | None]:
         refs = [f"{TRANSACTION.view}:{f}" for f in TRANSACTION_FIELDS]
         response = await self._read(refs, [{TRANSACTION.join_key: i} for i in ids])
         columns = _columns(response)

@@ -9,6 +9,8 @@ hashed once per feature plan, not per request. The integration tests compare its
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +18,7 @@ import redis
 import redis.asyncio as aioredis
 
 from inference_api.domain.features import TransactionRecord, ViewValues, within_budget
-from inference_api.domain.plan import FeaturePlan
+from inference_api.domain.plan import FeaturePlan, ViewRead
 from pipelines.features.catalog import TRANSACTION, TRANSACTION_FIELDS
 from pipelines.online_layout import decode_ts, decode_value, entity_key, feature_field, ts_field
 
@@ -26,6 +28,67 @@ if TYPE_CHECKING:
 
 def _fields(view: str, features: tuple[str, ...]) -> tuple[bytes | str, ...]:
     return (*(feature_field(view, f) for f in features), ts_field(view))
+
+
+# One round trip for a transaction and its entities' features: HMGET the transaction's hash, take each entity id
+# from its stored ValueProto (field 2, string_val: 0x12, varint length, bytes), build Feast's v3 entity key from a
+# prefix made in Python (`_key_prefix`) and HMGET the view's fields. Entity keys are derived inside the script, so it
+# runs on a single Redis only; on a cluster the reader makes two pipelined round trips instead.
+_LOOKUP_SCRIPT = """
+local function string_val(raw)
+  if not raw or #raw < 2 or string.byte(raw, 1) ~= 18 then return nil end
+  local length, shift, i = 0, 1, 2
+  while i <= #raw do
+    local b = string.byte(raw, i)
+    length = length + (b % 128) * shift
+    i = i + 1
+    if b < 128 then break end
+    shift = shift * 128
+  end
+  if length == 0 then return nil end
+  return string.sub(raw, i, i + length - 1)
+end
+local project = ARGV[1]
+local nt = tonumber(ARGV[2])
+local tfields = {}
+for i = 1, nt do tfields[i] = ARGV[2 + i] end
+local pos = 3 + nt
+local nv = tonumber(ARGV[pos])
+pos = pos + 1
+local views = {}
+for v = 1, nv do
+  local view = {index = tonumber(ARGV[pos]), prefix = ARGV[pos + 1], fields = {}}
+  local nf = tonumber(ARGV[pos + 2])
+  pos = pos + 3
+  for f = 1, nf do
+    view.fields[f] = ARGV[pos]
+    pos = pos + 1
+  end
+  views[v] = view
+end
+local out = {}
+for k = 1, #KEYS do
+  local txn = redis.call('HMGET', KEYS[k], unpack(tfields))
+  local row = {txn}
+  for v = 1, nv do
+    local id = string_val(txn[views[v].index])
+    if id then
+      row[v + 1] = redis.call('HMGET', views[v].prefix .. struct.pack('<I4', #id) .. id .. project,
+                              unpack(views[v].fields))
+    else
+      row[v + 1] = false
+    end
+  end
+  out[k] = row
+end
+return out
+"""
+
+
+def _key_prefix(join_key: str) -> bytes:
+    """Feast's v3 serialized entity key up to the value's length: one key, its name, the STRING value type."""
+    name = join_key.encode()
+    return struct.pack("<I", 1) + struct.pack("<I", 2) + struct.pack("<I", len(name)) + name + struct.pack("<I", 2)
 
 
 class RedisFeatureSource:
@@ -48,6 +111,14 @@ class RedisFeatureSource:
         self.project = store.config.project.encode()
         self.version = store.config.entity_key_serialization_version
         self.budget_s = budget_s
+        # The one-round-trip read needs a single Redis and Feast's v3 keys; otherwise two pipelined round trips.
+        self.fused = config.redis_type != RedisType.redis_cluster and self.version == 3
+        self._script = (
+            self.client.register_script(_LOOKUP_SCRIPT)
+            if self.fused and isinstance(self.client, aioredis.Redis)
+            else None
+        )
+        self._script_args: dict[int, tuple[list[bytes | str], tuple[ViewRead, ...]]] = {}
 
     def _key(self, join_key: str, value: str) -> bytes:
         return entity_key(self.project, join_key, value, self.version)
@@ -59,17 +130,42 @@ class RedisFeatureSource:
         replies: list[list[bytes | None]] = await within_budget(pipe.execute(), self.budget_s)
         return replies
 
-    async def transactions(self, ids: Sequence[str]) -> list[TransactionRecord | None]:
-        fields = _fields(TRANSACTION.view, tuple(TRANSACTION_FIELDS))
-        replies = await self._hmget_all([(self._key(TRANSACTION.join_key, i), fields) for i in ids])
+    async def transactions(self, ids: Sequence[str], plan: FeaturePlan | None = None) -> list[TransactionRecord | None]:
+        keys = [self._key(TRANSACTION.join_key, i) for i in ids]
+        if plan is not None and plan.views and self._script is not None:
+            return await self._transactions_with_views(ids, keys, plan)
+        replies = await self._hmget_all([(key, _TRANSACTION_FIELDS) for key in keys])
+        return [_record(i, reply) for i, reply in zip(ids, replies, strict=True)]
+
+    def _arguments(self, plan: FeaturePlan) -> tuple[list[bytes | str], tuple[ViewRead, ...]]:
+        """The script's arguments for a plan, built once per plan."""
+        cached = self._script_args.get(id(plan))
+        if cached is None or cached[1] is not plan.views:
+            args: list[bytes | str] = [self.project, str(len(_TRANSACTION_FIELDS)), *_TRANSACTION_FIELDS]
+            args.append(str(len(plan.views)))
+            for view in plan.views:
+                fields = _fields(view.entity.view, view.features)
+                index = list(TRANSACTION_FIELDS).index(view.entity.join_key) + 1
+                args.extend([str(index), _key_prefix(view.entity.join_key), str(len(fields)), *fields])
+            cached = (args, plan.views)
+            self._script_args[id(plan)] = cached
+        return cached
+
+    async def _transactions_with_views(
+        self, ids: Sequence[str], keys: list[bytes], plan: FeaturePlan
+    ) -> list[TransactionRecord | None]:
+        assert self._script is not None
+        args, _ = self._arguments(plan)
+        replies: list[list[Any]] = await within_budget(self._script(keys=keys, args=args), self.budget_s)
         records: list[TransactionRecord | None] = []
-        for transaction_id, reply in zip(ids, replies, strict=True):
-            values = [decode_value(raw) for raw in reply[:-1]]
-            row = dict(zip(TRANSACTION_FIELDS, values, strict=True))
-            if row["card_id"] is None:
-                records.append(None)
-                continue
-            records.append(TransactionRecord(transaction_id=transaction_id, stored_at=decode_ts(reply[-1]), **row))
+        for transaction_id, (reply, *views) in zip(ids, replies, strict=True):
+            record = _record(transaction_id, reply)
+            if record is not None:
+                by_view = {
+                    view.entity.view: _view_values(view, raw) for view, raw in zip(plan.views, views, strict=True)
+                }
+                record = dataclasses.replace(record, views=by_view, views_plan=plan)
+            records.append(record)
         return records
 
     async def views(self, plan: FeaturePlan, records: Sequence[TransactionRecord]) -> list[dict[str, ViewValues]]:
@@ -89,9 +185,7 @@ class RedisFeatureSource:
                 if record.key(view.entity.join_key) is None:
                     by_view[view.entity.view] = ViewValues(dict.fromkeys(view.features), None)
                     continue
-                reply = next(replies)
-                values = {f: decode_value(raw) for f, raw in zip(view.features, reply[:-1], strict=True)}
-                by_view[view.entity.view] = ViewValues(values, decode_ts(reply[-1]))
+                by_view[view.entity.view] = _view_values(view, next(replies))
             result.append(by_view)
         return result
 
@@ -104,3 +198,22 @@ class RedisFeatureSource:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+_TRANSACTION_FIELDS = _fields(TRANSACTION.view, tuple(TRANSACTION_FIELDS))
+
+
+def _record(transaction_id: str, reply: list[bytes | None]) -> TransactionRecord | None:
+    values = [decode_value(raw) for raw in reply[:-1]]
+    row = dict(zip(TRANSACTION_FIELDS, values, strict=True))
+    if row["card_id"] is None:  # every stored transaction has a card
+        return None
+    return TransactionRecord(transaction_id=transaction_id, stored_at=decode_ts(reply[-1]), **row)
+
+
+def _view_values(view: ViewRead, reply: list[bytes | None] | None) -> ViewValues:
+    """One view's values and timestamp from its HMGET reply (None: the entity has no id on this transaction)."""
+    if reply is None:
+        return ViewValues(dict.fromkeys(view.features), None)
+    values = {f: decode_value(raw) for f, raw in zip(view.features, reply[:-1], strict=True)}
+    return ViewValues(values, decode_ts(reply[-1]))
