@@ -76,6 +76,13 @@ class Settings(BaseSettings):
     canary_percent: float = Field(default=0.0, ge=0, le=100, description="Share of requests scored by candidate.")
     shadow_candidate: bool = Field(default=False, description="Also score with candidate; log, never return.")
     device: Device = Field(default=Device.auto, description="Where models run: auto, cpu or cuda.")
+    model_engine: str = Field(
+        default="auto",
+        pattern="^(native|compiled|auto)$",
+        description="How models predict on the CPU: compiled (the model compiled to C and cached, several times "
+        "faster, same scores; native with a warning if it cannot be built), native (the framework's library) or "
+        "auto (compiled where a C compiler or an earlier build is found, else native).",
+    )
     feature_source: FeatureSourceKind = Field(
         default=FeatureSourceKind.redis,
         description="How the API reads online features: redis (Feast's Redis layout, one pipelined round trip) "

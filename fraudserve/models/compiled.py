@@ -6,9 +6,12 @@ on the 384-tree LightGBM model of bench/gpu_models, its 2 MB of branches ran a r
 cache and branch mispredictions), only 3-4x native. What this module generates instead:
 
 - the trees, read exactly by Treelite (thresholds and leaf values as C hex literals: no decimal rounding), as a
-  constant node table in the library: each node holds its threshold, split feature, whether a missing value (NaN)
-  goes right, and its left child; the right child is the next node. A leaf is a node that points to itself and
-  reads an always-NaN slot after the row's features, so every tree can take the same number of steps;
+  constant node table in the library: each node holds its threshold, the input slot it reads and its left child;
+  the right child is the next node, taken when `slot <op> threshold`. Each feature has four slots per row: the
+  value with NaN replaced by -inf, by +inf, and NaN/not-NaN flags; a node whose missing values go right reads the
+  copy where NaN compares to the right side of its threshold, so the missing-value direction costs no extra
+  instruction (the flags serve splits whose threshold is infinite). A leaf points to itself and reads an
+  always-NaN slot, so every tree can take the same number of steps;
 - a branch-free traversal that walks a block of 8 trees at once (independent loads overlap instead of waiting on
   each other), trees grouped by depth so the fixed step count wastes little; leaf values are then summed in the
   model's tree order and the link function applied in the model's own precision, as LightGBM (double) and XGBoost
@@ -28,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -43,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -53,9 +57,11 @@ log = logging.getLogger("fraudserve.models")
 
 # Bump when the generated C or the way tables are read changes: it is part of every cache key.
 GENERATOR_VERSION = "1"
-CFLAGS = ("-O2", "-fPIC", "-shared", "-std=gnu99")
+CFLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu99")
 # Trees walked together; 8 independent load chains keep a core's load ports busy without spilling registers.
 BLOCK = 8
+# Rows walked through each block of trees before the next block (the block's nodes stay in L1 meanwhile).
+CHUNK = 32
 # A batch at least this large is split across threads; below it, thread hand-off costs more than it saves.
 PARALLEL_MIN_ROWS = 2048
 # Compiled and native predictions must agree to this on the probe rows, or the compiled library is not used.
@@ -71,6 +77,10 @@ class CompileError(RuntimeError):
     """Compiled code cannot be built or used for this model here; the native library serves it instead."""
 
 
+class NoCompiler(CompileError):
+    """No C compiler here (and no earlier build of this model in the cache)."""
+
+
 @dataclass(frozen=True)
 class Forest:
     """A binary classifier's trees as flat tables in the compiled layout (children adjacent, leaves self-loops)."""
@@ -84,8 +94,10 @@ class Forest:
     base_score: float
     threshold: np.ndarray  # per node: the split threshold, or the leaf value for a leaf
     left: np.ndarray  # per node: left child (right child = left + 1); a leaf's own index
-    feature: np.ndarray  # per node: split feature; num_feature (the NaN slot) for a leaf
+    feature: np.ndarray  # per node: split feature; num_feature for a leaf
     nan_right: np.ndarray  # per node: 1 when a missing value goes right
+    slot: np.ndarray  # per node: the input slot read (4 per feature, see `_choose_slots`; 4 * num_feature: NaN)
+    compared: np.ndarray  # per node: the threshold compared with the slot (the leaf value for a leaf)
     roots: np.ndarray  # per tree, in walking order (grouped by depth, padded to BLOCK with a zero leaf)
     tree_of_slot: np.ndarray  # per walking slot: the tree's position in model order (num_tree for padding)
     group_depth: np.ndarray  # per block of BLOCK slots: steps needed by its deepest tree
@@ -158,6 +170,8 @@ def read_forest(flavor: Flavor, path: Path) -> Forest:
     order = sorted(range(model.num_tree), key=lambda i: depths[i])
     slots = order + [model.num_tree] * (-len(order) % BLOCK)
     table = np.array(nodes, dtype=[("t", "f8"), ("left", "i4"), ("feature", "i4"), ("nan_right", "i4")])
+    dtype = np.float64 if model.input_type == "float64" else np.float32
+    slot, compared = _choose_slots(table, num_feature, _GOES_RIGHT[operator], dtype)
     return Forest(
         num_feature=num_feature,
         num_tree=model.num_tree,
@@ -170,13 +184,17 @@ def read_forest(flavor: Flavor, path: Path) -> Forest:
         left=table["left"].copy(),
         feature=table["feature"].copy(),
         nan_right=table["nan_right"].copy(),
+        slot=slot,
+        compared=compared,
         roots=np.array([roots[i] if i < model.num_tree else pad for i in slots], dtype=np.int32),
         tree_of_slot=np.array(slots, dtype=np.int32),
         group_depth=np.array(
-            [max((depths[i] for i in slots[g : g + BLOCK] if i < model.num_tree), default=0)
-             for g in range(0, len(slots), BLOCK)],
+            [
+                max((depths[i] for i in slots[g : g + BLOCK] if i < model.num_tree), default=0)
+                for g in range(0, len(slots), BLOCK)
+            ],
             dtype=np.int32,
-        ),  # fmt: skip
+        ),
     )
 
 
@@ -216,6 +234,44 @@ def _lay_out_tree(
     return root, depth
 
 
+_COMPARE = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal}
+LOW, HIGH, IS_NAN, NOT_NAN = range(4)  # a feature's four slots: NaN as -inf, NaN as +inf, NaN flag, not-NaN flag
+
+
+def _choose_slots(table: np.ndarray, num_feature: int, goes_right: str, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """For each node the slot (and threshold) that sends NaN its default way with one comparison.
+
+    The -inf/+inf copies change nothing for non-missing values, so they keep the threshold; the one whose sentinel
+    lands on the missing-value side is chosen. When neither does (an infinite threshold, where the sentinel ties),
+    every non-missing value goes the same way, and a NaN flag compared with 0.5 reproduces the node.
+    """
+    compare = _COMPARE[goes_right]
+    slots = np.full(len(table), 4 * num_feature, dtype=np.int32)
+    compared = table["t"].astype(dtype).astype(np.float64)
+    inf = dtype(np.inf)
+    for i, (t, _, feature, nan_right) in enumerate(table.tolist()):
+        if feature >= num_feature:
+            continue  # a leaf: reads the NaN slot, which never compares true, and keeps its leaf value
+        threshold, right = dtype(t), bool(nan_right)
+        if bool(compare(-inf, threshold)) == right:
+            slots[i] = 4 * feature + LOW
+            continue
+        if bool(compare(inf, threshold)) == right:
+            slots[i] = 4 * feature + HIGH
+            continue
+        known = {bool(compare(dtype(v), threshold)) for v in (-np.inf, -1.0, 0.0, 1.0, np.inf)}
+        if len(known) != 1:
+            raise CompileError(f"no slot reproduces the split at {t} (missing values {'right' if right else 'left'})")
+        others = known.pop()
+        for flag, (if_nan, if_not) in ((IS_NAN, (1.0, 0.0)), (NOT_NAN, (0.0, 1.0))):
+            if bool(compare(dtype(if_nan), dtype(0.5))) == right and bool(compare(dtype(if_not), dtype(0.5))) == others:
+                slots[i], compared[i] = 4 * feature + flag, 0.5
+                break
+        else:
+            raise CompileError(f"no slot reproduces the split at {t}")
+    return slots, compared
+
+
 def _refuse_zero_as_missing(path: Path) -> None:
     """LightGBM's zero_as_missing (missing type Zero: 0 also takes the default branch) has no Treelite equivalent."""
     with path.open("rb") as lines:
@@ -239,10 +295,8 @@ def c_source(forest: Forest) -> str:
     """The library's C: the node table and `fraudserve_predict(rows, n_rows, out)` over float64 rows."""
     c_type = "double" if forest.value_type == "float64" else "float"
     node_rows = ",\n".join(
-        f"{{{_literal(float(t), c_type)},{left},{feature},{nan_right}}}"
-        for t, left, feature, nan_right in zip(
-            forest.threshold, forest.left.tolist(), forest.feature.tolist(), forest.nan_right.tolist(), strict=True
-        )
+        f"{{{_literal(float(t), c_type)},{left},{slot}}}"
+        for t, left, slot in zip(forest.compared, forest.left.tolist(), forest.slot.tolist(), strict=True)
     )
 
     def ints(values: np.ndarray) -> str:
@@ -261,6 +315,7 @@ def c_source(forest: Forest) -> str:
         "num_slot": len(forest.roots),
         "num_group": len(forest.group_depth),
         "block": BLOCK,
+        "chunk": CHUNK,
         "nodes": node_rows,
         "roots": ints(forest.roots),
         "tree_of_slot": ints(forest.tree_of_slot),
@@ -277,13 +332,14 @@ _TEMPLATE = """\
 #include <stdint.h>
 
 typedef %(value_t)s value_t;
-struct node { value_t t; int32_t left; int32_t feature; int32_t nan_right; };
+struct node { value_t t; int32_t left; int32_t slot; };
 
 #define NUM_FEATURE %(num_feature)d
 #define NUM_TREE %(num_tree)d
 #define NUM_SLOT %(num_slot)d
 #define NUM_GROUP %(num_group)d
 #define BLOCK %(block)d
+#define CHUNK %(chunk)d
 
 static const struct node NODES[] = {
 %(nodes)s
@@ -292,33 +348,53 @@ static const int32_t ROOTS[NUM_SLOT] = {%(roots)s};
 static const int32_t TREE_OF_SLOT[NUM_SLOT] = {%(tree_of_slot)s};
 static const int32_t GROUP_DEPTH[NUM_GROUP] = {%(group_depth)s};
 
-static double score_row(const double* row) {
-  value_t x[NUM_FEATURE + 1];
-  int32_t leaf[NUM_TREE + 1];
-  for (int j = 0; j < NUM_FEATURE; ++j) x[j] = (value_t)row[j];
-  x[NUM_FEATURE] = (value_t)NAN;  /* what every leaf reads: leaves point to themselves */
-  for (int g = 0; g < NUM_GROUP; ++g) {
-    int32_t at[BLOCK];
-    for (int k = 0; k < BLOCK; ++k) at[k] = ROOTS[g * BLOCK + k];
-    for (int step = GROUP_DEPTH[g]; step > 0; --step) {
-      for (int k = 0; k < BLOCK; ++k) {
-        const struct node* n = &NODES[at[k]];
-        const value_t v = x[n->feature];
-        at[k] = n->left + ((v %(goes_right)s n->t) | ((v != v) & n->nan_right));
-      }
+/* Rows in chunks: a block of trees stays in L1 while every row of the chunk walks it. */
+static void score_chunk(const double* rows, int m, double* out) {
+  value_t x[CHUNK][4 * NUM_FEATURE + 1];
+  int32_t leaf[CHUNK][NUM_TREE + 1];
+  for (int r = 0; r < m; ++r) {
+    for (int j = 0; j < NUM_FEATURE; ++j) {
+      const value_t v = (value_t)rows[r * NUM_FEATURE + j];
+      const int missing = v != v;
+      x[r][4 * j] = missing ? -INFINITY : v;
+      x[r][4 * j + 1] = missing ? INFINITY : v;
+      x[r][4 * j + 2] = (value_t)missing;
+      x[r][4 * j + 3] = (value_t)!missing;
     }
-    for (int k = 0; k < BLOCK; ++k) leaf[TREE_OF_SLOT[g * BLOCK + k]] = at[k];
+    x[r][4 * NUM_FEATURE] = (value_t)NAN;  /* what every leaf reads: leaves point to themselves */
   }
-  value_t margin = 0;
-  for (int i = 0; i < NUM_TREE; ++i) margin += NODES[leaf[i]].t;  /* the model's own tree order */
-  margin += %(base_score)s;
-  return (double)(%(link)s);
+  for (int g = 0; g < NUM_GROUP; ++g) {
+    const int depth = GROUP_DEPTH[g];
+    for (int r = 0; r < m; ++r) {
+      const value_t* v_row = x[r];
+      int32_t at[BLOCK];
+      for (int k = 0; k < BLOCK; ++k) at[k] = ROOTS[g * BLOCK + k];
+      for (int step = depth; step > 0; --step) {
+        for (int k = 0; k < BLOCK; ++k) {
+          const struct node* n = &NODES[at[k]];
+          at[k] = n->left + (v_row[n->slot] %(goes_right)s n->t);
+        }
+      }
+      for (int k = 0; k < BLOCK; ++k) leaf[r][TREE_OF_SLOT[g * BLOCK + k]] = at[k];
+    }
+  }
+  for (int r = 0; r < m; ++r) {
+    value_t margin = 0;
+    for (int i = 0; i < NUM_TREE; ++i) margin += NODES[leaf[r][i]].t;  /* the model's own tree order */
+    margin += %(base_score)s;
+    out[r] = (double)(%(link)s);
+  }
 }
 
 int32_t fraudserve_num_feature(void) { return NUM_FEATURE; }
 
+void fraudserve_predict_one(const double* row, double* out) { score_chunk(row, 1, out); }
+
 void fraudserve_predict(const double* rows, int64_t n_rows, double* out) {
-  for (int64_t i = 0; i < n_rows; ++i) out[i] = score_row(rows + i * NUM_FEATURE);
+  for (int64_t i = 0; i < n_rows; i += CHUNK) {
+    const int m = n_rows - i < CHUNK ? (int)(n_rows - i) : CHUNK;
+    score_chunk(rows + i * NUM_FEATURE, m, out + i);
+  }
 }
 """
 
@@ -338,13 +414,13 @@ def find_compiler(compiler: str | None = None) -> list[str]:
     if chosen:
         command = shlex.split(chosen)
         if shutil.which(command[0]) is None:
-            raise CompileError(f"C compiler {command[0]!r} not found")
+            raise NoCompiler(f"C compiler {command[0]!r} not found")
         return command
     for name in ("cc", "gcc", "clang"):
         found = shutil.which(name)
         if found:
             return [found]
-    raise CompileError("no C compiler (cc, gcc or clang) on PATH; set FRAUDSERVE_CC or install one")
+    raise NoCompiler("no C compiler (cc, gcc or clang) on PATH; set FRAUDSERVE_CC or install one")
 
 
 def _treelite_version() -> str:
@@ -403,10 +479,11 @@ class Build:
     library: Path
     record: dict[str, Any]
     built_now: bool
+    native: Any = None  # the native runtime the build was checked against (reused rather than loaded again)
 
 
 def build_library(
-    flavor: Flavor, path: Path, cache_dir: Path | None = None, compiler: str | None = None
+    flavor: Flavor, path: Path, cache_dir: Path | None = None, compiler: str | None = None, threads: int = 0
 ) -> Build:
     """The compiled library for a model file: from the cache, else generated, compiled, checked and cached."""
     directory = _private_dir(cache_dir or default_cache_dir())
@@ -434,7 +511,8 @@ def build_library(
                 if done.returncode != 0:
                     raise CompileError(f"{command[0]} failed: {done.stderr.strip()[-2000:]}")
                 built.chmod(0o700)
-                max_diff = _check_against_native(flavor, path, built, forest)
+                native = _native_runtime(flavor, path, threads)
+                max_diff = _check_against_native(native, built, forest)
                 record = {
                     "model_sha256": model_sha256,
                     "model_file": path.name,
@@ -456,7 +534,7 @@ def build_library(
             raise CompileError(f"building compiled code failed: {exc}") from exc
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-    return Build(library, record, built_now=True)
+    return Build(library, record, built_now=True, native=native)
 
 
 def probe_rows(forest: Forest, rows: int = PROBE_ROWS, seed: int = 0) -> np.ndarray:
@@ -476,17 +554,24 @@ def probe_rows(forest: Forest, rows: int = PROBE_ROWS, seed: int = 0) -> np.ndar
     return out
 
 
-def _check_against_native(flavor: Flavor, path: Path, library: Path, forest: Forest) -> float:
-    """Compiled vs native on probe rows; CompileError beyond TOLERANCE (the library is then not cached)."""
+def _native_runtime(flavor: Flavor, path: Path, threads: int) -> Any:
     from fraudserve.models.runtime import LightGBMRuntime, XGBoostRuntime
 
-    native = LightGBMRuntime(path, threads=1) if flavor is Flavor.lightgbm else XGBoostRuntime(path, threads=1)
+    return LightGBMRuntime(path, threads) if flavor is Flavor.lightgbm else XGBoostRuntime(path, threads)
+
+
+def _check_against_native(native: Any, library: Path, forest: Forest) -> float:
+    """Compiled vs native on probe rows; CompileError beyond TOLERANCE (the library is then not cached)."""
     rows = probe_rows(forest)
     compiled = _Library(library, forest.num_feature).predict(rows)
     max_diff = float(np.max(np.abs(compiled - native.predict(rows)), initial=0.0))
     if not max_diff <= TOLERANCE:
-        raise CompileError(f"compiled predictions differ from {flavor.value}'s by {max_diff:.3g} on probe rows")
+        raise CompileError(f"compiled predictions differ from the native library's by {max_diff:.3g} on probe rows")
     return max_diff
+
+
+_FLOAT64 = np.dtype(np.float64)
+_OneDouble = ctypes.c_double * 1
 
 
 class _Library:
@@ -501,6 +586,11 @@ class _Library:
         self.function = self.handle.fraudserve_predict
         self.function.argtypes = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
         self.function.restype = None
+        # One row: ctypes arrays over the NumPy buffers (a few hundred ns) instead of `.ctypes.data` (microseconds).
+        self.one = self.handle.fraudserve_predict_one
+        self.one.restype = None
+        self.row_type = ctypes.c_double * num_feature
+        self.row_shape = (1, num_feature)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         rows = self.checked(rows)
@@ -537,10 +627,10 @@ class CompiledRuntime:
         compiler: str | None = None,
     ) -> None:
         self.flavor, self.path = flavor, path
-        self.threads = threads or os.cpu_count() or 1
-        self.build = build_library(flavor, path, cache_dir, compiler)
+        self.native_threads, self.threads = threads, threads or os.cpu_count() or 1
+        self.build = build_library(flavor, path, cache_dir, compiler, threads)
         self.library = _Library(self.build.library, int(self.build.record["num_feature"]))
-        self._native: Any = None
+        self._native: Any = self.build.native
         self._native_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
@@ -549,13 +639,7 @@ class CompiledRuntime:
         """The framework's own runtime, loaded on first use: only reasons and feature names need it."""
         with self._native_lock:
             if self._native is None:
-                from fraudserve.models.runtime import LightGBMRuntime, XGBoostRuntime
-
-                self._native = (
-                    LightGBMRuntime(self.path, self.threads)
-                    if self.flavor is Flavor.lightgbm
-                    else XGBoostRuntime(self.path, self.threads)
-                )
+                self._native = _native_runtime(self.flavor, self.path, self.native_threads)
             return self._native
 
     @property
@@ -563,7 +647,17 @@ class CompiledRuntime:
         return list(self.native.feature_names)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
-        rows = self.library.checked(rows)
+        library = self.library
+        if rows.shape == library.row_shape and rows.dtype == _FLOAT64:
+            try:
+                row = library.row_type.from_buffer(cast(Any, rows))  # a writable C-contiguous buffer of that size
+            except (TypeError, ValueError, BufferError):
+                pass
+            else:
+                out = np.empty(1, dtype=np.float64)
+                library.one(row, _OneDouble.from_buffer(cast(Any, out)))
+                return out
+        rows = library.checked(rows)
         n = rows.shape[0]
         out = np.empty(n, dtype=np.float64)
         if n < PARALLEL_MIN_ROWS or self.threads == 1:
@@ -575,7 +669,7 @@ class CompiledRuntime:
         base, target, width = rows.ctypes.data, out.ctypes.data, rows.shape[1] * 8
         calls = [
             self._pool.submit(self.library.function, base + lo * width, hi - lo, target + lo * 8)
-            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+            for lo, hi in itertools.pairwise(bounds)
             if hi > lo
         ]
         for call in calls:

@@ -19,7 +19,7 @@ import numpy as np
 from fraudserve.errors import FraudserveError, ModelNotFound
 from fraudserve.models.attribution import Explainer, make_explainer
 from fraudserve.models.manifest import Manifest
-from fraudserve.models.runtime import Runtime, load_runtime
+from fraudserve.models.runtime import Runtime, load_runtime, model_engine
 from fraudserve.registry import CANDIDATE, PRODUCTION, ModelRegistry
 from fraudserve.settings import ReasonsMethod
 from inference_api.domain.plan import FeaturePlan, resolve_plan
@@ -90,7 +90,9 @@ class ModelManager:
                 f"model {name} version {version} reads features that feature service {manifest.feature_service} "
                 "no longer serves in that order; register a model trained on the current service"
             )
-        runtime = load_runtime(manifest.flavor, self.registry.model_path(name, version), device=self.device)
+        runtime = load_runtime(
+            manifest.flavor, self.registry.model_path(name, version), device=self.device, engine=model_engine()
+        )
         explainer = make_explainer(self.reasons, manifest.flavor, self.registry.model_path(name, version), runtime)
         warm = np.zeros((1, len(manifest.features)))
         runtime.predict(warm)  # first call pays the framework's lazy set-up, not a client's request
