@@ -22,7 +22,8 @@ of a model on past transactions.
 Where: `device` auto, cpu or cuda (FRAUDSERVE_DEVICE, see fraudserve/models/device.py). Unlike the API, which
 refuses to start with cuda and no GPU, a batch job asked for cuda on a machine without a GPU or without nvForest
 falls back to the CPU and says so (`DeviceChoice.reason`): an offline job is better late than not at all, and the
-summary reports the device actually used.
+summary reports the device actually used. On the GPU nvForest predicts in single precision: scores agree with the
+CPU's to about 1e-6 (bench/README.md), so a label can differ only for a score within that of a threshold.
 """
 
 from __future__ import annotations
