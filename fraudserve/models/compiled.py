@@ -56,7 +56,7 @@ from fraudserve.models.manifest import Flavor
 log = logging.getLogger("fraudserve.models")
 
 # Bump when the generated C or the way tables are read changes: it is part of every cache key.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 CFLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu99")
 # Trees walked together; 8 independent load chains keep a core's load ports busy without spilling registers.
 BLOCK = 8
@@ -69,6 +69,9 @@ TOLERANCE = 1e-6
 PROBE_ROWS = 1024
 
 _TREELITE_LEAF, _TREELITE_NUMERICAL = 0, 1
+# LightGBM reads a dense row as sparse pairs and drops |x| <= kZeroThreshold (1e-35f, as a double): such values
+# are predicted as 0, which Treelite does not model. The probe rows found it (a split at -1e-35).
+LIGHTGBM_ZERO_THRESHOLD = float(np.float32(1e-35))
 # Treelite's comparison operators, and for each the C operator that is true when a (non-NaN) value goes right.
 _GOES_RIGHT = {2: ">=", 3: ">", 4: "<=", 5: "<"}  # kLT, kLE, kGT, kGE
 
@@ -92,6 +95,7 @@ class Forest:
     postprocessor: str  # "sigmoid" or "identity"
     sigmoid_alpha: float
     base_score: float
+    zero_threshold: float  # inputs with |x| <= this are read as 0 (LightGBM's kZeroThreshold; 0 for XGBoost)
     threshold: np.ndarray  # per node: the split threshold, or the leaf value for a leaf
     left: np.ndarray  # per node: left child (right child = left + 1); a leaf's own index
     feature: np.ndarray  # per node: split feature; num_feature for a leaf
@@ -180,6 +184,7 @@ def read_forest(flavor: Flavor, path: Path) -> Forest:
         postprocessor=postprocessor,
         sigmoid_alpha=float(field("sigmoid_alpha")[0]),
         base_score=float(base_scores[0]) if base_scores.size else 0.0,
+        zero_threshold=LIGHTGBM_ZERO_THRESHOLD if flavor is Flavor.lightgbm else 0.0,
         threshold=table["t"].copy(),
         left=table["left"].copy(),
         feature=table["feature"].copy(),
@@ -322,6 +327,7 @@ def c_source(forest: Forest) -> str:
         "group_depth": ints(forest.group_depth),
         "goes_right": forest.goes_right,
         "base_score": _literal(forest.base_score, c_type),
+        "zero_threshold": _literal(forest.zero_threshold, "double"),
         "link": link,
     }
 
@@ -340,6 +346,7 @@ struct node { value_t t; int32_t left; int32_t slot; };
 #define NUM_GROUP %(num_group)d
 #define BLOCK %(block)d
 #define CHUNK %(chunk)d
+#define ZERO_THRESHOLD %(zero_threshold)s
 
 static const struct node NODES[] = {
 %(nodes)s
@@ -354,7 +361,8 @@ static void score_chunk(const double* rows, int m, double* out) {
   int32_t leaf[CHUNK][NUM_TREE + 1];
   for (int r = 0; r < m; ++r) {
     for (int j = 0; j < NUM_FEATURE; ++j) {
-      const value_t v = (value_t)rows[r * NUM_FEATURE + j];
+      const double raw = rows[r * NUM_FEATURE + j];
+      const value_t v = fabs(raw) <= ZERO_THRESHOLD ? (value_t)0 : (value_t)raw;
       const int missing = v != v;
       x[r][4 * j] = missing ? -INFINITY : v;
       x[r][4 * j + 1] = missing ? INFINITY : v;
@@ -547,7 +555,12 @@ def probe_rows(forest: Forest, rows: int = PROBE_ROWS, seed: int = 0) -> np.ndar
         cuts = forest.threshold[internal & (forest.feature == j)].astype(dtype)
         cuts = cuts[np.isfinite(cuts)]
         values = np.concatenate(
-            [cuts, np.nextafter(cuts, dtype(np.inf)), np.nextafter(cuts, dtype(-np.inf)), np.array([0.0, 1.0, -1.0])]
+            [
+                cuts,
+                np.nextafter(cuts, dtype(np.inf)),
+                np.nextafter(cuts, dtype(-np.inf)),
+                np.array([0.0, -0.0, 1.0, -1.0, 1e-36, -1e-36, np.inf, -np.inf]),
+            ]
         ).astype(np.float64)
         out[:, j] = rng.choice(values, size=rows)
     out[rng.random(out.shape) < 0.1] = np.nan
