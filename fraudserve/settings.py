@@ -24,6 +24,11 @@ class FeatureSourceKind(StrEnum):
     feast = "feast"
 
 
+class AccessLog(StrEnum):
+    all = "all"
+    errors = "errors"
+
+
 class ReasonsMethod(StrEnum):
     path = "path"
     shap = "shap"
@@ -89,6 +94,11 @@ class Settings(BaseSettings):
         "or feast (Feast's SDK, get_online_features_async).",
     )
     metrics_public: bool = Field(default=True, description="GET /metrics without an API key.")
+    access_log: AccessLog = Field(
+        default=AccessLog.errors,
+        description="API access log: every request (all), or only errors and requests slower than the request "
+        "budget (errors).",
+    )
     top_reasons: int = Field(default=3, ge=0, le=50, description="Reasons (feature contributions) per score.")
     reasons_method: ReasonsMethod = Field(
         default=ReasonsMethod.path,

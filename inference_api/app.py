@@ -14,7 +14,7 @@ from fraudserve import __version__
 from fraudserve.errors import ConfigurationError
 from fraudserve.keys import KeyStore, Scope
 from fraudserve.models.device import resolve_device
-from fraudserve.settings import FeatureSourceKind, Settings
+from fraudserve.settings import AccessLog, FeatureSourceKind, Settings
 from inference_api import errors
 from inference_api.auth import require
 from inference_api.domain.batching import DynamicBatcher
@@ -94,7 +94,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.keys = KeyStore(settings.keys_file)
     errors.install(app)
-    app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestContext,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        log_all=settings.access_log is AccessLog.all,
+        slow_s=settings.request_budget_ms / 1000,
+    )
     app.include_router(fraud.router)
     app.include_router(models.router)
     app.include_router(oip.router)

@@ -43,6 +43,9 @@ class Metrics:
             "fraudserve_batch_size", "Requests per dynamic batch (single score requests scored together)",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=self.registry,
         )  # fmt: skip
+        self._stages: dict[str, Any] = {}
+        self._scores: dict[tuple[str, int, str], Any] = {}
+        self._requests: dict[tuple[str, int], Any] = {}
         self.shadow_delta = Histogram(
             "fraudserve_shadow_abs_difference", "|candidate - served| score in shadow mode", ["candidate_version"],
             buckets=(0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0), registry=self.registry,
@@ -51,11 +54,26 @@ class Metrics:
     def batch(self, size: int) -> None:
         self.batch_size.observe(size)
 
+    # The hot path's children are looked up once: `labels()` costs more than the observation itself.
     def stage(self, stage: str, seconds: float) -> None:
-        self.latency.labels(stage).observe(seconds)
+        child = self._stages.get(stage)
+        if child is None:
+            child = self._stages[stage] = self.latency.labels(stage)
+        child.observe(seconds)
 
     def scored(self, model: str, version: int, label: str) -> None:
-        self.labels.labels(model, str(version), label).inc()
+        key = (model, version, label)
+        child = self._scores.get(key)
+        if child is None:
+            child = self._scores[key] = self.labels.labels(model, str(version), label)
+        child.inc()
+
+    def request(self, route: str, status: int) -> None:
+        key = (route, status)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.requests.labels(route, str(status))
+        child.inc()
 
     def error(self, code: str) -> None:
         self.errors.labels(code).inc()

@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 
 from fraudserve import feature_store
+from fraudserve.models.attribution import LightGBMPathExplainer
 from fraudserve.models.manifest import Flavor
 from fraudserve.registry import ModelRegistry, open_registry
 from fraudserve.settings import Settings
+from inference_api.schemas import ScoreResponse
 from pipelines.generate import GenerateConfig, generate
 from pipelines.materialize import materialize
 from pipelines.offline.backfill import backfill
@@ -102,6 +104,7 @@ def test_score_equals_the_model_applied_to_feasts_own_online_features(deployment
         response = post(f"{api}/v1/fraud/score", {"transaction_id": transaction_id})
         assert response.status_code == 200, response.text
         body = response.json()
+        ScoreResponse.model_validate(body)  # the documented schema, though the route serializes it itself
         assert body["score"] == pytest.approx(float(score), rel=1e-9, abs=1e-12)
         assert body["model"] == {"name": "fraud", "version": model.version}
         assert body["label"] in {"not_fraud", "suspicious", "highly_suspicious"}
@@ -109,6 +112,12 @@ def test_score_equals_the_model_applied_to_feasts_own_online_features(deployment
         assert len(body["reasons"]) == 3 and all(r["feature"] in names for r in body["reasons"])
         contributions = [r["contribution"] for r in body["reasons"]]
         assert contributions == sorted(contributions, reverse=True)
+        # Decision-path reasons: the model's own largest contributions, as the explainer computes them offline.
+        row = matrix[ids.index(transaction_id)][None, :]
+        offline = LightGBMPathExplainer(deployment.registry.model_path("fraud", model.version)).contributions(row)[0]
+        top = np.argsort(-offline[:-1], kind="stable")[:3]
+        assert [r["feature"] for r in body["reasons"]] == [names[j] for j in top]
+        assert contributions == pytest.approx([offline[j] for j in top], rel=1e-9, abs=1e-12)
         assert response.headers["x-request-id"]
 
 
@@ -286,6 +295,12 @@ def test_direct_redis_reader_returns_what_feasts_sdk_returns(deployment: Deploym
 
     direct = RedisFeatureSource(store, 1.0)
     ours, theirs = asyncio.run(read(direct)), asyncio.run(read(FeastFeatureSource(store, 1.0)))
+    one_trip = RedisFeatureSource(store, 1.0)  # a new client: the first one's connections belong to a closed loop
+    assert one_trip._script is not None  # a single Redis: transactions and features also come in one round trip
+    fused = asyncio.run(one_trip.transactions(ids, plan))
+    assert fused == ours[0]
+    assert [r.views for r in fused if r is not None] == ours[1]
+    assert all(r.views_plan is plan for r in fused if r is not None)
     assert ours[0][-1] is None and theirs[0][-1] is None
     assert [r.transaction_id for r in ours[0][:-1]] == ids[:-1]
     for mine, feasts in zip(ours[0][:-1], theirs[0][:-1], strict=True):
