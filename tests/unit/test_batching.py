@@ -1,0 +1,139 @@
+"""The dynamic batcher, with a fake scorer (the real one is exercised by the API integration tests)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from fraudserve.errors import FraudserveError, RedisUnavailable
+from inference_api.domain.batching import DynamicBatcher, Outcome, Overloaded
+from inference_api.domain.scoring import Request
+
+
+class NotFound(FraudserveError):
+    code = "transaction_not_found"
+    status = 404
+
+
+class FakeScorer:
+    """Echoes each id as an error carrying it (so outcomes can be matched), after waiting for `gate`."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail: Exception | None = None
+
+    async def __call__(self, requests: Sequence[Request]) -> list[Outcome]:
+        self.batches.append([tid or "" for tid, _ in requests])
+        await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        return [NotFound(f"answer for {tid}") for tid, _ in requests]
+
+
+def _ids(n: int) -> list[Request]:
+    return [(f"tx{i}", None) for i in range(n)]
+
+
+def test_concurrent_requests_share_batches_and_each_gets_its_own_answer() -> None:
+    async def main() -> None:
+        scorer = FakeScorer()
+        scorer.gate.clear()  # the first batches stay in flight while the rest arrive
+        batcher = DynamicBatcher(scorer, max_size=8, max_inflight=1)
+        batcher.start()
+        tasks = [asyncio.create_task(batcher.submit(r)) for r in _ids(20)]
+        await asyncio.sleep(0.01)
+        scorer.gate.set()
+        outcomes = await asyncio.gather(*tasks)
+        await batcher.close()
+        assert [o.message for o in outcomes if isinstance(o, FraudserveError)] == [
+            f"answer for tx{i}" for i in range(20)
+        ]
+        assert sum(len(b) for b in scorer.batches) == 20
+        assert max(len(b) for b in scorer.batches) == 8  # capped at max_size
+        assert len(scorer.batches) <= 4  # 1 alone (nothing else waited yet), then full batches
+
+    asyncio.run(main())
+
+
+def test_a_lone_request_is_not_held_back_without_a_delay() -> None:
+    async def main() -> None:
+        scorer = FakeScorer()
+        batcher = DynamicBatcher(scorer, max_size=64, max_delay_s=0.0)
+        batcher.start()
+        for request in _ids(3):
+            await asyncio.wait_for(batcher.submit(request), timeout=0.5)
+        await batcher.close()
+        assert scorer.batches == [["tx0"], ["tx1"], ["tx2"]]
+
+    asyncio.run(main())
+
+
+def test_max_delay_gathers_requests_that_arrive_within_it() -> None:
+    async def main() -> None:
+        scorer = FakeScorer()
+        batcher = DynamicBatcher(scorer, max_size=64, max_delay_s=0.05)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(("a", None)))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(batcher.submit(("b", None)))
+        await asyncio.gather(first, second)
+        await batcher.close()
+        assert scorer.batches == [["a", "b"]]
+
+    asyncio.run(main())
+
+
+def test_a_failed_call_fails_every_request_of_its_batch_and_only_those() -> None:
+    async def main() -> None:
+        scorer = FakeScorer()
+        batcher = DynamicBatcher(scorer, max_size=64, max_inflight=1)
+        batcher.start()
+        scorer.fail = RedisUnavailable("the online store (Redis) is unavailable; try again shortly")
+        results = await asyncio.gather(*(batcher.submit(r) for r in _ids(5)), return_exceptions=True)
+        assert all(isinstance(r, RedisUnavailable) for r in results)
+        scorer.fail = None
+        answer = await batcher.submit(("after", None))
+        assert isinstance(answer, NotFound) and answer.message == "answer for after"
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_waiting_requests_are_bounded_and_refused_with_overloaded() -> None:
+    async def main() -> None:
+        scorer = FakeScorer()
+        scorer.gate.clear()
+        batcher = DynamicBatcher(scorer, max_size=2, max_inflight=1, max_queue=3)
+        batcher.start()
+        tasks = [asyncio.create_task(batcher.submit(r)) for r in _ids(2)]
+        await asyncio.sleep(0.01)  # those two are in flight; three more may wait
+        waiting = [asyncio.create_task(batcher.submit(r)) for r in _ids(3)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded) as refused:
+            await batcher.submit(("one too many", None))
+        assert refused.value.status == 503 and refused.value.retry_after_s >= 1
+        scorer.gate.set()
+        assert len(await asyncio.gather(*tasks, *waiting)) == 5  # nothing waiting was lost
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_close_answers_what_is_still_waiting() -> None:
+    async def main() -> None:
+        scorer = FakeScorer()
+        scorer.gate.clear()
+        batcher = DynamicBatcher(scorer, max_size=1, max_inflight=1)
+        batcher.start()
+        tasks = [asyncio.create_task(batcher.submit(r)) for r in _ids(3)]
+        await asyncio.sleep(0.01)
+        scorer.gate.set()
+        await batcher.close()  # the loop no longer takes batches: close itself answers the two still waiting
+        assert len(await asyncio.wait_for(asyncio.gather(*tasks), timeout=0.5)) == 3
+        assert scorer.batches == [["tx0"], ["tx1"], ["tx2"]]
+
+    asyncio.run(main())
