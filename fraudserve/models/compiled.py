@@ -56,12 +56,14 @@ from fraudserve.models.manifest import Flavor
 log = logging.getLogger("fraudserve.models")
 
 # Bump when the generated C or the way tables are read changes: it is part of every cache key.
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 CFLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu99")
 # Trees walked together; 8 independent load chains keep a core's load ports busy without spilling registers.
 BLOCK = 8
 # Rows walked through each block of trees before the next block (the block's nodes stay in L1 meanwhile).
 CHUNK = 32
+# Bytes of C stack a chunk's buffers may take (threads that call in have at least 8 MiB, often less elsewhere).
+STACK_BUDGET = 256 * 1024
 # A batch at least this large is split across threads; below it, thread hand-off costs more than it saves.
 PARALLEL_MIN_ROWS = 2048
 # Compiled and native predictions must agree to this on the probe rows, or the compiled library is not used.
@@ -296,6 +298,13 @@ def _literal(value: float, c_type: str) -> str:
     return f"{value.hex()}{suffix}"
 
 
+def _chunk_rows(forest: Forest) -> int:
+    """Rows per chunk, fewer for very wide or very large models: the chunk's buffers live on the C stack."""
+    value_size = 8 if forest.value_type == "float64" else 4
+    per_row = (4 * forest.num_feature + 1) * value_size + (forest.num_tree + 1) * 4
+    return max(1, min(CHUNK, STACK_BUDGET // per_row))
+
+
 def c_source(forest: Forest) -> str:
     """The library's C: the node table and `fraudserve_predict(rows, n_rows, out)` over float64 rows."""
     c_type = "double" if forest.value_type == "float64" else "float"
@@ -320,7 +329,7 @@ def c_source(forest: Forest) -> str:
         "num_slot": len(forest.roots),
         "num_group": len(forest.group_depth),
         "block": BLOCK,
-        "chunk": CHUNK,
+        "chunk": _chunk_rows(forest),
         "nodes": node_rows,
         "roots": ints(forest.roots),
         "tree_of_slot": ints(forest.tree_of_slot),
@@ -646,6 +655,8 @@ class CompiledRuntime:
         self._native: Any = self.build.native
         self._native_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
+        self._pool_lock = threading.Lock()
 
     @property
     def native(self) -> Any:
@@ -676,18 +687,25 @@ class CompiledRuntime:
         if n < PARALLEL_MIN_ROWS or self.threads == 1:
             self.library.function(rows.ctypes.data, n, out.ctypes.data)
             return out
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="fraudserve-compiled")
+        pool = self._batch_pool()
         bounds = np.linspace(0, n, self.threads + 1, dtype=np.int64).tolist()
         base, target, width = rows.ctypes.data, out.ctypes.data, rows.shape[1] * 8
         calls = [
-            self._pool.submit(self.library.function, base + lo * width, hi - lo, target + lo * 8)
+            pool.submit(self.library.function, base + lo * width, hi - lo, target + lo * 8)
             for lo, hi in itertools.pairwise(bounds)
             if hi > lo
         ]
         for call in calls:
             call.result()
         return out
+
+    def _batch_pool(self) -> ThreadPoolExecutor:
+        """Threads for batches, started on first use and again in a forked child (threads do not survive a fork)."""
+        with self._pool_lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="fraudserve-compiled")
+                self._pool_pid = os.getpid()
+            return self._pool
 
     def contributions(self, rows: np.ndarray) -> np.ndarray:
         return np.asarray(self.native.contributions(rows))
