@@ -54,7 +54,7 @@ def test_lightgbm_path_contributions_add_up_to_the_margin_with_treeshaps_bias(li
     contributions = explainer.contributions(rows)
     assert contributions.shape == (500, FEATURES + 1)
     np.testing.assert_allclose(contributions.sum(axis=1), booster.predict(rows, raw_score=True), atol=1e-10)
-    shap = booster.predict(rows, pred_contrib=True)
+    shap = np.asarray(booster.predict(rows, pred_contrib=True))
     np.testing.assert_allclose(contributions[:, -1], shap[:, -1], atol=1e-12)
     # Not Shapley values, but they point the same way: the feature TreeSHAP ranks first is in the path top 2.
     agree = np.mean(
