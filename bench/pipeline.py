@@ -1,44 +1,149 @@
-"""Offline pipeline benchmark: backfill transactions/s and materialize rows/s at about 1 million transactions.
+"""Offline pipeline benchmark: generate, backfill (Parquet and JSONL input), then materialize into Redis with Feast's
+engine (the baseline) and the fast engine, the ratio of their rows/s measured in the same run.
 
-    python -m bench.pipeline [--cards 45000 --days 14] [--skip-materialize]
+    flock /tmp/fraudserve-bench.lock .venv/bin/python -m bench.pipeline                      # ~1 M transactions
+    flock /tmp/fraudserve-bench.lock .venv/bin/python -m bench.pipeline --transactions 10m \\
+        --feast-baseline-rows 1m                                                               # ~10 M transactions
 
-Prints a table with the machine's core count and writes bench/results/pipeline-<date>.json. Uses its own
-embedded redis-server under a temporary FRAUDSERVE_HOME (or FRAUDSERVE_REDIS when set).
+`--transactions N` sizes `--cards` for `--days` (14) so that about N transactions are generated. At 10 M, Feast's
+materialize would take half an hour, so `--feast-baseline-rows N` measures it on the most recent N transactions'
+span (the same code path, fewer keys) and the fast engine on that same span too, for a like-for-like ratio, before
+the fast engine loads everything. `--skip-feast` leaves the baseline out. Each engine writes into an empty database of
+the benchmark's own embedded redis-server (appendonly everysec, as `fraudserve` runs it; FRAUDSERVE_REDIS is ignored
+so that nobody's Redis is flushed). Wrap it in `flock` so that benchmarks of different people do not overlap.
+
+Prints a table with the machine's core count and writes bench/results/pipeline-<date>.json; peak RSS is this
+process's (`resource.getrusage`), redis-server's memory comes from its INFO.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import duckdb
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from bench.report import machine, print_table, write_result
 from fraudserve import feature_store
 from fraudserve.embedded_redis import online_store
 from fraudserve.settings import Settings
 from pipelines.generate import GenerateConfig, generate
-from pipelines.materialize import materialize
+from pipelines.materialize import MaterializeSummary, materialize
 from pipelines.offline.backfill import backfill
+
+# Transactions per card per day of the generator's default world (1,056,532 for 45,000 cards over 14 days).
+TRANSACTIONS_PER_CARD_DAY = 1_056_532 / (45_000 * 14)
+
+
+def count(text: str) -> int:
+    """1000000, 1_000_000, 1m, 10M, 500k."""
+    text = text.strip().lower().replace("_", "")
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def since_for_rows(transactions_file: Path, rows: int) -> datetime:
+    """The event time from which the offline store holds about `rows` transactions (the most recent ones)."""
+    con = duckdb.connect()
+    ts = con.execute(
+        f"SELECT event_timestamp FROM read_parquet('{transactions_file}') "
+        f"ORDER BY event_timestamp DESC LIMIT 1 OFFSET {max(rows - 1, 0)}"
+    ).fetchone()
+    con.close()
+    if ts is None:
+        return datetime(1970, 1, 1, tzinfo=UTC)
+    value: datetime = ts[0]
+    return value.astimezone(UTC)
+
+
+class ViewProgress:
+    """A progress bar per feature view for the fast engine."""
+
+    def __init__(self, progress: Progress, label: str) -> None:
+        self.progress = progress
+        self.label = label
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, view: str, done: int, total: int) -> None:
+        if view not in self.tasks:
+            self.tasks[view] = self.progress.add_task(f"{self.label} {view}", total=max(total, done, 1))
+        self.progress.update(self.tasks[view], completed=done)
+
+
+def run_materialize(
+    console: Console, client: Any, store: Any, settings: Settings, engine: str, label: str, since: datetime | None
+) -> tuple[MaterializeSummary, dict[str, object]]:
+    client.flushdb()
+    console.log(f"materialize: {label} into an empty Redis database")
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), console=console
+    )
+    with progress:
+        summary = materialize(
+            store,
+            settings.offline,
+            engine=engine,  # type: ignore[arg-type]
+            progress=ViewProgress(progress, label),
+            since=since,
+        )
+    memory = client.info("memory")
+    figures: dict[str, object] = {
+        "engine": summary.engine,
+        "since": since,
+        "rows": summary.rows,
+        "rows_by_view": summary.entity_rows,
+        "written_by_view": summary.written,
+        "seconds": summary.seconds,
+        "rows_per_second": summary.rows_per_second,
+        "redis_keys": client.dbsize(),
+        "redis_used_memory_mb": memory["used_memory"] / 2**20,
+        "peak_rss_mb_so_far": peak_rss_mb(),
+    }
+    console.log(f"{label}: {summary.rows:,} rows in {summary.seconds:.1f} s, {summary.rows_per_second:,.0f} rows/s")
+    return summary, figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cards", type=int, default=45_000)
     parser.add_argument("--days", type=int, default=14)
+    parser.add_argument("--transactions", type=count, help="size --cards for about this many transactions (10m)")
+    parser.add_argument("--skip-jsonl", action="store_true", help="backfill the Parquet input only")
     parser.add_argument("--skip-materialize", action="store_true")
+    parser.add_argument("--skip-feast", action="store_true", help="no Feast baseline (fast engine only)")
+    parser.add_argument(
+        "--feast-baseline-rows",
+        type=count,
+        help="measure Feast (and the fast engine, for the ratio) on the span of the latest N transactions only",
+    )
     args = parser.parse_args()
+    if args.transactions:
+        args.cards = max(1, round(args.transactions / (TRANSACTIONS_PER_CARD_DAY * args.days)))
+    os.environ.pop("FRAUDSERVE_REDIS", None)  # always the benchmark's own server: it is flushed
     console = Console()
     rows: list[tuple[str, str, str]] = []
-    result: dict[str, object] = {"machine": machine(), "started": datetime.now(UTC).isoformat()}
+    result: dict[str, object] = {
+        "machine": machine(),
+        "started": datetime.now(UTC).isoformat(),
+        "arguments": dict(vars(args)),
+    }
     with tempfile.TemporaryDirectory(prefix="fraudserve-bench-") as tmp:
         home = Path(tmp) / "home"
         os.environ["FRAUDSERVE_HOME"] = str(home)
         settings = Settings()
+        console.log(f"generate: {args.cards:,} cards over {args.days} days")
         started = time.perf_counter()
         generated = generate(
             Path(tmp) / "raw",
@@ -48,11 +153,15 @@ def main() -> None:
         rows.append(
             ("generate", f"{generated.transactions:,} transactions", f"{generated.transactions / gen_s:,.0f}/s")
         )
-        result["generate"] = {"transactions": generated.transactions, "seconds": gen_s}
+        result["generate"] = {"transactions": generated.transactions, "seconds": gen_s, "peak_rss_mb": peak_rss_mb()}
 
-        for fmt in ("parquet", "jsonl"):
+        for fmt in ("parquet",) if args.skip_jsonl else ("parquet", "jsonl"):
+            console.log(f"backfill: {fmt} input")
             summary = backfill(
-                generated.files[f"transactions_{fmt}"], generated.files[f"labels_{fmt}"], settings.offline
+                generated.files[f"transactions_{fmt}"],
+                generated.files[f"labels_{fmt}"],
+                settings.offline,
+                threads=settings.backfill_threads,
             )
             rows.append(
                 (
@@ -66,27 +175,51 @@ def main() -> None:
                 "seconds": summary.seconds,
                 "transactions_per_second": summary.transactions_per_second,
                 "rows_written": summary.rows_written,
+                "peak_rss_mb_so_far": peak_rss_mb(),
             }
 
         if not args.skip_materialize:
-            with online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
+            with online_store(None, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
                 feature_store.apply(settings, connection)
                 store = feature_store.open_store(settings, connection)
-                materialized = materialize(store, settings.offline)
-            rows.append(
-                (
-                    "materialize (Feast, local engine)",
-                    f"{materialized.rows:,} entity rows in {materialized.seconds:.1f} s",
-                    f"{materialized.rows_per_second:,.0f} rows/s",
-                )
-            )
-            result["materialize"] = {
-                "rows": materialized.rows,
-                "rows_by_view": materialized.entity_rows,
-                "seconds": materialized.seconds,
-                "rows_per_second": materialized.rows_per_second,
-            }
-
+                client = feature_store.redis_client(settings, connection)
+                since = None
+                if args.feast_baseline_rows and args.feast_baseline_rows < generated.transactions:
+                    since = since_for_rows(settings.offline.transactions_file, args.feast_baseline_rows)
+                scope = "" if since is None else f", latest {args.feast_baseline_rows:,} transactions' span"
+                runs: list[tuple[str, str, str, datetime | None]] = []
+                if not args.skip_feast:
+                    runs.append(("materialize_feast", "feast", f"Feast (local engine{scope})", since))
+                    if since is not None:
+                        runs.append(("materialize_fast_baseline_span", "fast", f"fast (same span{scope})", since))
+                runs.append(("materialize_fast", "fast", "fast (all rows)", None))
+                measured: dict[str, MaterializeSummary] = {}
+                for key, engine, label, run_since in runs:
+                    summary_m, figures = run_materialize(console, client, store, settings, engine, label, run_since)
+                    measured[key] = summary_m
+                    result[key] = figures
+                    rows.append(
+                        (
+                            f"materialize, {label}",
+                            f"{summary_m.rows:,} entity rows in {summary_m.seconds:.1f} s",
+                            f"{summary_m.rows_per_second:,.0f} rows/s",
+                        )
+                    )
+                client.close()
+            if "materialize_feast" in measured:
+                feast = measured["materialize_feast"].rows_per_second
+                like = measured.get("materialize_fast_baseline_span", measured["materialize_fast"])
+                ratio = like.rows_per_second / feast if feast else 0.0
+                ratio_all = measured["materialize_fast"].rows_per_second / feast if feast else 0.0
+                result["ratio_fast_to_feast"] = ratio
+                result["ratio_fast_all_rows_to_feast"] = ratio_all
+                rows.append(("ratio fast / Feast", "rows/s, same span", f"{ratio:.1f}x"))
+                if like is not measured["materialize_fast"]:
+                    rows.append(("ratio fast / Feast", "rows/s, fast on all rows", f"{ratio_all:.1f}x"))
+            else:
+                rows.append(("ratio fast / Feast", "Feast baseline skipped (--skip-feast)", "-"))
+    result["peak_rss_mb"] = peak_rss_mb()
+    rows.append(("peak RSS (this process)", "", f"{result['peak_rss_mb']:,.0f} MB"))
     print_table(console, f"fraudserve offline pipeline on {os.cpu_count()} cores", ("step", "work", "throughput"), rows)
     write_result(console, "pipeline", result)
 

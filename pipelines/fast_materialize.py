@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,10 +47,13 @@ if TYPE_CHECKING:
 Progress = Callable[[str, int, int], None]
 
 # Feast's `online_write_batch` rule for one key, applied atomically by Redis to each key of a call.
-# KEYS: entity keys. ARGV: the `_ts:view` field, key TTL in seconds (0: none), k (features), the k feature fields,
-# then per key its serialized Timestamp and its k serialized ValueProtos. Returns how many keys were written.
+# KEYS: entity keys. ARGV: the `_ts:view` field, the key TTL in seconds (0: none), the k feature fields, then per key
+# its serialized Timestamp and its k serialized ValueProtos. Returns how many keys were written.
 # A stored Timestamp of exactly the epoch counts as none (Feast: `if latest_seen_nanos and new <= latest_seen_nanos`).
-WRITE_IF_NEWER = """
+# The HSET is unrolled for the view's k features (`write_if_newer_script`): building an argument table per row and
+# unpacking it cost the server a third more. Lua strings are interned, so `ts == old` (the same row materialized
+# again, the common case) is a pointer comparison that skips decoding the two Timestamps.
+_WRITE_IF_NEWER = """
 local function decode_ts(raw)
   local seconds, nanos, i, n = 0, 0, 1, #raw
   while i <= n do
@@ -71,36 +75,46 @@ local function decode_ts(raw)
   end
   return seconds, nanos
 end
-local ts_field, ttl, k = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local function newer(ts, old)
+  if not old or old == '' then return true end
+  if ts == old then return false end
+  local old_s, old_n = decode_ts(old)
+  if old_s == 0 and old_n == 0 then return true end
+  local new_s, new_n = decode_ts(ts)
+  return new_s > old_s or (new_s == old_s and new_n > old_n)
+end
+local hset = redis.call
+local ts_field, ttl = ARGV[1], tonumber(ARGV[2])
+@FIELDS@
 local written = 0
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local row = 3 + k + (i - 1) * (k + 1)
-  local ts = ARGV[row + 1]
-  local stale = false
-  local old = redis.call('HGET', key, ts_field)
-  if old and #old > 0 then
-    local new_s, new_n = decode_ts(ts)
-    local old_s, old_n = decode_ts(old)
-    if (old_s ~= 0 or old_n ~= 0) and (new_s < old_s or (new_s == old_s and new_n <= old_n)) then
-      stale = true
-    end
-  end
-  if not stale then
-    local args = {ts_field, ts}
-    for j = 1, k do
-      args[2 * j + 1] = ARGV[3 + j]
-      args[2 * j + 2] = ARGV[row + 1 + j]
-    end
-    redis.call('HSET', key, unpack(args))
+  local r = @BASE@ + (i - 1) * @WIDTH@
+  local ts = ARGV[r + 1]
+  if newer(ts, hset('HGET', key, ts_field)) then
+    hset('HSET', key, ts_field, ts@PAIRS@)
     if ttl > 0 then
-      redis.call('EXPIRE', key, ttl)
+      hset('EXPIRE', key, ttl)
     end
     written = written + 1
   end
 end
 return written
 """
+
+
+@lru_cache(maxsize=64)
+def write_if_newer_script(features: int) -> str:
+    """The write-if-newer script for views of `features` features (ARGV as described above)."""
+    fields = "\n".join(f"local f{j} = ARGV[{2 + j}]" for j in range(1, features + 1))
+    pairs = "".join(f", f{j}, ARGV[r + {1 + j}]" for j in range(1, features + 1))
+    return (
+        _WRITE_IF_NEWER.replace("@FIELDS@", fields)
+        .replace("@BASE@", str(2 + features))
+        .replace("@WIDTH@", str(1 + features))
+        .replace("@PAIRS@", pairs)
+    )
+
 
 _FEAST_DTYPES = {"Int64": "int64", "Float64": "float64", "String": "string"}
 
@@ -220,12 +234,11 @@ class CommandEncoder:
         fixed = [
             ts_field(plan.name).encode(),
             str(key_ttl_seconds or 0).encode(),
-            str(len(plan.features)).encode(),
             *(feature_field(plan.name, name) for name, _ in plan.features),
         ]
         self.fixed_count = len(fixed)
         self.fixed = b"".join(_bulk(v) for v in fixed)
-        self.script = _bulk(b"EVAL") + _bulk(WRITE_IF_NEWER.encode())
+        self.script = _bulk(b"EVAL") + _bulk(write_if_newer_script(len(plan.features)).encode())
 
     def encode(self, batch: pa.RecordBatch) -> Commands:
         rows = batch.num_rows
