@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for alias, model in (("production", manager.state.production), ("candidate", manager.state.candidate)):
                 if model is not None:
                     metrics.model_version.labels(model.name, alias).set(model.version)
+            metrics.models_loaded.set(len(manager.state.by_version))
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app

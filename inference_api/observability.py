@@ -36,6 +36,10 @@ class Metrics:
         self.model_version = Gauge(
             "fraudserve_model_version", "Loaded version by alias", ["model", "alias"], registry=self.registry
         )
+        self.models_loaded = Gauge(
+            "fraudserve_models_loaded", "Model versions held in memory (production, candidate and recent others)",
+            registry=self.registry,
+        )  # fmt: skip
         self.model_failures = Counter(
             "fraudserve_model_load_failures", "Versions that failed to load", ["model"], registry=self.registry
         )

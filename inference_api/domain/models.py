@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -55,7 +56,10 @@ class ManagerState:
     last_error: str | None = None
     swaps: int = 0
     failures: int = 0
-    by_version: dict[tuple[str, int], LoadedModel] = field(default_factory=dict)
+    # Loaded versions, least recently used first. Production and candidate always stay; of the others (asked for by
+    # the generic API, or just swapped out) at most `ModelManager.keep_versions` stay, so memory does not grow with
+    # every promotion.
+    by_version: OrderedDict[tuple[str, int], LoadedModel] = field(default_factory=OrderedDict)
 
 
 class ModelManager:
@@ -67,6 +71,7 @@ class ModelManager:
         device: str = "cpu",
         keep_candidate: bool = False,
         reasons: ReasonsMethod = ReasonsMethod.path,
+        keep_versions: int = 2,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -74,6 +79,7 @@ class ModelManager:
         self.device = device
         self.keep_candidate = keep_candidate
         self.reasons = reasons
+        self.keep_versions = keep_versions
         self.state = ManagerState()
 
     # ------------------------------------------------------------------------------------------------ loading
@@ -81,6 +87,7 @@ class ModelManager:
         """Load, resolve the feature plan and warm one version (cached by name and version: versions never change)."""
         cached = self.state.by_version.get((name, version))
         if cached is not None:
+            self.state.by_version.move_to_end((name, version))
             return cached
         model = self.registry.get(name, version)
         manifest = model.manifest
@@ -99,7 +106,18 @@ class ModelManager:
         explainer.contributions(warm)
         loaded = LoadedModel(name, version, manifest, plan, runtime, explainer)
         self.state.by_version[(name, version)] = loaded
+        self._evict()
         return loaded
+
+    def _evict(self) -> None:
+        """Forget the least recently used versions beyond `keep_versions`, never production or candidate.
+
+        Requests in flight keep their own reference, so a forgotten version finishes them and is then freed."""
+        serving = {id(self.state.production), id(self.state.candidate)}
+        others = [key for key, model in self.state.by_version.items() if id(model) not in serving]
+        for key in others[: max(len(others) - self.keep_versions, 0)]:
+            del self.state.by_version[key]
+            log.info("unloaded model version", extra={"model": key[0], "version": key[1]})
 
     def refresh(self) -> bool:
         """Follow the registry's aliases; returns whether production changed. Never raises."""

@@ -415,3 +415,20 @@ def test_a_transaction_produced_to_the_stream_is_scored_by_id(deployment: Deploy
         entity_rows=[{"card_id": card}],
     ).to_dict()
     assert online["card_txn_count_10m"][0] >= 1 and online["card_amount_max_7d"][0] >= 987.65
+
+
+def test_old_versions_are_unloaded_so_memory_does_not_grow_with_versions(deployment: Deployment) -> None:
+    """Every version asked for through the generic API is loaded; only production and the 2 most recent stay."""
+    for _ in range(3):
+        deployment.registry.register(deployment.packages[1], name="fraud", feature_service="fraud_v2")
+    versions = [m.version for m in deployment.registry.versions("fraud")]
+    assert len(versions) >= 4
+    row = {"rows": [{"transaction_id": deployment.recent[0]}]}
+    with ApiServer(deployment.settings) as server:
+        for version in versions + versions[:1]:
+            response = post(f"{server.url}/v1/models/fraud/versions/{version}/predict", row)
+            assert response.status_code == 200, response.text
+            assert response.json()["model"]["version"] == version
+        metrics = httpx.get(f"{server.url}/metrics").text
+        loaded = [line for line in metrics.splitlines() if line.startswith("fraudserve_models_loaded ")]
+        assert loaded and float(loaded[0].split()[1]) <= 3, loaded
