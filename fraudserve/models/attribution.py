@@ -14,8 +14,11 @@ Two methods, both additive (the contributions plus the bias column sum to the mo
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,13 +62,67 @@ class LightGBMPathExplainer:
             _fill_lightgbm(tree["tree_structure"], table, np.zeros(n_features + 1), None)
             rows.extend(table)
         self.table = np.vstack(rows) if rows else np.zeros((0, n_features + 1))
+        self._single = _SingleRowLeaves(self.booster, n_features, len(trees))
 
-    def contributions(self, rows: np.ndarray) -> np.ndarray:
+    def leaves(self, rows: np.ndarray) -> np.ndarray:
+        """Each row's leaf index in every tree, (rows, trees)."""
+        if rows.shape[0] == 1 and self._single.ready:
+            return self._single(rows[0])[None, :]
         threads = 1 if rows.shape[0] <= SINGLE_THREAD_ROWS else self.threads
         leaves = np.asarray(self.booster.predict(rows, pred_leaf=True, num_threads=threads), dtype=np.int64)
-        leaves = leaves.reshape(rows.shape[0], -1)
-        result: np.ndarray = self.table[leaves + self.offsets].sum(axis=1)
+        return leaves.reshape(rows.shape[0], -1)
+
+    def contributions(self, rows: np.ndarray) -> np.ndarray:
+        result: np.ndarray = self.table[self.leaves(rows) + self.offsets].sum(axis=1)
         return result
+
+
+class _SingleRowLeaves:
+    """One row's leaf indices through LightGBM's single-row fast C API (`LGBM_BoosterPredictForMatSingleRowFast`).
+
+    `Booster.predict` spends most of a one-row call in Python-side checks; the fast API is set up once (predict
+    type, one thread, float64 columns) and then costs a few microseconds. It is not thread-safe, hence the lock.
+    Unavailable (another LightGBM build): `ready` is False and `Booster.predict` answers instead.
+    """
+
+    def __init__(self, booster: Any, n_features: int, n_trees: int) -> None:
+        self.ready = False
+        self._out = np.zeros(max(n_trees, 1), dtype=np.float64)
+        self._row = np.zeros(n_features, dtype=np.float64)
+        self._length = ctypes.c_int64(0)
+        self._lock = threading.Lock()
+        self._booster = booster  # keeps the handle alive as long as the fast config
+        try:
+            import lightgbm.basic
+
+            self._lib = vars(lightgbm.basic)["_LIB"]  # LightGBM's loaded C library (ctypes.CDLL)
+            self._config = ctypes.c_void_p()
+            status = self._lib.LGBM_BoosterPredictForMatSingleRowFastInit(
+                booster._handle, ctypes.c_int(2), ctypes.c_int(0), ctypes.c_int(-1),  # leaf index, all trees
+                ctypes.c_int(1), ctypes.c_int32(n_features), ctypes.c_char_p(b"num_threads=1"),  # float64
+                ctypes.byref(self._config),
+            )  # fmt: skip
+        except (ImportError, AttributeError, KeyError, OSError):
+            return
+        self.ready = status == 0
+
+    def __call__(self, row: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._row[:] = row
+            status = self._lib.LGBM_BoosterPredictForMatSingleRowFast(
+                self._config,
+                self._row.ctypes.data_as(ctypes.c_void_p),
+                ctypes.byref(self._length),
+                self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+            )
+            if status != 0:
+                raise RuntimeError(f"LightGBM single-row leaf prediction failed ({status})")
+            return self._out[: self._length.value].astype(np.int64)
+
+    def __del__(self) -> None:
+        if self.ready:
+            with contextlib.suppress(Exception):
+                self._lib.LGBM_FastConfigFree(self._config)
 
 
 def _node_mean(node: dict[str, Any]) -> tuple[float, float]:
