@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from fraudserve.models.compiled import CompiledRuntime, CompileError, build_libr
 from fraudserve.models.manifest import Flavor
 from fraudserve.models.runtime import LightGBMRuntime, XGBoostRuntime, load_runtime
 
-pytestmark = pytest.mark.skipif(
+needs_cc = pytest.mark.skipif(
     shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler to build compiled models"
 )
 
@@ -75,6 +76,7 @@ def _native(flavor: Flavor, path: Path) -> LightGBMRuntime | XGBoostRuntime:
     return LightGBMRuntime(path, threads=1) if flavor is Flavor.lightgbm else XGBoostRuntime(path, threads=1)
 
 
+@needs_cc
 @pytest.mark.parametrize("flavor", [Flavor.lightgbm, Flavor.xgboost])
 def test_compiled_equals_native_batch_and_single_rows(flavor: Flavor, models: dict[Flavor, Path], cache: Path) -> None:
     runtime = CompiledRuntime(flavor, models[flavor], threads=2, cache_dir=cache)
@@ -100,6 +102,7 @@ def test_compiled_equals_native_batch_and_single_rows(flavor: Flavor, models: di
         runtime.predict(rows[:, :-1])  # never read past a row
 
 
+@needs_cc
 @pytest.mark.parametrize("flavor", [Flavor.lightgbm, Flavor.xgboost])
 def test_contributions_and_names_come_from_the_native_library(
     flavor: Flavor, models: dict[Flavor, Path], cache: Path
@@ -112,6 +115,7 @@ def test_contributions_and_names_come_from_the_native_library(
     np.testing.assert_allclose(runtime.contributions(rows), native.contributions(rows), rtol=0, atol=1e-9)
 
 
+@needs_cc
 def test_a_second_load_reuses_the_build(models: dict[Flavor, Path], tmp_path: Path) -> None:
     first = CompiledRuntime(Flavor.xgboost, models[Flavor.xgboost], cache_dir=tmp_path)
     assert first.build.built_now
@@ -125,6 +129,17 @@ def test_a_second_load_reuses_the_build(models: dict[Flavor, Path], tmp_path: Pa
     np.testing.assert_array_equal(first.predict(rows), second.predict(rows))
 
 
+@needs_cc
+def test_workers_starting_together_build_once(models: dict[Flavor, Path], tmp_path: Path) -> None:
+    with ThreadPoolExecutor(3) as pool:
+        builds = list(pool.map(lambda _: build_library(Flavor.lightgbm, models[Flavor.lightgbm], tmp_path), range(3)))
+    assert sum(b.built_now for b in builds) == 1
+    assert len({b.library for b in builds}) == 1
+    assert len(list(tmp_path.glob("*.so"))) == 1
+    assert not list(tmp_path.glob("build-*"))  # the build's temporary folder is gone
+
+
+@needs_cc
 def test_a_tampered_library_is_rebuilt_not_loaded(models: dict[Flavor, Path], tmp_path: Path) -> None:
     CompiledRuntime(Flavor.xgboost, models[Flavor.xgboost], cache_dir=tmp_path)
     (library,) = tmp_path.glob("*.so")
@@ -182,6 +197,7 @@ def test_native_engine_and_bad_engine(models: dict[Flavor, Path], tmp_path: Path
         load_runtime(Flavor.lightgbm, models[Flavor.lightgbm], engine="fast")
 
 
+@needs_cc
 def test_a_model_that_disagrees_on_the_probe_rows_is_not_used(
     models: dict[Flavor, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -191,6 +207,7 @@ def test_a_model_that_disagrees_on_the_probe_rows_is_not_used(
     assert not list(tmp_path.glob("*.so"))
 
 
+@needs_cc
 @pytest.mark.parametrize(("flavor", "file"), [(Flavor.lightgbm, "lightgbm.txt"), (Flavor.xgboost, "xgboost.json")])
 def test_the_benchmark_models_score_as_their_frameworks(flavor: Flavor, file: str, cache: Path) -> None:
     """The real 384/409-tree models of bench/gpu_models: their inputs (5 % missing) and expected scores."""
