@@ -502,7 +502,18 @@ class Build:
 def build_library(
     flavor: Flavor, path: Path, cache_dir: Path | None = None, compiler: str | None = None, threads: int = 0
 ) -> Build:
-    """The compiled library for a model file: from the cache, else generated, compiled, checked and cached."""
+    """The compiled library for a model file: from the cache, else generated, compiled, checked and cached.
+
+    Every failure here (no compiler, an unwritable or noexec cache, a model the kernel does not cover) is a
+    CompileError, which `load_runtime` answers with the native library.
+    """
+    try:
+        return _build_library(flavor, path, cache_dir, compiler, threads)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise CompileError(f"building compiled code failed: {exc}") from exc
+
+
+def _build_library(flavor: Flavor, path: Path, cache_dir: Path | None, compiler: str | None, threads: int) -> Build:
     directory = _private_dir(cache_dir or default_cache_dir())
     model_sha256 = _sha256(path)
     key = cache_key(model_sha256)
@@ -547,8 +558,6 @@ def build_library(
                 staged.write_text(json.dumps(record, indent=2))
                 os.replace(built, library)  # atomic: a reader sees no library or the whole one
                 os.replace(staged, record_path)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise CompileError(f"building compiled code failed: {exc}") from exc
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return Build(library, record, built_now=True, native=native)
@@ -600,7 +609,10 @@ class _Library:
     """The loaded shared library: `predict` over a C-contiguous float64 matrix with the model's column count."""
 
     def __init__(self, library: Path, num_feature: int) -> None:
-        self.handle = ctypes.CDLL(str(library))
+        try:
+            self.handle = ctypes.CDLL(str(library))
+        except OSError as exc:  # e.g. a cache on a noexec mount
+            raise CompileError(f"cannot load {library.name}: {exc}") from exc
         self.handle.fraudserve_num_feature.restype = ctypes.c_int32
         if self.handle.fraudserve_num_feature() != num_feature:
             raise CompileError(f"{library.name} was built for another feature count")

@@ -190,6 +190,13 @@ def test_a_failing_compiler_falls_back_with_a_warning(
     assert not list(tmp_path.glob("*.so"))
 
 
+def test_an_unusable_cache_directory_falls_back(models: dict[Flavor, Path], tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    runtime = load_runtime(Flavor.xgboost, models[Flavor.xgboost], engine="compiled", cache_dir=not_a_directory / "x")
+    assert isinstance(runtime, XGBoostRuntime)
+
+
 def test_native_engine_and_bad_engine(models: dict[Flavor, Path], tmp_path: Path) -> None:
     assert isinstance(load_runtime(Flavor.lightgbm, models[Flavor.lightgbm], cache_dir=tmp_path), LightGBMRuntime)
     assert not list(tmp_path.glob("*.so"))
@@ -220,7 +227,8 @@ def test_the_benchmark_models_score_as_their_frameworks(flavor: Flavor, file: st
     # -O0: the same arithmetic as the cached -O3 build, compiled in a fraction of the time.
     import subprocess
 
-    subprocess.run(["cc", "-O0", "-fPIC", "-shared", "-o", str(library), str(source), "-lm"], check=True)
+    compiler = compiled.find_compiler()
+    subprocess.run([*compiler, "-O0", "-fPIC", "-shared", "-o", str(library), str(source), "-lm"], check=True)
     scores = compiled._Library(library, forest.num_feature).predict(inputs)
     assert np.isnan(inputs).any()
     np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-6)
