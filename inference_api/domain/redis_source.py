@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from inference_api.domain.features import TransactionRecord, ViewValues, within_budget
 from inference_api.domain.plan import FeaturePlan, ViewRead
@@ -31,10 +32,11 @@ def _fields(view: str, features: tuple[str, ...]) -> tuple[bytes | str, ...]:
 
 
 # One round trip for a transaction and its entities' features: HMGET the transaction's hash, take each entity id
-# from its stored ValueProto (field 2, string_val: 0x12, varint length, bytes), build Feast's v3 entity key from a
-# prefix made in Python (`_key_prefix`) and HMGET the view's fields. Entity keys are derived inside the script, so it
-# runs on a single Redis only; on a cluster the reader makes two pipelined round trips instead.
-_LOOKUP_SCRIPT = """
+# from its stored ValueProto (field 2, string_val: 0x12, varint length, bytes), build Feast's v3 entity key and HMGET
+# the view's fields. The plan (project, field names, key prefixes) is written into the script as literals
+# (`_lookup_script`), one script per feature plan, so a call carries only the transaction keys. Entity keys are
+# derived inside the script, so it runs on a single Redis only; on a cluster the reader makes two round trips.
+_LOOKUP_BODY = """
 local function string_val(raw)
   if not raw or #raw < 2 or string.byte(raw, 1) ~= 18 then return nil end
   local length, shift, i = 0, 1, 2
@@ -48,33 +50,15 @@ local function string_val(raw)
   if length == 0 then return nil end
   return string.sub(raw, i, i + length - 1)
 end
-local project = ARGV[1]
-local nt = tonumber(ARGV[2])
-local tfields = {}
-for i = 1, nt do tfields[i] = ARGV[2 + i] end
-local pos = 3 + nt
-local nv = tonumber(ARGV[pos])
-pos = pos + 1
-local views = {}
-for v = 1, nv do
-  local view = {index = tonumber(ARGV[pos]), prefix = ARGV[pos + 1], fields = {}}
-  local nf = tonumber(ARGV[pos + 2])
-  pos = pos + 3
-  for f = 1, nf do
-    view.fields[f] = ARGV[pos]
-    pos = pos + 1
-  end
-  views[v] = view
-end
 local out = {}
 for k = 1, #KEYS do
   local txn = redis.call('HMGET', KEYS[k], unpack(tfields))
   local row = {txn}
-  for v = 1, nv do
-    local id = string_val(txn[views[v].index])
+  for v = 1, #views do
+    local view = views[v]
+    local id = string_val(txn[view.index])
     if id then
-      row[v + 1] = redis.call('HMGET', views[v].prefix .. struct.pack('<I4', #id) .. id .. project,
-                              unpack(views[v].fields))
+      row[v + 1] = redis.call('HMGET', view.prefix .. struct.pack('<I4', #id) .. id .. project, unpack(view.fields))
     else
       row[v + 1] = false
     end
@@ -83,6 +67,26 @@ for k = 1, #KEYS do
 end
 return out
 """
+
+
+def _lua(value: bytes | str) -> str:
+    """A Lua string literal of any bytes (decimal escapes)."""
+    raw = value.encode() if isinstance(value, str) else value
+    return '"' + "".join(f"\\{c:03d}" for c in raw) + '"'
+
+
+def _lookup_script(project: bytes, views: tuple[ViewRead, ...]) -> str:
+    """The one-round-trip lookup for a plan's views, its constants as literals."""
+    tfields = ", ".join(_lua(f) for f in _TRANSACTION_FIELDS)
+    entries = []
+    for view in views:
+        index = list(TRANSACTION_FIELDS).index(view.entity.join_key) + 1
+        fields = ", ".join(_lua(f) for f in _fields(view.entity.view, view.features))
+        entries.append(
+            f"{{index = {index}, prefix = {_lua(_key_prefix(view.entity.join_key))}, fields = {{{fields}}}}}"
+        )
+    header = f"local project = {_lua(project)}\nlocal tfields = {{{tfields}}}\nlocal views = {{{', '.join(entries)}}}\n"
+    return header + _LOOKUP_BODY
 
 
 def _key_prefix(join_key: str) -> bytes:
@@ -113,12 +117,8 @@ class RedisFeatureSource:
         self.budget_s = budget_s
         # The one-round-trip read needs a single Redis and Feast's v3 keys; otherwise two pipelined round trips.
         self.fused = config.redis_type != RedisType.redis_cluster and self.version == 3
-        self._script = (
-            self.client.register_script(_LOOKUP_SCRIPT)
-            if self.fused and isinstance(self.client, aioredis.Redis)
-            else None
-        )
-        self._script_args: dict[int, tuple[list[bytes | str], tuple[ViewRead, ...]]] = {}
+        self.fused = self.fused and isinstance(self.client, aioredis.Redis)
+        self._scripts: dict[int, tuple[AsyncScript, tuple[ViewRead, ...]]] = {}
 
     def _key(self, join_key: str, value: str) -> bytes:
         return entity_key(self.project, join_key, value, self.version)
@@ -132,31 +132,25 @@ class RedisFeatureSource:
 
     async def transactions(self, ids: Sequence[str], plan: FeaturePlan | None = None) -> list[TransactionRecord | None]:
         keys = [self._key(TRANSACTION.join_key, i) for i in ids]
-        if plan is not None and plan.views and self._script is not None:
+        if plan is not None and plan.views and self.fused:
             return await self._transactions_with_views(ids, keys, plan)
         replies = await self._hmget_all([(key, _TRANSACTION_FIELDS) for key in keys])
         return [_record(i, reply) for i, reply in zip(ids, replies, strict=True)]
 
-    def _arguments(self, plan: FeaturePlan) -> tuple[list[bytes | str], tuple[ViewRead, ...]]:
-        """The script's arguments for a plan, built once per plan."""
-        cached = self._script_args.get(id(plan))
+    def _script_for(self, plan: FeaturePlan) -> AsyncScript:
+        """The lookup script of a plan, registered once per plan (redis-py reloads it if Redis lost it)."""
+        cached = self._scripts.get(id(plan))
         if cached is None or cached[1] is not plan.views:
-            args: list[bytes | str] = [self.project, str(len(_TRANSACTION_FIELDS)), *_TRANSACTION_FIELDS]
-            args.append(str(len(plan.views)))
-            for view in plan.views:
-                fields = _fields(view.entity.view, view.features)
-                index = list(TRANSACTION_FIELDS).index(view.entity.join_key) + 1
-                args.extend([str(index), _key_prefix(view.entity.join_key), str(len(fields)), *fields])
-            cached = (args, plan.views)
-            self._script_args[id(plan)] = cached
-        return cached
+            assert isinstance(self.client, aioredis.Redis)
+            cached = (self.client.register_script(_lookup_script(self.project, plan.views)), plan.views)
+            self._scripts[id(plan)] = cached
+        return cached[0]
 
     async def _transactions_with_views(
         self, ids: Sequence[str], keys: list[bytes], plan: FeaturePlan
     ) -> list[TransactionRecord | None]:
-        assert self._script is not None
-        args, _ = self._arguments(plan)
-        replies: list[list[Any]] = await within_budget(self._script(keys=keys, args=args), self.budget_s)
+        script = self._script_for(plan)
+        replies: list[list[Any]] = await within_budget(script(keys=keys), self.budget_s)
         records: list[TransactionRecord | None] = []
         for transaction_id, (reply, *views) in zip(ids, replies, strict=True):
             record = _record(transaction_id, reply)

@@ -296,7 +296,7 @@ def test_direct_redis_reader_returns_what_feasts_sdk_returns(deployment: Deploym
     direct = RedisFeatureSource(store, 1.0)
     ours, theirs = asyncio.run(read(direct)), asyncio.run(read(FeastFeatureSource(store, 1.0)))
     one_trip = RedisFeatureSource(store, 1.0)  # a new client: the first one's connections belong to a closed loop
-    assert one_trip._script is not None  # a single Redis: transactions and features also come in one round trip
+    assert one_trip.fused  # a single Redis: transactions and features also come in one round trip
     fused = asyncio.run(one_trip.transactions(ids, plan))
     assert fused == ours[0]
     assert [r.views for r in fused if r is not None] == ours[1]
