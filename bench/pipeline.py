@@ -12,8 +12,8 @@ the fast engine loads everything. `--skip-feast` leaves the baseline out. Each e
 the benchmark's own embedded redis-server (appendonly everysec, as `fraudserve` runs it; FRAUDSERVE_REDIS is ignored
 so that nobody's Redis is flushed). Wrap it in `flock` so that benchmarks of different people do not overlap.
 
-Prints a table with the machine's core count and writes bench/results/pipeline-<date>.json; peak RSS is this
-process's (`resource.getrusage`), redis-server's memory comes from its INFO.
+Prints a table with the machine's core count and writes bench/results/pipeline-<date>.json. Peak RSS is this
+process's, per step (sampled) and for the whole run (`getrusage`); redis-server's memory comes from its INFO.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import argparse
 import os
 import resource
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,7 +52,38 @@ def count(text: str) -> int:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS since it started."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class StepRss:
+    """The peak RSS of this process during one step (sampled from /proc every 50 ms), as ru_maxrss only ever grows."""
+
+    def __init__(self) -> None:
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def current_mb() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self.current_mb())
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> StepRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self.current_mb())
 
 
 def since_for_rows(transactions_file: Path, rows: int) -> datetime:
@@ -90,7 +122,7 @@ def run_materialize(
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), console=console
     )
-    with progress:
+    with progress, StepRss() as rss:
         summary = materialize(
             store,
             settings.offline,
@@ -109,7 +141,7 @@ def run_materialize(
         "rows_per_second": summary.rows_per_second,
         "redis_keys": client.dbsize(),
         "redis_used_memory_mb": memory["used_memory"] / 2**20,
-        "peak_rss_mb_so_far": peak_rss_mb(),
+        "step_peak_rss_mb": rss.peak_mb,
     }
     console.log(f"{label}: {summary.rows:,} rows in {summary.seconds:.1f} s, {summary.rows_per_second:,.0f} rows/s")
     return summary, figures
@@ -133,7 +165,7 @@ def main() -> None:
         args.cards = max(1, round(args.transactions / (TRANSACTIONS_PER_CARD_DAY * args.days)))
     os.environ.pop("FRAUDSERVE_REDIS", None)  # always the benchmark's own server: it is flushed
     console = Console()
-    rows: list[tuple[str, str, str]] = []
+    rows: list[tuple[str, str, str, str]] = []
     result: dict[str, object] = {
         "machine": machine(),
         "started": datetime.now(UTC).isoformat(),
@@ -145,29 +177,37 @@ def main() -> None:
         settings = Settings()
         console.log(f"generate: {args.cards:,} cards over {args.days} days")
         started = time.perf_counter()
-        generated = generate(
-            Path(tmp) / "raw",
-            GenerateConfig(seed=11, cards=args.cards, days=args.days, end=datetime(2026, 11, 1, tzinfo=UTC)),
-        )
+        with StepRss() as rss:
+            generated = generate(
+                Path(tmp) / "raw",
+                GenerateConfig(seed=11, cards=args.cards, days=args.days, end=datetime(2026, 11, 1, tzinfo=UTC)),
+            )
         gen_s = time.perf_counter() - started
         rows.append(
-            ("generate", f"{generated.transactions:,} transactions", f"{generated.transactions / gen_s:,.0f}/s")
+            (
+                "generate",
+                f"{generated.transactions:,} transactions",
+                f"{generated.transactions / gen_s:,.0f}/s",
+                f"{rss.peak_mb:,.0f} MB",
+            )
         )
-        result["generate"] = {"transactions": generated.transactions, "seconds": gen_s, "peak_rss_mb": peak_rss_mb()}
+        result["generate"] = {"transactions": generated.transactions, "seconds": gen_s, "step_peak_rss_mb": rss.peak_mb}
 
         for fmt in ("parquet",) if args.skip_jsonl else ("parquet", "jsonl"):
             console.log(f"backfill: {fmt} input")
-            summary = backfill(
-                generated.files[f"transactions_{fmt}"],
-                generated.files[f"labels_{fmt}"],
-                settings.offline,
-                threads=settings.backfill_threads,
-            )
+            with StepRss() as rss:
+                summary = backfill(
+                    generated.files[f"transactions_{fmt}"],
+                    generated.files[f"labels_{fmt}"],
+                    settings.offline,
+                    threads=settings.backfill_threads,
+                )
             rows.append(
                 (
                     f"backfill ({fmt} input)",
                     f"{summary.transactions.valid:,} transactions in {summary.seconds:.1f} s",
                     f"{summary.transactions_per_second:,.0f} transactions/s",
+                    f"{rss.peak_mb:,.0f} MB",
                 )
             )
             result[f"backfill_{fmt}"] = {
@@ -175,7 +215,7 @@ def main() -> None:
                 "seconds": summary.seconds,
                 "transactions_per_second": summary.transactions_per_second,
                 "rows_written": summary.rows_written,
-                "peak_rss_mb_so_far": peak_rss_mb(),
+                "step_peak_rss_mb": rss.peak_mb,
             }
 
         if not args.skip_materialize:
@@ -203,6 +243,7 @@ def main() -> None:
                             f"materialize, {label}",
                             f"{summary_m.rows:,} entity rows in {summary_m.seconds:.1f} s",
                             f"{summary_m.rows_per_second:,.0f} rows/s",
+                            f"{figures['step_peak_rss_mb']:,.0f} MB",
                         )
                     )
                 client.close()
@@ -213,14 +254,15 @@ def main() -> None:
                 ratio_all = measured["materialize_fast"].rows_per_second / feast if feast else 0.0
                 result["ratio_fast_to_feast"] = ratio
                 result["ratio_fast_all_rows_to_feast"] = ratio_all
-                rows.append(("ratio fast / Feast", "rows/s, same span", f"{ratio:.1f}x"))
+                rows.append(("ratio fast / Feast", "rows/s, same span", f"{ratio:.1f}x", ""))
                 if like is not measured["materialize_fast"]:
-                    rows.append(("ratio fast / Feast", "rows/s, fast on all rows", f"{ratio_all:.1f}x"))
+                    rows.append(("ratio fast / Feast", "rows/s, fast on all rows", f"{ratio_all:.1f}x", ""))
             else:
-                rows.append(("ratio fast / Feast", "Feast baseline skipped (--skip-feast)", "-"))
+                rows.append(("ratio fast / Feast", "Feast baseline skipped (--skip-feast)", "-", ""))
     result["peak_rss_mb"] = peak_rss_mb()
-    rows.append(("peak RSS (this process)", "", f"{result['peak_rss_mb']:,.0f} MB"))
-    print_table(console, f"fraudserve offline pipeline on {os.cpu_count()} cores", ("step", "work", "throughput"), rows)
+    rows.append(("whole run", "", "", f"{result['peak_rss_mb']:,.0f} MB"))
+    columns = ("step", "work", "throughput", "peak RSS")
+    print_table(console, f"fraudserve offline pipeline on {os.cpu_count()} cores", columns, rows)
     write_result(console, "pipeline", result)
 
 
