@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -73,6 +74,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batcher.start()
         app.state.batcher = batcher
         watcher = asyncio.create_task(manager.watch(settings.model_poll_seconds))
+        # Start-up objects (Feast, pandas, protobuf, the model) live as long as the process: moved out of the
+        # collector's reach, so that a full collection does not walk a million of them in the middle of a request.
+        gc.collect()
+        gc.freeze()
         log.info("ready", extra={"model": settings.model_name, "loaded": manager.state.production is not None})
         try:
             yield
