@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from fraudserve.errors import FraudserveError
 from fraudserve.models.device import cuda_available
 from fraudserve.models.manifest import Thresholds
-from fraudserve.models.runtime import ModelLoadError, Runtime, load_runtime
+from fraudserve.models.runtime import ModelLoadError, Runtime, load_runtime, model_engine
 from fraudserve.registry import PRODUCTION, ModelRegistry, ModelVersion
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ class BatchScorer:
                 return cls(model, load_runtime(flavor, path, threads=threads, device="cuda"), choice)
             except (ImportError, ModelLoadError) as exc:  # a broken nvForest install, a model it cannot read
                 choice = DeviceChoice(choice.requested, "cpu", f"the GPU runtime could not load the model ({exc})")
-        return cls(model, load_runtime(flavor, path, threads=threads, device="cpu"), choice)
+        return cls(model, load_runtime(flavor, path, threads=threads, device="cpu", engine=model_engine()), choice)
 
     def check_schema(self, schema: pa.Schema, id_column: str) -> list[str]:
         """The pass-through columns; BatchScoringError naming every missing or unusable column."""
