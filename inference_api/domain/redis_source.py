@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -89,6 +90,7 @@ def _lookup_script(project: bytes, views: tuple[ViewRead, ...]) -> str:
     return header + _LOOKUP_BODY
 
 
+@functools.lru_cache(maxsize=64)
 def _key_prefix(join_key: str) -> bytes:
     """Feast's v3 serialized entity key up to the value's length: one key, its name, the STRING value type."""
     name = join_key.encode()
@@ -121,6 +123,9 @@ class RedisFeatureSource:
         self._scripts: dict[int, tuple[AsyncScript, tuple[ViewRead, ...]]] = {}
 
     def _key(self, join_key: str, value: str) -> bytes:
+        if self.version == 3:  # Feast's v3 bytes, built from a cached prefix (tested equal to Feast's helper)
+            raw = value.encode()
+            return _key_prefix(join_key) + struct.pack("<I", len(raw)) + raw + self.project
         return entity_key(self.project, join_key, value, self.version)
 
     async def _hmget_all(self, commands: list[tuple[bytes, tuple[bytes | str, ...]]]) -> list[list[bytes | None]]:
