@@ -105,7 +105,8 @@ def materialize(
     if engine not in ENGINES:
         raise ValueError(f"unknown materialize engine {engine!r}: one of {', '.join(ENGINES)}")
     start, end, keys = offline_span(layout, since)
-    span_start, span_end = start - timedelta(seconds=1), end + timedelta(seconds=1)
+    span_start = since if since is not None else start - timedelta(seconds=1)
+    span_end = end + timedelta(seconds=1)
     started = time.perf_counter()
     if engine == "fast":
         try:

@@ -118,6 +118,9 @@ def _varint_groups(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def varints(values: np.ndarray) -> pa.BinaryArray:
     """Protobuf base-128 varints of int64 values, one binary value each."""
+    values = np.asarray(values)
+    if len(values) and values.min() >= 0 and values.max() < 0x80:  # string lengths, counts: one byte each
+        return binary_array(values.astype(np.uint8), np.ones(len(values), dtype=np.int32))
     groups, lengths = _varint_groups(values)
     return binary_array(groups[_POSITIONS[None, :10] < lengths[:, None]], lengths)
 
