@@ -103,9 +103,6 @@ async def _measure(settings: Settings, ids: list[str], calls: int) -> list[tuple
     return rows
 
 
-if __name__ == "__main__":
-    main()
-
 
 async def _stages(
     batch: int, ids: list[str], calls: int, source: Any, service: Any, model: Any, native: Any, shap: Any
@@ -145,3 +142,7 @@ async def _stages(
         ("score_requests, all of the above", await _acpu_us(calls, whole)),
         ("response body (JSON)", _cpu_us(calls, lambda i: [json.dumps(score_body(s)) for s in scores])),
     ]
+
+
+if __name__ == "__main__":
+    main()
