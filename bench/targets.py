@@ -1,0 +1,134 @@
+"""The performance targets in one table, from the latest result of each benchmark in bench/results/.
+
+    python -m bench.targets
+
+Reads the newest api-, model-, pipeline- and soak-*.json (each measured a baseline in its own run) and prints,
+per target, the baseline, fraudserve's figure, the ratio, the target and whether it is met. Rerun a benchmark
+(bench/README.md) to refresh its rows; a benchmark never run shows as not measured.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.report import RESULTS
+
+
+def latest(name: str, having: Callable[[dict[str, Any]], bool] = lambda _: True) -> tuple[str, dict[str, Any]] | None:
+    """The newest result of a benchmark (that satisfies `having`)."""
+    for path in sorted(RESULTS.glob(f"{name}-*.json"), reverse=True):
+        result = json.loads(path.read_text())
+        if having(result):
+            return path.name, result
+    return None
+
+
+Row = tuple[str, str, str, str, str, str, str]
+
+
+def _api_rows() -> list[Row]:
+    found = latest("api")
+    if found is None:
+        return [("score by id", "", "not measured", "", "", "", "python -m bench.api")]
+    name, api = found
+    rows: list[Row] = []
+    ours8, feast8 = api.get("fraudserve c8"), api.get("feast serve c8")
+    if ours8 and feast8:
+        ratio = ours8["rps"] / feast8["rps"]
+        met = ratio >= 10 and ours8["p99_ms"] < 10
+        rows.append((
+            "score by id, 8 connections", f"feast serve {feast8['rps']:,.0f} req/s",
+            f"{ours8['rps']:,.0f} req/s, p99 {ours8['p99_ms']:.2f} ms", f"{ratio:.1f}x",
+            ">= 10x, p99 < 10 ms", "met" if met else "NOT met", name,
+        ))  # fmt: skip
+    ours1, constant1 = api.get("fraudserve c1"), api.get("constant FastAPI c1")
+    if ours1 and constant1:
+        ratio = ours1["p50_ms"] / constant1["p50_ms"]
+        rows.append((
+            "score by id, 1 connection", f"constant FastAPI p50 {constant1['p50_ms']:.2f} ms",
+            f"p50 {ours1['p50_ms']:.2f} ms", f"{ratio:.1f}x the constant", "p50 within 2x",
+            "met" if ratio <= 2 else "NOT met", name,
+        ))  # fmt: skip
+    return rows
+
+
+def _model_rows() -> list[Row]:
+    found = latest("model")
+    if found is None:
+        return [("model", "", "not measured", "", "", "", "python -m bench.model")]
+    name, model = found
+    rows: list[Row] = []
+    for flavor in ("lightgbm", "xgboost"):
+        m = model.get(flavor)
+        if not m:
+            continue
+        one = m["one_row"]
+        rows.append((
+            f"{flavor}, one row", f"native p50 {one['native']['median_us']:.1f} us",
+            f"compiled p50 {one['compiled']['median_us']:.1f} us", f"{m['one_row_speedup_median']:.1f}x",
+            ">= 5x, equal to 1e-6", "met" if m["one_row_speedup_median"] >= 5 else "NOT met", name,
+        ))  # fmt: skip
+        batch = m["batch_rows_per_s"]
+        rows.append((
+            f"{flavor}, 100k rows (CPU)", f"native {batch['native']:,.0f} rows/s",
+            f"compiled {batch['compiled']:,.0f} rows/s", f"{m['batch_speedup']:.1f}x", ">= 2x",
+            "met" if m["batch_speedup"] >= 2 else "NOT met", name,
+        ))  # fmt: skip
+    return rows
+
+
+def _pipeline_rows() -> list[Row]:
+    found = latest("pipeline", lambda r: "materialize_feast" in r)
+    if found is None:
+        return [("materialize into Redis", "", "not measured", "", "", "", "python -m bench.pipeline")]
+    name, pipeline = found
+    feast = pipeline["materialize_feast"]
+    fast = pipeline.get("materialize_fast_baseline_span") or pipeline.get("materialize_fast") or {}
+    ratio = fast.get("rows_per_second", 0) / feast["rows_per_second"]
+    rows: list[Row] = [(
+        "materialize into Redis", f"feast materialize {feast['rows_per_second']:,.0f} rows/s",
+        f"{fast.get('rows_per_second', 0):,.0f} rows/s, same bytes", f"{ratio:.1f}x", ">= 10x",
+        "met" if ratio >= 10 else "NOT met", name,
+    )]  # fmt: skip
+    at_10m = latest("pipeline", lambda r: r.get("backfill_parquet", {}).get("transactions", 0) >= 9_000_000)
+    if at_10m is not None:
+        name, backfill = at_10m[0], at_10m[1]["backfill_parquet"]
+        rows.append((
+            "backfill (Parquet)", "", f"{backfill['transactions']:,} transactions, "
+            f"{backfill['transactions_per_second']:,.0f}/s", "", "figure at 10 M", "measured", name,
+        ))  # fmt: skip
+    return rows
+
+
+def _soak_rows() -> list[Row]:
+    found = latest("soak")
+    if found is None:
+        return [("API memory", "", "not measured", "", "", "", "python -m bench.soak")]
+    name, soak = found
+    workers = soak["workers"].values()
+    slopes = [w["slope_mb_per_10min"] for w in workers]
+    rss = ", ".join(f"{w['rss_end_mb']:.0f}" for w in workers)
+    minutes = soak["args"]["minutes"]
+    flat = all(abs(s) < 5 for s in slopes)
+    return [(
+        "API memory", "", f"RSS per worker {rss} MB, trend {max(slopes, key=abs):+.2f} MB/10 min",
+        "", f"flat over {minutes:g} min", "met" if flat and minutes >= 10 else "NOT met", name,
+    )]  # fmt: skip
+
+
+def main() -> None:
+    table = Table(title="fraudserve performance targets (latest bench/results/)")
+    for column in ("what", "baseline (same run)", "fraudserve", "ratio", "target", "status", "from"):
+        table.add_column(column)
+    for row in (*_api_rows(), *_model_rows(), *_pipeline_rows(), *_soak_rows()):
+        table.add_row(*row)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
