@@ -87,8 +87,8 @@ def features_materialize(
         str,
         typer.Option(
             "--engine",
-            help="fast: DuckDB + vectorised encoding + a write-if-newer Lua script (the same bytes as Feast's, 10x "
-            "faster and more); feast: Feast's own `store.materialize`.",
+            help="fast: DuckDB + vectorised encoding + a write-if-newer Lua script (the same bytes as Feast's, "
+            "about 10x its rows/s); feast: Feast's own `store.materialize`.",
         ),
     ] = "fast",
 ) -> None:
