@@ -103,7 +103,6 @@ async def _measure(settings: Settings, ids: list[str], calls: int) -> list[tuple
     return rows
 
 
-
 async def _stages(
     batch: int, ids: list[str], calls: int, source: Any, service: Any, model: Any, native: Any, shap: Any
 ) -> list[tuple[str, float]]:

@@ -73,7 +73,7 @@ def demo(
                 out.print(f"registered fraud version {model.version} ({', '.join(model.aliases)})")
             else:
                 out.print("[yellow]not registered: the model does not beat the rules baseline on this data[/]")
-            out.rule("5. materialize into Redis through Feast")
+            out.rule("5. materialize into Redis in Feast's layout (fast engine; --engine feast for Feast's own)")
             materialized = materialize(store, settings.offline)
             out.print(
                 f"{materialized.rows:,} entity rows in {materialized.seconds:.1f} s "
