@@ -59,6 +59,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it cannot decode (not UTF-8, not parseable): a SPEC invalid_request.
+            problem = {"field": "body", "problem": str(exc.detail)}
+            _metrics_error(request, "invalid_request")
+            return error_response(422, "invalid_request", f"body: {exc.detail}", {"problems": [problem]})
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         _metrics_error(request, code)
         message = str(exc.detail) if exc.status_code != 404 else f"no route {request.method} {request.url.path}"

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipelines.events import COUNTRY_RE, CURRENCY_RE, ID_MAX_LEN, MCC_RE, TRANSACTION_ID_MAX_LEN
+from pipelines.events import (
+    COUNTRY_RE,
+    CURRENCY_RE,
+    ID_MAX_LEN,
+    MAX_EPOCH_MS,
+    MCC_RE,
+    MIN_EPOCH_MS,
+    RFC3339_RE,
+    TRANSACTION_ID_MAX_LEN,
+)
+
+# Path parameters. A model name starts with a letter or digit, so it can never be "." or ".." (the registry keeps a
+# model under a folder of its name); versions are positive and fit every integer type on the way.
+MODEL_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+ModelName = Annotated[str, Path(min_length=1, max_length=64, pattern=MODEL_NAME_RE, examples=["fraud"])]
+ModelVersion = Annotated[int, Path(ge=1, le=2**31 - 1, examples=[1])]
+MAX_AMOUNT = 1e12  # far above any real payment; larger values are unit mistakes
+MAX_TENSOR_VALUES = 1_000_000  # an infer tensor's values (rows x features)
 
 TransactionId = Field(min_length=1, max_length=TRANSACTION_ID_MAX_LEN, examples=["tx_0039_0001234"])
 
@@ -21,13 +39,14 @@ class TransactionEvent(BaseModel):
     merchant_id: str = Field(min_length=1, max_length=ID_MAX_LEN)
     device_id: str | None = Field(default=None, min_length=1, max_length=ID_MAX_LEN)
     ip_address: str | None = Field(default=None, min_length=1, max_length=ID_MAX_LEN)
-    amount: float = Field(ge=0, allow_inf_nan=False)
+    amount: float = Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)
     currency: str = Field(pattern=CURRENCY_RE)
     merchant_category: str = Field(pattern=MCC_RE)
     country: str = Field(pattern=COUNTRY_RE)
-    event_timestamp: str | int = Field(
-        description="RFC 3339 with a zone, or epoch milliseconds", examples=["2026-11-25T12:00:00Z"]
-    )
+    event_timestamp: (
+        Annotated[str, Field(max_length=40, pattern=RFC3339_RE)]
+        | Annotated[int, Field(ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)]
+    ) = Field(description="RFC 3339 with a zone, or epoch milliseconds", examples=["2026-11-25T12:00:00Z"])
 
 
 class ScoreRequest(BaseModel):
@@ -109,15 +128,15 @@ class PredictResponse(BaseModel):
 
 # ------------------------------------------------------------------------ Open Inference Protocol (KServe v2) REST
 class InferTensor(BaseModel):
-    name: str
-    shape: list[int] = Field(min_length=1, max_length=2)
+    name: str = Field(min_length=1, max_length=128)
+    shape: list[Annotated[int, Field(ge=0, le=MAX_TENSOR_VALUES)]] = Field(min_length=1, max_length=2)
     datatype: Literal["FP32", "FP64"]
-    data: list[Any]
+    data: list[Any] = Field(max_length=MAX_TENSOR_VALUES)
     parameters: dict[str, Any] | None = None
 
 
 class InferRequest(BaseModel):
-    id: str | None = None
+    id: str | None = Field(default=None, max_length=128)
     parameters: dict[str, Any] | None = None
     inputs: list[InferTensor] = Field(min_length=1, max_length=1)
     outputs: list[dict[str, Any]] | None = None
@@ -129,6 +148,18 @@ class InferResponse(BaseModel):
     id: str | None = None
     parameters: dict[str, Any] | None = None
     outputs: list[InferTensor]
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class ServerReady(BaseModel):
+    ready: bool
+    online_store: bool
+    model_loaded: bool
+    model_error: str | None = None
 
 
 class TensorMetadata(BaseModel):
@@ -147,7 +178,10 @@ class ModelMetadata(BaseModel):
 
 
 ERRORS_OIP: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "unauthorized"},
+    403: {"model": ErrorResponse, "description": "forbidden"},
     404: {"model": ErrorResponse, "description": "model_not_found"},
+    413: {"model": ErrorResponse, "description": "payload_too_large"},
     422: {"model": ErrorResponse, "description": "invalid_request"},
     503: {"model": ErrorResponse, "description": "model_not_ready"},
 }

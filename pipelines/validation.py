@@ -132,7 +132,9 @@ def _typed_timestamps(values: pa.Array | Sequence[Any]) -> Typed:
     is_int = np.fromiter((isinstance(v, int) and not isinstance(v, bool) for v in values), bool, n)
     is_str = np.fromiter((isinstance(v, str) for v in values), bool, n)
     wrong = np.fromiter((v is not None for v in values), bool, n) & ~is_int & ~is_str
-    text_ms, text_bad = _parse_rfc3339_ms(pa.array([v if s else None for v, s in zip(values, is_str, strict=True)]))
+    # Typed as text even when every value is an integer or null (an all-null array has no regex kernel).
+    texts = pa.array([v if s else None for v, s in zip(values, is_str, strict=True)], pa.string())
+    text_ms, text_bad = _parse_rfc3339_ms(texts)
     ints = np.array([v if i and -(2**62) < v < 2**62 else 0 for v, i in zip(values, is_int, strict=True)], np.int64)
     ms = np.where(is_int, ints, text_ms.fill_null(0).to_numpy())
     null = ~(is_int | (is_str & ~text_bad))

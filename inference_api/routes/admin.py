@@ -12,18 +12,20 @@ from fraudserve.keys import Scope
 from fraudserve.registry import PRODUCTION, ModelRegistry, ModelVersion
 from inference_api.auth import require
 from inference_api.domain.models import ModelManager
-from inference_api.schemas import ErrorResponse
+from inference_api.schemas import ErrorResponse, ModelName
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[require(Scope.admin)])
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "unauthorized"},
     403: {"model": ErrorResponse, "description": "forbidden"},
     404: {"model": ErrorResponse, "description": "model_not_found"},
+    413: {"model": ErrorResponse, "description": "payload_too_large"},
+    422: {"model": ErrorResponse, "description": "invalid_request, or invalid_model (nothing to roll back to)"},
 }
 
 
 class Promotion(BaseModel):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=2**31 - 1)
     alias: str = Field(default=PRODUCTION, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
 
 
@@ -47,19 +49,19 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 
 @router.get("/models/{name}", responses=ERRORS)
-async def show_model(name: str, request: Request) -> dict[str, Any]:
+async def show_model(name: ModelName, request: Request) -> dict[str, Any]:
     registry = _registry(request)
     return {"versions": [_version(v) for v in registry.versions(name)], "alias_history": registry.history(name)}
 
 
 @router.post("/models/{name}/promote", responses=ERRORS)
-async def promote(name: str, body: Promotion, request: Request) -> dict[str, Any]:
+async def promote(name: ModelName, body: Promotion, request: Request) -> dict[str, Any]:
     model = await asyncio.to_thread(_registry(request).promote, name, body.version, body.alias)
     return _version(model)
 
 
 @router.post("/models/{name}/rollback", responses=ERRORS)
-async def rollback(name: str, request: Request) -> dict[str, Any]:
+async def rollback(name: ModelName, request: Request) -> dict[str, Any]:
     return _version(await asyncio.to_thread(_registry(request).rollback, name))
 
 

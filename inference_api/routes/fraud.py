@@ -85,7 +85,7 @@ async def score_batch(body: BatchRequest, request: Request, service: ScoringDep)
     if len(body.items) > limit:
         raise InvalidInput(
             f"items: {len(body.items)} items is more than the limit of {limit} per batch; split the batch",
-            {"limit": limit, "items": len(body.items)},
+            {"field": "items", "limit": limit, "items": len(body.items)},
         )
     outcomes = await score_requests(service, [_as_request(item) for item in body.items])
     results = []

@@ -12,7 +12,7 @@ from inference_api.auth import require
 from inference_api.domain.models import LoadedModel, ModelManager
 from inference_api.domain.scoring import score_requests
 from inference_api.routes.fraud import ERRORS, ScoringDep, _as_request
-from inference_api.schemas import ErrorBody, ModelRef, PredictRequest, PredictResponse
+from inference_api.schemas import ErrorBody, ModelName, ModelRef, ModelVersion, PredictRequest, PredictResponse
 
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[require(Scope.predict)])
 
@@ -43,14 +43,14 @@ async def _predict(body: PredictRequest, service: ScoringDep, model: LoadedModel
 
 
 @router.post("/{name}/predict", response_model=PredictResponse, responses=ERRORS)
-async def predict(name: str, body: PredictRequest, request: Request, service: ScoringDep) -> PredictResponse:
+async def predict(name: ModelName, body: PredictRequest, request: Request, service: ScoringDep) -> PredictResponse:
     """Scores from the production version of `name`, on features of the feature service it was registered with."""
     return await _predict(body, service, await loaded(request, name, None))
 
 
 @router.post("/{name}/versions/{version}/predict", response_model=PredictResponse, responses=ERRORS)
 async def predict_version(
-    name: str, version: int, body: PredictRequest, request: Request, service: ScoringDep
+    name: ModelName, version: ModelVersion, body: PredictRequest, request: Request, service: ScoringDep
 ) -> PredictResponse:
     """Scores from one version of `name`."""
     return await _predict(body, service, await loaded(request, name, version))

@@ -9,12 +9,23 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from fraudserve import __version__
-from fraudserve.errors import FraudserveError, InvalidInput
+from fraudserve.errors import FraudserveError, InvalidInput, ModelNotFound
 from fraudserve.keys import Scope
 from inference_api.auth import require
 from inference_api.domain.models import LoadedModel, ModelManager
 from inference_api.routes.models import loaded
-from inference_api.schemas import ERRORS_OIP, InferRequest, InferResponse, InferTensor, ModelMetadata, TensorMetadata
+from inference_api.schemas import (
+    ERRORS_OIP,
+    InferRequest,
+    InferResponse,
+    InferTensor,
+    ModelMetadata,
+    ModelName,
+    ModelReady,
+    ModelVersion,
+    ServerReady,
+    TensorMetadata,
+)
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 PREDICT = [require(Scope.predict)]
@@ -30,7 +41,11 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", responses={503: {"description": "Redis unreachable or no production model"}})
+@router.get(
+    "/health/ready",
+    response_model=ServerReady,
+    responses={503: {"model": ServerReady, "description": "Redis unreachable or no production model"}},
+)
 async def ready(request: Request) -> JSONResponse:
     """Ready when the online store answers and a production model is loaded."""
     manager: ModelManager = request.app.state.models
@@ -54,7 +69,7 @@ def _metadata(model: LoadedModel, versions: list[str]) -> ModelMetadata:
 
 
 @router.get("/models/{name}", response_model=ModelMetadata, responses=ERRORS_OIP, dependencies=PREDICT)
-async def model_metadata(name: str, request: Request) -> ModelMetadata:
+async def model_metadata(name: ModelName, request: Request) -> ModelMetadata:
     model = await loaded(request, name, None)
     versions = [str(v.version) for v in request.app.state.models.registry.versions(name)]
     return _metadata(model, versions)
@@ -63,25 +78,38 @@ async def model_metadata(name: str, request: Request) -> ModelMetadata:
 @router.get(
     "/models/{name}/versions/{version}", response_model=ModelMetadata, responses=ERRORS_OIP, dependencies=PREDICT
 )
-async def version_metadata(name: str, version: int, request: Request) -> ModelMetadata:
+async def version_metadata(name: ModelName, version: ModelVersion, request: Request) -> ModelMetadata:
     return _metadata(await loaded(request, name, version), [str(version)])
 
 
 async def _ready(request: Request, name: str, version: int | None) -> JSONResponse:
     try:
         await loaded(request, name, version)
+    except ModelNotFound:
+        raise  # 404 model_not_found: not a model that could become ready
     except FraudserveError:
         return JSONResponse({"name": name, "ready": False}, status_code=503)
     return JSONResponse({"name": name, "ready": True})
 
 
-@router.get("/models/{name}/ready", dependencies=PREDICT)
-async def model_ready(name: str, request: Request) -> JSONResponse:
+READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERRORS_OIP,
+    503: {"model": ModelReady, "description": "registered, but it cannot be loaded"},
+}
+
+
+@router.get("/models/{name}/ready", response_model=ModelReady, responses=READY_RESPONSES, dependencies=PREDICT)
+async def model_ready(name: ModelName, request: Request) -> JSONResponse:
     return await _ready(request, name, None)
 
 
-@router.get("/models/{name}/versions/{version}/ready", dependencies=PREDICT)
-async def version_ready(name: str, version: int, request: Request) -> JSONResponse:
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    response_model=ModelReady,
+    responses=READY_RESPONSES,
+    dependencies=PREDICT,
+)
+async def version_ready(name: ModelName, version: ModelVersion, request: Request) -> JSONResponse:
     return await _ready(request, name, version)
 
 
@@ -112,7 +140,7 @@ def _infer(model: LoadedModel, body: InferRequest) -> InferResponse:
 
 
 @router.post("/models/{name}/infer", response_model=InferResponse, responses=ERRORS_OIP, dependencies=PREDICT)
-async def infer(name: str, body: InferRequest, request: Request) -> InferResponse:
+async def infer(name: ModelName, body: InferRequest, request: Request) -> InferResponse:
     """`inputs[0]`: an FP32 tensor [N, features] whose columns follow the model's manifest (see its metadata)."""
     return _infer(await loaded(request, name, None), body)
 
@@ -120,5 +148,5 @@ async def infer(name: str, body: InferRequest, request: Request) -> InferRespons
 @router.post(
     "/models/{name}/versions/{version}/infer", response_model=InferResponse, responses=ERRORS_OIP, dependencies=PREDICT
 )
-async def infer_version(name: str, version: int, body: InferRequest, request: Request) -> InferResponse:
+async def infer_version(name: ModelName, version: ModelVersion, body: InferRequest, request: Request) -> InferResponse:
     return _infer(await loaded(request, name, version), body)

@@ -6,11 +6,9 @@ import asyncio
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import duckdb
 import httpx
 import lightgbm
 import numpy as np
@@ -18,61 +16,17 @@ import pytest
 
 from fraudserve import feature_store
 from fraudserve.models.attribution import LightGBMPathExplainer
-from fraudserve.models.manifest import Flavor
-from fraudserve.registry import ModelRegistry, open_registry
 from fraudserve.settings import Settings
 from inference_api.schemas import ScoreResponse
-from pipelines.generate import GenerateConfig, generate
-from pipelines.materialize import materialize
-from pipelines.offline.backfill import backfill
-from pipelines.training.dataset import build_training_set
-from pipelines.training.train import TrainConfig, train
 from tests.api_server import ApiServer
+from tests.deployment import Deployment, deploy
 from tests.redis_process import RedisProcess
-
-
-@dataclass
-class Deployment:
-    settings: Settings
-    redis: RedisProcess
-    registry: ModelRegistry
-    packages: list[Path]
-    recent: list[str]  # recent transaction ids, with device and IP
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    root = tmp_path_factory.mktemp("api")
-    redis = RedisProcess(root / "redis").start()
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setenv("FRAUDSERVE_HOME", str(root / "home"))
-        monkeypatch.setenv("FRAUDSERVE_REDIS", redis.connection_string)
-        monkeypatch.setenv("FRAUDSERVE_MODEL_POLL_SECONDS", "0.2")
-        settings = Settings()
-        end = datetime.now(UTC).replace(second=0, microsecond=0)  # fresh features: within every TTL
-        generated = generate(root / "raw", GenerateConfig(seed=21, cards=700, days=32, end=end))
-        feature_store.apply(settings, redis.connection_string)
-        backfill(generated.files["transactions_parquet"], generated.files["labels_parquet"], settings.offline)
-        store = feature_store.open_store(settings, redis.connection_string)
-        training_set = build_training_set(store, "fraud_v2", settings.offline)
-        packages = [
-            train(training_set, TrainConfig(flavor=Flavor.lightgbm, seed=1), root / "pkg-lgb").package,
-            train(training_set, TrainConfig(flavor=Flavor.xgboost, seed=1), root / "pkg-xgb").package,
-        ]
-        registry = open_registry(settings)
-        registry.register(packages[0], name="fraud", feature_service="fraud_v2")
-        materialize(store, settings.offline)
-        recent = [
-            str(r[0])
-            for r in duckdb.connect()
-            .execute(
-                f"SELECT transaction_id FROM read_parquet('{settings.offline.transactions_file}') WHERE device_id "
-                "IS NOT NULL AND ip_address IS NOT NULL ORDER BY event_timestamp DESC LIMIT 40"
-            )
-            .fetchall()
-        ]
-        yield Deployment(settings, redis, registry, packages, recent)
-    redis.stop()
+    with deploy(tmp_path_factory.mktemp("api")) as built:
+        yield built
 
 
 @pytest.fixture(scope="module")
