@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             device=resolve_device(settings.device.value),
             keep_candidate=settings.canary_percent > 0 or settings.shadow_candidate,
             reasons=settings.reasons_method,
+            on_failure=lambda name: metrics.model_failures.labels(name).inc(),
         )
         await asyncio.to_thread(manager.refresh)
         app.state.source = source

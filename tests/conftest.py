@@ -16,3 +16,13 @@ def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
         yield server
     finally:
         server.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault-injection suite's totals (tests/integration/test_faults.py), when it ran."""
+    from tests.fault_summary import SUMMARY
+
+    if SUMMARY.faults or SUMMARY.requests:
+        terminalreporter.section("fault injection")
+        for line in SUMMARY.lines():
+            terminalreporter.write_line(line)

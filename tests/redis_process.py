@@ -13,7 +13,12 @@ from fraudserve.embedded_redis import free_port, ping
 
 
 class RedisProcess:
-    """Start, stop and restart a redis-server with its data in `directory`."""
+    """Start, stop and restart a redis-server with its data in `directory`.
+
+    The port is chosen once: `stop()` (or `kill()`) then `start()` restarts the server on the same port and data
+    folder, as a restarted Redis looks to its clients. With `appendonly` the data comes back from the AOF
+    (fsync every second, as the embedded Redis runs).
+    """
 
     def __init__(self, directory: Path, appendonly: bool = False) -> None:
         binary = shutil.which("redis-server")
@@ -47,6 +52,8 @@ class RedisProcess:
                 "",
                 "--appendonly",
                 "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "everysec",
                 "--logfile",
                 str(self.directory / "redis.log"),
             ],
@@ -63,5 +70,12 @@ class RedisProcess:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no clean shutdown (clients see their connections reset)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
             self.process.wait(timeout=10)
         self.process = None

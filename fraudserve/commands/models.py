@@ -75,6 +75,8 @@ def models_show(
         "aliases": list(model.aliases),
         "manifest": json.loads(model.manifest.model_dump_json()),
         "alias_history": registry.history(name),
+        # "ok", or why the stored files are not the registered ones (the API refuses to load such a version)
+        "integrity": registry.verify(name, model.version) or "ok",
     }
     out.print_json(json.dumps(document))
 

@@ -9,6 +9,8 @@ The first version of a name becomes `production`; later ones become `candidate` 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +28,9 @@ from fraudserve.registry.storage import AliasDoc, LocalStorage, Storage
 PRODUCTION = "production"
 CANDIDATE = "candidate"
 SMOKE_ROWS = 200
+# Written with every version: the SHA-256 of each of its files. A file changed, truncated or half-copied on disk
+# after registration (a framework may still load a truncated model and score with fewer trees) is then refused.
+CHECKSUMS_FILE = "checksums.json"
 
 
 class FeatureServices(Protocol):
@@ -72,6 +77,8 @@ class ModelRegistry:
         version_manifest = manifest.model_copy(update={"name": name, "registered_at": datetime.now(UTC)})
         # The number is claimed by the storage at write time; readers take it from the folder (see `_version`).
         files = {**files, MANIFEST_FILE: version_manifest.model_dump_json(indent=2).encode()}
+        sums = {file: hashlib.sha256(content).hexdigest() for file, content in files.items()}
+        files[CHECKSUMS_FILE] = json.dumps(sums, indent=2, sort_keys=True).encode()
         version = self.storage.put_version(name, files)
         doc = self.storage.update_aliases(name, lambda d: _first_or_candidate(d, version))
         return self._version(name, version, doc)
@@ -153,6 +160,27 @@ class ModelRegistry:
         target = folder / manifest.model_file
         target.write_bytes(self.storage.read(name, version, manifest.model_file))
         return target
+
+    def verify(self, name: str, version: int) -> str | None:
+        """Why the stored version is not the one registered (a file changed, truncated or missing), or None.
+
+        Versions registered before checksums were written have nothing to compare with and pass."""
+        try:
+            raw = self.storage.read(name, version, CHECKSUMS_FILE)
+        except FileNotFoundError:
+            return None
+        try:
+            sums: dict[str, str] = json.loads(raw)
+        except ValueError:
+            return f"model {name} version {version}: {CHECKSUMS_FILE} is not valid JSON"
+        for file, expected in sorted(sums.items()):
+            try:
+                actual = hashlib.sha256(self.storage.read(name, version, file)).hexdigest()
+            except FileNotFoundError:
+                return f"model {name} version {version}: {file} is missing"
+            if actual != expected:
+                return f"model {name} version {version}: {file} does not match its checksum (changed or truncated)"
+        return None
 
     def _version(self, name: str, version: int, doc: AliasDoc) -> ModelVersion:
         raw = self.storage.read(name, version, MANIFEST_FILE)

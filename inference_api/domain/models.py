@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -72,6 +73,7 @@ class ModelManager:
         keep_candidate: bool = False,
         reasons: ReasonsMethod = ReasonsMethod.path,
         keep_versions: int = 2,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -80,6 +82,8 @@ class ModelManager:
         self.keep_candidate = keep_candidate
         self.reasons = reasons
         self.keep_versions = keep_versions
+        # Called once per distinct load failure (with the model name): the API counts them in its metrics.
+        self.on_failure = on_failure
         self.state = ManagerState()
 
     # ------------------------------------------------------------------------------------------------ loading
@@ -90,6 +94,9 @@ class ModelManager:
             self.state.by_version.move_to_end((name, version))
             return cached
         model = self.registry.get(name, version)
+        problem = self.registry.verify(name, version)  # a changed or half-written version is never served
+        if problem is not None:
+            raise ModelNotReady(f"{problem}; it is not loaded")
         manifest = model.manifest
         plan = resolve_plan(self.store, manifest.feature_service)
         if list(plan.features) != manifest.feature_names:
@@ -134,10 +141,12 @@ class ModelManager:
             if self.keep_candidate:
                 self.state.candidate = self._candidate()
             self.state.last_error = None
-        except (FraudserveError, ValueError, OSError) as exc:
+        except Exception as exc:  # any failure: the polling task must survive it and the old version keep serving
             self.state.failures += 1
             if self.state.last_error != str(exc):  # once per distinct failure, not at every poll
                 log.error("model refresh failed; the loaded version keeps serving", extra={"error": str(exc)})
+                if self.on_failure is not None:
+                    self.on_failure(self.name)
             self.state.last_error = str(exc)
         return changed
 

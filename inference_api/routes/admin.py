@@ -51,7 +51,12 @@ async def list_models(request: Request) -> dict[str, Any]:
 @router.get("/models/{name}", responses=ERRORS)
 async def show_model(name: ModelName, request: Request) -> dict[str, Any]:
     registry = _registry(request)
-    return {"versions": [_version(v) for v in registry.versions(name)], "alias_history": registry.history(name)}
+    manager: ModelManager = request.app.state.models
+    versions = [{**_version(v), "integrity": registry.verify(name, v.version) or "ok"} for v in registry.versions(name)]
+    serving = manager.state.production if name == manager.name else None
+    return {"versions": versions, "alias_history": registry.history(name),
+            "serving": serving.version if serving else None,
+            "load_error": manager.state.last_error if name == manager.name else None}  # fmt: skip
 
 
 @router.post("/models/{name}/promote", responses=ERRORS)

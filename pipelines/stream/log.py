@@ -99,4 +99,20 @@ class RedisStreamLog:
         length = int(self.client.xlen(self.stream))
         if info is None:
             return {"lag": length, "pending": 0, "length": length}
-        return {"lag": int(info.get("lag") or 0), "pending": int(info["pending"]), "length": length}
+        lag = info.get("lag")
+        if lag is None:  # Redis did not keep the group's read counter (a restart replays the AOF without it)
+            lag = self._undelivered(info["last-delivered-id"])
+        return {"lag": int(lag), "pending": int(info["pending"]), "length": length}
+
+    def _undelivered(self, last_delivered: bytes | str, chunk: int = 10_000) -> int:
+        """Entries after the group's last delivered id, counted (only when Redis cannot say: lag reads as 0
+        otherwise, and a worker run `--until-idle` would stop with the stream not drained)."""
+        start = last_delivered.decode() if isinstance(last_delivered, bytes) else str(last_delivered)
+        count = 0
+        while True:
+            entries = self.client.xrange(self.stream, min=f"({start}", max="+", count=chunk)
+            count += len(entries)
+            if len(entries) < chunk:
+                return count
+            last = entries[-1][0]
+            start = last.decode() if isinstance(last, bytes) else str(last)

@@ -20,6 +20,7 @@ from pipelines.stream.updater import OnlineUpdater
 from pipelines.validation import check
 
 log = logging.getLogger("fraudserve.stream")
+REDIS_OUTAGE_S = 120  # how long a worker waits for Redis to come back before it gives up
 STATS = "fraudserve:stream:stats"
 FRESHNESS = "fraudserve:stream:freshness-ms"
 FRESHNESS_SAMPLES = 5000
@@ -88,6 +89,7 @@ class Worker:
         self.claim_idle_ms = claim_idle_ms
         self.lateness_ms = int(lateness.total_seconds() * 1000)
         self.metrics = WorkerMetrics()
+        self._processed = 0
 
     def process(self, entries: list[Entry]) -> None:
         transactions = [e.event for e in entries if e.kind == TRANSACTIONS.name]
@@ -128,9 +130,25 @@ class Worker:
         return late
 
     def run(self, until_idle_s: float | None = None, should_stop: Callable[[], bool] = lambda: False) -> int:
-        """Consume until stopped (or, with `until_idle_s`, until the stream has been drained for that long)."""
+        """Consume until stopped (or, with `until_idle_s`, until the stream has been drained for that long).
+
+        Redis going away (restarted, loading its AOF) does not end the worker: it waits and goes on. What it had
+        read but not acknowledged stays pending and is claimed again, and applying an event twice changes nothing."""
+        self._processed = 0
+        outage_since: float | None = None
+        while True:
+            try:
+                self._run(until_idle_s, should_stop)
+                return self._processed
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                outage_since = outage_since or time.monotonic()
+                if time.monotonic() - outage_since > REDIS_OUTAGE_S:
+                    raise
+                log.warning("Redis unavailable; retrying", extra={"error": str(exc)})
+                time.sleep(0.5)
+
+    def _run(self, until_idle_s: float | None, should_stop: Callable[[], bool]) -> None:
         self.stream.ensure_group()
-        processed = 0
         last_claim = 0.0
         idle_since: float | None = None
         while not should_stop():
@@ -142,7 +160,7 @@ class Worker:
                 entries = self.stream.read(self.consumer, self.batch, block_ms=500)
             if entries:
                 self.process(entries)
-                processed += len(entries)
+                self._processed += len(entries)
                 idle_since = None
                 continue
             lag = self.stream.lag()
@@ -150,8 +168,7 @@ class Worker:
             if until_idle_s is not None and lag["lag"] == 0 and lag["pending"] == 0:
                 idle_since = idle_since or time.monotonic()
                 if time.monotonic() - idle_since >= until_idle_s:
-                    return processed
-        return processed
+                    return
 
 
 def status(client: redis.Redis, sample_s: float = 1.0) -> dict[str, Any]:
