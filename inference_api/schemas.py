@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from pipelines.events import (
     COUNTRY_RE,
@@ -29,6 +29,18 @@ MAX_TENSOR_VALUES = 1_000_000  # an infer tensor's values (rows x features)
 TransactionId = Field(min_length=1, max_length=TRANSACTION_ID_MAX_LEN, examples=["tx_0039_0001234"])
 
 
+def _event_time_kind(value: object) -> str:
+    """Which form an event time is in, so that a rejection names only that form's rule (not both forms')."""
+    return "epoch_ms" if isinstance(value, int | float) and not isinstance(value, bool) else "rfc3339"
+
+
+EventTime = Annotated[
+    Annotated[Annotated[str, Field(max_length=40, pattern=RFC3339_RE)], Tag("rfc3339")]
+    | Annotated[Annotated[int, Field(ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)], Tag("epoch_ms")],
+    Discriminator(_event_time_kind),
+]
+
+
 class TransactionEvent(BaseModel):
     """A transaction event as SPEC defines it (the same rules as the offline pipeline and the stream)."""
 
@@ -43,10 +55,9 @@ class TransactionEvent(BaseModel):
     currency: str = Field(pattern=CURRENCY_RE)
     merchant_category: str = Field(pattern=MCC_RE)
     country: str = Field(pattern=COUNTRY_RE)
-    event_timestamp: (
-        Annotated[str, Field(max_length=40, pattern=RFC3339_RE)]
-        | Annotated[int, Field(ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)]
-    ) = Field(description="RFC 3339 with a zone, or epoch milliseconds", examples=["2026-11-25T12:00:00Z"])
+    event_timestamp: EventTime = Field(
+        description="RFC 3339 with a zone, or epoch milliseconds", examples=["2026-11-25T12:00:00Z"]
+    )
 
 
 class ScoreRequest(BaseModel):
@@ -98,7 +109,11 @@ class ErrorResponse(BaseModel):
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    items: list[ScoreRequest] = Field(min_length=1, max_length=10_000)
+    items: list[ScoreRequest] = Field(
+        min_length=1,
+        max_length=10_000,
+        description="At most FRAUDSERVE_MAX_BATCH items (256 by default; more: 422 invalid_request naming `items`)",
+    )
 
 
 class BatchItem(BaseModel):
@@ -116,7 +131,11 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rows: list[ScoreRequest] = Field(min_length=1, max_length=10_000)
+    rows: list[ScoreRequest] = Field(
+        min_length=1,
+        max_length=10_000,
+        description="At most FRAUDSERVE_MAX_BATCH rows (256 by default; more: 422 invalid_request naming `rows`)",
+    )
 
 
 class PredictResponse(BaseModel):

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from fraudserve.keys import Scope
 from fraudserve.registry import PRODUCTION, ModelRegistry, ModelVersion
@@ -25,6 +25,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 class Promotion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     version: int = Field(ge=1, le=2**31 - 1)
     alias: str = Field(default=PRODUCTION, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
 

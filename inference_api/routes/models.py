@@ -6,7 +6,7 @@ import asyncio
 
 from fastapi import APIRouter, Request
 
-from fraudserve.errors import FraudserveError
+from fraudserve.errors import FraudserveError, InvalidInput
 from fraudserve.keys import Scope
 from inference_api.auth import require
 from inference_api.domain.models import LoadedModel, ModelManager
@@ -21,6 +21,16 @@ async def loaded(request: Request, name: str, version: int | None) -> LoadedMode
     manager: ModelManager = request.app.state.models
     # Loading a version not yet in memory reads files and builds trees: off the event loop.
     return await asyncio.to_thread(manager.get, name, version)
+
+
+def check_size(request: Request, field: str, count: int) -> None:
+    """The batch limit of the settings (the schema's maxItems is only the hard ceiling of any configuration)."""
+    limit: int = request.app.state.settings.max_batch
+    if count > limit:
+        raise InvalidInput(
+            f"{field}: {count} {field} is more than the limit of {limit} per request; split the request",
+            {"field": field, "limit": limit, field: count},
+        )
 
 
 async def _predict(body: PredictRequest, service: ScoringDep, model: LoadedModel) -> PredictResponse:
@@ -45,6 +55,7 @@ async def _predict(body: PredictRequest, service: ScoringDep, model: LoadedModel
 @router.post("/{name}/predict", response_model=PredictResponse, responses=ERRORS)
 async def predict(name: ModelName, body: PredictRequest, request: Request, service: ScoringDep) -> PredictResponse:
     """Scores from the production version of `name`, on features of the feature service it was registered with."""
+    check_size(request, "rows", len(body.rows))
     return await _predict(body, service, await loaded(request, name, None))
 
 
@@ -53,4 +64,5 @@ async def predict_version(
     name: ModelName, version: ModelVersion, body: PredictRequest, request: Request, service: ScoringDep
 ) -> PredictResponse:
     """Scores from one version of `name`."""
+    check_size(request, "rows", len(body.rows))
     return await _predict(body, service, await loaded(request, name, version))

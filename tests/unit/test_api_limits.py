@@ -73,6 +73,11 @@ def test_a_batch_over_the_limit_names_items(client: TestClient) -> None:
     assert error["details"]["limit"] == 4
 
 
+def test_predict_rows_over_the_limit_name_rows(client: TestClient) -> None:
+    error = invalid(client.post("/v1/models/fraud/predict", json={"rows": [{"transaction_id": "t"}] * 5}), "rows")
+    assert error["details"] == {"field": "rows", "limit": 4, "rows": 5}
+
+
 def test_a_body_over_the_limit_is_payload_too_large(client: TestClient) -> None:
     response = client.post("/v1/fraud/score:batch", json={"items": [{"transaction_id": "t" * 60}] * 100})
     assert response.status_code == 413
