@@ -4,6 +4,9 @@ Every operation gets positive (schema-valid) and negative (schema-violating) req
 status, content type or response body that does not match its documented schema fails the test. The run is
 seeded and bounded so that it is repeatable and takes tens of seconds on two cores.
 
+After that, with an API key configured, each operation is called without a key and with a key of too small a
+scope: 401 and 403 must be documented and rendered as SPEC errors too.
+
 The admin operations that change the registry (promote, rollback, reload) run last, against this module's own
 throwaway registry, so that they cannot change what the read-only operations see.
 """
@@ -31,11 +34,13 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from fraudserve.keys import KeyStore, Scope
 from fraudserve.models.manifest import Flavor
 from tests.api_server import ApiServer
 from tests.deployment import Deployment, deploy
 
 EXAMPLES = 25  # per operation and generation mode
+AUTH_EXAMPLES = 5  # per operation, with and without an API key
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -60,13 +65,15 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
 
 def _fuzz(operation: schemathesis.APIOperation, mode: GenerationMode, session: requests.Session,
-          statuses: Counter[int], found: dict[str, str], known: dict[str, object] | None = None) -> None:  # fmt: skip
-    """Up to EXAMPLES requests for one operation in one mode; every check failure is recorded, none stops the run.
+          statuses: Counter[int], found: dict[str, str], known: dict[str, object] | None = None,
+          examples: int = EXAMPLES, headers: dict[str, str] | None = None) -> None:  # fmt: skip
+    """Up to `examples` requests for one operation in one mode; every check failure is recorded, none stops the run.
 
-    `known`: path parameters fixed to a registered model, so that requests get past the lookup to the model."""
+    `known`: path parameters fixed to a registered model, so that requests get past the lookup to the model.
+    `headers`: sent with every request (an API key)."""
 
     @hypothesis.settings(
-        max_examples=EXAMPLES,
+        max_examples=examples,
         deadline=None,
         derandomize=True,  # the same requests on every run
         database=None,
@@ -76,12 +83,13 @@ def _fuzz(operation: schemathesis.APIOperation, mode: GenerationMode, session: r
     @given(case=operation.as_strategy(generation_mode=mode, path_parameters=known))
     def run(case: schemathesis.Case) -> None:
         try:
-            response = case.call(session=session, timeout=30)
+            response = case.call(session=session, headers=headers, timeout=30)
             statuses[response.status_code] += 1
             case.validate_response(response, checks=CHECKS)
         except FailureGroup as group:
             for failure in group.exceptions:
-                key = f"{operation.label} [{mode.value}{', ' + str(known) if known else ''}] {failure.title}"
+                how = ", ".join([mode.value, *([str(known)] if known else []), *(headers or {})])
+                key = f"{operation.label} [{how}] {failure.title}"
                 found.setdefault(key, f"{failure.message}\n{case.as_curl_command()[:2000]}")
 
     with contextlib.suppress(hypothesis.errors.Unsatisfiable):  # nothing to negate: positive mode covers it
@@ -103,10 +111,20 @@ def test_fuzz_finds_no_server_error_and_no_schema_violation(deployment: Deployme
                 known = {k: v for k, v in REGISTERED.items() if "{" + k + "}" in operation.path}
                 if known:
                     _fuzz(operation, GenerationMode.POSITIVE, session, statuses, found, known)
+            # Once a key exists: without one (401), and with a key of the `score` scope only (403 but on /v1/fraud).
+            keys = KeyStore(deployment.settings.keys_file)
+            try:
+                _, score_key = keys.create("fuzz", [Scope.score])
+                for operation in operations:
+                    for headers in ({}, {"X-API-Key": score_key}):
+                        positive = GenerationMode.POSITIVE
+                        _fuzz(operation, positive, session, statuses, found, None, AUTH_EXAMPLES, headers)
+            finally:
+                deployment.settings.keys_file.unlink(missing_ok=True)
         seconds = time.perf_counter() - started
     calls = sum(statuses.values())
     print(f"\nfuzzed {len(operations)} operations with {calls} calls in {seconds:.1f} s "
           f"(statuses {dict(sorted(statuses.items()))}); {len(found)} problem(s)")  # fmt: skip
     report = "\n\n".join(f"{key}\n{detail}" for key, detail in sorted(found.items()))
     assert not found, report
-    assert statuses[200] > 0 and statuses[422] > 0  # requests got through to scoring, and were rejected
+    assert all(statuses[s] > 0 for s in (200, 401, 403, 404, 422))  # scored, refused, not found and rejected
