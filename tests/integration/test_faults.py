@@ -170,7 +170,7 @@ def wrong_answers(samples: list[Sample], expected: dict[tuple[int, str], float])
 
 
 # ------------------------------------------------------------------------------------------- Redis down/up
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(360)  # includes the module's set-up (data, backfill, two trainings): ~40 s idle, more when busy
 def test_redis_killed_and_restarted_under_load(world: World, api: str, reference: dict[str, float]) -> None:
     """Errors only while Redis is down, each a fast `features_unavailable`; not ready meanwhile; recovery by itself."""
     budget_s = world.settings.request_budget_ms / 1000
@@ -270,7 +270,7 @@ def processed(client: redis.Redis) -> int:
     return int(client.hget(STATS, "processed") or 0)  # type: ignore[arg-type]
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)  # includes the stream data's set-up
 def test_worker_killed_and_redis_restarted_mid_stream_keep_exact_parity(
     stream_offline: tuple[Path, dict[str, Path]], stream_redis: RedisProcess, tmp_path: Path
 ) -> None:
