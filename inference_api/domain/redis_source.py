@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from inference_api.domain.features import TransactionRecord, ViewValues, within_budget
@@ -113,6 +115,10 @@ class RedisFeatureSource:
             startup = [aioredis.cluster.ClusterNode(n["host"], int(n["port"])) for n in nodes]
             self.client = aioredis.RedisCluster(startup_nodes=startup, **options)
         else:
+            # One immediate retry (a pooled connection that a Redis restart closed reconnects), no backoff: redis-py's
+            # default (3 retries, exponential backoff) spends seconds on a refused connection, so every request
+            # during an outage would wait out the whole budget instead of answering features_unavailable at once.
+            options = {"retry": Retry(NoBackoff(), 1), **options}
             self.client = aioredis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **options)
         self.project = store.config.project.encode()
         self.version = store.config.entity_key_serialization_version

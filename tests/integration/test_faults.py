@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -210,14 +211,17 @@ def test_redis_killed_and_restarted_under_load(world: World, api: str, reference
     wrong = wrong_answers(samples, {(1, t): score for t, score in reference.items()})
     SUMMARY.wrong_answers += len(wrong)
     slowest = max((s.elapsed for s in failures), default=0.0)
-    print(f"\n{len(samples)} requests, {len(failures)} failed while Redis was down (slowest {slowest * 1000:.0f} ms), "
-          f"ready again {(marks['ready'] - marks['up']) * 1000:.0f} ms after the restart")  # fmt: skip
+    typical = statistics.median(s.elapsed for s in failures) if failures else 0.0
+    print(f"\n{len(samples)} requests, {len(failures)} failed while Redis was down (median {typical * 1000:.0f} ms, "
+          f"slowest {slowest * 1000:.0f} ms), ready again {(marks['ready'] - marks['up']) * 1000:.0f} ms after the "
+          "restart")  # fmt: skip
     assert ready["down"][0] == 503 and ready["down"][1]["online_store"] is False
     assert ready["up"][0] == 200, ready["up"]
     assert wrong == []
     assert failures, "no request failed while Redis was down: the fault was not injected"
     assert {(s.status, s.code) for s in failures} == {(503, "features_unavailable")}
     assert slowest < budget_s + MARGIN_S, f"an error took {slowest:.3f} s, the budget is {budget_s} s"
+    assert typical < budget_s, "a refused connection should fail fast, not wait out the budget (client retries?)"
     # Errors only while Redis was down: sent after the kill (or in flight then), answered by the restart.
     assert all(s.started >= marks["down"] - budget_s - MARGIN_S for s in failures)
     assert all(s.started <= marks["up"] for s in failures), [s for s in failures if s.started > marks["up"]][:3]
