@@ -186,3 +186,17 @@ def test_concurrent_registrations_get_distinct_versions(tmp_path: Path) -> None:
     # no half-written version is ever visible: only the numbered folders, each complete
     folder = tmp_path / "models" / "fraud" / "versions"
     assert sorted(p.name for p in folder.iterdir()) == sorted(str(v) for v in range(1, 13))
+
+
+def test_a_version_changed_on_disk_after_registration_fails_verification(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    """A framework may load a truncated model and score with fewer trees: only the checksum tells it apart."""
+    model = registry.register(make_package(tmp_path / "p", SERVICE), name="fraud", feature_service="svc")
+    assert registry.verify("fraud", model.version) is None
+    path = registry.model_path("fraud", model.version)
+    path.write_bytes(path.read_bytes()[:-10])
+    problem = registry.verify("fraud", model.version)
+    assert problem is not None and path.name in problem and "checksum" in problem
+    path.unlink()
+    assert "missing" in str(registry.verify("fraud", model.version))
