@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(
         default=64, ge=1, le=4096, description="Dynamic batching: most single score requests merged into one call."
     )
+    batch_max_waiting: int = Field(
+        default=2048,
+        ge=1,
+        description="Most single score requests waiting for a batch; more are refused with 503 overloaded and "
+        "Retry-After rather than queued without bound.",
+    )
     batch_max_delay_ms: float = Field(
         default=0.0,
         ge=0,

@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             functools.partial(score_requests, scoring),
             max_size=settings.batch_max_size,
             max_delay_s=settings.batch_max_delay_ms / 1000,
+            max_queue=settings.batch_max_waiting,
             on_batch=metrics.batch,
         )
         batcher.start()

@@ -386,3 +386,72 @@ def test_old_versions_are_unloaded_so_memory_does_not_grow_with_versions(deploym
         metrics = httpx.get(f"{server.url}/metrics").text
         loaded = [line for line in metrics.splitlines() if line.startswith("fraudserve_models_loaded ")]
         assert loaded and float(loaded[0].split()[1]) <= 3, loaded
+
+
+def test_no_secret_reaches_a_log_line(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every request logged (FRAUDSERVE_ACCESS_LOG=all), good and bad keys sent both ways: no key text in the logs."""
+    import logging
+
+    from fraudserve.keys import KeyStore, Scope
+    from inference_api.observability import JsonFormatter
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(JsonFormatter().format(record))
+
+    logger = logging.getLogger("fraudserve")
+    handler, level = Collect(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    monkeypatch.setenv("FRAUDSERVE_HOME", str(deployment.settings.home_dir))
+    monkeypatch.setenv("FRAUDSERVE_REDIS", deployment.redis.connection_string)
+    monkeypatch.setenv("FRAUDSERVE_ACCESS_LOG", "all")
+    keys = KeyStore(deployment.settings.keys_file)
+    try:
+        _, score_key = keys.create("fraud-service", [Scope.score])
+        _, admin_key = keys.create("ops", [Scope.admin])
+        wrong = score_key[:-4] + "abcd"
+        with ApiServer(Settings()) as server:
+            score = f"{server.url}/v1/fraud/score"
+            for headers in ({"Authorization": f"Bearer {score_key}"}, {"X-API-Key": score_key},
+                            {"X-API-Key": wrong}, {"Authorization": f"Bearer {admin_key}"}):  # fmt: skip
+                post(score, {"transaction_id": deployment.recent[0]}, **headers)
+                post(score, {"transaction_id": "tx_missing"}, **headers)
+                httpx.get(f"{server.url}/v1/admin/models", headers=headers)
+        statuses = [json.loads(line).get("status") for line in lines if '"request"' in line]
+        assert len(statuses) >= 12 and {200, 401, 403, 404} <= set(statuses)  # the requests were logged
+        for secret in (score_key, admin_key, wrong):
+            assert not any(secret in line or secret.rsplit("_", 1)[-1] in line for line in lines)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        deployment.settings.keys_file.unlink(missing_ok=True)
+
+
+def test_overload_is_shed_with_503_and_retry_after(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More concurrent requests than the batcher may hold: the excess gets 503 overloaded and Retry-After."""
+    monkeypatch.setenv("FRAUDSERVE_HOME", str(deployment.settings.home_dir))
+    monkeypatch.setenv("FRAUDSERVE_REDIS", deployment.redis.connection_string)
+    monkeypatch.setenv("FRAUDSERVE_BATCH_MAX_WAITING", "1")
+    monkeypatch.setenv("FRAUDSERVE_BATCH_MAX_SIZE", "1")
+    ids = deployment.recent[:20]
+
+    async def burst(url: str) -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+            return list(await asyncio.gather(
+                *(http.post("/v1/fraud/score", json={"transaction_id": ids[i % len(ids)]}) for i in range(200))
+            ))  # fmt: skip
+
+    with ApiServer(Settings()) as server:
+        responses = asyncio.run(burst(server.url))
+        after = post(f"{server.url}/v1/fraud/score", {"transaction_id": ids[0]})
+    shed = [r for r in responses if r.status_code == 503]
+    assert {r.status_code for r in responses} <= {200, 503}
+    assert shed and len(shed) < len(responses)
+    for response in shed:
+        assert response.json()["error"]["code"] == "overloaded"
+        assert int(response.headers["retry-after"]) >= 1
+    assert after.status_code == 200  # nothing stuck once the burst is over
