@@ -455,3 +455,32 @@ def test_overload_is_shed_with_503_and_retry_after(deployment: Deployment, monke
         assert response.json()["error"]["code"] == "overloaded"
         assert int(response.headers["retry-after"]) >= 1
     assert after.status_code == 200  # nothing stuck once the burst is over
+
+
+def test_a_hung_redis_costs_one_budget_not_a_hang(deployment: Deployment, api: str) -> None:
+    """Redis stopped with SIGSTOP (connections accepted, nothing answered): 503 features_unavailable within the
+    request budget, readiness false, and scores again as soon as it resumes, without restarting the API."""
+    import os
+    import signal
+    import time
+
+    process = deployment.redis.process
+    assert process is not None
+    body = {"transaction_id": deployment.recent[0]}
+    expected = post(f"{api}/v1/fraud/score", body).json()["score"]
+    budget_s = deployment.settings.request_budget_ms / 1000
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            response = post(f"{api}/v1/fraud/score", body)
+            elapsed = time.monotonic() - started
+            error_of(response, 503, "features_unavailable")
+            assert elapsed < budget_s + 0.75, f"answered after {elapsed:.2f} s with a {budget_s:.2f} s budget"
+        assert httpx.get(f"{api}/v2/health/ready", timeout=10).status_code == 503
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while (response := post(f"{api}/v1/fraud/score", body)).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert response.status_code == 200 and response.json()["score"] == expected
