@@ -94,6 +94,9 @@ class Settings(BaseSettings):
         "or feast (Feast's SDK, get_online_features_async).",
     )
     metrics_public: bool = Field(default=True, description="GET /metrics without an API key.")
+    health_public: bool = Field(
+        default=True, description="GET /v2/health/live and /ready without an API key (false: an admin key)."
+    )
     access_log: AccessLog = Field(
         default=AccessLog.errors,
         description="API access log: every request (all), or only errors and requests slower than the request "

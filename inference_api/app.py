@@ -17,7 +17,7 @@ from fraudserve.keys import KeyStore, Scope
 from fraudserve.models.device import resolve_device
 from fraudserve.settings import AccessLog, FeatureSourceKind, Settings
 from inference_api import errors
-from inference_api.auth import require
+from inference_api.auth import require_unless_public
 from inference_api.domain.batching import DynamicBatcher
 from inference_api.domain.features import FeastFeatureSource, FeatureSource
 from inference_api.domain.models import ModelManager
@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(oip.router)
     app.include_router(admin.router)
 
-    metrics_guard = [] if settings.metrics_public else [require(Scope.admin)]
+    metrics_guard = [require_unless_public("metrics_public", Scope.admin)]
 
     @app.get("/metrics", tags=["operations"], response_class=Response, dependencies=metrics_guard)
     async def prometheus(request: Request) -> Response:

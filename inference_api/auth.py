@@ -23,3 +23,14 @@ def require(scope: Scope) -> Any:
             keys.authenticate(presented_key(request), scope)
 
     return Depends(check)
+
+
+def require_unless_public(setting: str, scope: Scope) -> Any:
+    """Open while the boolean setting `setting` is true (health and metrics, by default); otherwise as `require`."""
+
+    async def check(request: Request) -> None:
+        keys: KeyStore = request.app.state.keys
+        if not getattr(request.app.state.settings, setting) and keys.any():
+            keys.authenticate(presented_key(request), scope)
+
+    return Depends(check)

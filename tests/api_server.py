@@ -29,7 +29,7 @@ class ApiServer:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.url}/v2/health/live", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/v2/health/live", timeout=1).status_code in (200, 401):  # 401: protected
                     return self
             except httpx.HTTPError:
                 time.sleep(0.1)

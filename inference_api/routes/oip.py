@@ -11,11 +11,12 @@ from fastapi.responses import JSONResponse
 from fraudserve import __version__
 from fraudserve.errors import FraudserveError, InvalidInput, ModelNotFound
 from fraudserve.keys import Scope
-from inference_api.auth import require
+from inference_api.auth import require, require_unless_public
 from inference_api.domain.models import LoadedModel, ModelManager
 from inference_api.routes.models import loaded
 from inference_api.schemas import (
     ERRORS_OIP,
+    ErrorResponse,
     InferRequest,
     InferResponse,
     InferTensor,
@@ -36,7 +37,14 @@ async def server_metadata() -> dict[str, Any]:
     return {"name": "fraudserve", "version": __version__, "extensions": []}
 
 
-@router.get("/health/live")
+HEALTH = [require_unless_public("health_public", Scope.admin)]
+HEALTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "unauthorized (FRAUDSERVE_HEALTH_PUBLIC=false)"},
+    403: {"model": ErrorResponse, "description": "forbidden (FRAUDSERVE_HEALTH_PUBLIC=false)"},
+}
+
+
+@router.get("/health/live", dependencies=HEALTH, responses=HEALTH_ERRORS)
 async def live() -> dict[str, bool]:
     return {"live": True}
 
@@ -44,7 +52,8 @@ async def live() -> dict[str, bool]:
 @router.get(
     "/health/ready",
     response_model=ServerReady,
-    responses={503: {"model": ServerReady, "description": "Redis unreachable or no production model"}},
+    dependencies=HEALTH,
+    responses={503: {"model": ServerReady, "description": "Redis unreachable or no production model"}, **HEALTH_ERRORS},
 )
 async def ready(request: Request) -> JSONResponse:
     """Ready when the online store answers and a production model is loaded."""

@@ -484,3 +484,23 @@ def test_a_hung_redis_costs_one_budget_not_a_hang(deployment: Deployment, api: s
     while (response := post(f"{api}/v1/fraud/score", body)).status_code != 200 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert response.status_code == 200 and response.json()["score"] == expected
+
+
+def test_health_and_metrics_can_require_an_admin_key(deployment: Deployment) -> None:
+    from fraudserve.keys import KeyStore, Scope
+
+    keys = KeyStore(deployment.settings.keys_file)
+    try:
+        _, admin_key = keys.create("ops", [Scope.admin])
+        _, score_key = keys.create("fraud-service", [Scope.score])
+        settings = deployment.settings.model_copy(update={"health_public": False, "metrics_public": False})
+        with ApiServer(settings) as server:
+            for path in ("/v2/health/live", "/v2/health/ready", "/metrics"):
+                error_of(httpx.get(f"{server.url}{path}"), 401, "unauthorized")
+                error_of(httpx.get(f"{server.url}{path}", headers={"X-API-Key": score_key}), 403, "forbidden")
+                assert httpx.get(f"{server.url}{path}", headers={"X-API-Key": admin_key}).status_code == 200
+        with ApiServer(deployment.settings) as server:  # the defaults: open, for probes and scrapers
+            assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+            assert httpx.get(f"{server.url}/metrics").status_code == 200
+    finally:
+        deployment.settings.keys_file.unlink(missing_ok=True)
