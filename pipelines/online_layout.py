@@ -177,10 +177,17 @@ def encode_timestamps(epoch_us: np.ndarray) -> pa.Array:
     return binary_array(matrix[keep], keep.sum(axis=1, dtype=np.int32))
 
 
+@lru_cache(maxsize=64)
+def key_prefix(join_key: str) -> bytes:
+    """Feast's v3 serialized entity key of one string join key, up to the value's length: the key count, the name,
+    the STRING value type. The key is this + the value's length (u32 LE) + the value + the project."""
+    name = join_key.encode()
+    return struct.pack("<III", 1, _STRING_VALUE_TYPE, len(name)) + name + struct.pack("<I", _STRING_VALUE_TYPE)
+
+
 def entity_keys(project: bytes, join_key: str, values: pa.Array) -> pa.Array:
     """`entity_key` of every string value of an Arrow column (serialization version 3, one join key)."""
-    name = join_key.encode()
-    prefix = struct.pack("<III", 1, _STRING_VALUE_TYPE, len(name)) + name + struct.pack("<I", _STRING_VALUE_TYPE)
+    prefix = key_prefix(join_key)
     raw = values.cast(pa.binary())
     if raw.null_count:
         raise ValueError(f"{join_key} holds nulls: Feast cannot serialize a null entity key")

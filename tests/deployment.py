@@ -34,9 +34,17 @@ class Deployment:
 
 
 @contextmanager
-def deploy(root: Path, flavors: tuple[Flavor, ...] = (Flavor.lightgbm, Flavor.xgboost)) -> Iterator[Deployment]:
-    """Build a deployment under `root`; the first flavor's package is registered as model "fraud" (production)."""
-    redis = RedisProcess(root / "redis").start()
+def deploy(
+    root: Path,
+    flavors: tuple[Flavor, ...] = (Flavor.lightgbm, Flavor.xgboost),
+    appendonly: bool = False,
+    seed: int = 21,
+    recent: int = 40,
+) -> Iterator[Deployment]:
+    """Build a deployment under `root`; the first flavor's package is registered as model "fraud" (production).
+
+    `appendonly`: Redis with AOF, for tests that restart it; `recent`: how many recent ids (with device and IP)."""
+    redis = RedisProcess(root / "redis", appendonly=appendonly).start()
     try:
         with pytest.MonkeyPatch.context() as monkeypatch:
             monkeypatch.setenv("FRAUDSERVE_HOME", str(root / "home"))
@@ -44,7 +52,7 @@ def deploy(root: Path, flavors: tuple[Flavor, ...] = (Flavor.lightgbm, Flavor.xg
             monkeypatch.setenv("FRAUDSERVE_MODEL_POLL_SECONDS", "0.2")
             settings = Settings()
             end = datetime.now(UTC).replace(second=0, microsecond=0)  # fresh features: within every TTL
-            generated = generate(root / "raw", GenerateConfig(seed=21, cards=700, days=32, end=end))
+            generated = generate(root / "raw", GenerateConfig(seed=seed, cards=700, days=32, end=end))
             feature_store.apply(settings, redis.connection_string)
             backfill(generated.files["transactions_parquet"], generated.files["labels_parquet"], settings.offline)
             store = feature_store.open_store(settings, redis.connection_string)
@@ -56,15 +64,15 @@ def deploy(root: Path, flavors: tuple[Flavor, ...] = (Flavor.lightgbm, Flavor.xg
             registry = open_registry(settings)
             registry.register(packages[0], name="fraud", feature_service="fraud_v2")
             materialize(store, settings.offline)
-            recent = [
+            recent_ids = [
                 str(r[0])
                 for r in duckdb.connect()
                 .execute(
                     f"SELECT transaction_id FROM read_parquet('{settings.offline.transactions_file}') WHERE device_id "
-                    "IS NOT NULL AND ip_address IS NOT NULL ORDER BY event_timestamp DESC LIMIT 40"
+                    f"IS NOT NULL AND ip_address IS NOT NULL ORDER BY event_timestamp DESC LIMIT {recent}"
                 )
                 .fetchall()
             ]
-            yield Deployment(settings, redis, registry, packages, recent)
+            yield Deployment(settings, redis, registry, packages, recent_ids)
     finally:
         redis.stop()

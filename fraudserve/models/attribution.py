@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fraudserve.models.manifest import Flavor
-from fraudserve.models.runtime import SINGLE_THREAD_ROWS
+from fraudserve.models.runtime import SINGLE_THREAD_ROWS, XGBoostRuntime
 from fraudserve.settings import ReasonsMethod
 
 log = logging.getLogger("fraudserve.models")
@@ -155,24 +155,13 @@ def _fill_lightgbm(node: dict[str, Any], table: np.ndarray, path: np.ndarray, me
 
 
 class XGBoostPathExplainer:
-    """XGBoost's own decision-path contributions (`approx_contribs`), single-threaded for small batches."""
+    """XGBoost's own decision-path contributions (`approx_contribs`), through the native runtime's boosters."""
 
     def __init__(self, path: Path, threads: int = 0) -> None:
-        import xgboost
-
-        self.booster = xgboost.Booster(model_file=str(path))
-        self.single = xgboost.Booster(model_file=str(path))
-        self.single.set_param({"nthread": 1})
-        if threads:
-            self.booster.set_param({"nthread": threads})
-        self.feature_names = list(self.booster.feature_names or [])
+        self.runtime = XGBoostRuntime(path, threads)
 
     def contributions(self, rows: np.ndarray) -> np.ndarray:
-        import xgboost
-
-        matrix = xgboost.DMatrix(rows, feature_names=self.feature_names or None, missing=np.nan)
-        booster = self.single if rows.shape[0] <= SINGLE_THREAD_ROWS else self.booster
-        return np.asarray(booster.predict(matrix, pred_contribs=True, approx_contribs=True))
+        return self.runtime.contributions(rows, approximate=True)
 
 
 class RuntimeExplainer:

@@ -79,12 +79,13 @@ class XGBoostRuntime:
         booster = self.single if rows.shape[0] <= SINGLE_THREAD_ROWS else self.booster
         return np.asarray(booster.inplace_predict(rows), dtype=np.float64)
 
-    def contributions(self, rows: np.ndarray) -> np.ndarray:
+    def contributions(self, rows: np.ndarray, approximate: bool = False) -> np.ndarray:
+        """TreeSHAP, or with `approximate` XGBoost's decision-path contributions (`approx_contribs`, Saabas)."""
         import xgboost
 
-        matrix = xgboost.DMatrix(rows, feature_names=self.feature_names, missing=np.nan)
+        matrix = xgboost.DMatrix(rows, feature_names=self.feature_names or None, missing=np.nan)  # None: unnamed
         booster = self.single if rows.shape[0] <= SINGLE_THREAD_ROWS else self.booster
-        return np.asarray(booster.predict(matrix, pred_contribs=True))
+        return np.asarray(booster.predict(matrix, pred_contribs=True, approx_contribs=approximate))
 
 
 # Below this many rows the CPU framework answers faster than a GPU round trip (bench/results/gpu-*.json: one row

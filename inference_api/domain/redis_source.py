@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,7 @@ from redis.commands.core import AsyncScript
 from inference_api.domain.features import TransactionRecord, ViewValues, within_budget
 from inference_api.domain.plan import FeaturePlan, ViewRead
 from pipelines.features.catalog import TRANSACTION, TRANSACTION_FIELDS
-from pipelines.online_layout import decode_ts, decode_value, entity_key, feature_field, ts_field
+from pipelines.online_layout import decode_ts, decode_value, entity_key, feature_field, key_prefix, ts_field
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -85,18 +84,9 @@ def _lookup_script(project: bytes, views: tuple[ViewRead, ...]) -> str:
     for view in views:
         index = list(TRANSACTION_FIELDS).index(view.entity.join_key) + 1
         fields = ", ".join(_lua(f) for f in _fields(view.entity.view, view.features))
-        entries.append(
-            f"{{index = {index}, prefix = {_lua(_key_prefix(view.entity.join_key))}, fields = {{{fields}}}}}"
-        )
+        entries.append(f"{{index = {index}, prefix = {_lua(key_prefix(view.entity.join_key))}, fields = {{{fields}}}}}")
     header = f"local project = {_lua(project)}\nlocal tfields = {{{tfields}}}\nlocal views = {{{', '.join(entries)}}}\n"
     return header + _LOOKUP_BODY
-
-
-@functools.lru_cache(maxsize=64)
-def _key_prefix(join_key: str) -> bytes:
-    """Feast's v3 serialized entity key up to the value's length: one key, its name, the STRING value type."""
-    name = join_key.encode()
-    return struct.pack("<I", 1) + struct.pack("<I", 2) + struct.pack("<I", len(name)) + name + struct.pack("<I", 2)
 
 
 class RedisFeatureSource:
@@ -124,14 +114,13 @@ class RedisFeatureSource:
         self.version = store.config.entity_key_serialization_version
         self.budget_s = budget_s
         # The one-round-trip read needs a single Redis and Feast's v3 keys; otherwise two pipelined round trips.
-        self.fused = config.redis_type != RedisType.redis_cluster and self.version == 3
-        self.fused = self.fused and isinstance(self.client, aioredis.Redis)
+        self.fused = isinstance(self.client, aioredis.Redis) and self.version == 3
         self._scripts: dict[int, tuple[AsyncScript, tuple[ViewRead, ...]]] = {}
 
     def _key(self, join_key: str, value: str) -> bytes:
         if self.version == 3:  # Feast's v3 bytes, built from a cached prefix (tested equal to Feast's helper)
             raw = value.encode()
-            return _key_prefix(join_key) + struct.pack("<I", len(raw)) + raw + self.project
+            return key_prefix(join_key) + struct.pack("<I", len(raw)) + raw + self.project
         return entity_key(self.project, join_key, value, self.version)
 
     async def _hmget_all(self, commands: list[tuple[bytes, tuple[bytes | str, ...]]]) -> list[list[bytes | None]]:

@@ -20,12 +20,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import httpx
 import pytest
 import redis
@@ -33,17 +32,13 @@ from fastapi import FastAPI
 
 from fraudserve import feature_store
 from fraudserve.keys import KeyStore, Scope
-from fraudserve.models.manifest import Flavor
-from fraudserve.registry import ModelRegistry, open_registry
 from fraudserve.settings import Settings
 from pipelines.generate import GenerateConfig, generate
-from pipelines.materialize import materialize
 from pipelines.offline.backfill import backfill
 from pipelines.stream.log import RedisStreamLog
 from pipelines.stream.worker import STATS
-from pipelines.training.dataset import build_training_set
-from pipelines.training.train import TrainConfig, train
 from tests.api_server import ApiServer
+from tests.deployment import Deployment, deploy
 from tests.fault_summary import SUMMARY
 from tests.integration.test_stream import cli, env_for, jsonl_lines
 from tests.parity import entity_mismatches
@@ -52,69 +47,29 @@ from tests.redis_process import RedisProcess
 MARGIN_S = 0.75  # client-side allowance over the request budget (HTTP, event loop, this process's own load)
 
 
-@dataclass
-class World:
-    settings: Settings
-    redis: RedisProcess
-    registry: ModelRegistry
-    packages: list[Path]
-    recent: list[str]  # recent transaction ids, with device and IP
-    reference: dict[str, float] = field(default_factory=dict)  # production version 1's score per id
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """Data, features, two trained packages and version 1 in production, on a Redis with AOF (it will restart)."""
-    root = tmp_path_factory.mktemp("faults")
-    server = RedisProcess(root / "redis", appendonly=True).start()
-    try:
-        with pytest.MonkeyPatch.context() as monkeypatch:
-            monkeypatch.setenv("FRAUDSERVE_HOME", str(root / "home"))
-            monkeypatch.setenv("FRAUDSERVE_REDIS", server.connection_string)
-            monkeypatch.setenv("FRAUDSERVE_MODEL_POLL_SECONDS", "0.2")
-            settings = Settings()
-            end = datetime.now(UTC).replace(second=0, microsecond=0)  # fresh features: within every TTL
-            generated = generate(root / "raw", GenerateConfig(seed=23, cards=700, days=32, end=end))
-            feature_store.apply(settings, server.connection_string)
-            backfill(generated.files["transactions_parquet"], generated.files["labels_parquet"], settings.offline)
-            store = feature_store.open_store(settings, server.connection_string)
-            training_set = build_training_set(store, "fraud_v2", settings.offline)
-            packages = [
-                train(training_set, TrainConfig(flavor=Flavor.lightgbm, seed=1), root / "pkg-lgb").package,
-                train(training_set, TrainConfig(flavor=Flavor.xgboost, seed=1), root / "pkg-xgb").package,
-            ]
-            registry = open_registry(settings)
-            registry.register(packages[0], name="fraud", feature_service="fraud_v2")
-            materialize(store, settings.offline)
-            recent = [
-                str(r[0])
-                for r in duckdb.connect()
-                .execute(
-                    f"SELECT transaction_id FROM read_parquet('{settings.offline.transactions_file}') WHERE device_id "
-                    "IS NOT NULL AND ip_address IS NOT NULL ORDER BY event_timestamp DESC LIMIT 20"
-                )
-                .fetchall()
-            ]
-            yield World(settings, server, registry, packages, recent)
-    finally:
-        server.stop()
+    with deploy(tmp_path_factory.mktemp("faults"), appendonly=True, seed=23, recent=20) as built:
+        yield built
 
 
 @pytest.fixture(scope="module")
-def api(world: World) -> Iterator[str]:
+def api(world: Deployment) -> Iterator[str]:
     with ApiServer(world.settings) as server:
         yield server.url
 
 
 @pytest.fixture(scope="module")
-def reference(world: World, api: str) -> dict[str, float]:
+def reference(world: Deployment, api: str) -> dict[str, float]:
     """Version 1's score of each id, read before any fault: the answer every later 200 from version 1 must give."""
+    scores = {}
     for transaction_id in world.recent:
         response = httpx.post(f"{api}/v1/fraud/score", json={"transaction_id": transaction_id}, timeout=30)
         assert response.status_code == 200, response.text
         assert response.json()["model"]["version"] == 1
-        world.reference[transaction_id] = float(response.json()["score"])
-    return world.reference
+        scores[transaction_id] = float(response.json()["score"])
+    return scores
 
 
 # ------------------------------------------------------------------------------------------------------ load
@@ -172,7 +127,7 @@ def wrong_answers(samples: list[Sample], expected: dict[tuple[int, str], float])
 
 # ------------------------------------------------------------------------------------------- Redis down/up
 @pytest.mark.timeout(360)  # includes the module's set-up (data, backfill, two trainings): ~40 s idle, more when busy
-def test_redis_killed_and_restarted_under_load(world: World, api: str, reference: dict[str, float]) -> None:
+def test_redis_killed_and_restarted_under_load(world: Deployment, api: str, reference: dict[str, float]) -> None:
     """Errors only while Redis is down, each a fast `features_unavailable`; not ready meanwhile; recovery by itself."""
     budget_s = world.settings.request_budget_ms / 1000
     samples: list[Sample] = []
@@ -370,7 +325,7 @@ def contents(client: redis.Redis) -> dict[bytes, object]:
 
 @pytest.mark.timeout(120)
 def test_online_features_and_stream_state_survive_a_redis_restart(
-    world: World, stream_redis: RedisProcess, stream_offline: tuple[Path, dict[str, Path]]
+    world: Deployment, stream_redis: RedisProcess, stream_offline: tuple[Path, dict[str, Path]]
 ) -> None:
     """With the AOF, a restarted Redis has every materialized feature, stream entry, group and offset it had."""
     for server, what in ((world.redis, "materialized features"), (stream_redis, "stream state and features")):
@@ -402,7 +357,7 @@ def test_online_features_and_stream_state_survive_a_redis_restart(
 # -------------------------------------------------------------------------------------------------- models
 @pytest.mark.timeout(120)
 def test_promote_corrupt_promote_and_rollback_under_load(
-    world: World, api: str, reference: dict[str, float], caplog: pytest.LogCaptureFixture
+    world: Deployment, api: str, reference: dict[str, float], caplog: pytest.LogCaptureFixture
 ) -> None:
     """No request fails because of a swap; a version changed on disk is never served, and says so everywhere."""
     samples: list[Sample] = []
@@ -485,7 +440,7 @@ def operations(app: FastAPI) -> list[tuple[str, str]]:
 
 
 @pytest.mark.timeout(60)
-def test_every_admin_route_refuses_no_key_a_wrong_key_and_a_score_key(world: World) -> None:
+def test_every_admin_route_refuses_no_key_a_wrong_key_and_a_score_key(world: Deployment) -> None:
     """Admin routes are found, not listed: every OpenAPI operation under /v1/admin, and any other that refuses a
     key holding every scope but admin. A new admin route is then covered without editing this test."""
     settings = world.settings.model_copy(update={"metrics_public": False})  # /metrics is then admin-only too
