@@ -4,10 +4,12 @@ Each entity keeps its recent events in a Redis hash under a Cluster hash tag (`f
 keyed by transaction id, so a redelivered or duplicated event rewrites the same field and changes nothing. After
 new events land, each touched entity's features are recomputed from its whole recent history with the pure
 definitions of `pipelines.features.semantics` (the ones the offline SQL is tested against), at the entity's
-latest event time, and written in Feast's Redis layout. The recompute is an optimistic transaction (WATCH on the
-entity's state): if another worker added an event in between, it runs again, so the last write always reflects
-every event stored. Out-of-order events are therefore exact as long as they are still in the kept history
-(window plus the allowed lateness).
+latest event time, and written in Feast's Redis layout. Concurrent workers need no locks: each entity's history
+has a version counter in its own slot, a recompute is stamped with the version it read, and the row write (a
+one-key script) keeps only the newest stamp, so the last row standing reflects every event stored. Every command
+touches one key or keys of one hash tag, so the same code runs on a single Redis and on a Redis Cluster.
+Out-of-order events are therefore exact as long as they are still in the kept history (window plus the allowed
+lateness).
 """
 
 from __future__ import annotations
@@ -39,6 +41,25 @@ def state_key(entity: EntitySpec, key: str) -> str:
     return f"fraudserve:{{{entity.name}:{key}}}:events"
 
 
+def version_key(entity: EntitySpec, key: str) -> str:
+    """The entity's history version, in the same hash-tag slot as its history."""
+    return f"fraudserve:{{{entity.name}:{key}}}:version"
+
+
+def version_field(view: str) -> str:
+    """The field of Feast's row hash that holds the history version the view's values were computed from."""
+    return f"_v:{view}"
+
+
+# KEYS[1] Feast's row hash; ARGV: version field, version, then field, value, ... Writes only a newer computation.
+GUARDED_WRITE = """
+local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if stored >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], unpack(ARGV, 3))
+return 1
+"""
+
+
 def labels_key(merchant: str) -> str:
     return f"fraudserve:{{merchant:{merchant}}}:labels"
 
@@ -66,7 +87,7 @@ class BatchResult:
     labels: int = 0
     late: int = 0
     recomputed: int = 0
-    retries: int = 0
+    superseded: int = 0  # rows not written: another worker had already written a newer computation
     touched: set[tuple[str, str]] = field(default_factory=set)
 
 
@@ -104,9 +125,7 @@ class OnlineUpdater:
         for label in labels:
             self._store_label(label, result)
         touched = [(self.entities[name], key) for name, key in sorted(result.touched)]
-        if not self._recompute_together(touched, result):
-            for entity, key in touched:  # contention: entity by entity, each retried until it wins
-                result.retries += self._recompute(entity, key)
+        self._recompute(touched, result)
         result.recomputed = len(touched)
         return result
 
@@ -135,10 +154,6 @@ class OnlineUpdater:
             result.touched.add((MERCHANT.name, merchant.decode()))
 
     # ----------------------------------------------------------------------------------------------- compute
-    def _watched(self, entity: EntitySpec, key: str) -> list[str]:
-        state = state_key(entity, key)
-        return [state, labels_key(key)] if entity is MERCHANT else [state]
-
     def _compute(
         self, entity: EntitySpec, key: str, raw: dict[bytes, bytes], label_members: list[bytes]
     ) -> tuple[dict[bytes | str, bytes], list[str]] | None:
@@ -160,56 +175,36 @@ class OnlineUpdater:
         mapping[ts_field(entity.view)] = encode_ts(latest)
         return mapping, stale
 
-    def _recompute_together(self, touched: list[tuple[EntitySpec, str]], result: BatchResult) -> bool:
-        """All touched entities in three round trips: WATCH, pipelined reads, one MULTI/EXEC. False on contention."""
+    def _recompute(self, touched: list[tuple[EntitySpec, str]], result: BatchResult) -> None:
+        """Recompute every touched entity from its stored history: two pipelined round trips, no locks, no retries.
+
+        Each entity has a version counter in its own hash-tag slot. Per entity, in this order on its node: INCR
+        the version (v), then read the history. Every event stored before an INCR <= v is in what is read, so
+        the row computed from it may carry v. The write keeps the row only if it carries a higher version than
+        the one stored (`GUARDED_WRITE`, one key, so it runs on a cluster too): whichever worker read last writes
+        last, and an older computation arriving late changes nothing.
+        """
         if not touched:
-            return True
-        watched = [k for entity, key in touched for k in self._watched(entity, key)]
-        with self.client.pipeline(transaction=True) as tx:
-            try:
-                tx.watch(*watched)
-                reads = self.client.pipeline(transaction=False)  # another connection: reads go in one round trip
-                for entity, key in touched:
-                    reads.hgetall(state_key(entity, key))
-                    if entity is MERCHANT:
-                        reads.hkeys(labels_key(key))
-                replies = iter(reads.execute())
-                tx.multi()
-                for entity, key in touched:
-                    raw = next(replies)
-                    members = next(replies) if entity is MERCHANT else []
-                    computed = self._compute(entity, key, raw, members)
-                    if computed is not None:
-                        self._write(tx, entity, key, *computed)
-                tx.execute()
-                return True
-            except redis.WatchError:
-                result.retries += 1
-                return False
-
-    def _recompute(self, entity: EntitySpec, key: str) -> int:
-        """One entity, retried until no other worker changed its history meanwhile; returns the retries."""
-        retries = 0
-        while True:
-            with self.client.pipeline(transaction=True) as pipe:
-                try:
-                    pipe.watch(*self._watched(entity, key))
-                    raw = pipe.hgetall(state_key(entity, key))
-                    members = pipe.hkeys(labels_key(key)) if entity is MERCHANT else []
-                    computed = self._compute(entity, key, raw, members)
-                    if computed is None:
-                        pipe.unwatch()
-                        return retries
-                    pipe.multi()
-                    self._write(pipe, entity, key, *computed)
-                    pipe.execute()
-                    return retries
-                except redis.WatchError:
-                    retries += 1
-
-    def _write(
-        self, pipe: Any, entity: EntitySpec, key: str, mapping: dict[bytes | str, bytes], stale: list[str]
-    ) -> None:
-        pipe.hset(entity_key(self.project, entity.join_key, key), mapping=mapping)
-        if stale:
-            pipe.hdel(state_key(entity, key), *stale)
+            return
+        reads = self.client.pipeline(transaction=False)
+        for entity, key in touched:
+            reads.incr(version_key(entity, key))
+            reads.hgetall(state_key(entity, key))
+            if entity is MERCHANT:
+                reads.hkeys(labels_key(key))
+        replies = iter(reads.execute())
+        writes = self.client.pipeline(transaction=False)
+        for entity, key in touched:
+            version, raw = next(replies), next(replies)
+            members = next(replies) if entity is MERCHANT else []
+            computed = self._compute(entity, key, raw, members)
+            if computed is None:
+                continue
+            mapping, stale = computed
+            row = entity_key(self.project, entity.join_key, key)
+            fields = [item for pair in mapping.items() for item in pair]
+            writes.eval(GUARDED_WRITE, 1, row, version_field(entity.view), int(version), *fields)
+            if stale:
+                writes.hdel(state_key(entity, key), *stale)
+        written = writes.execute()
+        result.superseded += sum(1 for reply in written if reply == 0)

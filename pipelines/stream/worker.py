@@ -63,7 +63,11 @@ class WorkerMetrics:
         self.registry = CollectorRegistry()
         self.processed = Counter("fraudserve_stream_events", "Events applied", ["kind"], registry=self.registry)
         self.late = Counter("fraudserve_stream_late_events", "Events later than the lateness", registry=self.registry)
-        self.retries = Counter("fraudserve_stream_retries", "Optimistic transactions retried", registry=self.registry)
+        self.superseded = Counter(
+            "fraudserve_stream_superseded_writes",
+            "Entity rows not written because another worker had already written a newer computation",
+            registry=self.registry,
+        )
         self.lag = Gauge("fraudserve_stream_lag", "Entries not yet delivered plus pending", registry=self.registry)
         self.freshness = Histogram(
             "fraudserve_stream_freshness_seconds", "Append to visible online", registry=self.registry,
@@ -108,7 +112,7 @@ class Worker:
         self.metrics.processed.labels(TRANSACTIONS.name).inc(len(transactions))
         self.metrics.processed.labels(LABELS.name).inc(len(labels))
         self.metrics.late.inc(late)
-        self.metrics.retries.inc(applied.retries)
+        self.metrics.superseded.inc(applied.superseded)
         for entry in entries:
             self.metrics.freshness.observe(max(now_ms - entry.appended_ms, 0) / 1000)
 
