@@ -34,6 +34,11 @@ class ReasonsMethod(StrEnum):
     shap = "shap"
 
 
+class OfflineEngine(StrEnum):
+    embedded = "embedded"
+    ray = "ray"
+
+
 class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
@@ -59,6 +64,20 @@ class Settings(BaseSettings):
     feature_repo: Path = Field(default_factory=_default_feature_repo)
     redis_server_bin: str = "redis-server"
     backfill_threads: int | None = Field(default=None, ge=1, description="DuckDB threads; default all cores.")
+    offline_engine: OfflineEngine = Field(
+        default=OfflineEngine.embedded,
+        description="Where the backfill computes the window features: embedded (DuckDB in this process) or ray "
+        "(the same SQL per hash shard of each entity, on Ray: pip install 'fraudserve[ray]').",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="The ray engine's Ray: unset starts a local one for the backfill; 'auto' or 'ray://host:10001' "
+        "joins a running cluster (FRAUDSERVE_HOME then on storage every node sees).",
+    )
+    ray_shards: int | None = Field(default=None, ge=1, description="Ray engine: hash shards per entity (2 per CPU).")
+    ray_object_store_mb: int = Field(
+        default=2048, ge=256, description="Ray engine: the local Ray's object store (spills to disk beyond it)."
+    )
 
     stream_lateness_seconds: float = Field(
         default=300, ge=0, description="Events this late (event time) are still counted exactly online."

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from pipelines.events import LABELS, TRANSACTIONS, EventKind
 from pipelines.features.catalog import ENTITIES
+from pipelines.offline.distributed import RayOptions, check_engine
 from pipelines.offline.inputs import read_batches
 from pipelines.offline.sql import entity_features_sql
 from pipelines.offline.store import OfflineLayout
@@ -138,8 +139,16 @@ def backfill(
     on_invalid: OnInvalid = "reject",
     progress: Progress | None = None,
     threads: int | None = None,
+    engine: str = "embedded",
+    ray: RayOptions | None = None,
 ) -> BackfillSummary:
-    """Compute every window feature for every valid transaction and write the offline store under `layout`."""
+    """Compute every window feature for every valid transaction and write the offline store under `layout`.
+
+    `engine`: "embedded" computes the window features in this process's DuckDB; "ray" runs the same SQL per hash
+    shard of each entity on Ray (`pipelines.offline.distributed`, reached as `ray` says). Staging, validation,
+    deduplication and the transactions and labels files are the same code on both.
+    """
+    check_engine(engine)
     started = time.perf_counter()
     report = progress or (lambda stage, fraction: None)
     work = layout.work_dir
@@ -194,9 +203,25 @@ def backfill(
                 "SELECT transaction_id, is_fraud, epoch_ms(label_ms)::TIMESTAMPTZ AS label_timestamp FROM labels",
             )
         )
-        for i, (name, query) in enumerate(views):
-            written[name] = _copy(con, query, layout.file(name))
-            report("computing features", (i + 1) / len(views))
+        if engine == "ray":
+            from pipelines.offline.distributed import entity_features
+
+            # The transactions file first: the Ray workers read it as their input.
+            for name, query in views[len(ENTITIES) :]:
+                written[name] = _copy(con, query, layout.file(name))
+            written |= entity_features(
+                con,
+                layout.transactions_file,
+                work,
+                ray or RayOptions(),
+                lambda name, query: _copy(con, query, layout.file(name)),
+                lambda fraction: report("computing features", fraction),
+            )
+            written = {name: written[name] for name, _ in views}
+        else:
+            for i, (name, query) in enumerate(views):
+                written[name] = _copy(con, query, layout.file(name))
+                report("computing features", (i + 1) / len(views))
         con.close()
     finally:
         if quarantine is not None:
