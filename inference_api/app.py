@@ -13,8 +13,10 @@ from fastapi import FastAPI, Request, Response
 
 from fraudserve import __version__
 from fraudserve.errors import ConfigurationError
+from fraudserve.feature_store import async_redis_client
 from fraudserve.keys import KeyStore, Scope
 from fraudserve.models.device import resolve_device
+from fraudserve.registry.notices import follow
 from fraudserve.settings import AccessLog, FeatureSourceKind, Settings
 from inference_api import errors
 from inference_api.auth import require_unless_public
@@ -28,6 +30,7 @@ from inference_api.observability import Metrics
 from inference_api.routes import admin, fraud, models, oip
 
 log = logging.getLogger("fraudserve.api")
+NOTICE_BLOCK_S = 5.0  # one blocking read of the registry's change notices
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -76,6 +79,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batcher.start()
         app.state.batcher = batcher
         watcher = asyncio.create_task(manager.watch(settings.model_poll_seconds))
+        # Registry change notices (fraudserve/registry/notices.py): a promotion is served within a round trip
+        # instead of a poll interval; the poll above stays as the fallback.
+        notice_client = async_redis_client(settings, settings.redis, timeout_s=NOTICE_BLOCK_S + 5)
+        follower = asyncio.create_task(
+            follow(notice_client, settings.model_name, lambda: asyncio.to_thread(manager.refresh),
+                   block_ms=int(NOTICE_BLOCK_S * 1000))
+        )  # fmt: skip
         # Start-up objects (Feast, pandas, protobuf, the model) live as long as the process: moved out of the
         # collector's reach, so that a full collection does not walk a million of them in the middle of a request.
         gc.collect()
@@ -85,9 +95,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await batcher.close()
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, follower):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await notice_client.aclose()
             if isinstance(source, RedisFeatureSource):
                 await source.close()
 

@@ -64,6 +64,9 @@ def _work(connection: str, consumer: str, until_idle: float | None, index: int =
     worker.run(until_idle_s=until_idle)
 
 
+RESTARTS_PER_MINUTE = 5  # more worker deaths than this in a minute is a crash loop: stop and say so
+
+
 @app.command("run")
 def stream_run(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (consumers of one group).")] = 1,
@@ -71,34 +74,73 @@ def stream_run(
         float | None, typer.Option(help="Stop once the stream has been drained for this many seconds.")
     ] = None,
 ) -> None:
-    """Consume the stream: every event updates its entities' online features, exactly once in effect."""
-    import multiprocessing
-    import socket
+    """Consume the stream: every event updates its entities' online features, exactly once in effect.
 
+    A worker process that dies is replaced by a new consumer; what it had read but not acknowledged is claimed by
+    the others after FRAUDSERVE_STREAM_CLAIM_IDLE_MS. Workers on other machines join the same consumer group by
+    running this command there with the same FRAUDSERVE_REDIS."""
     settings = load_settings()
     try:
         with online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
-            context = multiprocessing.get_context("spawn")
-            names = [f"{socket.gethostname()}-{os.getpid()}-{i}" for i in range(workers)]
-            processes = [
-                context.Process(target=_work, args=(connection, name, until_idle, i)) for i, name in enumerate(names)
-            ]
-            for process in processes:
-                process.start()
             console.print(f"{workers} stream worker(s) consuming (group fraudserve-features); Ctrl-C stops them")
-            try:
-                for process in processes:
-                    process.join()
-            except (KeyboardInterrupt, SystemExit):
-                for process in processes:
-                    process.terminate()
-                    process.join()
-                raise
-            failed = [p.exitcode for p in processes if p.exitcode not in (0, -15)]
-            if failed:
-                raise ValueError(f"{len(failed)} stream worker(s) failed (exit codes {failed}); see the log above")
+            _supervise(connection, workers, until_idle)
     except (FraudserveError, ValueError) as exc:
         raise fail(exc) from exc
+
+
+def _supervise(connection: str, workers: int, until_idle: float | None) -> None:
+    """Run `workers` processes; replace one that dies (not one that finished: `--until-idle` ends with 0)."""
+    import multiprocessing
+    import signal
+    import socket
+    import time
+
+    context = multiprocessing.get_context("spawn")
+    prefix = f"{socket.gethostname()}-{os.getpid()}"
+    started = 0
+    deaths: list[float] = []
+
+    def start(index: int) -> multiprocessing.process.BaseProcess:
+        nonlocal started
+        name = f"{prefix}-{started}"
+        started += 1
+        process = context.Process(target=_work, args=(connection, name, until_idle, index), name=name)
+        process.start()
+        return process
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)  # a terminated supervisor stops its workers, it does not orphan them
+    running = {index: start(index) for index in range(workers)}
+    try:
+        while running:
+            time.sleep(0.5)
+            for index, process in list(running.items()):
+                if process.is_alive():
+                    continue
+                del running[index]
+                if process.exitcode == 0:
+                    continue  # drained (--until-idle)
+                now = time.monotonic()
+                deaths = [t for t in deaths if now - t < 60] + [now]
+                if len(deaths) > RESTARTS_PER_MINUTE:
+                    raise ValueError(
+                        f"stream workers died {len(deaths)} times within a minute (last: {process.name}, exit code "
+                        f"{process.exitcode}); not restarting them. See the log above for the cause"
+                    )
+                replacement = start(index)
+                running[index] = replacement
+                console.print(
+                    f"stream worker {process.name} died (exit code {process.exitcode}); replaced by "
+                    f"{replacement.name}, which claims its unacknowledged events"
+                )
+    except (KeyboardInterrupt, SystemExit):
+        for process in running.values():
+            process.terminate()
+        for process in running.values():
+            process.join()
+        raise
 
 
 @app.command("status")

@@ -23,6 +23,7 @@ from fraudserve.errors import ModelNotFound
 from fraudserve.models.manifest import MANIFEST_FILE, Manifest
 from fraudserve.models.runtime import ModelLoadError, load_runtime
 from fraudserve.registry.checks import RegistrationError, ServiceField, feature_problems, read_package
+from fraudserve.registry.notices import Notices
 from fraudserve.registry.storage import AliasDoc, LocalStorage, Storage
 
 PRODUCTION = "production"
@@ -54,13 +55,20 @@ class ModelVersion:
 
 
 class ModelRegistry:
-    def __init__(self, storage: Storage, services: FeatureServices | None = None) -> None:
+    def __init__(
+        self, storage: Storage, services: FeatureServices | None = None, notices: Notices | None = None
+    ) -> None:
         self.storage = storage
         self.services = services
+        self.notices = notices  # told of every change, so that API instances need not wait for their next poll
 
     @classmethod
-    def at(cls, root: Path, services: FeatureServices | None = None) -> ModelRegistry:
-        return cls(LocalStorage(root), services)
+    def at(cls, root: Path, services: FeatureServices | None = None, notices: Notices | None = None) -> ModelRegistry:
+        return cls(LocalStorage(root), services, notices)
+
+    def _notify(self, name: str, change: str, version: int) -> None:
+        if self.notices is not None:
+            self.notices.publish(name, change, version)
 
     # ------------------------------------------------------------------------------------------------- register
     def register(self, package: Path | str, *, name: str, feature_service: str | None = None) -> ModelVersion:
@@ -81,6 +89,7 @@ class ModelRegistry:
         files[CHECKSUMS_FILE] = json.dumps(sums, indent=2, sort_keys=True).encode()
         version = self.storage.put_version(name, files)
         doc = self.storage.update_aliases(name, lambda d: _first_or_candidate(d, version))
+        self._notify(name, "register", version)
         return self._version(name, version, doc)
 
     def _check_model(self, folder: Path, manifest: Manifest) -> None:
@@ -200,7 +209,9 @@ class ModelRegistry:
                 doc = _move(doc, CANDIDATE, None)
             return doc
 
-        return self._version(name, version, self.storage.update_aliases(name, change))
+        doc = self.storage.update_aliases(name, change)
+        self._notify(name, f"promote:{alias}", version)
+        return self._version(name, version, doc)
 
     def rollback(self, name: str) -> ModelVersion:
         """Move `production` back to the version it pointed to before its last move."""
@@ -216,6 +227,7 @@ class ModelRegistry:
             return _move(doc, PRODUCTION, previous, reason="rollback")
 
         doc = self.storage.update_aliases(name, change)
+        self._notify(name, "rollback", int(doc["aliases"][PRODUCTION]))
         return self._version(name, int(doc["aliases"][PRODUCTION]), doc)
 
 

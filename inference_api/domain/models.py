@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,6 +86,7 @@ class ModelManager:
         # Called once per distinct load failure (with the model name): the API counts them in its metrics.
         self.on_failure = on_failure
         self.state = ManagerState()
+        self._refreshing = threading.Lock()  # the poll and a change notice may ask at the same time
 
     # ------------------------------------------------------------------------------------------------ loading
     def load(self, name: str, version: int) -> LoadedModel:
@@ -128,6 +130,10 @@ class ModelManager:
 
     def refresh(self) -> bool:
         """Follow the registry's aliases; returns whether production changed. Never raises."""
+        with self._refreshing:
+            return self._refresh()
+
+    def _refresh(self) -> bool:
         changed = False
         try:
             production = self.registry.get(self.name, PRODUCTION)

@@ -504,3 +504,9 @@ def test_health_and_metrics_can_require_an_admin_key(deployment: Deployment) -> 
             assert httpx.get(f"{server.url}/metrics").status_code == 200
     finally:
         deployment.settings.keys_file.unlink(missing_ok=True)
+
+
+def test_a_promotion_reaches_the_api_by_change_notice(deployment: Deployment) -> None:
+    from tests.registry_notices import assert_promotion_arrives_by_notice
+
+    assert_promotion_arrives_by_notice(deployment, deployment.redis.client())

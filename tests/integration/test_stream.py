@@ -202,3 +202,53 @@ def test_events_later_than_the_lateness_are_reported(
     assert worker.run(until_idle_s=0.2) == 2
     assert int(client.hget("fraudserve:stream:stats", "late") or 0) == 1
     assert "late" in cli(environment, "stream", "status").stdout
+
+
+@pytest.mark.timeout(300)
+def test_a_dead_worker_process_is_replaced_and_its_events_claimed(
+    offline: tuple[Path, dict[str, Path]], redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psutil
+
+    from pipelines.stream.log import RedisStreamLog
+
+    home, files = offline
+    environment = env_for(home, redis_server, FRAUDSERVE_STREAM_CLAIM_IDLE_MS="1500")
+    assert cli(environment, "stream", "produce", "--file", str(files["transactions_jsonl"])).returncode == 0
+    assert cli(environment, "stream", "produce", "--file", str(files["labels_jsonl"]), "--labels").returncode == 0
+    total = len(jsonl_lines(files["transactions_jsonl"])) + len(jsonl_lines(files["labels_jsonl"]))
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "fraudserve", "stream", "run", "--workers", "2"], env=environment, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    client = redis.Redis(port=redis_server.port)
+    stream = RedisStreamLog(client)
+
+    def workers() -> list[psutil.Process]:
+        return [c for c in psutil.Process(supervisor.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+
+    def processed() -> int:
+        return int(client.hget("fraudserve:stream:stats", "processed") or 0)  # type: ignore[arg-type]
+
+    try:
+        deadline = time.monotonic() + 60
+        while processed() < 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = workers()
+        assert len(first) == 2
+        first[0].kill()  # SIGKILL: no clean-up, what it had read stays pending
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            figures = stream.lag()
+            if processed() >= total and figures["lag"] == 0 and figures["pending"] == 0:
+                break
+            time.sleep(0.2)
+        now = workers()
+        assert len(now) == 2 and first[0].pid not in {c.pid for c in now}
+    finally:
+        supervisor.terminate()
+        output, _ = supervisor.communicate(timeout=30)
+    assert "died (exit code -9); replaced by" in output, output
+    _, alive = psutil.wait_procs(now, timeout=10)
+    assert alive == [], "a terminated `stream run` must stop its workers, not orphan them"
+    assert assert_parity(home, redis_server, monkeypatch) > 1000

@@ -200,3 +200,38 @@ def test_a_version_changed_on_disk_after_registration_fails_verification(
     assert problem is not None and path.name in problem and "checksum" in problem
     path.unlink()
     assert "missing" in str(registry.verify("fraud", model.version))
+
+
+class RecordedNotices:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, int]] = []
+
+    def publish(self, name: str, change: str, version: int) -> None:
+        self.sent.append((name, change, version))
+
+
+def test_every_alias_change_is_announced_after_it_is_stored(tmp_path: Path) -> None:
+    notices = RecordedNotices()
+    registry = ModelRegistry.at(tmp_path / "models", FakeServices(), notices)
+    for i in range(2):
+        registry.register(make_package(tmp_path / f"p{i}", SERVICE, seed=i), name="fraud", feature_service="svc")
+    registry.promote("fraud", 2)
+    registry.rollback("fraud")
+    assert notices.sent == [
+        ("fraud", "register", 1), ("fraud", "register", 2), ("fraud", "promote:production", 2), ("fraud", "rollback", 1)
+    ]  # fmt: skip
+    with pytest.raises(ModelNotFound):
+        registry.promote("fraud", 7)
+    assert len(notices.sent) == 4  # a refused change announces nothing
+
+
+def test_a_notice_that_cannot_be_sent_does_not_fail_the_change(tmp_path: Path) -> None:
+    import redis
+
+    from fraudserve.embedded_redis import free_port
+    from fraudserve.registry.notices import RedisNotices
+
+    unreachable = redis.Redis(port=free_port(), socket_connect_timeout=0.5)  # nothing listens there
+    registry = ModelRegistry.at(tmp_path / "models", FakeServices(), RedisNotices(unreachable))
+    registry.register(make_package(tmp_path / "p", SERVICE, seed=1), name="fraud", feature_service="svc")
+    assert registry.get("fraud").version == 1
