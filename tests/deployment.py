@@ -1,5 +1,8 @@
 """A whole deployment for API tests: a real Redis, generated data, Feast apply, backfill, a trained and registered
-model, materialized features. Shared by the API tests so that each module builds one the same way."""
+model, materialized features. Shared by the API tests so that each module builds one the same way.
+
+`deploy(..., cluster=True)` builds the same on a real local Redis Cluster (tests/redis_cluster.py, three masters)
+with FRAUDSERVE_REDIS_TYPE=redis_cluster; `Deployment.redis` is then that `RedisCluster`."""
 
 from __future__ import annotations
 
@@ -21,16 +24,23 @@ from pipelines.materialize import materialize
 from pipelines.offline.backfill import backfill
 from pipelines.training.dataset import build_training_set
 from pipelines.training.train import TrainConfig, train
+from tests.redis_cluster import RedisCluster
 from tests.redis_process import RedisProcess
 
 
 @dataclass
 class Deployment:
     settings: Settings
-    redis: RedisProcess
+    redis: RedisProcess | RedisCluster  # a RedisCluster only with deploy(cluster=True)
     registry: ModelRegistry
     packages: list[Path]
     recent: list[str]  # recent transaction ids, with device and IP
+
+    @property
+    def cluster(self) -> RedisCluster:
+        """The Redis Cluster of a `deploy(cluster=True)` deployment."""
+        assert isinstance(self.redis, RedisCluster), "not a cluster deployment: deploy(..., cluster=True)"
+        return self.redis
 
 
 @contextmanager
@@ -40,15 +50,23 @@ def deploy(
     appendonly: bool = False,
     seed: int = 21,
     recent: int = 40,
+    cluster: bool = False,
 ) -> Iterator[Deployment]:
     """Build a deployment under `root`; the first flavor's package is registered as model "fraud" (production).
 
-    `appendonly`: Redis with AOF, for tests that restart it; `recent`: how many recent ids (with device and IP)."""
-    redis = RedisProcess(root / "redis", appendonly=appendonly).start()
+    `appendonly`: Redis with AOF, for tests that restart it; `recent`: how many recent ids (with device and IP);
+    `cluster`: a local three-master Redis Cluster instead of one redis-server (Feast's `redis_type: redis_cluster`;
+    materialize then runs Feast's own engine, the fast one being single-node only)."""
+    if cluster and appendonly:
+        raise ValueError("deploy(cluster=True) does not run its nodes with AOF")
+    redis: RedisProcess | RedisCluster = (
+        RedisCluster(root / "redis-cluster").start() if cluster else RedisProcess(root / "redis", appendonly).start()
+    )
     try:
         with pytest.MonkeyPatch.context() as monkeypatch:
             monkeypatch.setenv("FRAUDSERVE_HOME", str(root / "home"))
             monkeypatch.setenv("FRAUDSERVE_REDIS", redis.connection_string)
+            monkeypatch.setenv("FRAUDSERVE_REDIS_TYPE", "redis_cluster" if cluster else "redis")
             monkeypatch.setenv("FRAUDSERVE_MODEL_POLL_SECONDS", "0.2")
             settings = Settings()
             end = datetime.now(UTC).replace(second=0, microsecond=0)  # fresh features: within every TTL

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from fraudserve.errors import RedisUnavailable
 from inference_api.domain.plan import FeaturePlan
@@ -65,7 +66,8 @@ async def within_budget(call: Awaitable[T], budget_s: float) -> T:
             f"the online store did not answer within {budget_s * 1000:.0f} ms; try again shortly",
             {"budget_ms": round(budget_s * 1000)},
         ) from exc
-    except (redis.RedisError, OSError) as exc:
+    except (redis.RedisError, RedisClusterException, OSError) as exc:
+        # RedisClusterException (not a RedisError): a cluster whose slot map cannot be loaded or lacks a slot.
         raise RedisUnavailable(
             "the online store (Redis) is unavailable; try again shortly", {"reason": type(exc).__name__}
         ) from exc

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisClusterException
 
 from inference_api.domain.features import TransactionRecord, ViewValues, within_budget
 from inference_api.domain.plan import FeaturePlan, ViewRead
@@ -99,16 +100,18 @@ class RedisFeatureSource:
         if not isinstance(config, RedisOnlineStoreConfig):
             raise TypeError("RedisFeatureSource needs Feast's Redis online store")
         nodes, params = RedisOnlineStore._parse_connection_string(config.connection_string)
-        options = {"socket_timeout": budget_s, "socket_connect_timeout": budget_s, **params}
+        # One immediate retry (a pooled connection that a Redis restart closed reconnects; on a cluster, one refresh
+        # of the slot map after a connection error or a MOVED), no backoff: redis-py's defaults (3 retries with
+        # exponential backoff; up to 10 s between tries on a cluster) spend seconds on a refused connection, so
+        # every request during an outage would wait out the whole budget instead of answering features_unavailable.
+        options: dict[str, Any] = {"socket_timeout": budget_s, "socket_connect_timeout": budget_s}
+        options["retry"] = Retry(NoBackoff(), 1)
+        options.update(params)
         self.client: aioredis.Redis | aioredis.RedisCluster
         if config.redis_type == RedisType.redis_cluster:
             startup = [aioredis.cluster.ClusterNode(n["host"], int(n["port"])) for n in nodes]
             self.client = aioredis.RedisCluster(startup_nodes=startup, **options)
         else:
-            # One immediate retry (a pooled connection that a Redis restart closed reconnects), no backoff: redis-py's
-            # default (3 retries, exponential backoff) spends seconds on a refused connection, so every request
-            # during an outage would wait out the whole budget instead of answering features_unavailable at once.
-            options = {"retry": Retry(NoBackoff(), 1), **options}
             self.client = aioredis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **options)
         self.project = store.config.project.encode()
         self.version = store.config.entity_key_serialization_version
@@ -184,10 +187,15 @@ class RedisFeatureSource:
         return result
 
     async def ping(self) -> bool:
+        """Whether the online store answers. On a cluster every master must: a plain PING goes to one random node,
+        which says nothing of the slots a dead master held."""
         try:
-            pong: Any = self.client.ping()
+            if isinstance(self.client, aioredis.RedisCluster):
+                pong: Any = self.client.ping(target_nodes=aioredis.RedisCluster.PRIMARIES)
+            else:
+                pong = self.client.ping()
             return bool(await asyncio.wait_for(pong, timeout=self.budget_s))
-        except (redis.RedisError, OSError, TimeoutError):
+        except (redis.RedisError, RedisClusterException, OSError, TimeoutError):
             return False
 
     async def close(self) -> None:
