@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import TaskID
@@ -50,10 +50,15 @@ def features_backfill(
     ] = None,
 ) -> None:
     """Offline pipeline: raw events to every feature, point in time, into the offline store."""
+    from pydantic import ValidationError
+
     from pipelines.offline.backfill import backfill
     from pipelines.offline.distributed import RayOptions, check_engine
 
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ValidationError as exc:
+        raise fail(ValueError(_settings_error(exc))) from exc
     try:
         chosen = check_engine(engine or settings.offline_engine.value)
         ray = RayOptions(
@@ -97,6 +102,15 @@ def features_backfill(
         out.print(f"[yellow]{rejected:,} invalid events quarantined in {summary.quarantine}[/]")
     if summary.labels_without_transaction:
         out.print(f"[yellow]{summary.labels_without_transaction:,} labels name no known transaction[/]")
+
+
+def _settings_error(exc: Any) -> str:
+    """A settings error in terms of the FRAUDSERVE_* variables a person sets."""
+    lines = []
+    for error in exc.errors():
+        name = "FRAUDSERVE_" + "_".join(str(part) for part in error["loc"]).upper()
+        lines.append(f"{name}={error.get('input')!r}: {error['msg']}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
 
 
 @app.command("materialize")

@@ -70,7 +70,7 @@ class RayOptions:
     shards: int | None = None
     object_store_mb: int = 2048
     cpus: int | None = None
-    rows_per_task: int = 1_000_000
+    rows_per_task: int = 500_000
 
 
 def _ray() -> Any:
@@ -120,6 +120,8 @@ def ray_session(options: RayOptions) -> Iterator[Any]:
 
 
 # ---------------------------------------------------------------------------------------- the functions on workers
+# Rows of a Parquet file: the row groups that hold them, the offset of the first within those, how many.
+Slice = tuple[list[int], int, int]
 LABEL_SCHEMA = pa.schema(
     [pa.field("transaction_id", pa.string()), pa.field("is_fraud", pa.bool_()), pa.field("label_ms", pa.int64())]
 )
@@ -142,11 +144,10 @@ def _split(con: duckdb.DuckDBPyConnection, query: str, key: str, shards: int) ->
     return [tagged.filter(pc.equal(shard, s)) for s in range(shards)]
 
 
-def _map_transactions(
-    path: str, row_groups: list[int], columns: list[str], key: str, shards: int
-) -> tuple[pa.Table, ...]:
+def _map_transactions(path: str, rows: Slice, columns: list[str], key: str, shards: int) -> tuple[pa.Table, ...]:
     """Map: a slice of the transactions file (its time as `ts_ms`), split by the shard of `key`."""
-    table = pq.ParquetFile(path).read_row_groups(row_groups, columns=columns)
+    row_groups, offset, length = rows
+    table = pq.ParquetFile(path).read_row_groups(row_groups, columns=columns).slice(offset, length)
     con = _connect()
     con.register("batch", table)
     selected = ", ".join(c if c != TX_TIME else f"{TX_TIME} AS ts_ms" for c in columns)
@@ -188,17 +189,18 @@ def _columns(entity: EntitySpec, available: list[str]) -> list[str]:
     return [name for name in available if name in wanted]
 
 
-def _slices(path: Path, rows_per_slice: int) -> list[list[int]]:
-    """Consecutive row groups of about `rows_per_slice` rows: one map task each."""
+def _slices(path: Path, rows_per_slice: int) -> list[Slice]:
+    """The file's rows in consecutive slices of `rows_per_slice` (one map task each), as the row groups that hold
+    a slice, and the slice's offset and length within them."""
     metadata = pq.ParquetFile(path).metadata
-    slices: list[list[int]] = [[]]
-    rows = 0
+    starts = [0]
     for i in range(metadata.num_row_groups):
-        if rows >= rows_per_slice:
-            slices.append([])
-            rows = 0
-        slices[-1].append(i)
-        rows += metadata.row_group(i).num_rows
+        starts.append(starts[-1] + metadata.row_group(i).num_rows)
+    slices: list[Slice] = []
+    for begin in range(0, starts[-1], rows_per_slice):
+        end = min(begin + rows_per_slice, starts[-1])
+        groups = [i for i in range(metadata.num_row_groups) if starts[i] < end and starts[i + 1] > begin]
+        slices.append((groups, begin - starts[groups[0]], end - begin))
     return slices
 
 
@@ -227,8 +229,7 @@ def entity_features(
             key, sql = entity.join_key, entity_features_sql(entity)
             columns = _columns(entity, available)
             pieces = [
-                _as_list(map_transactions.remote(str(transactions_file), row_groups, columns, key, shards))
-                for row_groups in slices
+                _as_list(map_transactions.remote(str(transactions_file), rows, columns, key, shards)) for rows in slices
             ]
             label_pieces: list[Any] = []
             if _needs_labels(entity):  # each label with its transaction's key, to that key's shard
@@ -241,6 +242,7 @@ def entity_features(
             results = [
                 reduce.remote(sql, len(pieces), *(p[s] for p in pieces), *([label_pieces[s]] if label_pieces else []))
                 for s in range(shards)
+                if pieces  # no transactions: an empty file of the view's schema
             ]
             del pieces, label_pieces  # the reduces hold them now; the object store frees each piece after use
             # The output schema: the same SQL on the driver's tables, no rows.
