@@ -203,7 +203,8 @@ class OnlineUpdater:
             mapping, stale = computed
             row = entity_key(self.project, entity.join_key, key)
             fields = [item for pair in mapping.items() for item in pair]
-            writes.eval(GUARDED_WRITE, 1, row, version_field(entity.view), int(version), *fields)
+            # execute_command: redis-py's ClusterPipeline has no eval(); EVAL with one key routes to that key's node.
+            writes.execute_command("EVAL", GUARDED_WRITE, 1, row, version_field(entity.view), int(version), *fields)
             if stale:
                 writes.hdel(state_key(entity, key), *stale)
         written = writes.execute()

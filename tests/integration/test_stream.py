@@ -23,6 +23,7 @@ from pipelines.generate import GenerateConfig, generate
 from pipelines.offline.backfill import backfill
 from pipelines.stream.log import DEAD_LETTER
 from tests.parity import entity_mismatches
+from tests.redis_cluster import RedisCluster
 from tests.redis_process import RedisProcess
 
 
@@ -41,7 +42,7 @@ def offline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, di
     yield home, generated.files
 
 
-def env_for(home: Path, server: RedisProcess, **extra: str) -> dict[str, str]:
+def env_for(home: Path, server: RedisProcess | RedisCluster, **extra: str) -> dict[str, str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSERVE_")}
     environment.update(
         {"FRAUDSERVE_HOME": str(home), "FRAUDSERVE_REDIS": server.connection_string, "COLUMNS": "200", **extra}
@@ -56,8 +57,10 @@ def cli(environment: dict[str, str], *args: str) -> subprocess.CompletedProcess[
     )  # fmt: skip
 
 
-def assert_parity(home: Path, server: RedisProcess, monkeypatch: pytest.MonkeyPatch) -> int:
+def assert_parity(home: Path, server: RedisProcess | RedisCluster, monkeypatch: pytest.MonkeyPatch) -> int:
     monkeypatch.setenv("FRAUDSERVE_HOME", str(home))
+    if isinstance(server, RedisCluster):
+        monkeypatch.setenv("FRAUDSERVE_REDIS_TYPE", "redis_cluster")
     settings = Settings()
     store = feature_store.open_store(settings, server.connection_string)
     compared, mismatches = entity_mismatches(store, settings.offline, rel=1e-9)
@@ -252,3 +255,27 @@ def test_a_dead_worker_process_is_replaced_and_its_events_claimed(
     _, alive = psutil.wait_procs(now, timeout=10)
     assert alive == [], "a terminated `stream run` must stop its workers, not orphan them"
     assert assert_parity(home, redis_server, monkeypatch) > 1000
+
+
+@pytest.mark.timeout(400)
+def test_on_a_redis_cluster_two_workers_reach_offline_parity(
+    offline: tuple[Path, dict[str, Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three masters: entity histories, versions, Feast rows, the stream and the stats spread over the nodes."""
+    home, files = offline
+    with RedisCluster(tmp_path / "cluster") as cluster:
+        environment = env_for(home, cluster, FRAUDSERVE_REDIS_TYPE="redis_cluster")
+        for _ in range(2):  # every event delivered twice
+            produced = cli(environment, "stream", "produce", "--file", str(files["transactions_jsonl"]))
+            assert produced.returncode == 0, produced.stderr
+            labels = cli(environment, "stream", "produce", "--file", str(files["labels_jsonl"]), "--labels")
+            assert labels.returncode == 0, labels.stderr
+        run = cli(environment, "stream", "run", "--workers", "2", "--until-idle", "2")
+        assert run.returncode == 0, run.stderr
+        assert assert_parity(home, cluster, monkeypatch) > 1000
+        keys = cluster.dbsize()
+        assert len(keys) == 3 and min(keys.values()) > 100, keys  # really spread over the three masters
+        status = cli(environment, "stream", "status")
+        assert status.returncode == 0, status.stderr
+        processed_row = next(line for line in status.stdout.splitlines() if " processed " in f" {line} ")
+        assert int(processed_row.split()[-2].replace(",", "")) >= 2 * len(jsonl_lines(files["transactions_jsonl"]))
