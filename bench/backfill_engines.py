@@ -111,7 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.transactions:
         args.cards = max(1, round(args.transactions / (TRANSACTIONS_PER_CARD_DAY * args.days)))
-    console = Console()
+    console = Console(width=160)
     result: dict[str, object] = {
         "machine": machine(),
         "started": datetime.now(UTC).isoformat(),
@@ -130,14 +130,26 @@ def main() -> None:
             console.log(f"backfill: {engine} engine")
             layout = OfflineLayout(Path(tmp) / engine / "offline")
             ray = RayOptions(shards=args.shards, object_store_mb=args.object_store_mb)
+            stages: dict[str, float] = {}
+            started = time.perf_counter()
+
+            def progress(
+                stage: str, fraction: float, stages: dict[str, float] = stages, started: float = started
+            ) -> None:
+                stages.setdefault(stage, time.perf_counter() - started)
+
             with StepRss() as rss, TreeRss() as tree:
-                summary = backfill(transactions, labels, layout, engine=engine, ray=ray)
+                summary = backfill(transactions, labels, layout, engine=engine, ray=ray, progress=progress)
+            # Staging (validation, shared code) ends where the feature computation starts.
+            features_s = summary.seconds - stages.get("computing features", 0.0)
             summaries[engine] = summary
             console.log(f"{engine}: {summary.transactions_per_second:,.0f} transactions/s in {summary.seconds:.1f} s")
             result[f"backfill_{engine}"] = {
                 "transactions": summary.transactions.read,
                 "seconds": summary.seconds,
                 "transactions_per_second": summary.transactions_per_second,
+                "staging_and_dedupe_seconds": summary.seconds - features_s,
+                "features_seconds": features_s,
                 "rows_written": summary.rows_written,
                 "step_peak_rss_mb": rss.peak_mb,
                 "step_peak_tree_rss_mb": tree.peak_mb,
@@ -146,7 +158,8 @@ def main() -> None:
             rows.append(
                 (
                     f"backfill, {engine}",
-                    f"{summary.transactions.read:,} transactions in {summary.seconds:.1f} s",
+                    f"{summary.transactions.read:,} transactions in {summary.seconds:.1f} s "
+                    f"(features and files: {features_s:.1f} s)",
                     f"{summary.transactions_per_second:,.0f} transactions/s",
                     f"{rss.peak_mb:,.0f} MB",
                     f"{tree.peak_mb:,.0f} MB",
