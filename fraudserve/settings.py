@@ -87,6 +87,15 @@ class Settings(BaseSettings):
         default=15_000, ge=100, description="A worker takes over entries another worker left unacknowledged this long."
     )
 
+    stream_partitions: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="Redis streams the events are spread over (transactions by card, labels by transaction). On a "
+        "Redis Cluster, more than one spreads the stream's own load over the nodes. Producers and workers must use "
+        "the same number; drain the stream before changing it.",
+    )
+
     stream_metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Serve each worker's Prometheus metrics from this port up (0: off)."
     )

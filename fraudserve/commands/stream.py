@@ -40,6 +40,7 @@ def stream_produce(
                 file,
                 LABELS if labels else TRANSACTIONS,
                 progress=lambda fraction: progress.update(task, completed=fraction),
+                partitions=settings.stream_partitions,
             )
     except (FraudserveError, ValueError) as exc:
         raise fail(exc) from exc
@@ -58,6 +59,7 @@ def _work(connection: str, consumer: str, until_idle: float | None, index: int =
         consumer,
         lateness,
         claim_idle_ms=settings.stream_claim_idle_ms,
+        partitions=settings.stream_partitions,
     )
     if settings.stream_metrics_port:
         worker.metrics.serve(settings.stream_metrics_port + index)
@@ -151,7 +153,7 @@ def stream_status() -> None:
 
     settings = load_settings()
     with online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
-        figures = status(redis_client(settings, connection))
+        figures = status(redis_client(settings, connection), partitions=settings.stream_partitions)
     table = Table(title="stream fraudserve:events, group fraudserve-features")
     table.add_column("figure")
     table.add_column("value", justify="right")

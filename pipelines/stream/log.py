@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ class Entry:
     id: str
     kind: str  # "transaction" or "label"
     event: dict[str, Any]  # validated, timestamps as epoch milliseconds
+    stream: str = EVENTS  # the partition it was read from
 
     @property
     def appended_ms(self) -> int:
@@ -34,29 +36,54 @@ class EventLog(Protocol):
 
     def claim_stale(self, consumer: str, idle_ms: int, count: int) -> list[Entry]: ...
 
-    def ack(self, ids: Sequence[str]) -> None: ...
+    def ack(self, entries: Sequence[Entry]) -> None: ...
+
+
+def partition_keys(stream: str, partitions: int) -> list[str]:
+    """The stream keys: the name itself for one partition; else one key per partition, each its own hash tag, so
+    that a Redis Cluster spreads them (and the stream's load) over its nodes."""
+    return [stream] if partitions == 1 else [f"{stream}:{{{p}}}" for p in range(partitions)]
+
+
+def partition_of(kind: str, event: dict[str, Any], partitions: int) -> int:
+    """Transactions by card (a card's events stay in order), labels by transaction id; stable across processes."""
+    if partitions == 1:
+        return 0
+    key = event["card_id"] if kind == "transaction" else event["transaction_id"]
+    return zlib.crc32(str(key).encode()) % partitions
 
 
 class RedisStreamLog:
-    """Redis Streams with one consumer group: XADD, XREADGROUP, XACK, and XAUTOCLAIM for a dead worker's entries."""
+    """Redis Streams with one consumer group: XADD, XREADGROUP, XACK, and XAUTOCLAIM for a dead worker's entries.
 
-    def __init__(self, client: redis.Redis, stream: str = EVENTS, group: str = GROUP) -> None:
+    With `partitions` > 1 the events are spread over that many stream keys, each with the same consumer group;
+    every worker reads from every partition, and the group shares each partition's entries among the workers.
+    Producers and workers must agree on the number (FRAUDSERVE_STREAM_PARTITIONS)."""
+
+    def __init__(self, client: redis.Redis, stream: str = EVENTS, group: str = GROUP, partitions: int = 1) -> None:
+        if partitions < 1:
+            raise ValueError(f"stream partitions must be at least 1, got {partitions}")
         # redis-py's sync methods are typed as `Awaitable[T] | T`; this module uses the sync client only.
         self.client: Any = client
         self.stream = stream
         self.group = group
+        self.partitions = partitions
+        self.streams = partition_keys(stream, partitions)
+        self._next = 0  # the partition the next read starts at (round robin, so none starves)
 
     def ensure_group(self) -> None:
-        try:
-            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream in self.streams:
+            try:
+                self.client.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     def append(self, kind: str, events: Sequence[dict[str, Any]]) -> int:
         pipe = self.client.pipeline(transaction=False)
         for event in events:
-            pipe.xadd(self.stream, {"kind": kind, "event": json.dumps(event, separators=(",", ":"))})
+            stream = self.streams[partition_of(kind, event, self.partitions)]
+            pipe.xadd(stream, {"kind": kind, "event": json.dumps(event, separators=(",", ":"))})
         pipe.execute()
         return len(events)
 
@@ -68,49 +95,79 @@ class RedisStreamLog:
         return len(rows)
 
     @staticmethod
-    def _entries(raw: Any) -> list[Entry]:
+    def _entries(raw: Any, stream: str) -> list[Entry]:
         entries = []
         for entry_id, fields in raw:
             if not fields:  # deleted while pending
                 continue
             key = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-            entries.append(Entry(key, fields[b"kind"].decode(), json.loads(fields[b"event"])))
+            entries.append(Entry(key, fields[b"kind"].decode(), json.loads(fields[b"event"]), stream))
         return entries
 
+    def _read_one(self, stream: str, consumer: str, count: int, block_ms: int | None) -> list[Entry]:
+        reply = self.client.xreadgroup(self.group, consumer, {stream: ">"}, count=count, block=block_ms)
+        return self._entries(reply[0][1], stream) if reply else []
+
     def read(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
-        reply = self.client.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count, block=block_ms)
-        return self._entries(reply[0][1]) if reply else []
+        """Up to `count` new entries of one partition; waits up to `block_ms` when every partition is empty."""
+        if self.partitions == 1:
+            return self._read_one(self.stream, consumer, count, block_ms)
+        for step in range(self.partitions):  # without waiting, from the partition after the last one read
+            index = (self._next + step) % self.partitions
+            entries = self._read_one(self.streams[index], consumer, count, None)
+            if entries:
+                self._next = index + 1
+                return entries
+        # All empty: wait on one partition at a time (a cluster cannot block on keys of several nodes at once),
+        # briefly, so that an entry arriving in another partition waits at most that long.
+        self._next += 1
+        return self._read_one(self.streams[self._next % self.partitions], consumer, count, min(block_ms, 50))
 
     def claim_stale(self, consumer: str, idle_ms: int, count: int) -> list[Entry]:
-        reply = self.client.xautoclaim(self.stream, self.group, consumer, min_idle_time=idle_ms, count=count)
-        return self._entries(reply[1])
+        entries: list[Entry] = []
+        for stream in self.streams:
+            reply = self.client.xautoclaim(stream, self.group, consumer, min_idle_time=idle_ms, count=count)
+            entries += self._entries(reply[1], stream)
+            if len(entries) >= count:
+                break
+        return entries
 
-    def ack(self, ids: Sequence[str]) -> None:
-        if ids:
-            self.client.xack(self.stream, self.group, *ids)
+    def ack(self, entries: Sequence[Entry]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for entry in entries:
+            by_stream.setdefault(entry.stream, []).append(entry.id)
+        for stream, ids in by_stream.items():
+            self.client.xack(stream, self.group, *ids)
 
     def lag(self) -> dict[str, int]:
-        """Entries not yet delivered (lag) and delivered but not acknowledged (pending)."""
+        """Entries not yet delivered (lag) and delivered but not acknowledged (pending), over every partition."""
+        total = {"lag": 0, "pending": 0, "length": 0}
+        for stream in self.streams:
+            for name, value in self._lag(stream).items():
+                total[name] += value
+        return total
+
+    def _lag(self, stream: str) -> dict[str, int]:
         try:
-            groups = self.client.xinfo_groups(self.stream)
+            groups = self.client.xinfo_groups(stream)
         except redis.ResponseError:
             return {"lag": 0, "pending": 0, "length": 0}
         info = next((g for g in groups if g["name"] in (self.group, self.group.encode())), None)
-        length = int(self.client.xlen(self.stream))
+        length = int(self.client.xlen(stream))
         if info is None:
             return {"lag": length, "pending": 0, "length": length}
         lag = info.get("lag")
         if lag is None:  # Redis did not keep the group's read counter (a restart replays the AOF without it)
-            lag = self._undelivered(info["last-delivered-id"])
+            lag = self._undelivered(stream, info["last-delivered-id"])
         return {"lag": int(lag), "pending": int(info["pending"]), "length": length}
 
-    def _undelivered(self, last_delivered: bytes | str, chunk: int = 10_000) -> int:
+    def _undelivered(self, stream: str, last_delivered: bytes | str, chunk: int = 10_000) -> int:
         """Entries after the group's last delivered id, counted (only when Redis cannot say: lag reads as 0
         otherwise, and a worker run `--until-idle` would stop with the stream not drained)."""
         start = last_delivered.decode() if isinstance(last_delivered, bytes) else str(last_delivered)
         count = 0
         while True:
-            entries = self.client.xrange(self.stream, min=f"({start}", max="+", count=chunk)
+            entries = self.client.xrange(stream, min=f"({start}", max="+", count=chunk)
             count += len(entries)
             if len(entries) < chunk:
                 return count

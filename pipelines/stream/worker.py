@@ -37,10 +37,11 @@ def _normalized(kind: EventKind, table: pa.Table) -> list[dict[str, Any]]:
 
 
 def produce(
-    client: redis.Redis, path: Path, kind: EventKind, progress: Callable[[float], None] | None = None
-) -> dict[str, int]:
+    client: redis.Redis, path: Path, kind: EventKind, progress: Callable[[float], None] | None = None,
+    partitions: int = 1,
+) -> dict[str, int]:  # fmt: skip
     """Validate the events of a file and append them; invalid ones go to the dead-letter stream with the reason."""
-    stream = RedisStreamLog(client)
+    stream = RedisStreamLog(client, partitions=partitions)
     counts = {"appended": 0, "dead_letter": 0}
     for batch in read_batches(path, kind.schema.names, batch_rows=20_000):
         checked = check(kind, batch.columns, batch.rows, batch.unreadable)
@@ -83,10 +84,10 @@ class WorkerMetrics:
 class Worker:
     def __init__(
         self, client: redis.Redis, project: str, consumer: str, lateness: timedelta, batch: int = 500,
-        claim_idle_ms: int = 15_000,
+        claim_idle_ms: int = 15_000, partitions: int = 1,
     ) -> None:  # fmt: skip
         self.client: Any = client
-        self.stream = RedisStreamLog(client)
+        self.stream = RedisStreamLog(client, partitions=partitions)
         self.updater = OnlineUpdater(client, project, lateness)
         self.consumer = consumer
         self.batch = batch
@@ -100,7 +101,7 @@ class Worker:
         labels = [e.event for e in entries if e.kind == LABELS.name]
         late = self._late(transactions)
         applied = self.updater.apply(transactions, labels)
-        self.stream.ack([e.id for e in entries])
+        self.stream.ack(entries)
         now_ms = int(time.time() * 1000)
         pipe = self.client.pipeline(transaction=False)
         pipe.hincrby(STATS, "processed", len(entries))
@@ -175,9 +176,9 @@ class Worker:
                     return
 
 
-def status(client: redis.Redis, sample_s: float = 1.0) -> dict[str, Any]:
-    """Lag per consumer group, events/s, dead letters and freshness (append to online visibility, p50/p99)."""
-    stream = RedisStreamLog(client)
+def status(client: redis.Redis, sample_s: float = 1.0, partitions: int = 1) -> dict[str, Any]:
+    """Lag of the consumer group, events/s, dead letters and freshness (append to online visibility, p50/p99)."""
+    stream = RedisStreamLog(client, partitions=partitions)
     before = int(client.hget(STATS, "processed") or 0)  # type: ignore[arg-type]
     time.sleep(sample_s)
     stats = {k.decode(): int(v) for k, v in client.hgetall(STATS).items()}  # type: ignore[union-attr]

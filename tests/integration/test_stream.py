@@ -258,13 +258,13 @@ def test_a_dead_worker_process_is_replaced_and_its_events_claimed(
 
 
 @pytest.mark.timeout(400)
-def test_on_a_redis_cluster_two_workers_reach_offline_parity(
+def test_on_a_redis_cluster_with_four_partitions_two_workers_reach_offline_parity(
     offline: tuple[Path, dict[str, Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Three masters: entity histories, versions, Feast rows, the stream and the stats spread over the nodes."""
     home, files = offline
     with RedisCluster(tmp_path / "cluster") as cluster:
-        environment = env_for(home, cluster, FRAUDSERVE_REDIS_TYPE="redis_cluster")
+        environment = env_for(home, cluster, FRAUDSERVE_REDIS_TYPE="redis_cluster", FRAUDSERVE_STREAM_PARTITIONS="4")
         for _ in range(2):  # every event delivered twice
             produced = cli(environment, "stream", "produce", "--file", str(files["transactions_jsonl"]))
             assert produced.returncode == 0, produced.stderr
@@ -275,6 +275,10 @@ def test_on_a_redis_cluster_two_workers_reach_offline_parity(
         assert assert_parity(home, cluster, monkeypatch) > 1000
         keys = cluster.dbsize()
         assert len(keys) == 3 and min(keys.values()) > 100, keys  # really spread over the three masters
+        partitions = [cluster.client().xlen(f"fraudserve:events:{{{p}}}") for p in range(4)]
+        assert min(partitions) > 0 and sum(partitions) == 2 * (  # type: ignore[operator]
+            len(jsonl_lines(files["transactions_jsonl"])) + len(jsonl_lines(files["labels_jsonl"]))
+        )
         status = cli(environment, "stream", "status")
         assert status.returncode == 0, status.stderr
         processed_row = next(line for line in status.stdout.splitlines() if " processed " in f" {line} ")
