@@ -4,7 +4,8 @@ One deployment (tests/deployment.py `deploy(cluster=True)`: FRAUDSERVE_REDIS lis
 FRAUDSERVE_REDIS_TYPE=redis_cluster, materialized by Feast's own engine). The API's reader (two pipelined round trips
 on a cluster) is checked against two independent readers of the same cluster: Feast's SDK (`get_online_features`,
 then the model and the explainer applied here) and an API instance reading through Feast's async SDK
-(FRAUDSERVE_FEATURE_SOURCE=feast). The last test kills a master: requests then fail as 503 features_unavailable.
+(FRAUDSERVE_FEATURE_SOURCE=feast). The last test kills a master, then all: requests fail as 503
+features_unavailable, never 500.
 """
 
 from __future__ import annotations
@@ -177,3 +178,11 @@ def test_a_killed_master_is_features_unavailable_not_a_500(deployment: Deploymen
     assert httpx.get(f"{api}/v2/health/live", timeout=30).status_code == 200
     with pytest.raises(redis.ConnectionError):
         cluster.node_client(victim).ping()
+    # Then every master: redis-py cannot load a slot map at all and raises RedisClusterException, which is not a
+    # RedisError; still 503 features_unavailable, and readiness false.
+    for port in cluster.ports:
+        cluster.kill(port)
+    for transaction_id in deployment.recent[:3]:
+        message = error_of(score(api, transaction_id), 503, "features_unavailable")
+        assert "online store" in message
+    assert httpx.get(f"{api}/v2/health/ready", timeout=30).json()["online_store"] is False
