@@ -103,6 +103,7 @@ def ray_session(options: RayOptions) -> Iterator[Any]:
             ray.init(address=options.address, **quiet)
         else:
             ray.init(
+                address="local",  # a new Ray of our own, never one that RAY_ADDRESS or an earlier `ray start` names
                 num_cpus=options.cpus or os.cpu_count() or 1,
                 object_store_memory=options.object_store_mb * 2**20,
                 **quiet,
