@@ -162,7 +162,7 @@ def test_a_killed_master_is_features_unavailable_not_a_500(deployment: Deploymen
     client = cluster.client()
     try:
         key = entity_key(b"fraudserve", TRANSACTION.join_key, deployment.recent[0], 3)
-        node = client.get_node_from_key(key)
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
         assert node is not None
         victim = int(node.port)
     finally:
