@@ -54,13 +54,13 @@ def deploy(
 ) -> Iterator[Deployment]:
     """Build a deployment under `root`; the first flavor's package is registered as model "fraud" (production).
 
-    `appendonly`: Redis with AOF, for tests that restart it; `recent`: how many recent ids (with device and IP);
-    `cluster`: a local three-master Redis Cluster instead of one redis-server (Feast's `redis_type: redis_cluster`;
-    materialize then runs Feast's own engine, the fast one being single-node only)."""
-    if cluster and appendonly:
-        raise ValueError("deploy(cluster=True) does not run its nodes with AOF")
+    `appendonly`: Redis (or every cluster node) with AOF, for tests that restart it; `recent`: how many recent ids
+    (with device and IP); `cluster`: a local three-master Redis Cluster instead of one redis-server (Feast's
+    `redis_type: redis_cluster`; materialize then runs Feast's own engine, the fast one being single-node only)."""
     redis: RedisProcess | RedisCluster = (
-        RedisCluster(root / "redis-cluster").start() if cluster else RedisProcess(root / "redis", appendonly).start()
+        RedisCluster(root / "redis-cluster", appendonly=appendonly).start()
+        if cluster
+        else RedisProcess(root / "redis", appendonly).start()
     )
     try:
         with pytest.MonkeyPatch.context() as monkeypatch:

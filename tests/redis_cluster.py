@@ -66,10 +66,13 @@ class RedisCluster:
     """Start and stop a local Redis Cluster of `masters` master nodes with their files in `directory`.
 
     `node_timeout_ms` is the cluster's failure-detection time (`--cluster-node-timeout`); with no replicas a
-    killed master is never replaced, so its slots stay down (`cluster_state:fail` once the others notice).
+    killed master is never replaced, so its slots stay down (`cluster_state:fail` once the others notice) until
+    `restart(port)` brings it back with its node identity (and, with `appendonly`, its data: AOF, fsync every second).
     """
 
-    def __init__(self, directory: Path, masters: int = 3, node_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self, directory: Path, masters: int = 3, node_timeout_ms: int = 5000, appendonly: bool = False
+    ) -> None:
         if masters < 3:
             raise ValueError("redis-cli --cluster create needs at least 3 masters")
         server = shutil.which("redis-server")
@@ -83,6 +86,7 @@ class RedisCluster:
         self.directory = directory
         self.masters = masters
         self.node_timeout_ms = node_timeout_ms
+        self.appendonly = appendonly
         self._ports = _free_cluster_ports(masters)
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -131,9 +135,11 @@ class RedisCluster:
             raise
         return self
 
-    def _start_node(self, port: int) -> None:
+    def _start_node(self, port: int, fresh: bool = True) -> None:
         config = self.directory / f"nodes-{port}.conf"
-        config.unlink(missing_ok=True)  # a fresh cluster: no node identity left from an earlier run
+        if fresh:  # a fresh cluster: no node identity or data left from an earlier run
+            config.unlink(missing_ok=True)
+            shutil.rmtree(self.directory / f"appendonlydir-{port}", ignore_errors=True)
         self.processes[port] = subprocess.Popen(
             [
                 self.server_binary,
@@ -148,7 +154,11 @@ class RedisCluster:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "everysec",
+                "--appenddirname",
+                f"appendonlydir-{port}",
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -262,6 +272,17 @@ class RedisCluster:
             process.kill()
             process.wait(timeout=10)
 
+    def restart(self, port: int) -> None:
+        """Start a killed node again on its port with its node config (the same node, the same slots). Once every
+        node runs again, wait until the whole cluster is `cluster_state:ok`."""
+        if port not in self._ports:
+            raise ValueError(f"{port} is not a node of this cluster ({self.connection_string})")
+        self.kill(port)
+        self._start_node(port, fresh=False)
+        self._wait_node(port)
+        if len(self.processes) == len(self._ports):
+            self._wait_ok()
+
     def stop(self) -> None:
         """Stop every node (terminate, then kill if it lingers) and remove node configs and dumps."""
         for port in list(self.processes):
@@ -276,6 +297,8 @@ class RedisCluster:
         for pattern in ("nodes-*.conf", "dump-*.rdb"):
             for path in self.directory.glob(pattern):
                 path.unlink(missing_ok=True)
+        for path in self.directory.glob("appendonlydir-*"):
+            shutil.rmtree(path, ignore_errors=True)
 
     def __enter__(self) -> RedisCluster:
         return self.start()

@@ -5,11 +5,12 @@ FRAUDSERVE_REDIS_TYPE=redis_cluster, materialized by Feast's own engine). The AP
 on a cluster) is checked against two independent readers of the same cluster: Feast's SDK (`get_online_features`,
 then the model and the explainer applied here) and an API instance reading through Feast's async SDK
 (FRAUDSERVE_FEATURE_SOURCE=feast). The last test kills a master, then all: requests fail as 503
-features_unavailable, never 500.
+features_unavailable, never 500; and score again once the masters are restarted.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -31,7 +32,7 @@ KEY_FIELDS = ("transaction_id", "card_id", "merchant_id", "device_id", "ip_addre
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with deploy(tmp_path_factory.mktemp("cluster"), cluster=True, recent=30) as built:
+    with deploy(tmp_path_factory.mktemp("cluster"), cluster=True, appendonly=True, recent=30) as built:
         yield built
 
 
@@ -157,8 +158,10 @@ def test_unknown_ids_are_not_found_on_the_cluster(deployment: Deployment, api: s
 
 
 def test_a_killed_master_is_features_unavailable_not_a_500(deployment: Deployment, api: str) -> None:
-    """Last in the module: it kills a master for good (no replicas, so its slots stay unserved)."""
+    """Last in the module: it kills a master (no replicas, so its slots stay unserved), then all, then restarts them
+    (same node identities, data from their AOF): the running API scores again, without a restart of its own."""
     cluster = deployment.cluster
+    before = score(api, deployment.recent[0]).json()
     client = cluster.client()
     try:
         key = entity_key(b"fraudserve", TRANSACTION.join_key, deployment.recent[0], 3)
@@ -186,3 +189,12 @@ def test_a_killed_master_is_features_unavailable_not_a_500(deployment: Deploymen
         message = error_of(score(api, transaction_id), 503, "features_unavailable")
         assert "online store" in message
     assert httpx.get(f"{api}/v2/health/ready", timeout=30).json()["online_store"] is False
+    for port in cluster.ports:
+        cluster.restart(port)  # the last one waits for cluster_state:ok everywhere
+    deadline = time.monotonic() + 30
+    while (response := score(api, deployment.recent[0])).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert response.status_code == 200, response.text
+    after = response.json()
+    assert (after["score"], after["label"], after["reasons"]) == (before["score"], before["label"], before["reasons"])
+    assert httpx.get(f"{api}/v2/health/ready", timeout=30).json()["ready"] is True
