@@ -28,7 +28,7 @@ def _notices(settings: Settings) -> RedisNotices | None:
         if running is None:
             return None
         connection = running.connection_string
-    return RedisNotices(redis_client(settings, connection, timeout_s=2.0))
+    return RedisNotices(lambda: redis_client(settings, connection, timeout_s=2.0))
 
 
 __all__ = [

@@ -15,8 +15,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import redis
+from redis.exceptions import RedisClusterException
 
 log = logging.getLogger("fraudserve.registry")
+# redis-py raises RedisClusterException, not a RedisError, when no node of a cluster answers.
+UNAVAILABLE = (redis.RedisError, RedisClusterException, OSError)
 
 NOTICES = "fraudserve:registry:changes"
 MAX_NOTICES = 1000  # kept in the stream (approximately); listeners need only the ones since they last read
@@ -27,17 +30,23 @@ class Notices(Protocol):
 
 
 class RedisNotices:
-    """Appends one entry per change: model name, what changed (register, promote, rollback) and the version."""
+    """Appends one entry per change: model name, what changed (register, promote, rollback) and the version.
 
-    def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
-        self.client: Any = client  # redis-py's sync methods are typed as `Awaitable[T] | T`
+    `connect` makes the client on first use: a cluster client connects when made, and a process that opens the
+    registry without changing it (the API) must not depend on Redis for that."""
+
+    def __init__(self, connect: Callable[[], redis.Redis | redis.RedisCluster]) -> None:
+        self.connect = connect
+        self.client: Any = None  # redis-py's sync methods are typed as `Awaitable[T] | T`
 
     def publish(self, name: str, change: str, version: int) -> None:
         try:
+            if self.client is None:
+                self.client = self.connect()
             self.client.xadd(
                 NOTICES, {"model": name, "change": change, "version": version}, maxlen=MAX_NOTICES, approximate=True
             )
-        except (redis.RedisError, OSError) as exc:
+        except UNAVAILABLE as exc:
             log.warning(
                 "registry change notice not sent; API instances pick the change up at their next poll",
                 extra={"model": name, "change": change, "version": version, "error": str(exc)},
@@ -66,7 +75,7 @@ async def follow(
             if failing:
                 log.info("registry change notices followed again")
                 failing = False
-        except (redis.RedisError, OSError) as exc:
+        except UNAVAILABLE as exc:
             if not failing:
                 log.warning("cannot read registry change notices; polling only", extra={"error": str(exc)})
                 failing = True

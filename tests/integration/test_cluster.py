@@ -157,6 +157,16 @@ def test_unknown_ids_are_not_found_on_the_cluster(deployment: Deployment, api: s
     assert results[1]["error"]["code"] == "transaction_not_found" and results[1]["result"] is None
 
 
+def test_a_promotion_reaches_the_api_by_change_notice_on_the_cluster(deployment: Deployment) -> None:
+    from tests.registry_notices import assert_promotion_arrives_by_notice
+
+    client = deployment.cluster.client()
+    try:
+        assert_promotion_arrives_by_notice(deployment, client)
+    finally:
+        client.close()
+
+
 def test_a_killed_master_is_features_unavailable_not_a_500(deployment: Deployment, api: str) -> None:
     """Last in the module: it kills a master (no replicas, so its slots stay unserved), then all, then restarts them
     (same node identities, data from their AOF): the running API scores again, without a restart of its own."""
@@ -189,6 +199,11 @@ def test_a_killed_master_is_features_unavailable_not_a_500(deployment: Deploymen
         message = error_of(score(api, transaction_id), 503, "features_unavailable")
         assert "online store" in message
     assert httpx.get(f"{api}/v2/health/ready", timeout=30).json()["online_store"] is False
+    # An API process that starts now (a new replica, a restart) comes up: live, not ready, 503 for scores.
+    with ApiServer(deployment.settings) as starting:
+        assert httpx.get(f"{starting.url}/v2/health/live", timeout=30).status_code == 200
+        assert httpx.get(f"{starting.url}/v2/health/ready", timeout=30).status_code == 503
+        error_of(score(starting.url, deployment.recent[0]), 503, "features_unavailable")
     for port in cluster.ports:
         cluster.restart(port)  # the last one waits for cluster_state:ok everywhere
     deadline = time.monotonic() + 30

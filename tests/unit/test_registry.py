@@ -232,6 +232,24 @@ def test_a_notice_that_cannot_be_sent_does_not_fail_the_change(tmp_path: Path) -
     from fraudserve.registry.notices import RedisNotices
 
     unreachable = redis.Redis(port=free_port(), socket_connect_timeout=0.5)  # nothing listens there
-    registry = ModelRegistry.at(tmp_path / "models", FakeServices(), RedisNotices(unreachable))
+    registry = ModelRegistry.at(tmp_path / "models", FakeServices(), RedisNotices(lambda: unreachable))
     registry.register(make_package(tmp_path / "p", SERVICE, seed=1), name="fraud", feature_service="svc")
     assert registry.get("fraud").version == 1
+
+
+def test_an_unreachable_cluster_neither_fails_the_change_nor_is_contacted_before_one(tmp_path: Path) -> None:
+    from redis.exceptions import RedisClusterException
+
+    from fraudserve.registry.notices import RedisNotices
+
+    calls: list[int] = []
+
+    def connect() -> None:
+        calls.append(1)
+        raise RedisClusterException("Redis Cluster cannot be connected")  # what redis-py raises, not a RedisError
+
+    notices = RedisNotices(connect)  # type: ignore[arg-type]
+    registry = ModelRegistry.at(tmp_path / "models", FakeServices(), notices)
+    assert calls == []  # opening the registry (as the API does) does not touch Redis
+    registry.register(make_package(tmp_path / "p", SERVICE, seed=1), name="fraud", feature_service="svc")
+    assert registry.get("fraud").version == 1 and calls == [1]
