@@ -3,20 +3,23 @@
 Every window feature is computed per entity (card, merchant, device, IP): each SQL window is `PARTITION BY` the
 entity's key, and the fraud rate's label timeline is keyed the same way. So hash-partitioning the events by the key
 and running `pipelines.offline.sql.entity_features_sql` unchanged on each shard, in an in-process DuckDB, gives
-exactly the rows of the embedded path. Ray does the distribution, as a map/reduce of Ray tasks: a map task reads a
-slice of row groups of the deduplicated transactions (the offline store's transactions file, which the shared part
-of `backfill` writes first) and splits it by shard (DuckDB's `hash(key) % shards`); a reduce task per shard gathers
-its pieces from the object store and runs the catalog's SQL; the driver streams the shards' rows into the feature
-view's Parquet file with the same DuckDB writer as the embedded path. The merchant's fraud rate needs the labels:
-each label travels with its transaction's merchant, to that merchant's shard.
+the rows of the embedded path: the same rows and values, where window sums and means may differ in the last bits
+(DuckDB's window segment tree groups the additions by the rows that share its hash partition; the embedded path
+does the same when other keys are added to its input). Ray does the distribution, as a map/reduce of Ray tasks: a
+map task reads a slice of rows of the deduplicated transactions (the offline store's transactions file, which the
+shared part of `backfill` writes first) and splits it by shard (DuckDB's `hash(key) % shards`); a reduce task per
+shard gathers its pieces from the object store and runs the catalog's SQL; the driver streams the shards' rows into
+the feature view's Parquet file with the same DuckDB writer as the embedded path. The merchant's fraud rate needs
+the labels: each label travels with its transaction's merchant, to that merchant's shard.
 
 Why Ray tasks rather than Ray Data's `groupby(...).map_groups` (tried first): on this 2-core machine Ray Data's
 keyed shuffle cost 6 to 28 s per entity even on 1,700 transactions (operator and aggregator-actor start-up), where
 plain tasks on warm workers cost milliseconds; the tasks' shuffle is the same hash partitioning, explicitly.
 
 Staging, validation and deduplication are `backfill`'s own and run in the driver, as in the embedded path. With a
-cluster (`FRAUDSERVE_RAY_ADDRESS`), FRAUDSERVE_HOME must be on storage that every node sees (workers read the staged
-files by path) and fraudserve must be installed on the nodes (the shard functions are this module's).
+cluster (`FRAUDSERVE_RAY_ADDRESS`), FRAUDSERVE_HOME must be on storage that every node sees (workers read the
+transactions file and the routed labels under the offline store by path) and fraudserve must be installed on the
+nodes (the shard functions are this module's).
 """
 
 from __future__ import annotations
