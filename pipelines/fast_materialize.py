@@ -13,8 +13,18 @@ after a first round trip that reads each key's stored timestamp: about 10,000 ro
 Why a script rather than Feast's HMGET-then-HSET: it is one round trip instead of two, and it is atomic, so a row the
 stream worker writes between the read and the write can never be overwritten by an older batch row (Feast's two-step
 check has that race). One script call covers `rows_per_command` keys; Redis runs nothing else meanwhile, which caps
-the pause other clients see to about a millisecond per call (500 rows). The script takes several keys, so this path
-is for a single Redis node: `pipelines.materialize` uses Feast's own engine for a cluster or sentinel.
+the pause other clients see to about a millisecond per call (500 rows).
+
+On a Redis Cluster (`redis_type: redis_cluster`) a script's keys must share one hash slot, so each batch's rows are
+ordered by (master, slot) (the slot: CRC16 of the key mod 16384, computed for whole columns; Feast's keys carry no
+hash tag, and any key with a `{` goes through redis-py's `key_slot` to be exact), the calls are cut at slot
+boundaries as well as every `rows_per_command` rows, and each master gets its calls on a connection and a writer
+thread of its own, from the slot map read once at the start. Calls hold a few keys each there (a 100,000-row batch
+spreads over 16,384 slots), so they are EVALSHA of the script loaded on every master beforehand. The single-node path
+sends exactly what it always did. A MOVED, ASK or TRYAGAIN reply means the slot map changed while writing
+(resharding or failover): the run stops with `SlotMapChanged`, which says to rerun once the resharding has finished
+(or to use `--engine feast`) rather than fall back silently; the rows written until then are correct (the script's
+rule), and a rerun completes the rest. A sentinel deployment is still left to Feast's engine.
 
 Then the materialized interval is recorded in Feast's registry (`registry.apply_materialization`), as
 `FeatureStore.materialize` does, so `feast` sees the views as materialized.
@@ -22,6 +32,7 @@ Then the materialized interval is recorded in Feast's registry (`registry.apply_
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -36,6 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fraudserve.errors import FraudserveError
 from pipelines.online_layout import binary_array, encode_timestamps, encode_values, entity_keys, feature_field, ts_field
 
 if TYPE_CHECKING:
@@ -128,6 +140,13 @@ _FEAST_DTYPES = {"Int64": "int64", "Float64": "float64", "String": "string"}
 
 class UnsupportedView(ValueError):
     """A feature view this path cannot write exactly as Feast would: the caller falls back to Feast's engine."""
+
+
+class SlotMapChanged(FraudserveError):
+    """A cluster master answered MOVED, ASK or TRYAGAIN: its slots moved since the slot map was read."""
+
+    code = "slot_map_changed"
+    status = 503
 
 
 @dataclass(frozen=True)
@@ -239,8 +258,50 @@ class Commands:
     rows: int
 
 
+CLUSTER_SLOTS = 16384
+
+
+@lru_cache(maxsize=1)
+def _crc16_table() -> np.ndarray:
+    """CRC16-CCITT (XMODEM: polynomial 0x1021, initial 0), Redis Cluster's key hash, one entry per byte value."""
+    table = np.zeros(256, dtype=np.uint16)
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+        table[byte] = crc & 0xFFFF
+    return table
+
+
+def key_slots(keys: pa.Array) -> np.ndarray:
+    """Each key's Redis Cluster hash slot (`redis.crc.key_slot`), a byte position of every key at a time."""
+    from redis.crc import key_slot
+
+    data, offsets = _flat(keys)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    starts = offsets[:-1].astype(np.int64)
+    lengths = np.diff(offsets).astype(np.int64)
+    table = _crc16_table()
+    crc = np.zeros(len(keys), dtype=np.uint16)
+    braces = np.zeros(len(keys), dtype=bool)
+    for position in range(int(lengths.max()) if len(keys) else 0):
+        live = lengths > position
+        byte = raw[np.where(live, starts + position, 0)] if len(raw) else np.zeros(len(keys), dtype=np.uint8)
+        braces |= live & (byte == ord("{"))
+        step = (crc << np.uint16(8)) ^ table[((crc >> np.uint16(8)) ^ byte) & 0xFF]
+        crc = np.where(live, step, crc)
+    slots = (crc % CLUSTER_SLOTS).astype(np.int32)
+    for i in np.flatnonzero(braces):  # a hash tag may apply: redis-py's rule, key by key
+        slots[i] = key_slot(bytes(data[offsets[i] : offsets[i + 1]]))
+    return slots
+
+
 class CommandEncoder:
-    """RESP of the write-if-newer script calls for batches of one view's rows."""
+    """RESP of the write-if-newer script calls for batches of one view's rows.
+
+    `encode` cuts a batch every `rows_per_command` rows (one Redis node); `encode_for_cluster` orders it by slot and
+    returns each master's calls, cut at slot boundaries too. Both assemble the calls in `_calls`.
+    """
 
     def __init__(self, plan: ViewPlan, project: str, key_ttl_seconds: int | None, rows_per_command: int) -> None:
         self.plan = plan
@@ -253,24 +314,30 @@ class CommandEncoder:
         ]
         self.fixed_count = len(fixed)
         self.fixed = b"".join(_bulk(v) for v in fixed)
-        self.script = _bulk(b"EVAL") + _bulk(write_if_newer_script(len(plan.features)).encode())
+        self.source = write_if_newer_script(len(plan.features)).encode()
+        self.script = _bulk(b"EVAL") + _bulk(self.source)
+        self.sha = hashlib.sha1(self.source).hexdigest().encode()  # Redis names scripts by SHA-1
+        self.script_by_sha = _bulk(b"EVALSHA") + _bulk(self.sha)
 
-    def encode(self, batch: pa.RecordBatch) -> Commands:
-        rows = batch.num_rows
-        keys = _resp_bulk(entity_keys(self.project, self.plan.join_key, batch.column("__key")))
+    def _columns(self, batch: pa.RecordBatch) -> tuple[pa.Array, pa.Array]:
+        """The batch's entity keys (raw bytes) and each row's packed script argument."""
+        keys = entity_keys(self.project, self.plan.join_key, batch.column("__key"))
         timestamps = encode_timestamps(batch.column("__ts_us").to_numpy(zero_copy_only=False))
         columns = [timestamps, *(encode_values(batch.column(name), dtype) for name, dtype in self.plan.features)]
         args = pc.binary_join_element_wise(*(piece for c in columns for piece in _packed(c)), pa.scalar(b""))
-        key_data, key_offsets = _flat(keys)
+        return keys, args
+
+    def _calls(self, keys: pa.Array, args: pa.Array, cuts: Iterator[tuple[int, int]], script: bytes) -> Commands:
+        """One script call per [low, high) row range of `cuts`, keys as RESP bulk strings."""
+        key_data, key_offsets = _flat(_resp_bulk(keys))
         arg_data, arg_offsets = _flat(args)
         parts: list[bytes | memoryview] = []
         count = 0
-        for low in range(0, rows, self.rows_per_command):
-            high = min(rows, low + self.rows_per_command)
+        for low, high in cuts:
             n = high - low
             packed = int(arg_offsets[high] - arg_offsets[low])
             parts.append(b"*%d\r\n" % (3 + n + self.fixed_count + 1))
-            parts.append(self.script)
+            parts.append(script)
             parts.append(_bulk(b"%d" % n))
             parts.append(key_data[key_offsets[low] : key_offsets[high]])
             parts.append(self.fixed)
@@ -278,7 +345,42 @@ class CommandEncoder:
             parts.append(arg_data[arg_offsets[low] : arg_offsets[high]])
             parts.append(b"\r\n")
             count += 1
-        return Commands(b"".join(parts), count, rows)
+        return Commands(b"".join(parts), count, len(keys))
+
+    def encode(self, batch: pa.RecordBatch) -> Commands:
+        """EVAL calls of `rows_per_command` rows each, in the batch's order (a single Redis node)."""
+        rows = batch.num_rows
+        keys, args = self._columns(batch)
+        step = self.rows_per_command
+        return self._calls(keys, args, ((low, min(rows, low + step)) for low in range(0, rows, step)), self.script)
+
+    def encode_for_cluster(self, batch: pa.RecordBatch, owners: np.ndarray, masters: int) -> list[Commands]:
+        """Each master's EVALSHA calls (index: position in the slot map's masters), every call within one slot.
+
+        `owners[slot]` is the index of the master that serves the slot.
+        """
+        keys, args = self._columns(batch)
+        slots = key_slots(keys)
+        nodes = owners[slots].astype(np.int64)
+        order = np.argsort(nodes * CLUSTER_SLOTS + slots, kind="stable")
+        keys, args = keys.take(pa.array(order)), args.take(pa.array(order))
+        slots, nodes = slots[order], nodes[order]
+        # A call starts where the slot changes and every rows_per_command rows within a slot's run.
+        run_starts = np.flatnonzero(np.diff(slots, prepend=-1))
+        run_of_row = np.repeat(run_starts, np.diff(np.append(run_starts, len(slots))))
+        starts = np.flatnonzero((np.arange(len(slots)) - run_of_row) % self.rows_per_command == 0)
+        bounds = np.append(starts, len(slots)).tolist()
+        node_bounds = np.searchsorted(nodes, np.arange(masters + 1)).tolist()
+        by_node: list[Commands] = []
+        for node in range(masters):
+            low, high = node_bounds[node], node_bounds[node + 1]
+            first = int(np.searchsorted(starts, low))
+            last = int(np.searchsorted(starts, high))
+            cuts = ((bounds[i] - low, bounds[i + 1] - low) for i in range(first, last))
+            by_node.append(
+                self._calls(keys.slice(low, high - low), args.slice(low, high - low), cuts, self.script_by_sha)
+            )
+        return by_node
 
 
 class PipelinedWriter:
@@ -316,7 +418,7 @@ class PipelinedWriter:
 
     def put(self, commands: Commands) -> None:
         if self.error is not None:
-            raise self.error
+            raise _clear(self.error) from self.error
         self.queue.put(commands)
 
     def close(self) -> int:
@@ -324,25 +426,81 @@ class PipelinedWriter:
         self.queue.put(None)
         self.thread.join()
         if self.error is not None:
-            raise self.error
+            raise _clear(self.error) from self.error
         return self.written
 
 
-def redis_client(store: FeatureStore) -> redis.Redis:
-    """A redis-py client for the store's online store (single node), from Feast's connection-string form."""
+def _clear(error: BaseException) -> BaseException:
+    """A cluster's MOVED / ASK / TRYAGAIN as SlotMapChanged, saying what to do; any other error as it is."""
+    from redis.exceptions import AskError, MovedError, TryAgainError
+
+    if isinstance(error, MovedError | AskError | TryAgainError):
+        return SlotMapChanged(
+            f"a Redis Cluster master answered {type(error).__name__} ({error}): slots are moving (resharding or "
+            "failover) since the fast engine read the slot map. Rerun the materialize once the resharding has "
+            "finished (rows already written are correct, a rerun writes the rest), or use `--engine feast`."
+        )
+    return error
+
+
+@dataclass
+class OnlineTarget:
+    """Where the fast path writes: one Redis node, or each master of a cluster with the slot map."""
+
+    masters: list[redis.Redis]  # one client per node (one for a single Redis)
+    owners: np.ndarray | None = None  # cluster: slot -> index into masters; None: a single Redis node
+
+    @property
+    def cluster(self) -> bool:
+        return self.owners is not None
+
+    def close(self) -> None:
+        for client in self.masters:
+            client.close()
+
+
+def _cluster_target(nodes: list[dict[str, Any]], params: dict[str, Any]) -> OnlineTarget:
+    """Every master of the cluster and which one serves each slot, from redis-py's slot map."""
+    import redis
+    from redis.cluster import ClusterNode
+
+    startup = [ClusterNode(n["host"], int(n["port"])) for n in nodes]  # type: ignore[no-untyped-call]
+    cluster = redis.RedisCluster(startup_nodes=startup, **params)
+    try:
+        slots_cache: dict[int, list[Any]] = cluster.nodes_manager.slots_cache
+        if len(slots_cache) != CLUSTER_SLOTS:
+            raise SlotMapChanged(f"the cluster serves {len(slots_cache)} of {CLUSTER_SLOTS} slots: not all are up")
+        addresses: list[tuple[str, int]] = []
+        owners = np.empty(CLUSTER_SLOTS, dtype=np.int32)
+        for slot, holders in slots_cache.items():
+            address = (str(holders[0].host), int(holders[0].port))  # the primary comes first
+            if address not in addresses:
+                addresses.append(address)
+            owners[slot] = addresses.index(address)
+    finally:
+        cluster.close()
+    masters = [redis.Redis(host=host, port=port, **params) for host, port in addresses]
+    return OnlineTarget(masters, owners)
+
+
+def online_target(store: FeatureStore) -> OnlineTarget:
+    """Clients for the store's online store (a single node or a cluster's masters), from Feast's connection string."""
     import redis
     from feast.infra.online_stores.redis import RedisOnlineStore
 
     config: Any = store.config.online_store
-    if getattr(config, "type", None) != "redis" or str(getattr(config.redis_type, "value", "")) != "redis":
-        raise UnsupportedView("the fast path writes to a single Redis node (redis_type: redis)")
+    kind = str(getattr(getattr(config, "redis_type", None), "value", ""))
+    if getattr(config, "type", None) != "redis" or kind not in ("redis", "redis_cluster"):
+        raise UnsupportedView("the fast path writes to a single Redis node or a Redis Cluster, not a sentinel")
     nodes, params = RedisOnlineStore._parse_connection_string(config.connection_string)
-    return redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params)
+    if kind == "redis_cluster":
+        return _cluster_target(nodes, params)
+    return OnlineTarget([redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params)])
 
 
 def write_view(
     store: FeatureStore,
-    client: redis.Redis,
+    target: OnlineTarget | redis.Redis,
     plan: ViewPlan,
     start: datetime,
     end: datetime,
@@ -351,30 +509,57 @@ def write_view(
     batch_rows: int = 100_000,
     rows_per_command: int = 500,
 ) -> ViewResult:
-    """Write one view's latest rows in [start, end] into Redis with the write-if-newer script."""
+    """Write one view's latest rows in [start, end] into Redis with the write-if-newer script.
+
+    On a cluster each master has its own writer (connection and thread); the script is loaded on every master first.
+    """
+    if not isinstance(target, OnlineTarget):
+        target = OnlineTarget([target])
     config: Any = store.config.online_store
     encoder = CommandEncoder(plan, store.project, config.key_ttl_seconds, rows_per_command)
-    writer = PipelinedWriter(client)
+    if target.cluster:
+        for client in target.masters:
+            client.script_load(encoder.source.decode())
+    writers = [PipelinedWriter(client) for client in target.masters]
     done = 0
+    lock = threading.Lock()
 
     def sent(rows: int) -> None:
         nonlocal done
-        done += rows
-        if progress is not None:
-            progress(plan.name, done, total)
+        with lock:
+            done += rows
+            if progress is not None:
+                progress(plan.name, done, total)
 
-    writer.on_done = sent
+    for writer in writers:
+        writer.on_done = sent
     rows = 0
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
         for batch in latest_rows(con, plan, start, end, batch_rows):
-            if batch.num_rows:
-                rows += batch.num_rows
-                writer.put(encoder.encode(batch))
+            if not batch.num_rows:
+                continue
+            rows += batch.num_rows
+            if target.owners is None:
+                writers[0].put(encoder.encode(batch))
+                continue
+            for writer, commands in zip(
+                writers, encoder.encode_for_cluster(batch, target.owners, len(writers)), strict=True
+            ):
+                if commands.count:
+                    writer.put(commands)
     finally:
         con.close()
-        written = writer.close()
+        errors: list[BaseException] = []
+        written = 0
+        for writer in writers:
+            try:
+                written += writer.close()
+            except BaseException as exc:  # every writer is joined before the first error is raised
+                errors.append(exc)
+        if errors:
+            raise errors[0]
     return ViewResult(rows, written)
 
 
@@ -387,16 +572,17 @@ def fast_materialize(
 ) -> dict[str, ViewResult]:
     """Every view `store.materialize(start, end)` would write, written the same way; then recorded in the registry.
 
-    Raises UnsupportedView (before writing anything) when a view needs Feast's general path.
+    Raises UnsupportedView (before writing anything) when a view needs Feast's general path, SlotMapChanged when a
+    cluster's slots move while writing.
     """
     plans = plan_views(store)
-    client = redis_client(store)
+    target = online_target(store)
     results: dict[str, ViewResult] = {}
     try:
         for plan in plans:
-            results[plan.name] = write_view(store, client, plan, start, end, totals.get(plan.name, 0), progress)
+            results[plan.name] = write_view(store, target, plan, start, end, totals.get(plan.name, 0), progress)
     finally:
-        client.close()
+        target.close()
     for plan in plans:
         store.registry.apply_materialization(plan.view, store.project, start, end)
     return results

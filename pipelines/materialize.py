@@ -4,9 +4,11 @@ Feast's `materialize_incremental` starts at now - TTL, which would skip historic
 this materializes exactly the offline store's time span instead, so every entity's latest row lands in Redis.
 
 Two engines write the same bytes: "fast" (default, `pipelines.fast_materialize`: DuckDB, vectorised encoding and a
-write-if-newer Lua script, about 10x Feast's rows/s) and "feast" (`FeatureStore.materialize`, kept to compare
-with and as the fallback for anything the fast path does not cover, e.g. a Redis cluster). Both keep Feast's rule
-that an older row never replaces a newer one already in Redis, and both record the interval in Feast's registry.
+write-if-newer Lua script, about 10x Feast's rows/s, on a single Redis node or a Redis Cluster) and "feast"
+(`FeatureStore.materialize`, kept to compare with and as the fallback for anything the fast path does not cover, e.g.
+a sentinel deployment or a view type it does not encode). Both keep Feast's rule that an older row never replaces a
+newer one already in Redis, and both record the interval in Feast's registry. On a cluster whose slots move while the
+fast engine writes (resharding), it stops with `SlotMapChanged` instead of falling back: rerun it afterwards.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The fast materializer against Feast's own, on real redis-servers: the same bytes, the same read-back, the same rule.
 
 Feast (`FeatureStore.materialize`, local engine) and the fast path (`pipelines.fast_materialize`) each load the same
-offline store into a Redis of their own; every key, hash field, value and TTL must be equal byte for byte.
+offline store into a Redis of their own; every key, hash field, value and TTL must be equal byte for byte. The same
+holds on a real local three-master Redis Cluster (tests/redis_cluster.py), where the fast engine sends each slot's
+rows to the master that owns it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,12 +30,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from fraudserve import feature_store
 from fraudserve.settings import Settings
 from pipelines import online_layout
+from pipelines.fast_materialize import SlotMapChanged, online_target, plan_views, write_view
 from pipelines.features.catalog import CARD, ENTITIES, TRANSACTION, TRANSACTION_FIELDS
 from pipelines.generate import GenerateConfig, generate
 from pipelines.materialize import materialize
 from pipelines.offline.backfill import backfill
 from tests.features_harness import HOUR, MINUTE, T0, run_backfill, txn
 from tests.parity import entity_mismatches, latest_rows, same
+from tests.redis_cluster import RedisCluster
 from tests.redis_process import RedisProcess
 
 PROJECT = b"fraudserve"
@@ -225,3 +230,119 @@ def test_cli_materialize_engines(tmp_path: Path, redis_server: RedisProcess, mon
     assert "materialized 26 entity rows" in outputs["feast"] and "(feast engine)" in outputs["feast"]
     assert "materialized 26 entity rows" in outputs["fast"]
     assert "(fast engine, 0 written)" in outputs["fast"]  # the Feast run before wrote every row already
+
+
+# ------------------------------------------------------------------------------------------------ Redis Cluster
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One local three-master Redis Cluster for this module's cluster tests (flushed by each)."""
+    with RedisCluster(tmp_path_factory.mktemp("redis-cluster")) as started:
+        yield started
+
+
+def dump_cluster(cluster: RedisCluster) -> dict[int, dict[bytes, tuple[dict[bytes, bytes], int]]]:
+    """Every key of every master (by port): its hash and its TTL."""
+    return {port: dump(cluster.node_client(port)) for port in cluster.ports}
+
+
+def merged(by_master: dict[int, dict[bytes, tuple[dict[bytes, bytes], int]]]) -> dict[bytes, Any]:
+    return {key: value for keys in by_master.values() for key, value in keys.items()}
+
+
+@pytest.mark.timeout(300)
+def test_fast_engine_on_a_cluster_writes_the_bytes_feast_writes(
+    tmp_path: Path, cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FRAUDSERVE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FRAUDSERVE_REDIS_TYPE", "redis_cluster")
+    settings = Settings()
+    generated = generate(
+        tmp_path / "raw", GenerateConfig(seed=3, cards=150, days=10, end=datetime(2026, 11, 1, tzinfo=UTC))
+    )
+    feature_store.apply(settings, cluster.connection_string)
+    backfill(generated.files["transactions_parquet"], generated.files["labels_parquet"], settings.offline)
+    store = feature_store.open_store(settings, cluster.connection_string)
+    cluster.flush()
+
+    by_feast = materialize(store, settings.offline, engine="feast")
+    expected = dump_cluster(cluster)
+    cluster.flush()
+    by_fast = materialize(store, settings.offline, engine="fast")
+    actual = dump_cluster(cluster)
+    assert by_feast.engine == "feast" and by_fast.engine == "fast"  # no fallback on a cluster
+    assert by_fast.entity_rows == by_feast.entity_rows
+    assert by_fast.written == by_fast.entity_rows  # an empty cluster: every row is written
+
+    # Every master holds its third of the keys (CRC16 slots over three equal ranges), each key on the master Feast
+    # put it on, with the same bytes.
+    total = by_feast.rows
+    assert all(len(keys) > total / 5 for keys in actual.values()), {p: len(k) for p, k in actual.items()}
+    assert {port: keys.keys() for port, keys in actual.items()} == {
+        port: keys.keys() for port, keys in expected.items()
+    }
+    flat_expected, flat_actual = merged(expected), merged(actual)
+    assert len(flat_actual) == total
+    different = [key for key in flat_expected if flat_actual[key] != flat_expected[key]]
+    assert different == [], f"{len(different)} keys differ, e.g. {different[:1]}"
+
+    # Read back through Feast's SDK on the cluster.
+    compared, mismatches = entity_mismatches(store, settings.offline)
+    assert compared > 1000
+    assert mismatches == []
+
+    # Again: nothing is newer, nothing is written.
+    again = materialize(store, settings.offline, engine="fast")
+    assert sum(again.written.values()) == 0
+    assert dump_cluster(cluster) == actual
+
+    # A stale slot map (as while slots are resharded): the masters answer MOVED, and the run says to rerun.
+    target = online_target(store)
+    try:
+        assert target.owners is not None and len(target.masters) == 3
+        target.owners = (target.owners + 1) % 3
+        plan = next(p for p in plan_views(store) if p.name == CARD.view)
+        with pytest.raises(SlotMapChanged, match="Rerun the materialize once the resharding has finished"):
+            write_view(store, target, plan, by_fast.start - timedelta(seconds=1), by_fast.end + timedelta(seconds=1), 0)
+    finally:
+        target.close()
+    assert dump_cluster(cluster) == actual  # MOVED: nothing was written
+
+
+@pytest.mark.timeout(240)
+def test_an_older_row_never_overwrites_a_newer_one_on_a_cluster(
+    tmp_path: Path, cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FRAUDSERVE_HOME", str(tmp_path))
+    monkeypatch.setenv("FRAUDSERVE_REDIS_TYPE", "redis_cluster")
+    settings = Settings()
+    cards = [f"c{i}" for i in range(40)]  # keys on every master
+    events = [txn(f"t{i}", T0 + i * MINUTE, card=card, amount=10.0 + i) for i, card in enumerate(cards)]
+    run_backfill(tmp_path, events)
+    feature_store.apply(settings, cluster.connection_string)
+    store = feature_store.open_store(settings, cluster.connection_string)
+    cluster.flush()
+    client: Any = cluster.client()
+    card_ts = online_layout.ts_field(CARD.view).encode()
+    count_field = online_layout.feature_field(CARD.view, "card_txn_count_24h")
+    newer = {card_ts: online_layout.encode_ts(T0 + 2 * HOUR), count_field: online_layout.encode_value(99, "int64")}
+    older = {card_ts: online_layout.encode_ts(T0 - HOUR), count_field: online_layout.encode_value(77, "int64")}
+    newer_cards, older_cards = cards[::2], cards[1::3]
+    older_cards = [c for c in older_cards if c not in newer_cards]
+    for card in newer_cards:
+        client.hset(online_layout.entity_key(PROJECT, CARD.join_key, card), mapping=newer)
+    for card in older_cards:
+        client.hset(online_layout.entity_key(PROJECT, CARD.join_key, card), mapping=older)
+    holders = {port for port, keys in dump_cluster(cluster).items() if keys}
+    assert len(holders) == 3
+
+    summary = materialize(store, settings.offline, engine="fast")
+    assert summary.engine == "fast"
+    assert summary.written[CARD.view] == len(cards) - len(newer_cards)
+    for i, card in enumerate(cards):
+        stored = _card_hash(client, card)
+        if card in newer_cards:
+            assert stored == newer, card  # untouched: Redis held a newer row
+        else:
+            assert stored[card_ts] == online_layout.encode_ts(T0 + i * MINUTE), card
+            assert stored[count_field] == online_layout.encode_value(1, "int64"), card
+    client.close()
