@@ -4,26 +4,32 @@ engine (the baseline) and the fast engine, the ratio of their rows/s measured in
     flock /tmp/fraudserve-bench.lock .venv/bin/python -m bench.pipeline                      # ~1 M transactions
     flock /tmp/fraudserve-bench.lock .venv/bin/python -m bench.pipeline --transactions 10m \\
         --feast-baseline-rows 1m                                                               # ~10 M transactions
+    flock /tmp/fraudserve-bench.lock .venv/bin/python -m bench.pipeline --cluster --skip-jsonl  # 3-master cluster
 
 `--transactions N` sizes `--cards` for `--days` (14) so that about N transactions are generated. At 10 M, Feast's
 materialize would take half an hour, so `--feast-baseline-rows N` measures it on the most recent N transactions'
 span (the same code path, fewer keys) and the fast engine on that same span too, for a like-for-like ratio, before
 the fast engine loads everything. `--skip-feast` leaves the baseline out. Each engine writes into an empty database of
 the benchmark's own embedded redis-server (appendonly everysec, as `fraudserve` runs it; FRAUDSERVE_REDIS is ignored
-so that nobody's Redis is flushed). Wrap it in `flock` so that benchmarks of different people do not overlap.
+so that nobody's Redis is flushed). `--cluster` materializes into a local 3-master Redis Cluster instead
+(`tests/redis_cluster.py`, every node appendonly everysec too, all on this machine's cores; Feast's
+`redis_type: redis_cluster`). Wrap it in `flock` so that benchmarks of different people do not overlap.
 
 Prints a table with the machine's core count and writes bench/results/pipeline-<date>.json. Peak RSS is this
-process's, per step (sampled) and for the whole run (`getrusage`); redis-server's memory comes from its INFO.
+process's, per step (sampled) and for the whole run (`getrusage`); redis-server's memory comes from its INFO
+(summed over the masters on a cluster).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +41,7 @@ from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextC
 from bench.report import machine, print_table, write_result
 from fraudserve import feature_store
 from fraudserve.embedded_redis import online_store
-from fraudserve.settings import Settings
+from fraudserve.settings import RedisType, Settings
 from pipelines.generate import GenerateConfig, generate
 from pipelines.materialize import MaterializeSummary, materialize
 from pipelines.offline.backfill import backfill
@@ -114,10 +120,55 @@ class ViewProgress:
         self.progress.update(self.tasks[view], completed=done)
 
 
+class OnlineRedis:
+    """The benchmark's online store: one redis-server, or every master of a local cluster."""
+
+    def __init__(self, connection: str, clients: list[Any]) -> None:
+        self.connection = connection
+        self.clients = clients  # one plain client per node
+
+    def flush(self) -> None:
+        for client in self.clients:
+            client.flushdb()
+
+    def keys(self) -> int:
+        return sum(int(client.dbsize()) for client in self.clients)
+
+    def used_memory_mb(self) -> float:
+        return sum(int(client.info("memory")["used_memory"]) for client in self.clients) / 2**20
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
+@contextlib.contextmanager
+def online_redis(settings: Settings, cluster_dir: Path | None) -> Iterator[OnlineRedis]:
+    """The embedded redis-server, or with `cluster_dir` a fresh local 3-master Redis Cluster there."""
+    if cluster_dir is None:
+        with online_store(None, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
+            online = OnlineRedis(connection, [feature_store.redis_client(settings, connection)])
+            yield online
+            online.close()
+        return
+    from tests.redis_cluster import RedisCluster
+
+    with RedisCluster(cluster_dir, appendonly=True) as cluster:
+        online = OnlineRedis(cluster.connection_string, [cluster.node_client(port) for port in cluster.ports])
+        yield online
+        online.close()
+
+
 def run_materialize(
-    console: Console, client: Any, store: Any, settings: Settings, engine: str, label: str, since: datetime | None
+    console: Console,
+    online: OnlineRedis,
+    store: Any,
+    settings: Settings,
+    engine: str,
+    label: str,
+    since: datetime | None,
 ) -> tuple[MaterializeSummary, dict[str, object]]:
-    client.flushdb()
+    online.flush()
     console.log(f"materialize: {label} into an empty Redis database")
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), console=console
@@ -130,7 +181,6 @@ def run_materialize(
             progress=ViewProgress(progress, label),
             since=since,
         )
-    memory = client.info("memory")
     figures: dict[str, object] = {
         "engine": summary.engine,
         "since": since,
@@ -139,8 +189,8 @@ def run_materialize(
         "written_by_view": summary.written,
         "seconds": summary.seconds,
         "rows_per_second": summary.rows_per_second,
-        "redis_keys": client.dbsize(),
-        "redis_used_memory_mb": memory["used_memory"] / 2**20,
+        "redis_keys": online.keys(),
+        "redis_used_memory_mb": online.used_memory_mb(),
         "step_peak_rss_mb": rss.peak_mb,
     }
     console.log(f"{label}: {summary.rows:,} rows in {summary.seconds:.1f} s, {summary.rows_per_second:,.0f} rows/s")
@@ -155,6 +205,7 @@ def main() -> None:
     parser.add_argument("--skip-jsonl", action="store_true", help="backfill the Parquet input only")
     parser.add_argument("--skip-materialize", action="store_true")
     parser.add_argument("--skip-feast", action="store_true", help="no Feast baseline (fast engine only)")
+    parser.add_argument("--cluster", action="store_true", help="materialize into a local 3-master Redis Cluster")
     parser.add_argument(
         "--feast-baseline-rows",
         type=count,
@@ -164,12 +215,14 @@ def main() -> None:
     if args.transactions:
         args.cards = max(1, round(args.transactions / (TRANSACTIONS_PER_CARD_DAY * args.days)))
     os.environ.pop("FRAUDSERVE_REDIS", None)  # always the benchmark's own server: it is flushed
+    os.environ["FRAUDSERVE_REDIS_TYPE"] = RedisType.redis_cluster.value if args.cluster else RedisType.redis.value
     console = Console()
     rows: list[tuple[str, str, str, str]] = []
     result: dict[str, object] = {
         "machine": machine(),
         "started": datetime.now(UTC).isoformat(),
         "arguments": dict(vars(args)),
+        "online_store": "local Redis Cluster, 3 masters (appendonly everysec)" if args.cluster else "redis-server",
     }
     with tempfile.TemporaryDirectory(prefix="fraudserve-bench-") as tmp:
         home = Path(tmp) / "home"
@@ -219,10 +272,10 @@ def main() -> None:
             }
 
         if not args.skip_materialize:
-            with online_store(None, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
-                feature_store.apply(settings, connection)
-                store = feature_store.open_store(settings, connection)
-                client = feature_store.redis_client(settings, connection)
+            cluster_dir = Path(tmp) / "redis-cluster" if args.cluster else None
+            with online_redis(settings, cluster_dir) as online:
+                feature_store.apply(settings, online.connection)
+                store = feature_store.open_store(settings, online.connection)
                 since = None
                 if args.feast_baseline_rows and args.feast_baseline_rows < generated.transactions:
                     since = since_for_rows(settings.offline.transactions_file, args.feast_baseline_rows)
@@ -235,7 +288,7 @@ def main() -> None:
                 runs.append(("materialize_fast", "fast", "fast (all rows)", None))
                 measured: dict[str, MaterializeSummary] = {}
                 for key, engine, label, run_since in runs:
-                    summary_m, figures = run_materialize(console, client, store, settings, engine, label, run_since)
+                    summary_m, figures = run_materialize(console, online, store, settings, engine, label, run_since)
                     measured[key] = summary_m
                     result[key] = figures
                     rows.append(
@@ -246,7 +299,6 @@ def main() -> None:
                             f"{figures['step_peak_rss_mb']:,.0f} MB",
                         )
                     )
-                client.close()
             if "materialize_feast" in measured:
                 feast = measured["materialize_feast"].rows_per_second
                 like = measured.get("materialize_fast_baseline_span", measured["materialize_fast"])
@@ -262,7 +314,8 @@ def main() -> None:
     result["peak_rss_mb"] = peak_rss_mb()
     rows.append(("whole run", "", "", f"{result['peak_rss_mb']:,.0f} MB"))
     columns = ("step", "work", "throughput", "peak RSS")
-    print_table(console, f"fraudserve offline pipeline on {os.cpu_count()} cores", columns, rows)
+    where = ", 3-master Redis Cluster" if args.cluster else ""
+    print_table(console, f"fraudserve offline pipeline on {os.cpu_count()} cores{where}", columns, rows)
     write_result(console, "pipeline", result)
 
 
