@@ -56,7 +56,7 @@ def deploy(
 
     `appendonly`: Redis (or every cluster node) with AOF, for tests that restart it; `recent`: how many recent ids
     (with device and IP); `cluster`: a local three-master Redis Cluster instead of one redis-server (Feast's
-    `redis_type: redis_cluster`; materialize then runs Feast's own engine, the fast one being single-node only)."""
+    `redis_type: redis_cluster`; the fast materialize engine writes to each master)."""
     redis: RedisProcess | RedisCluster = (
         RedisCluster(root / "redis-cluster", appendonly=appendonly).start()
         if cluster
