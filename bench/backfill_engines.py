@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,13 +37,10 @@ from pipelines.offline.distributed import RayOptions
 from pipelines.offline.store import OfflineLayout
 
 
-class TreeRss:
-    """The peak of the summed RSS of this process and all its descendants, sampled from /proc every 100 ms."""
+class TreeRss(StepRss):
+    """The peak of the summed RSS of this process and all its descendants (Ray's), sampled every 100 ms."""
 
-    def __init__(self) -> None:
-        self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+    interval_s = 0.1
 
     @staticmethod
     def current_mb() -> float:
@@ -72,19 +68,6 @@ class TreeRss:
                     tree.add(pid)
                     grew = True
         return sum(rss.get(pid, 0) for pid in tree) / 1024
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, self.current_mb())
-            self._stop.wait(0.1)
-
-    def __enter__(self) -> TreeRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def inputs(raw: Path, cards: int, days: int, console: Console) -> tuple[Path, Path, float | None]:

@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import duckdb
 from rich.console import Console
@@ -65,6 +65,8 @@ def peak_rss_mb() -> float:
 class StepRss:
     """The peak RSS of this process during one step (sampled from /proc every 50 ms), as ru_maxrss only ever grows."""
 
+    interval_s = 0.05
+
     def __init__(self) -> None:
         self.peak_mb = 0.0
         self._stop = threading.Event()
@@ -80,9 +82,9 @@ class StepRss:
     def _sample(self) -> None:
         while not self._stop.is_set():
             self.peak_mb = max(self.peak_mb, self.current_mb())
-            self._stop.wait(0.05)
+            self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> StepRss:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
