@@ -83,14 +83,15 @@ def redis_client(settings: Settings, connection: str, timeout_s: float | None = 
     return redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params)
 
 
-def async_redis_client(settings: Settings, connection: str, timeout_s: float) -> Any:
-    """redis-py's asyncio client (single node or cluster) for the connection-string form, with these timeouts."""
+def async_redis_client(connection: str, cluster: bool, **options: Any) -> Any:
+    """redis-py's asyncio client (single node or cluster) for Feast's connection-string form; `options` (timeouts,
+    retry) are the client's, and the connection string's own parameters take precedence over them."""
     import redis.asyncio as aioredis
     from feast.infra.online_stores.redis import RedisOnlineStore
 
     nodes, params = RedisOnlineStore._parse_connection_string(connection)
-    options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, **params}
-    if settings.redis_type.value == "redis_cluster":
+    options.update(params)
+    if cluster:
         startup = [aioredis.cluster.ClusterNode(n["host"], int(n["port"])) for n in nodes]
         return aioredis.RedisCluster(startup_nodes=startup, **options)
     return aioredis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **options)

@@ -17,7 +17,7 @@ from fraudserve.feature_store import async_redis_client
 from fraudserve.keys import KeyStore, Scope
 from fraudserve.models.device import resolve_device
 from fraudserve.registry.notices import follow
-from fraudserve.settings import AccessLog, FeatureSourceKind, Settings
+from fraudserve.settings import AccessLog, FeatureSourceKind, RedisType, Settings
 from inference_api import errors
 from inference_api.auth import require_unless_public
 from inference_api.domain.batching import DynamicBatcher
@@ -81,7 +81,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         watcher = asyncio.create_task(manager.watch(settings.model_poll_seconds))
         # Registry change notices (fraudserve/registry/notices.py): a promotion is served within a round trip
         # instead of a poll interval; the poll above stays as the fallback.
-        notice_client = async_redis_client(settings, settings.redis, timeout_s=NOTICE_BLOCK_S + 5)
+        notice_client = async_redis_client(
+            settings.redis,
+            settings.redis_type is RedisType.redis_cluster,
+            socket_timeout=NOTICE_BLOCK_S + 5,
+            socket_connect_timeout=NOTICE_BLOCK_S + 5,
+        )
         follower = asyncio.create_task(
             follow(notice_client, settings.model_name, lambda: asyncio.to_thread(manager.refresh),
                    block_ms=int(NOTICE_BLOCK_S * 1000))

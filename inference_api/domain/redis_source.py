@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException
 
+from fraudserve.feature_store import async_redis_client
 from inference_api.domain.features import TransactionRecord, ViewValues, within_budget
 from inference_api.domain.plan import FeaturePlan, ViewRead
 from pipelines.features.catalog import TRANSACTION, TRANSACTION_FIELDS
@@ -94,25 +95,22 @@ class RedisFeatureSource:
     """`FeatureSource` over Feast's Redis layout, with redis-py's asyncio client (hiredis parser)."""
 
     def __init__(self, store: FeatureStore, budget_s: float) -> None:
-        from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType
+        from feast.infra.online_stores.redis import RedisOnlineStoreConfig, RedisType
 
         config = store.config.online_store
         if not isinstance(config, RedisOnlineStoreConfig):
             raise TypeError("RedisFeatureSource needs Feast's Redis online store")
-        nodes, params = RedisOnlineStore._parse_connection_string(config.connection_string)
         # One immediate retry (a pooled connection that a Redis restart closed reconnects; on a cluster, one refresh
         # of the slot map after a connection error or a MOVED), no backoff: redis-py's defaults (3 retries with
         # exponential backoff; up to 10 s between tries on a cluster) spend seconds on a refused connection, so
         # every request during an outage would wait out the whole budget instead of answering features_unavailable.
-        options: dict[str, Any] = {"socket_timeout": budget_s, "socket_connect_timeout": budget_s}
-        options["retry"] = Retry(NoBackoff(), 1)
-        options.update(params)
-        self.client: aioredis.Redis | aioredis.RedisCluster
-        if config.redis_type == RedisType.redis_cluster:
-            startup = [aioredis.cluster.ClusterNode(n["host"], int(n["port"])) for n in nodes]
-            self.client = aioredis.RedisCluster(startup_nodes=startup, **options)
-        else:
-            self.client = aioredis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **options)
+        self.client: aioredis.Redis | aioredis.RedisCluster = async_redis_client(
+            config.connection_string,
+            config.redis_type == RedisType.redis_cluster,
+            socket_timeout=budget_s,
+            socket_connect_timeout=budget_s,
+            retry=Retry(NoBackoff(), 1),
+        )
         self.project = store.config.project.encode()
         self.version = store.config.entity_key_serialization_version
         self.budget_s = budget_s
