@@ -1,34 +1,30 @@
-"""The meaning of each window feature for one entity at one instant, as plain Python.
+"""The meaning of each window function for one entity at one instant, as plain Python.
 
 This is the definition a reader checks against SPEC; it is obviously correct rather than fast. The offline
-pipeline compiles the same catalog to SQL (`pipelines.offline.sql`) and is tested value for value against this
+pipeline compiles the same declarations to SQL (`pipelines.offline.sql`) and is tested value for value against this
 module; the streaming pipeline evaluates features with it over the entity's recent events.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from pipelines.features.catalog import Agg, WindowFeature
 
 
 @dataclass(frozen=True)
 class Event:
-    """The fields of a transaction event that features read; timestamps are epoch milliseconds (UTC)."""
+    """A transaction event as features read it: its id, its time (epoch milliseconds, UTC) and its fields by name
+    (SPEC's and any extra declared ones; a missing field reads as null)."""
 
     transaction_id: str
     ts_ms: int
-    card_id: str
-    merchant_id: str
-    amount: float
-    country: str
-    device_id: str | None = None
-    ip_address: str | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
-    def get(self, column: str) -> str | float | None:
-        value: str | float | None = getattr(self, column)
-        return value
+    def get(self, column: str) -> Any:
+        return self.fields.get(column)
 
 
 @dataclass(frozen=True)
@@ -62,8 +58,9 @@ def evaluate(
 
     lower = t_ms - feature.window_ms  # exclusive
     window = [e for e in history if e.ts_ms > lower]
+    column = feature.column
     if feature.agg is Agg.COUNT:
-        return len(window)
+        return len(window) if column is None else sum(1 for e in window if e.get(column) is not None)
     if feature.agg is Agg.FRAUD_RATE:
         if not window:
             return 0.0
@@ -74,7 +71,6 @@ def evaluate(
             fraud += verdict is not None and verdict.is_fraud
         return fraud / len(window)
 
-    column = feature.column
     if column is None:
         raise ValueError(f"feature {feature.name} ({feature.agg}) needs a column")
     if feature.agg is Agg.DISTINCT:
@@ -86,6 +82,8 @@ def evaluate(
         return None
     if feature.agg is Agg.MEAN:
         return sum(values) / len(values)
+    if feature.agg is Agg.MIN:
+        return min(values)
     if feature.agg is Agg.MAX:
         return max(values)
     raise ValueError(f"unknown aggregation {feature.agg}")
