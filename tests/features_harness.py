@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pipelines.features.catalog import ENTITIES, EntitySpec
+from pipelines.features.catalog import WindowView
 from pipelines.features.semantics import Event, Label
 from pipelines.offline.backfill import BackfillSummary, backfill
 from pipelines.offline.store import OfflineLayout
@@ -35,7 +35,10 @@ def txn(
     device: str | None = "d1",
     ip: str | None = "1.1.1.1",
     country: str = "US",
+    category: str = "5411",
+    **extra: Any,
 ) -> dict[str, Any]:
+    """A transaction event (extra declared fields, e.g. `customer_id`, as keyword arguments)."""
     return {
         "transaction_id": transaction_id,
         "card_id": card,
@@ -44,9 +47,10 @@ def txn(
         "ip_address": ip,
         "amount": amount,
         "currency": "USD",
-        "merchant_category": "5411",
+        "merchant_category": category,
         "country": country,
         "event_timestamp": iso(ts_ms),
+        **extra,
     }
 
 
@@ -66,14 +70,16 @@ class Offline:
     summary: BackfillSummary
     layout: OfflineLayout
 
-    def table(self, entity: EntitySpec) -> pd.DataFrame:
-        return pq.read_table(self.layout.file(entity.view)).to_pandas()
+    def table(self, view: WindowView | str) -> pd.DataFrame:
+        """The offline rows of a window view (the view or its name)."""
+        table: pd.DataFrame = pq.read_table(self.layout.file(view if isinstance(view, str) else view.view)).to_pandas()
+        return table
 
-    def value(self, entity: EntitySpec, key: str, ts_ms: int, feature: str) -> Any:
-        df = self.table(entity)
+    def value(self, view: WindowView, key: str, ts_ms: int, feature: str) -> Any:
+        df = self.table(view)
         ms = df["event_timestamp"].astype("datetime64[ms, UTC]").astype("int64")
-        rows = df[(df[entity.join_key] == key) & (ms == ts_ms)]
-        assert len(rows) == 1, f"expected one {entity.name} row for {key} at {ts_ms}, found {len(rows)}"
+        rows = df[(df[view.join_key] == key) & (ms == ts_ms)]
+        assert len(rows) == 1, f"expected one {view.view} row for {key} at {ts_ms}, found {len(rows)}"
         value = rows.iloc[0][feature]
         return None if pd.isna(value) else value.item() if hasattr(value, "item") else value
 
@@ -87,19 +93,13 @@ def run_backfill(tmp: Path, transactions: list[dict[str, Any]], labels: list[dic
 
 
 def as_events(transactions: list[dict[str, Any]]) -> list[Event]:
-    return [
-        Event(
-            transaction_id=t["transaction_id"],
-            ts_ms=int(pd.Timestamp(t["event_timestamp"]).value // 1_000_000),
-            card_id=t["card_id"],
-            merchant_id=t["merchant_id"],
-            amount=float(t["amount"]),
-            country=t["country"],
-            device_id=t["device_id"],
-            ip_address=t["ip_address"],
-        )
-        for t in transactions
-    ]
+    """The events as the pure semantics reads them: every field but the id and the time, plus `event_time_ms`."""
+    events = []
+    for t in transactions:
+        ts = int(pd.Timestamp(t["event_timestamp"]).value // 1_000_000)
+        fields = {k: v for k, v in t.items() if k not in ("transaction_id", "event_timestamp")}
+        events.append(Event(t["transaction_id"], ts, {**fields, "event_time_ms": ts}))
+    return events
 
 
 def as_labels(labels: list[dict[str, Any]]) -> dict[str, list[Label]]:
@@ -108,6 +108,3 @@ def as_labels(labels: list[dict[str, Any]]) -> dict[str, list[Label]]:
         ts = int(pd.Timestamp(row["label_timestamp"]).value // 1_000_000)
         out.setdefault(row["transaction_id"], []).append(Label(row["transaction_id"], row["is_fraud"], ts))
     return out
-
-
-ENTITY_BY_NAME = {e.name: e for e in ENTITIES}

@@ -8,16 +8,18 @@ from typing import Any
 
 import duckdb
 
-from pipelines.features.catalog import ENTITIES, features_of
+from pipelines.features.catalog import Catalog, load_catalog
 from pipelines.offline.store import OfflineLayout
 
 
 def latest_rows(path: Path, key: str) -> dict[str, dict[str, object]]:
     """The offline row of each entity's latest event."""
-    rows = duckdb.sql(
+    relation = duckdb.sql(
         f"SELECT * FROM read_parquet('{path}') QUALIFY row_number() OVER (PARTITION BY {key} "
         "ORDER BY event_timestamp DESC) = 1"
-    ).fetchdf()
+    )
+    assert relation is not None
+    rows = relation.fetchdf()
     return {r[key]: r for r in rows.to_dict("records")}
 
 
@@ -29,19 +31,21 @@ def same(a: object, b: object, rel: float = 1e-12) -> bool:
     return a == b
 
 
-def entity_mismatches(store: Any, layout: OfflineLayout, rel: float = 1e-12) -> tuple[int, list[tuple[object, ...]]]:
-    """(values compared, mismatches) over every window feature of every entity."""
-    compared, mismatches = 0, []
-    for entity in ENTITIES:
-        offline = latest_rows(layout.file(entity.view), entity.join_key)
-        names = [f.name for f in features_of(entity)]
+def entity_mismatches(
+    store: Any, layout: OfflineLayout, rel: float = 1e-12, catalog: Catalog | None = None
+) -> tuple[int, list[tuple[object, ...]]]:
+    """(values compared, mismatches) over every window feature of every window view of the catalog."""
+    compared, mismatches = 0, list[tuple[object, ...]]()
+    for view in (catalog or load_catalog()).window_views:
+        offline = latest_rows(layout.file(view.view), view.join_key)
+        names = [f.name for f in view.features]
         keys = sorted(offline)
         online = store.get_online_features(
-            features=[f"{entity.view}:{n}" for n in names], entity_rows=[{entity.join_key: k} for k in keys]
+            features=[f"{view.view}:{n}" for n in names], entity_rows=[{view.join_key: k} for k in keys]
         ).to_dict()
         for i, key in enumerate(keys):
             for name in names:
                 compared += 1
                 if not same(offline[key][name], online[name][i], rel):
-                    mismatches.append((entity.name, key, name, offline[key][name], online[name][i]))
+                    mismatches.append((view.view, key, name, offline[key][name], online[name][i]))
     return compared, mismatches

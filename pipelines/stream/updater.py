@@ -15,7 +15,8 @@ lateness).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -23,19 +24,14 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
-from pipelines.features.catalog import (
-    ENTITIES,
-    MERCHANT,
-    TRANSACTION,
-    TRANSACTION_FIELDS,
-    EntitySpec,
-    features_of,
-    max_window,
-)
+from pipelines.features.catalog import TRANSACTION_VIEW, Catalog, EntitySpec, WindowView, load_catalog
 from pipelines.features.semantics import Event, Label, evaluate
 from pipelines.online_layout import encode_ts, encode_value, entity_key, feature_field, ts_field
 
-TXN_MERCHANT = "fraudserve:txn-merchant"
+# Transaction id -> JSON {entity name: key} for the entities whose views need labels (fraud_rate): where a label goes.
+TXN_KEYS = "fraudserve:txn-label-keys"
+# Layout id -> JSON list of the event fields an entity's history entries hold (see `HistoryLayout`).
+LAYOUTS = "fraudserve:stream:layouts"
 
 
 def state_key(entity: EntitySpec, key: str) -> str:
@@ -115,29 +111,40 @@ class KeyedPipeline:
         return replies
 
 
-def labels_key(merchant: str) -> str:
-    return f"fraudserve:{{merchant:{merchant}}}:labels"
+def labels_key(entity: EntitySpec, key: str) -> str:
+    """Labels of the transactions of an entity with a fraud_rate feature (`fraudserve:{merchant:m1}:labels`)."""
+    return f"fraudserve:{{{entity.name}:{key}}}:labels"
 
 
 def pending_labels_key(transaction_id: str) -> str:
     return f"fraudserve:pending-labels:{transaction_id}"
 
 
-def _pack(event: dict[str, Any]) -> str:
-    return json.dumps(
-        [event["ts_ms"], event["amount"], event["card_id"], event["merchant_id"], event["country"],
-         event.get("device_id"), event.get("ip_address")],
-        separators=(",", ":"),
-    )  # fmt: skip
+# Entries written before history layouts had ids: [ts, amount, card, merchant, country, device, ip].
+_LEGACY_FIELDS = ("amount", "card_id", "merchant_id", "country", "device_id", "ip_address")
+
+
+@dataclass(frozen=True)
+class HistoryLayout:
+    """The event fields one entity's history entries hold (those its views read), in a fixed order.
+
+    An entry is a compact JSON list, `[layout id, ts_ms, value, ...]`. The id names the field list, which is kept in
+    Redis (`LAYOUTS`), so entries stored before the catalog changed (a view added, another column read) still read
+    right by their own layout; a field an entry lacks reads as null.
+    """
+
+    fields: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        return format(zlib.crc32(json.dumps(self.fields).encode()), "08x")
+
+    def pack(self, record: dict[str, Any], ts_ms: int) -> str:
+        return json.dumps([self.id, ts_ms, *(record.get(name) for name in self.fields)], separators=(",", ":"))
 
 
 def _flat(mapping: dict[bytes | str, bytes]) -> list[bytes | str]:
     return [item for pair in mapping.items() for item in pair]
-
-
-def _unpack(transaction_id: str, raw: bytes) -> Event:
-    ts, amount, card, merchant, country, device, ip = json.loads(raw)
-    return Event(transaction_id, int(ts), card, merchant, float(amount), country, device, ip)
 
 
 @dataclass
@@ -151,38 +158,76 @@ class BatchResult:
 
 
 class OnlineUpdater:
-    def __init__(self, client: redis.Redis, project: str, lateness: timedelta = timedelta(minutes=5)) -> None:
+    """Keeps every window view of the catalog (`load_catalog()` unless given) up to date from the events."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        project: str,
+        lateness: timedelta = timedelta(minutes=5),
+        catalog: Catalog | None = None,
+    ) -> None:
         # redis-py's sync methods are typed as `Awaitable[T] | T`; this module uses the sync client only.
         self.client: Any = client
         self.project = project.encode()
         self.lateness_ms = int(lateness.total_seconds() * 1000)
-        self.entities = {e.name: e for e in ENTITIES}
+        self.catalog = catalog if catalog is not None else load_catalog()
+        self.transaction_key = self.catalog.transaction.join_key
+        self.entities = {e.name: e for e in self.catalog.window_entities}
+        self.views: dict[str, tuple[WindowView, ...]] = {n: self.catalog.views_of(e) for n, e in self.entities.items()}
+        self.layouts = {
+            name: HistoryLayout(tuple(sorted({c for view in views for c in view.columns})))
+            for name, views in self.views.items()
+        }
+        self.retention_ms = {
+            name: int(self.catalog.max_window(e).total_seconds() * 1000) + self.lateness_ms
+            for name, e in self.entities.items()
+        }
+        # An entity with a windowless feature (seconds_since_prev) keeps its newest event older than the retention.
+        self.keeps_previous = {
+            name: any(f.window is None for view in views for f in view.features) for name, views in self.views.items()
+        }
+        self.label_entities = tuple(
+            e for name, e in self.entities.items() if any(view.needs_labels for view in self.views[name])
+        )
+        self._known_layouts: dict[str, tuple[str, ...] | None] = {lay.id: lay.fields for lay in self.layouts.values()}
+        self._layouts_saved = False
 
     # ---------------------------------------------------------------------------------------------- ingest
     def apply(self, transactions: Sequence[dict[str, Any]], labels: Sequence[dict[str, Any]]) -> BatchResult:
         """Store a batch of validated events and bring every touched entity's online features up to date."""
         result = BatchResult(transactions=len(transactions), labels=len(labels))
+        if not self._layouts_saved and self.layouts:
+            # Before any entry of these layouts is stored, so that every worker can read every entry.
+            self.client.hset(LAYOUTS, mapping={lay.id: json.dumps(lay.fields) for lay in self.layouts.values()})
+        self._layouts_saved = True
         pipe = KeyedPipeline(self.client)
         for event in transactions:
-            tid = event["transaction_id"]
-            packed = _pack(event)
-            for entity in ENTITIES:
-                key = event.get(entity.join_key)
-                if key is not None:
-                    pipe.add("HSET", state_key(entity, key), tid, packed)
-                    result.touched.add((entity.name, key))
-            pipe.add("HSET", TXN_MERCHANT, tid, event["merchant_id"])
-            record = {**event, "event_time_ms": event["ts_ms"]}
+            tid = event[self.transaction_key]
+            ts_ms = int(event["ts_ms"])
+            record = {**event, "event_time_ms": ts_ms}
+            label_keys: dict[str, str] = {}
+            for name, entity in self.entities.items():
+                key = record.get(entity.join_key)
+                if key is None:
+                    continue
+                pipe.add("HSET", state_key(entity, key), tid, self.layouts[name].pack(record, ts_ms))
+                result.touched.add((name, key))
+                label_keys[name] = key
+            if self.label_entities:
+                keys = {e.name: label_keys[e.name] for e in self.label_entities if e.name in label_keys}
+                pipe.add("HSET", TXN_KEYS, tid, json.dumps(keys, separators=(",", ":")))
             mapping: dict[bytes | str, bytes] = {
-                feature_field(TRANSACTION.view, name): encode_value(record.get(name), dtype)
-                for name, dtype in TRANSACTION_FIELDS.items()
+                feature_field(TRANSACTION_VIEW, name): encode_value(record.get(name), dtype)
+                for name, dtype in self.catalog.transaction_fields.items()
             }
-            mapping[ts_field(TRANSACTION.view)] = encode_ts(event["ts_ms"])
-            pipe.add("HSET", entity_key(self.project, TRANSACTION.join_key, tid), *_flat(mapping))
+            mapping[ts_field(TRANSACTION_VIEW)] = encode_ts(ts_ms)
+            pipe.add("HSET", entity_key(self.project, self.transaction_key, tid), *_flat(mapping))
         pipe.execute()
-        self._attach_pending([e["transaction_id"] for e in transactions], result)
-        for label in labels:
-            self._store_label(label, result)
+        if self.label_entities:
+            self._attach_pending([e[self.transaction_key] for e in transactions], result)
+            for label in labels:
+                self._store_label(label, result)
         touched = [(self.entities[name], key) for name, key in sorted(result.touched)]
         self._recompute(touched, result)
         result.recomputed = len(touched)
@@ -191,78 +236,109 @@ class OnlineUpdater:
     def _store_label(self, label: dict[str, Any], result: BatchResult) -> None:
         tid = label["transaction_id"]
         member = f"{tid}|{label['ts_ms']}|{int(label['is_fraud'])}"
-        merchant = self.client.hget(TXN_MERCHANT, tid)
-        if merchant is None:
+        keys = self.client.hget(TXN_KEYS, tid)
+        if keys is None:
             # The transaction has not arrived yet: park the label, then look again (it may have arrived meanwhile).
             self.client.sadd(pending_labels_key(tid), member)
-            merchant = self.client.hget(TXN_MERCHANT, tid)
-            if merchant is None:
+            keys = self.client.hget(TXN_KEYS, tid)
+            if keys is None:
                 return
-        self.client.hset(labels_key(merchant.decode()), member, b"1")
-        result.touched.add((MERCHANT.name, merchant.decode()))
+        self._file_labels(json.loads(keys), {member.encode(): b"1"}, result)
 
-    def _attach_pending(self, transaction_ids: Iterable[str], result: BatchResult) -> None:
+    def _attach_pending(self, transaction_ids: Sequence[str], result: BatchResult) -> None:
+        reads = KeyedPipeline(self.client)
         for tid in transaction_ids:
-            members = self.client.smembers(pending_labels_key(tid))
+            reads.add("SMEMBERS", pending_labels_key(tid))
+        for tid, members in zip(transaction_ids, reads.execute(), strict=True):
             if not members:
                 continue
-            merchant = self.client.hget(TXN_MERCHANT, tid)
-            assert merchant is not None
-            self.client.hset(labels_key(merchant.decode()), mapping=dict.fromkeys(members, b"1"))
+            keys = self.client.hget(TXN_KEYS, tid)
+            assert keys is not None
+            self._file_labels(json.loads(keys), dict.fromkeys(members, b"1"), result)
             self.client.delete(pending_labels_key(tid))
-            result.touched.add((MERCHANT.name, merchant.decode()))
+
+    def _file_labels(self, keys: dict[str, str], members: dict[bytes, bytes], result: BatchResult) -> None:
+        """Add labels to the label set of each entity (with a fraud_rate feature) of their transaction."""
+        for entity in self.label_entities:
+            key = keys.get(entity.name)
+            if key is not None:
+                self.client.hset(labels_key(entity, key), mapping=members)
+                result.touched.add((entity.name, key))
 
     # ----------------------------------------------------------------------------------------------- compute
+    def _layout_fields(self, layout: str) -> tuple[str, ...]:
+        if layout not in self._known_layouts:
+            stored = self.client.hget(LAYOUTS, layout)
+            self._known_layouts[layout] = tuple(json.loads(stored)) if stored is not None else None
+        return self._known_layouts[layout] or ()
+
+    def _unpack(self, transaction_id: str, raw: bytes) -> Event:
+        entry = json.loads(raw)
+        if not isinstance(entry[0], str):  # legacy: [ts, amount, card, merchant, country, device, ip]
+            return Event(transaction_id, int(entry[0]), dict(zip(_LEGACY_FIELDS, entry[1:], strict=False)))
+        names = self._layout_fields(entry[0])
+        return Event(transaction_id, int(entry[1]), dict(zip(names, entry[2:], strict=False)))
+
     def _compute(
-        self, entity: EntitySpec, key: str, raw: dict[bytes, bytes], label_members: list[bytes]
-    ) -> tuple[dict[bytes | str, bytes], list[str]] | None:
-        """The entity's online row at its latest event, and the history entries too old to keep."""
-        events = [_unpack(tid.decode(), value) for tid, value in raw.items()]
+        self, entity: EntitySpec, raw: dict[bytes, bytes], label_members: list[bytes]
+    ) -> tuple[list[tuple[WindowView, dict[bytes | str, bytes]]], list[str]] | None:
+        """Each of the entity's view rows at its latest event, and the history entries too old to keep."""
+        events = [self._unpack(tid.decode(), value) for tid, value in raw.items()]
         if not events:
             return None
         latest = max(e.ts_ms for e in events)
-        keep_from = latest - int(max_window(entity).total_seconds() * 1000) - self.lateness_ms
-        stale = [e.transaction_id for e in events if e.ts_ms < keep_from]
+        keep_from = latest - self.retention_ms[entity.name]
+        old = [e for e in events if e.ts_ms < keep_from]
+        if old and self.keeps_previous[entity.name]:
+            newest_old = max(e.ts_ms for e in old)
+            old = [e for e in old if e.ts_ms < newest_old]
         labels: dict[str, list[Label]] = {}
         for member in label_members:
             tid, ts, fraud = member.decode().rsplit("|", 2)
             labels.setdefault(tid, []).append(Label(tid, fraud == "1", int(ts)))
-        mapping: dict[bytes | str, bytes] = {
-            feature_field(entity.view, f.name): encode_value(evaluate(f, events, latest, labels), f.dtype)
-            for f in features_of(entity)
-        }
-        mapping[ts_field(entity.view)] = encode_ts(latest)
-        return mapping, stale
+        rows: list[tuple[WindowView, dict[bytes | str, bytes]]] = []
+        for view in self.views[entity.name]:
+            mapping: dict[bytes | str, bytes] = {
+                feature_field(view.view, f.name): encode_value(evaluate(f, events, latest, labels), f.dtype)
+                for f in view.features
+            }
+            mapping[ts_field(view.view)] = encode_ts(latest)
+            rows.append((view, mapping))
+        return rows, [e.transaction_id for e in old]
 
     def _recompute(self, touched: list[tuple[EntitySpec, str]], result: BatchResult) -> None:
         """Recompute every touched entity from its stored history: two pipelined round trips, no locks, no retries.
 
         Each entity has a version counter in its own hash-tag slot. Per entity, in this order on its node: INCR
         the version (v), then read the history. Every event stored before an INCR <= v is in what is read, so
-        the row computed from it may carry v. The write keeps the row only if it carries a higher version than
-        the one stored (`GUARDED_WRITE`, one key, so it runs on a cluster too): whichever worker read last writes
-        last, and an older computation arriving late changes nothing.
+        the rows computed from it may carry v. Each view's write keeps the row only if it carries a higher version
+        than the one stored for that view (`GUARDED_WRITE`, one key, so it runs on a cluster too): whichever worker
+        read last writes last, and an older computation arriving late changes nothing.
         """
         if not touched:
             return
+        label_names = {e.name for e in self.label_entities}
         reads = KeyedPipeline(self.client)
         for entity, key in touched:
             reads.add("INCRBY", version_key(entity, key), 1)
             reads.add("HGETALL", state_key(entity, key))
-            if entity is MERCHANT:
-                reads.add("HKEYS", labels_key(key))
+            if entity.name in label_names:
+                reads.add("HKEYS", labels_key(entity, key))
         replies = iter(reads.execute())
         writes = KeyedPipeline(self.client)
         guarded: list[int] = []
         for entity, key in touched:
             version, raw = next(replies), next(replies)
-            members = next(replies) if entity is MERCHANT else []
-            computed = self._compute(entity, key, raw, members)
+            members = next(replies) if entity.name in label_names else []
+            computed = self._compute(entity, raw, members)
             if computed is None:
                 continue
-            mapping, stale = computed
+            rows, stale = computed
             row = entity_key(self.project, entity.join_key, key)
-            guarded.append(writes.script(GUARDED_WRITE, row, version_field(entity.view), int(version), *_flat(mapping)))
+            for view, mapping in rows:
+                guarded.append(
+                    writes.script(GUARDED_WRITE, row, version_field(view.view), int(version), *_flat(mapping))
+                )
             if stale:
                 writes.add("HDEL", state_key(entity, key), *stale)
         written = writes.execute()
