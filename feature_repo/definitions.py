@@ -77,8 +77,7 @@ _10M, _1H, _24H, _7D, _30D = (
 def _fields(aggregations: list[Aggregation]) -> list[Field]:
     """One schema Field per aggregation: counts are integers, everything else a float."""
     return [
-        Field(name=a.name, dtype=Int64 if a.function in ("count", "count_distinct") else Float64)
-        for a in aggregations
+        Field(name=a.name, dtype=Int64 if a.function in ("count", "count_distinct") else Float64) for a in aggregations
     ]
 
 

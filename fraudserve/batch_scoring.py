@@ -358,7 +358,7 @@ def point_in_time_rows(
     import duckdb
     import pandas as pd
 
-    from pipelines.training.dataset import ENTITY_COLUMNS
+    from pipelines.training.dataset import entity_columns
 
     transactions = layout.transactions_file
     if not transactions.exists():
@@ -369,7 +369,7 @@ def point_in_time_rows(
     con.execute("SET TimeZone = 'UTC'")
     con.register("ids", ids)
     keys = con.execute(
-        f"SELECT DISTINCT {', '.join(f't.{c}' for c in ENTITY_COLUMNS)}, t.event_timestamp "
+        f"SELECT DISTINCT {', '.join(f't.{c}' for c in entity_columns())}, t.event_timestamp "
         f"FROM read_parquet('{transactions}') t SEMI JOIN ids USING (transaction_id)"
     ).df()
     con.close()

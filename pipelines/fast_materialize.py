@@ -171,36 +171,47 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def plan_views(store: FeatureStore) -> list[ViewPlan]:
-    """The views `store.materialize` would write, or UnsupportedView when one needs Feast's general path."""
+def plan_view(store: FeatureStore, original: FeatureView) -> ViewPlan:
+    """What the fast path needs of one view `store.materialize` would write, or UnsupportedView when it needs Feast's
+    general path. A window view is read from the file the backfill computed (`offline_view`)."""
     from feast.feature_view import FeatureView
     from feast.infra.offline_stores.file_source import FileSource
     from feast.value_type import ValueType
 
+    from pipelines.offline.store import offline_view
+
+    view = offline_view(store, original)
+    if type(view) is not FeatureView:
+        raise UnsupportedView(f"{view.name} is a {type(view).__name__}")
+    source = view.batch_source
+    if not isinstance(source, FileSource) or not str(source.path).endswith(".parquet"):
+        raise UnsupportedView(f"{view.name}: its batch source is not a Parquet file")
+    if source.created_timestamp_column or source.field_mapping:
+        raise UnsupportedView(f"{view.name}: created timestamp or field mapping")
+    keys = list(view.entity_columns)
+    if len(keys) != 1 or keys[0].dtype.to_value_type() != ValueType.STRING:
+        raise UnsupportedView(f"{view.name}: the fast path takes one string join key")
+    features = []
+    for field in view.features:
+        dtype = _FEAST_DTYPES.get(str(field.dtype))
+        if dtype is None:
+            raise UnsupportedView(f"{view.name}.{field.name}: type {field.dtype}")
+        features.append((field.name, dtype))
+    return ViewPlan(original, view.name, keys[0].name, Path(str(source.path)), source.timestamp_field, tuple(features))
+
+
+def views_to_materialize(store: FeatureStore) -> list[FeatureView]:
+    """The views `store.materialize` would write."""
     if store.config.registry.enable_online_feature_view_versioning:
         raise UnsupportedView("versioned online feature views")
-    plans = []
-    for view in store._get_feature_views_to_materialize(None):
-        if type(view) is not FeatureView:
-            raise UnsupportedView(f"{view.name} is a {type(view).__name__}")
-        source = view.batch_source
-        if not isinstance(source, FileSource) or not str(source.path).endswith(".parquet"):
-            raise UnsupportedView(f"{view.name}: its batch source is not a Parquet file")
-        if source.created_timestamp_column or source.field_mapping:
-            raise UnsupportedView(f"{view.name}: created timestamp or field mapping")
-        keys = list(view.entity_columns)
-        if len(keys) != 1 or keys[0].dtype.to_value_type() != ValueType.STRING:
-            raise UnsupportedView(f"{view.name}: the fast path takes one string join key")
-        features = []
-        for field in view.features:
-            dtype = _FEAST_DTYPES.get(str(field.dtype))
-            if dtype is None:
-                raise UnsupportedView(f"{view.name}.{field.name}: type {field.dtype}")
-            features.append((field.name, dtype))
-        plans.append(
-            ViewPlan(view, view.name, keys[0].name, Path(str(source.path)), source.timestamp_field, tuple(features))
-        )
-    return plans
+    from feast.feature_view import FeatureView
+
+    return [v for v in store._get_feature_views_to_materialize(None) if isinstance(v, FeatureView)]
+
+
+def plan_views(store: FeatureStore) -> list[ViewPlan]:
+    """Every view `store.materialize` would write, or UnsupportedView when one needs Feast's general path."""
+    return [plan_view(store, view) for view in views_to_materialize(store)]
 
 
 def latest_rows(
@@ -569,20 +580,26 @@ def fast_materialize(
     end: datetime,
     totals: dict[str, int],
     progress: Progress | None = None,
+    plans: list[ViewPlan] | None = None,
+    spans: dict[str, tuple[datetime, datetime]] | None = None,
 ) -> dict[str, ViewResult]:
-    """Every view `store.materialize(start, end)` would write, written the same way; then recorded in the registry.
+    """Every view `store.materialize(start, end)` would write (or `plans`), written the same way; then recorded in
+    the registry. `spans` gives a view its own interval instead of [start, end] (a batch view: its source's span).
 
     Raises UnsupportedView (before writing anything) when a view needs Feast's general path, SlotMapChanged when a
     cluster's slots move while writing.
     """
-    plans = plan_views(store)
+    plans = plan_views(store) if plans is None else plans
+    spans = spans or {}
     target = online_target(store)
     results: dict[str, ViewResult] = {}
     try:
         for plan in plans:
-            results[plan.name] = write_view(store, target, plan, start, end, totals.get(plan.name, 0), progress)
+            low, high = spans.get(plan.name, (start, end))
+            results[plan.name] = write_view(store, target, plan, low, high, totals.get(plan.name, 0), progress)
     finally:
         target.close()
     for plan in plans:
-        store.registry.apply_materialization(plan.view, store.project, start, end)
+        low, high = spans.get(plan.name, (start, end))
+        store.registry.apply_materialization(plan.view, store.project, low, high)
     return results

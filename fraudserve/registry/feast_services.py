@@ -9,7 +9,7 @@ import numpy as np
 
 from fraudserve.registry.checks import ServiceField
 from pipelines.offline.store import OfflineLayout
-from pipelines.training.dataset import ENTITY_COLUMNS, service_features
+from pipelines.training.dataset import entity_columns, service_features
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -33,7 +33,7 @@ class FeastFeatureServices:
         entity_rows = (
             duckdb.connect()
             .execute(
-                f"SELECT {', '.join(ENTITY_COLUMNS)}, event_timestamp FROM read_parquet('{path}') "
+                f"SELECT {', '.join(entity_columns())}, event_timestamp FROM read_parquet('{path}') "
                 f"ORDER BY event_timestamp DESC LIMIT {int(rows)}"
             )
             .df()

@@ -181,6 +181,12 @@ class Catalog:
         return max((v.max_window for v in self.views_of(entity)), default=timedelta(0))
 
     @property
+    def key_fields(self) -> tuple[str, ...]:
+        """The event fields that key an entity's views, in the transaction view's field order."""
+        keys = {e.join_key for e in self.entities}
+        return tuple(f for f in self.transaction_fields if f in keys)
+
+    @property
     def event_fields(self) -> tuple[str, ...]:
         """Fields a transaction event carries: the transaction id and the transaction view's fields."""
         return (self.transaction.join_key, *self.transaction_fields)
@@ -240,9 +246,7 @@ def from_objects(
     transaction_entity = by_name.get(transaction_view.entities[0]) if transaction_view.entities else None
     if transaction_entity is None:
         raise CatalogError([f"{TRANSACTION_VIEW} has no entity"])
-    transaction = EntitySpec(
-        transaction_entity.name, transaction_entity.join_key, transaction_entity.description or ""
-    )
+    transaction = EntitySpec(transaction_entity.name, transaction_entity.join_key, transaction_entity.description or "")
     fields: dict[str, str] = {}
     for f in transaction_view.features:
         if f.name == transaction.join_key:
@@ -267,13 +271,12 @@ def from_objects(
         if entity is None:
             problems.append(f"{view_name}: unknown entity {entity_names[0]!r}")
             return None
-        if entity.join_key not in event_fields or entity.join_key == transaction.join_key:
-            if entity.join_key != transaction.join_key:
-                problems.append(
-                    f"{view_name}: entity {entity.name}'s join key {entity.join_key!r} is not an event field; "
-                    f"declare it as a typed field of {TRANSACTION_VIEW} (events then carry it)"
-                )
-                return None
+        if entity.join_key not in event_fields:
+            problems.append(
+                f"{view_name}: entity {entity.name}'s join key {entity.join_key!r} is not an event field; "
+                f"declare it as a typed field of {TRANSACTION_VIEW} (events then carry it)"
+            )
+            return None
         return EntitySpec(entity.name, entity.join_key, entity.description or "")
 
     window_views: list[WindowView] = []
@@ -298,9 +301,7 @@ def from_objects(
             try:
                 function = Agg(agg.function)
             except ValueError:
-                problems.append(
-                    f"{where}: unknown function {agg.function!r}; one of {', '.join(a.value for a in Agg)}"
-                )
+                problems.append(f"{where}: unknown function {agg.function!r}; one of {', '.join(a.value for a in Agg)}")
                 continue
             column = agg.column or ""
             if function in COLUMNLESS_AGGS and column in NO_COLUMN:
@@ -343,42 +344,39 @@ def from_objects(
             window_views.append(WindowView(sfv.name, entity, sfv.ttl or timedelta(0), tuple(features)))
 
     batch_views: list[BatchView] = []
-    for view in views:
-        if view.name == TRANSACTION_VIEW:
+    keyed = {v.entity.name: v.entity for v in window_views}
+    for plain in views:
+        if plain.name == TRANSACTION_VIEW:
             continue
-        if view.stream_source is not None and getattr(view.stream_source, "name", None) == getattr(
+        if plain.stream_source is not None and getattr(plain.stream_source, "name", None) == getattr(
             transaction_view.stream_source, "name", None
         ):
             problems.append(
-                f"{view.name}: a FeatureView over {TRANSACTIONS_SOURCE} computes nothing; declare window features as "
-                "a StreamFeatureView with aggregations"
+                f"{plain.name}: a FeatureView over {TRANSACTIONS_SOURCE} computes nothing; declare window features "
+                "as a StreamFeatureView with aggregations"
             )
             continue
-        entity = keyed_entity(view.name, list(view.entities))
-        if entity is None:
+        key_entity = keyed_entity(plain.name, list(plain.entities))
+        if key_entity is None:
             continue
-        path = _batch_path(view)
-        if path is None:
-            problems.append(f"{view.name}: its source has no file path; batch views read a Parquet FileSource")
+        keyed.setdefault(key_entity.name, key_entity)
+        path = _batch_path(plain)
+        if path is None or plain.batch_source is None:
+            problems.append(f"{plain.name}: its source has no file path; batch views read a Parquet FileSource")
             continue
         batch_views.append(
             BatchView(
-                view.name,
-                entity.join_key,
-                view.ttl,
+                plain.name,
+                key_entity.join_key,
+                plain.ttl,
                 path,
-                view.batch_source.timestamp_field,
-                tuple((f.name, _type_name(f.dtype)) for f in view.features),
+                plain.batch_source.timestamp_field,
+                tuple((f.name, _type_name(f.dtype)) for f in plain.features),
             )
         )
 
-    keyed = {v.entity.name: v.entity for v in window_views}
-    for view in batch_views:
-        entity = next((e for e in by_name.values() if e.join_key == view.join_key), None)
-        if entity is not None and entity.name not in keyed:
-            keyed[entity.name] = EntitySpec(entity.name, entity.join_key, entity.description or "")
-    names = [v.view for v in window_views] + [v.view for v in batch_views]
-    for duplicate in {n for n in names if names.count(n) > 1}:
+    view_names = [v.view for v in window_views] + [v.view for v in batch_views]
+    for duplicate in sorted({n for n in view_names if view_names.count(n) > 1}):
         problems.append(f"{duplicate}: two views of one name")
     return Catalog(
         transaction=transaction,

@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.events import LABELS, TRANSACTIONS, EventKind
-from pipelines.features.catalog import ENTITIES
+from pipelines.features.catalog import Catalog, load_catalog
 from pipelines.offline.distributed import RayOptions, check_engine
 from pipelines.offline.inputs import read_batches
-from pipelines.offline.sql import entity_features_sql
+from pipelines.offline.sql import view_features_sql
 from pipelines.offline.store import OfflineLayout
 from pipelines.validation import REJECTED_SCHEMA, check
 
@@ -141,6 +141,7 @@ def backfill(
     threads: int | None = None,
     engine: str = "embedded",
     ray: RayOptions | None = None,
+    catalog: Catalog | None = None,
 ) -> BackfillSummary:
     """Compute every window feature for every valid transaction and write the offline store under `layout`.
 
@@ -149,6 +150,7 @@ def backfill(
     deduplication and the transactions and labels files are the same code on both.
     """
     check_engine(engine)
+    catalog = catalog or load_catalog()
     started = time.perf_counter()
     report = progress or (lambda stage, fraction: None)
     work = layout.work_dir
@@ -195,7 +197,7 @@ def backfill(
         ).fetchone()
         report("computing features", 0.0)
         written: dict[str, int] = {}
-        views = [(e.view, entity_features_sql(e)) for e in ENTITIES]
+        views = [(v.view, view_features_sql(v)) for v in catalog.window_views]
         views.append((layout.transactions_name, "SELECT * EXCLUDE (ts_ms), ts_ms AS event_time_ms FROM tx"))
         views.append(
             (
@@ -207,7 +209,7 @@ def backfill(
             from pipelines.offline.distributed import entity_features
 
             # The transactions file first: the Ray workers read it as their input.
-            for name, query in views[len(ENTITIES) :]:
+            for name, query in views[len(catalog.window_views) :]:
                 written[name] = _copy(con, query, layout.file(name))
             written |= entity_features(
                 con,
@@ -216,6 +218,7 @@ def backfill(
                 ray or RayOptions(),
                 lambda name, query: _copy(con, query, layout.file(name)),
                 lambda fraction: report("computing features", fraction),
+                catalog,
             )
             written = {name: written[name] for name, _ in views}
         else:

@@ -2,7 +2,7 @@
 
 Every window feature is computed per entity (card, merchant, device, IP): each SQL window is `PARTITION BY` the
 entity's key, and the fraud rate's label timeline is keyed the same way. So hash-partitioning the events by the key
-and running `pipelines.offline.sql.entity_features_sql` unchanged on each shard, in an in-process DuckDB, gives
+and running `pipelines.offline.sql.view_features_sql` unchanged on each shard, in an in-process DuckDB, gives
 the rows of the embedded path: the same rows and values, where window sums and means may differ in the last bits
 (DuckDB's window segment tree groups the additions by the rows that share its hash partition; the embedded path
 does the same when other keys are added to its input). Ray does the distribution, as a map/reduce of Ray tasks: a
@@ -37,8 +37,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.features.catalog import ENTITIES, Agg, EntitySpec, features_of
-from pipelines.offline.sql import entity_features_sql
+from pipelines.features.catalog import Catalog, WindowView, load_catalog
+from pipelines.offline.sql import view_features_sql
 
 ENGINES = ("embedded", "ray")
 SHARD = "_shard"
@@ -183,13 +183,9 @@ def _reduce(sql: str, transaction_parts: int, *parts: pa.Table) -> pa.Table:
 
 
 # ------------------------------------------------------------------------------------------------------- the driver
-def _needs_labels(entity: EntitySpec) -> bool:
-    return any(f.agg is Agg.FRAUD_RATE for f in features_of(entity))
-
-
-def _columns(entity: EntitySpec, available: list[str]) -> list[str]:
-    """The transaction columns that the entity's SQL reads."""
-    wanted = {"transaction_id", TX_TIME, entity.join_key} | {f.column for f in features_of(entity) if f.column}
+def _columns(view: WindowView, available: list[str]) -> list[str]:
+    """The transaction columns that the view's SQL reads."""
+    wanted = {"transaction_id", TX_TIME, view.join_key, *view.columns}
     return [name for name in available if name in wanted]
 
 
@@ -215,12 +211,14 @@ def entity_features(
     options: RayOptions,
     write: Callable[[str, str], int],
     progress: Callable[[float], None],
+    catalog: Catalog | None = None,
 ) -> dict[str, int]:
-    """Every entity's feature view computed on Ray; `write(view, query)` writes a query of `con` to the view's file.
+    """Every window view computed on Ray; `write(view, query)` writes a query of `con` to the view's file.
 
     `con` is the backfill's connection, with its `tx` and `labels` tables; `transactions_file` holds the same
     deduplicated transactions (as the offline store's transactions file, `event_time_ms` for `ts_ms`).
     """
+    views = (catalog or load_catalog()).window_views
     written: dict[str, int] = {}
     available = pq.read_schema(transactions_file).names
     slices = _slices(transactions_file, options.rows_per_task)
@@ -229,14 +227,14 @@ def entity_features(
         map_transactions = ray.remote(_map_transactions).options(num_returns=shards, num_cpus=1)
         map_labels = ray.remote(_map_labels).options(num_returns=shards, num_cpus=1)
         reduce = ray.remote(_reduce).options(num_cpus=1)
-        for i, entity in enumerate(ENTITIES):
-            key, sql = entity.join_key, entity_features_sql(entity)
-            columns = _columns(entity, available)
+        for i, view in enumerate(views):
+            key, sql = view.join_key, view_features_sql(view)
+            columns = _columns(view, available)
             pieces = [
                 _as_list(map_transactions.remote(str(transactions_file), rows, columns, key, shards)) for rows in slices
             ]
             label_pieces: list[Any] = []
-            if _needs_labels(entity):  # each label with its transaction's key, to that key's shard
+            if view.needs_labels:  # each label with its transaction's key, to that key's shard
                 labels_file = work / f"labels_by_{key}.parquet"
                 con.execute(
                     f"COPY (SELECT l.transaction_id, l.is_fraud, l.label_ms, t.{key} FROM labels l "
@@ -258,13 +256,13 @@ def entity_features(
                 for s, ref in enumerate(results):
                     table = ray.get(ref)
                     results[s] = None  # let the object store free the shard's rows once written
-                    progress((i + (s + 1) / len(results) * 0.99) / len(ENTITIES))
+                    progress((i + (s + 1) / len(results) * 0.99) / len(views))
                     yield from table.cast(schema).to_batches()
 
             con.register("computed", pa.RecordBatchReader.from_batches(schema, batches()))
-            written[entity.view] = write(entity.view, "SELECT * FROM computed")
+            written[view.view] = write(view.view, "SELECT * FROM computed")
             con.unregister("computed")
-            progress((i + 1) / len(ENTITIES))
+            progress((i + 1) / len(views))
     return written
 
 

@@ -8,7 +8,9 @@ ASOF JOIN finds the latest row at or before each entity timestamp by a sorted me
 It is a Feast plugin (`offline_store: type: pipelines.offline.feast_asof.AsofDuckDBOfflineStore` in
 feature_store.yaml): `get_historical_features` keeps Feast's contract (the same columns, TTL, on-demand views run by
 Feast's own RetrievalJob), and every other operation (materialize's pull_latest, ...) is Feast's DuckDB store's.
-Feature views whose batch source is not a Parquet FileSource fall back to Feast's implementation.
+Feature views whose batch source is not a Parquet FileSource fall back to Feast's implementation. A window view
+(a `StreamFeatureView` with aggregations, which Feast's own stores cannot compute) is read from the file the backfill
+computed for it (`pipelines.offline.store.computed_file`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import RepoConfig
 from feast.saved_dataset import SavedDatasetStorage
+
+from pipelines.offline.store import computed_file
 
 ENTITY_TIMESTAMP = "event_timestamp"
 
@@ -106,7 +110,9 @@ def asof_join(
         assert isinstance(source, FileSource)
         features, names = _view_select(view, feature_refs, full_feature_names)
         keys = view.projection.join_key_map or {c.name: c.name for c in view.entity_columns}
-        ts = source.timestamp_field
+        # A window view's rows are the file the backfill computed, not its source's events.
+        computed = computed_file(view)
+        path, ts = (computed, "event_timestamp") if computed is not None else (source.path, source.timestamp_field)
         alias = f"v{i}"
         columns = ", ".join([*(_quote(k) for k in keys), f"{_quote(ts)}::TIMESTAMPTZ AS __ts",
                              *(_quote(f) for f in features)])  # fmt: skip
@@ -114,7 +120,7 @@ def asof_join(
             [*(f"e.{_quote(entity_key)} = {alias}.{_quote(view_key)}" for view_key, entity_key in keys.items()),
              f"e.{ENTITY_TIMESTAMP} >= {alias}.__ts"]
         )  # fmt: skip
-        joins.append(f"ASOF LEFT JOIN (SELECT {columns} FROM read_parquet('{source.path}')) {alias} ON {on}")
+        joins.append(f"ASOF LEFT JOIN (SELECT {columns} FROM read_parquet('{path}')) {alias} ON {on}")
         ttl = view.ttl if view.ttl and view.ttl > timedelta(0) else None
         for feature, name in zip(features, names, strict=True):
             value = f"{alias}.{_quote(feature)}"

@@ -1,17 +1,17 @@
-"""The feature catalog compiled to DuckDB SQL window queries.
+"""The declared window features (the catalog read from the Feast repo) compiled to DuckDB SQL window queries.
 
-Each window feature becomes one window aggregate over the entity's events ordered by epoch milliseconds, with a
-RANGE frame of (W - 1 ms) PRECEDING: the frame (t - W, t] of SPEC. RANGE frames include the current row's peers,
-so events of an entity that share a timestamp get the same values, as SPEC asks. The fraud rate needs labels as
-known at t, which no frame expresses; it is a running sum of +1/-1 steps at the instants each fraud verdict starts
-and stops counting (see `fraud_known_sql`).
+Each window feature (one Feast `Aggregation`) becomes one window aggregate over the entity's events ordered by epoch
+milliseconds, with a RANGE frame of (W - 1 ms) PRECEDING: the frame (t - W, t] of SPEC. RANGE frames include the
+current row's peers, so events of an entity that share a timestamp get the same values, as SPEC asks. The fraud rate
+needs labels as known at t, which no frame expresses; it is a running sum of +1/-1 steps at the instants each fraud
+verdict starts and stops counting (see `fraud_known_sql`).
 
 Inputs are two relations: `tx` (canonical transactions with `ts_ms`) and `labels` (with `label_ms`).
 """
 
 from __future__ import annotations
 
-from pipelines.features.catalog import Agg, EntitySpec, WindowFeature, features_of
+from pipelines.features.catalog import Agg, WindowFeature, WindowView
 
 _NEVER = 2**62
 
@@ -29,20 +29,28 @@ def feature_sql(feature: WindowFeature, key: str) -> str:
     frame = over.format(frame=_frame(feature))
     column = feature.column
     if feature.agg is Agg.COUNT:
-        return f"count(*) {frame}"
+        return f"count(*) {frame}" if column is None else f"count({_quote(column)}) {frame}"
     if feature.agg is Agg.FRAUD_RATE:
         return f"coalesce(fraud_known, 0) / (count(*) {frame})::DOUBLE"
     if column is None:
         raise ValueError(f"feature {feature.name} ({feature.agg}) needs a column")
-    if feature.agg is Agg.SUM:
-        return f"sum({column}) {frame}"
-    if feature.agg is Agg.MEAN:
-        return f"sum({column}) {frame} / count({column}) {frame}"
-    if feature.agg is Agg.MAX:
-        return f"max({column}) {frame}"
+    quoted = _quote(column)
     if feature.agg is Agg.DISTINCT:
-        return f"count(DISTINCT {column}) {frame}"
+        return f"count(DISTINCT {quoted}) {frame}"
+    number = f"{quoted}::DOUBLE"  # float features, whatever the column's numeric type (a no-op on amount)
+    if feature.agg is Agg.SUM:  # 0 over a window without values, as the pure semantics
+        return f"coalesce(sum({number}) {frame}, 0.0)"
+    if feature.agg is Agg.MEAN:
+        return f"sum({number}) {frame} / count({quoted}) {frame}"
+    if feature.agg is Agg.MIN:
+        return f"min({number}) {frame}"
+    if feature.agg is Agg.MAX:
+        return f"max({number}) {frame}"
     raise ValueError(f"unknown aggregation {feature.agg}")
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def fraud_known_sql(feature: WindowFeature, key: str) -> str:
@@ -82,19 +90,19 @@ def fraud_known_sql(feature: WindowFeature, key: str) -> str:
     """
 
 
-def entity_features_sql(entity: EntitySpec) -> str:
-    """One row per (entity key, event time) with every window feature of the entity, as of that time."""
-    key = entity.join_key
-    features = features_of(entity)
+def view_features_sql(view: WindowView) -> str:
+    """One row per (entity key, event time) with every window feature of the view, as of that time."""
+    key = view.join_key
+    features = view.features
     rate = [f for f in features if f.agg is Agg.FRAUD_RATE]
     if len(rate) > 1:
-        raise ValueError(f"entity {entity.name} has more than one fraud-rate feature")
+        raise ValueError(f"view {view.view} has more than one fraud-rate feature")
     source = "tx"
     if rate:
         source = (
             f"(SELECT tx.*, r.fraud_known FROM tx LEFT JOIN ({fraud_known_sql(rate[0], key)}) r USING ({key}, ts_ms))"
         )
-    columns = ",\n        ".join(f"{feature_sql(f, key)} AS {f.name}" for f in features)
+    columns = ",\n        ".join(f"{feature_sql(f, key)} AS {_quote(f.name)}" for f in features)
     return f"""
     SELECT {key}, epoch_ms(ts_ms)::TIMESTAMPTZ AS event_timestamp,
         {columns}

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from feast import FeatureStore, FeatureView
 
 
 @dataclass(frozen=True)
@@ -32,3 +36,40 @@ class OfflineLayout:
     @property
     def quarantine_file(self) -> Path:
         return self.root.parent / "quarantine" / "rejected_events.parquet"
+
+
+def computed_file(view: Any) -> Path | None:
+    """Where the backfill writes a window view (a `StreamFeatureView` with aggregations): beside the events file that
+    its source reads, named after the view. None for any other view (its own batch source holds its rows)."""
+    from feast.stream_feature_view import StreamFeatureView
+
+    if not isinstance(view, StreamFeatureView) or not view.aggregations:
+        return None
+    events = getattr(view.batch_source, "path", None)
+    if events is None:
+        return None
+    return Path(str(events)).parent / f"{view.name}.parquet"
+
+
+def offline_view(store: FeatureStore, view: FeatureView) -> FeatureView:
+    """The view as Feast's engines can read it offline: a window view becomes a plain `FeatureView` over the file
+    the backfill computed (same name, entities, TTL and features); any other view is returned as it is.
+
+    Feast's own engines cannot compute aggregations (its local engine refuses them, its file store raises KeyError
+    on their names), so `materialize --engine feast` reads what fraudserve computed, exactly as the fast engine does.
+    """
+    from feast import FeatureView as PlainView
+    from feast.infra.offline_stores.file_source import FileSource
+
+    path = computed_file(view)
+    if path is None:
+        return view
+    plain = PlainView(
+        name=view.name,
+        entities=[store.get_entity(name) for name in view.entities],
+        ttl=view.ttl,
+        schema=[*view.entity_columns, *view.features],
+        source=FileSource(name=f"{view.name}_computed", path=str(path), timestamp_field="event_timestamp"),
+        online=view.online,
+    )
+    return plain

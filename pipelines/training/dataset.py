@@ -17,14 +17,19 @@ from typing import TYPE_CHECKING
 import duckdb
 import pandas as pd
 
-from pipelines.features.catalog import ENTITIES, TRANSACTION
+from pipelines.features.catalog import load_catalog
 from pipelines.offline.store import OfflineLayout
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
 LABEL = "is_fraud"
-ENTITY_COLUMNS = [TRANSACTION.join_key, *(e.join_key for e in ENTITIES)]
+
+
+def entity_columns() -> list[str]:
+    """The transaction id and every entity join key of the Feast repo (all event fields), in the event's order."""
+    catalog = load_catalog()
+    return [catalog.transaction.join_key, *catalog.key_fields]
 
 
 class TrainingDataError(ValueError):
@@ -90,7 +95,7 @@ def labeled_entity_rows(layout: OfflineLayout, policy: LabelPolicy) -> tuple[pd.
     assert cutoff is not None
     cutoff = cutoff.astimezone(UTC)
     mature_before = cutoff - policy.maturity
-    keys = ", ".join(f"t.{c}" for c in ENTITY_COLUMNS)
+    keys = ", ".join(f't."{c}"' for c in entity_columns())
     frame = con.execute(
         f"""
         WITH verdicts AS (
@@ -137,13 +142,14 @@ def build_training_set(
     rows, cutoff = labeled_entity_rows(layout, policy)
     service = store.get_feature_service(feature_service)
     names = [f.name for f in features]
+    columns = entity_columns()
     parts = []
     for start in range(0, len(rows), chunk_rows):
         chunk = rows.iloc[start : start + chunk_rows]
         joined = store.get_historical_features(entity_df=chunk, features=service).to_df()
-        parts.append(joined[[*ENTITY_COLUMNS, "event_timestamp", LABEL, *names]])
+        parts.append(joined[[*columns, "event_timestamp", LABEL, *names]])
         if progress is not None:
             progress(min(start + chunk_rows, len(rows)), len(rows))
     frame = pd.concat(parts, ignore_index=True)
-    frame = frame.sort_values(["event_timestamp", TRANSACTION.join_key], kind="stable").reset_index(drop=True)
+    frame = frame.sort_values(["event_timestamp", columns[0]], kind="stable").reset_index(drop=True)
     return TrainingSet(frame, features, feature_service, cutoff, policy.maturity, time.perf_counter() - started)
