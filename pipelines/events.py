@@ -7,9 +7,14 @@ millions of rows quickly and the stream can check a batch of events with the sam
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from pipelines.features.catalog import Catalog
 
 TIMESTAMP = pa.timestamp("ms", tz="UTC")
 
@@ -63,6 +68,39 @@ class EventKind:
 
 TRANSACTIONS = EventKind("transaction", TRANSACTION_SCHEMA, "transaction_id", "event_timestamp")
 LABELS = EventKind("label", LABEL_SCHEMA, "transaction_id", "label_timestamp")
+
+# Arrow types of the extra event fields a data engineer declares on `transaction_features` (catalog type names).
+EXTRA_FIELD_TYPES: dict[str, pa.DataType] = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64()}
+
+
+def with_extra_fields(extra: Mapping[str, str]) -> EventKind:
+    """TRANSACTIONS extended with extra typed fields (name -> "string" | "int64" | "float64"), nullable, in order.
+
+    Names SPEC's event already has are skipped; with nothing to add this is TRANSACTIONS itself."""
+    fields: list[pa.Field] = []
+    for name, kind in extra.items():
+        if name in TRANSACTION_SCHEMA.names:
+            continue
+        dtype = EXTRA_FIELD_TYPES.get(kind)
+        if dtype is None:
+            raise ValueError(f"extra event field {name!r} has type {kind!r}; one of {', '.join(EXTRA_FIELD_TYPES)}")
+        fields.append(pa.field(name, dtype, nullable=True))
+    if not fields:
+        return TRANSACTIONS
+    schema = pa.schema([*TRANSACTION_SCHEMA, *fields])
+    return EventKind(TRANSACTIONS.name, schema, TRANSACTIONS.id_field, TRANSACTIONS.time_field)
+
+
+def transaction_kind(catalog: Catalog | None = None) -> EventKind:
+    """The transaction events as the Feast repo declares them: TRANSACTIONS plus `catalog.extra_fields`.
+
+    Without a catalog, this run's (`load_catalog()`). Validation (`pipelines.validation.check`) types the extra
+    fields and keeps them in its valid table; fields an event carries that are not declared are ignored."""
+    if catalog is None:
+        from pipelines.features.catalog import load_catalog
+
+        catalog = load_catalog()
+    return with_extra_fields(catalog.extra_fields)
 
 
 def is_rfc3339(value: str) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,26 @@ def _typed_floats(values: pa.Array | Sequence[Any]) -> Typed:
     return pa.array(clean, pa.float64()), bad
 
 
+def _is_int64(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63
+
+
+def _typed_ints(values: pa.Array | Sequence[Any]) -> Typed:
+    """Integers as int64: a float (even a whole one), a bool or text is the wrong type, as for epoch milliseconds."""
+    if isinstance(values, pa.Array):
+        if pa.types.is_integer(values.type):
+            try:
+                return values.cast(pa.int64()), np.zeros(len(values), dtype=bool)
+            except pa.ArrowInvalid as exc:
+                raise SchemaError(f"is {values.type} with values beyond int64") from exc
+        if pa.types.is_null(values.type):
+            return pa.nulls(len(values), pa.int64()), np.zeros(len(values), dtype=bool)
+        raise SchemaError(f"is {values.type}, expected an integer")
+    bad = np.fromiter((v is not None and not _is_int64(v) for v in values), bool, len(values))
+    clean = [None if b else v for v, b in zip(values, bad, strict=True)]
+    return pa.array(clean, pa.int64()), bad
+
+
 def _typed_bools(values: pa.Array | Sequence[Any]) -> Typed:
     if isinstance(values, pa.Array):
         if pa.types.is_boolean(values.type):
@@ -113,14 +133,33 @@ def _parse_rfc3339_ms(texts: pa.Array) -> tuple[pa.Array, np.ndarray]:
     return pa.array(np.where(null, 0, ms), pa.int64(), mask=null), bad | (~ok & present)
 
 
+# Arrow timestamp units per millisecond (seconds are multiplied instead).
+_PER_MS = {"ms": 1, "us": 1_000, "ns": 1_000_000}
+# Seconds beyond this are clipped before becoming milliseconds (no overflow; still far outside 2000..2100).
+_MAX_SECONDS = 2**53
+
+
+def _timestamp_ms(values: pa.Array) -> pa.Array:
+    """Epoch ms of an Arrow timestamp column of any unit, truncated (not rounded) to the millisecond.
+
+    Arrow stores every timestamp as its UTC instant, so a zoned column (any zone) is converted to UTC by
+    construction; a naive one is taken as UTC."""
+    unit = values.type.unit
+    raw = values.cast(pa.int64())
+    if unit == "s":
+        clipped = pc.min_element_wise(pc.max_element_wise(raw, -_MAX_SECONDS), _MAX_SECONDS)
+        return pc.multiply(clipped, 1_000)
+    per_ms = _PER_MS[unit]
+    return raw if per_ms == 1 else pc.divide(raw, per_ms)  # integer division truncates toward zero
+
+
 def _typed_timestamps(values: pa.Array | Sequence[Any]) -> Typed:
-    """Event times as epoch milliseconds: RFC 3339 text with a zone, integer epoch ms, or zoned timestamps."""
+    """Event times as epoch milliseconds: RFC 3339 text with a zone, integer epoch ms, or Arrow timestamps of any
+    unit (s, ms, us, ns), naive (taken as UTC) or zoned; sub-millisecond digits are truncated."""
     if isinstance(values, pa.Array):
         t = values.type
         if pa.types.is_timestamp(t):
-            if t.tz is None:
-                raise SchemaError("is a timestamp without a time zone; write it as UTC (timestamp[ms, tz=UTC])")
-            return values.cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()), np.zeros(len(values), bool)
+            return _timestamp_ms(values), np.zeros(len(values), dtype=bool)
         if pa.types.is_integer(t):
             return values.cast(pa.int64()), np.zeros(len(values), dtype=bool)
         if pa.types.is_string(t) or pa.types.is_large_string(t):
@@ -237,6 +276,50 @@ LABEL_RULES: tuple[Rule, ...] = (
 RULES: dict[str, tuple[Rule, ...]] = {TRANSACTIONS.name: TRANSACTION_RULES, LABELS.name: LABEL_RULES}
 
 
+def _never(a: pa.Array) -> pa.Array:
+    return pa.array(np.zeros(len(a), dtype=bool))
+
+
+def _not_finite(a: pa.Array) -> pa.Array:
+    return pc.fill_null(pc.invert(pc.is_finite(a)), False)
+
+
+# Extra declared fields (see `pipelines.events.transaction_kind`): nullable, checked by type only (a float must
+# also be finite, as the amount).
+_EXTRA_RULES: dict[
+    pa.DataType, tuple[Callable[[pa.Array | Sequence[Any]], Typed], Callable[[pa.Array], pa.Array], str]
+] = {
+    pa.string(): (_typed_strings, _never, "null or text"),
+    pa.int64(): (_typed_ints, _never, "null or an integer"),
+    pa.float64(): (_typed_floats, _not_finite, "null or a finite number"),
+}
+
+
+def rules_for(kind: EventKind) -> tuple[Rule, ...]:
+    """SPEC's rules of `kind`, then one type-only rule per extra field of its schema (declared extra fields)."""
+    rules = RULES[kind.name]
+    covered = {rule.field for rule in rules}
+    extra: list[Rule] = []
+    for field in kind.schema:
+        if field.name in covered:
+            continue
+        rule = _EXTRA_RULES.get(field.type)
+        if rule is None:
+            raise ValueError(
+                f"{kind.name} field {field.name!r} is {field.type}; extra fields are string, int64, float64"
+            )
+        extra.append(Rule(field.name, *rule))
+    return rules + tuple(extra)
+
+
+def _arrow_value(values: pa.Array, row: int) -> object:
+    """One value of an Arrow column for a message; a timestamp beyond Python's datetime range as its raw integer."""
+    try:
+        return values[row].as_py()
+    except (OverflowError, ValueError):
+        return f"{values.type} {values[row].cast(pa.int64()).as_py()}"
+
+
 def _display(value: object) -> str:
     text = json.dumps(value, default=str) if not isinstance(value, float) or math.isfinite(value) else str(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -244,15 +327,18 @@ def _display(value: object) -> str:
 
 def check(
     kind: EventKind,
-    columns: dict[str, pa.Array | Sequence[Any]],
+    columns: Mapping[str, pa.Array | Sequence[Any]],
     rows: np.ndarray,
     unreadable: dict[int, str] | None = None,
 ) -> Checked:
     """Validate one batch of `kind` events given as columns; `rows` numbers them in the input (for messages).
 
+    `kind` may be TRANSACTIONS extended with declared extra fields (`pipelines.events.transaction_kind`): each is
+    typed and kept in the valid table; columns that are not fields of `kind` are ignored.
+
     `unreadable` marks rows (0-based in the batch) that could not be parsed at all, with the reason.
     """
-    rules = RULES[kind.name]
+    rules = rules_for(kind)
     n = len(rows)
     typed: dict[str, pa.Array] = {}
     field_of_error = np.full(n, -1, dtype=np.int64)
@@ -289,7 +375,7 @@ def check(
             continue
         rule = rules[int(field_of_error[row])]
         raw = columns.get(rule.field)
-        value = None if raw is None else (raw[row].as_py() if isinstance(raw, pa.Array) else raw[row])
+        value = None if raw is None else (_arrow_value(raw, row) if isinstance(raw, pa.Array) else raw[row])
         fields.append(rule.field)
         reasons.append(rule.message)
         values.append(_display(value))

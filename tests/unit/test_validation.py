@@ -12,6 +12,7 @@ import pytest
 
 from pipelines.events import LABELS, TRANSACTIONS
 from pipelines.offline.backfill import InvalidEvents, backfill
+from pipelines.offline.inputs import read_batches
 from pipelines.offline.store import OfflineLayout
 from pipelines.validation import SchemaError, check
 from tests.features_harness import T0, iso, label, txn, write_jsonl
@@ -160,10 +161,13 @@ def test_parquet_and_jsonl_inputs_give_identical_features(tmp_path: Path) -> Non
     assert iso(T0) == "2025-11-01T12:26:40.000Z"
 
 
-def test_naive_parquet_timestamps_are_refused(tmp_path: Path) -> None:
+def test_naive_parquet_timestamps_are_taken_as_utc(tmp_path: Path) -> None:
     table = pa.Table.from_pylist([{**txn("a", T0), "event_timestamp": None}])
-    table = table.set_column(9, "event_timestamp", pa.array([T0], pa.int64()).cast(pa.timestamp("ms")))
+    naive = pa.array([T0 * 1_000_000 + 999_999], pa.int64()).cast(pa.timestamp("ns"))  # sub-ms digits: truncated
+    table = table.set_column(9, "event_timestamp", naive)
     path = tmp_path / "naive.parquet"
     pq.write_table(table, path)
-    with pytest.raises(SchemaError, match="without a time zone"):
-        backfill(path, None, OfflineLayout(tmp_path / "offline"))
+    (batch,) = read_batches(path, TRANSACTIONS.schema.names)
+    result = check(TRANSACTIONS, batch.columns, batch.rows)
+    assert result.rejected.num_rows == 0
+    assert result.valid.column("event_timestamp").cast(pa.int64()).to_pylist() == [T0]
