@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.events import LABELS, TRANSACTIONS, EventKind
+from pipelines.events import LABELS, EventKind, transaction_kind
 from pipelines.features.catalog import Catalog, load_catalog
 from pipelines.offline.distributed import RayOptions, check_engine
 from pipelines.offline.inputs import read_batches
@@ -159,7 +159,8 @@ def backfill(
     quarantine_path = layout.quarantine_file if on_invalid == "quarantine" else None
     quarantine = pq.ParquetWriter(work / "quarantine.parquet", QUARANTINE_SCHEMA) if quarantine_path else None
     try:
-        tx_stage = _stage(TRANSACTIONS, transactions, work / "transactions.parquet", quarantine, report)
+        kind = transaction_kind(catalog)  # SPEC's event plus the extra fields declared in the Feast repo
+        tx_stage = _stage(kind, transactions, work / "transactions.parquet", quarantine, report)
         label_stage = StageResult()
         (work / "labels.parquet").unlink(missing_ok=True)
         if labels is not None:
@@ -181,8 +182,8 @@ def backfill(
         ).to_arrow_table()
         if duplicates.num_rows:
             if quarantine is None:
-                raise InvalidEvents(transactions, TRANSACTIONS, duplicates.cast(REJECTED_SCHEMA), duplicates.num_rows)
-            quarantine.write_table(_tag(duplicates.cast(REJECTED_SCHEMA), TRANSACTIONS, transactions))
+                raise InvalidEvents(transactions, kind, duplicates.cast(REJECTED_SCHEMA), duplicates.num_rows)
+            quarantine.write_table(_tag(duplicates.cast(REJECTED_SCHEMA), kind, transactions))
         tx_stage.valid -= duplicates.num_rows
         tx_stage.rejected += duplicates.num_rows
         con.execute(

@@ -59,17 +59,23 @@ def offline_view(store: FeatureStore, view: FeatureView) -> FeatureView:
     on their names), so `materialize --engine feast` reads what fraudserve computed, exactly as the fast engine does.
     """
     from feast import FeatureView as PlainView
+    from feast import Field
     from feast.infra.offline_stores.file_source import FileSource
+    from feast.types import from_value_type
 
     path = computed_file(view)
     if path is None:
         return view
+    entities = [store.get_entity(name) for name in view.entities]
+    # Feast does not infer a stream view's entity columns; the computed file has one per join key.
+    keys = view.entity_columns or [Field(name=e.join_key, dtype=from_value_type(e.value_type)) for e in entities]
     plain = PlainView(
         name=view.name,
-        entities=[store.get_entity(name) for name in view.entities],
+        entities=entities,
         ttl=view.ttl,
-        schema=[*view.entity_columns, *view.features],
+        schema=[*keys, *view.features],
         source=FileSource(name=f"{view.name}_computed", path=str(path), timestamp_field="event_timestamp"),
         online=view.online,
     )
+    plain.entity_columns = list({f.name: f for f in plain.entity_columns}.values())  # the schema's and the entities'
     return plain
