@@ -1,4 +1,5 @@
-"""What registration checks before it stores a model: safe files, a loadable model, the feature service's features."""
+"""What registration checks before it stores a model: safe files, a loadable model, the feature service's features,
+and that the API can serve that feature service (resolved with the very code the API serves with)."""
 
 from __future__ import annotations
 
@@ -100,3 +101,25 @@ def feature_problems(model: Sequence[FeatureField], service: Sequence[ServiceFie
                 f"feature service {service_name} serves {served}"
             )
     return problems
+
+
+def serving_problems(services: object, feature_service: str) -> list[str]:
+    """Why the API could not serve `feature_service`, one line per problem naming its view; [] when it can.
+
+    The service's feature plan is resolved as the API resolves it when it loads a model (inference_api's
+    `resolve_plan` on the registry's Feast store), so a model registered here never fails to load or answers a 500
+    for its features. `services` is the registry's FeatureServices: one with a `serving_problems(name)` method
+    answers itself; one with a Feast `store` is resolved against it; any other is not checked."""
+    own = getattr(services, "serving_problems", None)
+    if callable(own):
+        return list(own(feature_service))
+    store = getattr(services, "store", None)
+    if store is None:
+        return []
+    from inference_api.domain.plan import UnknownFeatureService, resolve_plan
+
+    try:
+        resolve_plan(store, feature_service)
+    except UnknownFeatureService as exc:
+        return exc.problems or [str(exc)]
+    return []

@@ -22,7 +22,13 @@ import numpy as np
 from fraudserve.errors import ModelNotFound
 from fraudserve.models.manifest import MANIFEST_FILE, Manifest
 from fraudserve.models.runtime import ModelLoadError, load_runtime
-from fraudserve.registry.checks import RegistrationError, ServiceField, feature_problems, read_package
+from fraudserve.registry.checks import (
+    RegistrationError,
+    ServiceField,
+    feature_problems,
+    read_package,
+    serving_problems,
+)
 from fraudserve.registry.notices import Notices
 from fraudserve.registry.storage import AliasDoc, LocalStorage, Storage
 
@@ -114,6 +120,12 @@ class ModelRegistry:
             raise RegistrationError(
                 f"unknown feature service {manifest.feature_service!r}; Feast knows: {', '.join(known) or 'none'} "
                 "(run `fraudserve features apply` if it is new)"
+            )
+        unservable = serving_problems(self.services, manifest.feature_service)
+        if unservable:
+            raise RegistrationError(
+                f"the API cannot serve feature service {manifest.feature_service}, so it refuses models on it:",
+                unservable,
             )
         fields = self.services.service_fields(manifest.feature_service)
         problems = feature_problems(manifest.features, fields, manifest.feature_service)

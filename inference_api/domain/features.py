@@ -1,4 +1,4 @@
-"""The online feature source: transaction records and entity features from Feast's online store.
+"""The online feature source: transaction records and the features of their views from Feast's online store.
 
 `FeatureSource` is the small interface the scoring service needs. `FeastFeatureSource` implements it with Feast's
 own async SDK (`get_online_features_async`), and returns each feature view's event timestamp so that the service
@@ -17,8 +17,8 @@ import redis
 from redis.exceptions import RedisClusterException
 
 from fraudserve.errors import RedisUnavailable
-from inference_api.domain.plan import FeaturePlan
-from pipelines.features.catalog import TRANSACTION, TRANSACTION_FIELDS
+from inference_api.domain.plan import FeaturePlan, catalog_of
+from pipelines.features.catalog import TRANSACTION_VIEW
 from pipelines.online_layout import ABSENT_KEY
 
 if TYPE_CHECKING:
@@ -30,24 +30,31 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class TransactionRecord:
+    """A transaction: its id and every field of the transaction view (SPEC's and the repo's extra ones)."""
+
     transaction_id: str
-    card_id: str
-    merchant_id: str
-    device_id: str | None
-    ip_address: str | None
-    amount: float
-    currency: str
-    merchant_category: str
-    country: str
-    event_time_ms: int
+    fields: dict[str, Any]  # field name -> value (None: not set), for every field of the transaction view
     stored_at: float | None = None  # the online row's event timestamp (epoch seconds)
-    # Entity features read in the same round trip as the transaction, for `views_plan` (see FeatureSource).
+    # Features of the plan's views read in the same round trip as the transaction (see FeatureSource).
     views: dict[str, ViewValues] | None = field(default=None, compare=False, repr=False)
     views_plan: FeaturePlan | None = field(default=None, compare=False, repr=False)
 
     def key(self, join_key: str) -> str | None:
-        value: str | None = getattr(self, join_key)
-        return value
+        """The transaction's value of a join key (a string field), None when it has none."""
+        value = self.fields.get(join_key)
+        return None if value is None else str(value)
+
+    def get(self, name: str) -> Any:
+        """A field's value (the transaction id included)."""
+        return self.transaction_id if name == "transaction_id" else self.fields.get(name)
+
+    @property
+    def amount(self) -> float:
+        return float(self.fields["amount"])
+
+    @property
+    def event_time_ms(self) -> int:
+        return int(self.fields["event_time_ms"])
 
 
 @dataclass(frozen=True)
@@ -88,13 +95,16 @@ class FeastFeatureSource:
     def __init__(self, store: FeatureStore, budget_s: float) -> None:
         self.store = store
         self.budget_s = budget_s
+        catalog = catalog_of(store)
+        self.join_key = catalog.transaction.join_key
+        self.fields = tuple(catalog.transaction_fields)
 
     async def _read(self, refs: list[str], rows: list[dict[str, str]]) -> Any:
         return await within_budget(self.store.get_online_features_async(features=refs, entity_rows=rows), self.budget_s)
 
     async def transactions(self, ids: Sequence[str], plan: FeaturePlan | None = None) -> list[TransactionRecord | None]:
-        refs = [f"{TRANSACTION.view}:{f}" for f in TRANSACTION_FIELDS]
-        response = await self._read(refs, [{TRANSACTION.join_key: i} for i in ids])
+        refs = [f"{TRANSACTION_VIEW}:{f}" for f in self.fields]
+        response = await self._read(refs, [{self.join_key: i} for i in ids])
         columns = _columns(response)
         records: list[TransactionRecord | None] = []
         for row, transaction_id in enumerate(ids):
@@ -102,8 +112,8 @@ class FeastFeatureSource:
             if statuses[row] != _PRESENT or values[row] is None:  # every stored transaction has a card
                 records.append(None)
                 continue
-            fields = {f: columns[f][0][row] for f in TRANSACTION_FIELDS}
-            records.append(TransactionRecord(transaction_id=transaction_id, stored_at=stamps[row], **fields))
+            fields = {f: columns[f][0][row] for f in self.fields}
+            records.append(TransactionRecord(transaction_id, fields, stored_at=stamps[row]))
         return records
 
     async def views(self, plan: FeaturePlan, records: Sequence[TransactionRecord]) -> list[dict[str, ViewValues]]:
@@ -123,13 +133,13 @@ class FeastFeatureSource:
                     for f in view.features
                     if columns[f][1][row] == _PRESENT and columns[f][2][row] > 0
                 ]
-                by_view[view.entity.view] = ViewValues(values, max(found) if found else None)
+                by_view[view.view] = ViewValues(values, max(found) if found else None)
             result.append(by_view)
         return result
 
     async def ping(self) -> bool:
         try:
-            await self._read([f"{TRANSACTION.view}:amount"], [{TRANSACTION.join_key: ABSENT_KEY}])
+            await self._read([f"{TRANSACTION_VIEW}:amount"], [{self.join_key: ABSENT_KEY}])
         except RedisUnavailable:
             return False
         return True

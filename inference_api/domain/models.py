@@ -25,7 +25,7 @@ from fraudserve.models.manifest import Manifest
 from fraudserve.models.runtime import Runtime, load_runtime, model_engine
 from fraudserve.registry import CANDIDATE, PRODUCTION, ModelRegistry
 from fraudserve.settings import ReasonsMethod
-from inference_api.domain.plan import FeaturePlan, resolve_plan
+from inference_api.domain.plan import FeaturePlan, UnknownFeatureService, resolve_plan
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -100,7 +100,10 @@ class ModelManager:
         if problem is not None:
             raise ModelNotReady(f"{problem}; it is not loaded")
         manifest = model.manifest
-        plan = resolve_plan(self.store, manifest.feature_service)
+        try:
+            plan = resolve_plan(self.store, manifest.feature_service)
+        except UnknownFeatureService as exc:
+            raise ModelNotReady(f"model {name} version {version} is not loaded: {exc}") from exc
         if list(plan.features) != manifest.feature_names:
             raise ModelNotReady(
                 f"model {name} version {version} reads features that feature service {manifest.feature_service} "

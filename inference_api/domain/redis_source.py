@@ -23,8 +23,8 @@ from redis.exceptions import RedisClusterException
 
 from fraudserve.feature_store import async_redis_client
 from inference_api.domain.features import TransactionRecord, ViewValues, within_budget
-from inference_api.domain.plan import FeaturePlan, ViewRead
-from pipelines.features.catalog import TRANSACTION, TRANSACTION_FIELDS
+from inference_api.domain.plan import FeaturePlan, ViewRead, catalog_of
+from pipelines.features.catalog import TRANSACTION_VIEW
 from pipelines.online_layout import decode_ts, decode_value, entity_key, feature_field, key_prefix, ts_field
 
 if TYPE_CHECKING:
@@ -35,11 +35,13 @@ def _fields(view: str, features: tuple[str, ...]) -> tuple[bytes | str, ...]:
     return (*(feature_field(view, f) for f in features), ts_field(view))
 
 
-# One round trip for a transaction and its entities' features: HMGET the transaction's hash, take each entity id
+# One round trip for a transaction and its views' features: HMGET the transaction's hash, take each join key's value
 # from its stored ValueProto (field 2, string_val: 0x12, varint length, bytes), build Feast's v3 entity key and HMGET
-# the view's fields. The plan (project, field names, key prefixes) is written into the script as literals
-# (`_lookup_script`), one script per feature plan, so a call carries only the transaction keys. Entity keys are
-# derived inside the script, so it runs on a single Redis only; on a cluster the reader makes two round trips.
+# the fields of every view keyed by it (several views may share a join key, e.g. a window view and a batch view of
+# merchant_id: Feast keeps them in one hash, read by one HMGET). The plan (project, field names, key prefixes) is
+# written into the script as literals (`_lookup_script`), one script per feature plan, so a call carries only the
+# transaction keys. Keys are derived inside the script, so it runs on a single Redis only; on a cluster the reader
+# makes two round trips.
 _LOOKUP_BODY = """
 local function string_val(raw)
   if not raw or #raw < 2 or string.byte(raw, 1) ~= 18 then return nil end
@@ -79,16 +81,39 @@ def _lua(value: bytes | str) -> str:
     return '"' + "".join(f"\\{c:03d}" for c in raw) + '"'
 
 
-def _lookup_script(project: bytes, views: tuple[ViewRead, ...]) -> str:
-    """The one-round-trip lookup for a plan's views, its constants as literals."""
-    tfields = ", ".join(_lua(f) for f in _TRANSACTION_FIELDS)
-    entries = []
+def key_groups(views: tuple[ViewRead, ...]) -> list[tuple[str, tuple[ViewRead, ...]]]:
+    """The plan's views grouped by join key, in first-seen order: one HMGET per key reads every view of it."""
+    groups: dict[str, list[ViewRead]] = {}
     for view in views:
-        index = list(TRANSACTION_FIELDS).index(view.entity.join_key) + 1
-        fields = ", ".join(_lua(f) for f in _fields(view.entity.view, view.features))
-        entries.append(f"{{index = {index}, prefix = {_lua(key_prefix(view.entity.join_key))}, fields = {{{fields}}}}}")
+        groups.setdefault(view.join_key, []).append(view)
+    return [(key, tuple(group)) for key, group in groups.items()]
+
+
+def _group_fields(group: tuple[ViewRead, ...]) -> tuple[bytes | str, ...]:
+    return tuple(f for view in group for f in _fields(view.view, view.features))
+
+
+def _lookup_script(project: bytes, fields: tuple[str, ...], views: tuple[ViewRead, ...]) -> str:
+    """The one-round-trip lookup for a plan's views, its constants as literals."""
+    tfields = ", ".join(_lua(f) for f in _fields(TRANSACTION_VIEW, fields))
+    entries = []
+    for join_key, group in key_groups(views):
+        index = fields.index(join_key) + 1
+        hashed = ", ".join(_lua(f) for f in _group_fields(group))
+        entries.append(f"{{index = {index}, prefix = {_lua(key_prefix(join_key))}, fields = {{{hashed}}}}}")
     header = f"local project = {_lua(project)}\nlocal tfields = {{{tfields}}}\nlocal views = {{{', '.join(entries)}}}\n"
     return header + _LOOKUP_BODY
+
+
+def _split(group: tuple[ViewRead, ...], reply: list[bytes | None] | None) -> dict[str, ViewValues]:
+    """Each view's values from one key's HMGET reply (None: the transaction has no value of the key)."""
+    out: dict[str, ViewValues] = {}
+    start = 0
+    for view in group:
+        width = len(view.features) + 1
+        out[view.view] = _view_values(view, None if reply is None else reply[start : start + width])
+        start += width
+    return out
 
 
 class RedisFeatureSource:
@@ -117,6 +142,10 @@ class RedisFeatureSource:
         # The one-round-trip read needs a single Redis and Feast's v3 keys; otherwise two pipelined round trips.
         self.fused = isinstance(self.client, aioredis.Redis) and self.version == 3
         self._scripts: dict[int, tuple[AsyncScript, tuple[ViewRead, ...]]] = {}
+        catalog = catalog_of(store)
+        self.join_key = catalog.transaction.join_key
+        self.fields = tuple(catalog.transaction_fields)
+        self._transaction_fields = _fields(TRANSACTION_VIEW, self.fields)
 
     def _key(self, join_key: str, value: str) -> bytes:
         if self.version == 3:  # Feast's v3 bytes, built from a cached prefix (tested equal to Feast's helper)
@@ -132,18 +161,19 @@ class RedisFeatureSource:
         return replies
 
     async def transactions(self, ids: Sequence[str], plan: FeaturePlan | None = None) -> list[TransactionRecord | None]:
-        keys = [self._key(TRANSACTION.join_key, i) for i in ids]
+        keys = [self._key(self.join_key, i) for i in ids]
         if plan is not None and plan.views and self.fused:
             return await self._transactions_with_views(ids, keys, plan)
-        replies = await self._hmget_all([(key, _TRANSACTION_FIELDS) for key in keys])
-        return [_record(i, reply) for i, reply in zip(ids, replies, strict=True)]
+        replies = await self._hmget_all([(key, self._transaction_fields) for key in keys])
+        return [_record(self.fields, i, reply) for i, reply in zip(ids, replies, strict=True)]
 
     def _script_for(self, plan: FeaturePlan) -> AsyncScript:
         """The lookup script of a plan, registered once per plan (redis-py reloads it if Redis lost it)."""
         cached = self._scripts.get(id(plan))
         if cached is None or cached[1] is not plan.views:
             assert isinstance(self.client, aioredis.Redis)
-            cached = (self.client.register_script(_lookup_script(self.project, plan.views)), plan.views)
+            script = _lookup_script(self.project, self.fields, plan.views)
+            cached = (self.client.register_script(script), plan.views)
             self._scripts[id(plan)] = cached
         return cached[0]
 
@@ -152,35 +182,32 @@ class RedisFeatureSource:
     ) -> list[TransactionRecord | None]:
         script = self._script_for(plan)
         replies: list[list[Any]] = await within_budget(script(keys=keys), self.budget_s)
+        groups = key_groups(plan.views)
         records: list[TransactionRecord | None] = []
-        for transaction_id, (reply, *views) in zip(ids, replies, strict=True):
-            record = _record(transaction_id, reply)
+        for transaction_id, (reply, *by_key) in zip(ids, replies, strict=True):
+            record = _record(self.fields, transaction_id, reply)
             if record is not None:
-                by_view = {
-                    view.entity.view: _view_values(view, raw) for view, raw in zip(plan.views, views, strict=True)
-                }
+                by_view: dict[str, ViewValues] = {}
+                for (_, group), raw in zip(groups, _pad(by_key, len(groups)), strict=True):
+                    by_view.update(_split(group, raw or None))
                 record = dataclasses.replace(record, views=by_view, views_plan=plan)
             records.append(record)
         return records
 
     async def views(self, plan: FeaturePlan, records: Sequence[TransactionRecord]) -> list[dict[str, ViewValues]]:
+        groups = key_groups(plan.views)
         commands = []
-        wanted = []
         for record in records:
-            for view in plan.views:
-                key = record.key(view.entity.join_key)
+            for join_key, group in groups:
+                key = record.key(join_key)
                 if key is not None:
-                    commands.append((self._key(view.entity.join_key, key), _fields(view.entity.view, view.features)))
-                    wanted.append((record, view))
+                    commands.append((self._key(join_key, key), _group_fields(group)))
         replies = iter(await self._hmget_all(commands)) if commands else iter(())
         result: list[dict[str, ViewValues]] = []
         for record in records:
             by_view: dict[str, ViewValues] = {}
-            for view in plan.views:
-                if record.key(view.entity.join_key) is None:
-                    by_view[view.entity.view] = ViewValues(dict.fromkeys(view.features), None)
-                    continue
-                by_view[view.entity.view] = _view_values(view, next(replies))
+            for join_key, group in groups:
+                by_view.update(_split(group, None if record.key(join_key) is None else next(replies)))
             result.append(by_view)
         return result
 
@@ -200,15 +227,16 @@ class RedisFeatureSource:
         await self.client.aclose()
 
 
-_TRANSACTION_FIELDS = _fields(TRANSACTION.view, tuple(TRANSACTION_FIELDS))
+def _pad(replies: list[Any], count: int) -> list[Any]:
+    """Lua drops trailing nils (`false` here) of a table: the missing ones are keys the transaction has no value of."""
+    return [*replies, *([False] * (count - len(replies)))]
 
 
-def _record(transaction_id: str, reply: list[bytes | None]) -> TransactionRecord | None:
-    values = [decode_value(raw) for raw in reply[:-1]]
-    row = dict(zip(TRANSACTION_FIELDS, values, strict=True))
-    if row["card_id"] is None:  # every stored transaction has a card
+def _record(fields: tuple[str, ...], transaction_id: str, reply: list[bytes | None]) -> TransactionRecord | None:
+    row = {name: decode_value(raw) for name, raw in zip(fields, reply[:-1], strict=True)}
+    if row.get("card_id") is None:  # every stored transaction has a card
         return None
-    return TransactionRecord(transaction_id=transaction_id, stored_at=decode_ts(reply[-1]), **row)
+    return TransactionRecord(transaction_id, row, stored_at=decode_ts(reply[-1]))
 
 
 def _view_values(view: ViewRead, reply: list[bytes | None] | None) -> ViewValues:

@@ -20,8 +20,9 @@ import numpy as np
 from fraudserve.errors import FraudserveError
 from inference_api.domain.features import FeatureSource, TransactionRecord, ViewValues
 from inference_api.domain.models import LoadedModel, ModelManager
-from inference_api.domain.plan import FeaturePlan
+from inference_api.domain.plan import FeaturePlan, OnDemandRead
 from inference_api.observability import Metrics
+from pipelines.features.catalog import TRANSACTION_VIEW
 from pipelines.features.request_time import request_time_arrays
 
 log = logging.getLogger("fraudserve.scoring")
@@ -66,25 +67,23 @@ def build_rows(
     plan: FeaturePlan, records: Sequence[TransactionRecord], fetched: Sequence[dict[str, ViewValues]], now: float
 ) -> tuple[np.ndarray, list[list[str]], list[float | None]]:
     """The model matrix (manifest order), the reasons each row is uncertain, and each row's feature freshness."""
-    columns: dict[str, list[Any]] = {name: [] for name in plan.features}
-    for record, views in zip(records, fetched, strict=True):
-        for view in plan.views:
-            values = views[view.entity.view].values
-            for name in view.features:
-                columns[name].append(values.get(name))
-        for name in plan.transaction_fields:
-            columns[name].append(getattr(record, name))
+    columns: dict[str, list[Any]] = {}
+    for view in plan.views:
+        for name in view.served:
+            columns[name] = [views[view.view].values.get(name) for views in fetched]
+    for name in plan.transaction_fields:
+        columns[name] = [record.fields.get(name) for record in records]
     if plan.request_time:
-        mean_7d = columns.get("card_amount_mean_7d") or [
-            views.get("card_features", ViewValues({}, None)).values.get("card_amount_mean_7d") for views in fetched
-        ]
+        mean_7d = [views["card_features"].values.get("card_amount_mean_7d") for views in fetched]
         extra = request_time_arrays(
-            np.array([r.amount for r in records], dtype=np.float64),
-            np.array([r.event_time_ms for r in records], dtype=np.float64),
-            np.array([np.nan if v is None else v for v in mean_7d], dtype=np.float64),
+            np.array([_number(r.fields.get("amount")) for r in records], dtype=np.float64),
+            np.array([_number(r.fields.get("event_time_ms")) for r in records], dtype=np.float64),
+            np.array([_number(v) for v in mean_7d], dtype=np.float64),
         )
         for name in plan.request_time:
             columns[name] = extra[name].tolist()
+    for odfv in plan.on_demand:
+        columns.update(on_demand_values(odfv, records, fetched))
     matrix = np.array(
         [[np.nan if v is None else v for v in columns[name]] for name in plan.features], dtype=np.float64
     ).T.reshape(len(records), len(plan.features))
@@ -95,24 +94,72 @@ def build_rows(
         reasons: list[str] = []
         ages: list[float] = []
         for view in plan.views:
-            key = record.key(view.entity.join_key)
+            key = record.key(view.join_key)
             if key is None:
                 continue  # no device or IP on this transaction: that group is not required
-            stamp = views[view.entity.view].timestamp
+            stamp = views[view.view].timestamp
             if stamp is None:
-                reasons.append(f"no {view.entity.name} features for {view.entity.join_key} {key!r}")
+                reasons.append(f"no {view.subject} features for {view.join_key} {key!r}")
                 continue
             age = max(now - stamp, 0.0)
             ages.append(age)
-            ttl = view.entity.ttl.total_seconds()
+            if view.ttl is None:
+                continue
+            ttl = view.ttl.total_seconds()
             if age > ttl:
                 reasons.append(
-                    f"{view.entity.name} features for {key!r} are {_age_text(age)} old, older than the "
-                    f"{view.entity.view} TTL of {_age_text(ttl)}"
+                    f"{view.subject} features for {key!r} are {_age_text(age)} old, older than the "
+                    f"{view.view} TTL of {_age_text(ttl)}"
                 )
         uncertain.append(reasons)
         freshness.append(max(ages) if ages else None)
     return matrix, uncertain, freshness
+
+
+def _number(value: Any) -> float:
+    return np.nan if value is None else float(value)
+
+
+def on_demand_values(
+    read: OnDemandRead, records: Sequence[TransactionRecord], fetched: Sequence[dict[str, ViewValues]]
+) -> dict[str, list[Any]]:
+    """An on-demand view's served features for each record, computed as Feast's online read computes them.
+
+    The input is what Feast's response holds for the view (`_augment_response_with_on_demand_transforms`): the
+    entity columns, the features of its source projections and its request data, as python values (None where
+    missing), one list per column; python mode calls `transform_dict` on it, pandas mode `transform_arrow` on it as
+    an Arrow table. The outputs are converted as Feast converts them (to the schema's type and back)."""
+    import pyarrow as pa
+    from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
+
+    inputs: dict[str, list[Any]] = {}
+    for key in read.join_keys:
+        inputs[key] = [record.get(key) for record in records]
+    for view, feature in read.inputs:
+        if view == TRANSACTION_VIEW:
+            inputs[feature] = [record.fields.get(feature) for record in records]
+        else:
+            inputs[feature] = [views[view].values.get(feature) for views in fetched]
+    for name in read.request_fields:
+        inputs[name] = [record.get(name) for record in records]
+    odfv = read.odfv
+    outputs: dict[str, Any]
+    if odfv.mode == "python":
+        if odfv.singleton:
+            rows = [odfv.transform_dict({k: [v[i]] for k, v in inputs.items()}) for i in range(len(records))]
+            outputs = {name: [row[name] for row in rows] for name in read.features}
+        else:
+            outputs = odfv.transform_dict(inputs)
+    else:
+        table = odfv.transform_arrow(pa.Table.from_pydict(inputs), False)
+        outputs = {name: table[name].to_numpy(zero_copy_only=False) for name in read.features}
+    result: dict[str, list[Any]] = {}
+    for name, value_type in zip(read.features, read.types, strict=True):
+        values = outputs[name]
+        values = values if isinstance(values, list) or hasattr(values, "dtype") else [values]
+        protos = python_values_to_proto_values(values, value_type)
+        result[name] = [feast_value_type_to_python_type(p) for p in protos]
+    return result
 
 
 class ScoringService:
@@ -223,8 +270,10 @@ class ScoringService:
             )  # fmt: skip
 
 
-def record_from_event(event: dict[str, Any]) -> TransactionRecord:
-    """An inline transaction event, checked with the pipelines' own rules, as a record to score."""
+def record_from_event(event: dict[str, Any], fields: Sequence[str] = ()) -> TransactionRecord:
+    """An inline transaction event, checked with the pipelines' own rules, as a record to score.
+
+    `fields`: the transaction view's fields (the plan's `record_fields`); extra ones are taken from the event."""
     from fraudserve.errors import InvalidInput
     from pipelines.events import TRANSACTIONS
     from pipelines.validation import check
@@ -238,7 +287,11 @@ def record_from_event(event: dict[str, Any]) -> TransactionRecord:
         )
     row = checked.valid.to_pylist()[0]
     moment = row.pop("event_timestamp")
-    return TransactionRecord(event_time_ms=int(moment.timestamp() * 1000), **row)
+    transaction_id = str(row.pop("transaction_id"))
+    row["event_time_ms"] = int(moment.timestamp() * 1000)
+    for name in fields:
+        row.setdefault(name, event.get(name))
+    return TransactionRecord(transaction_id, row)
 
 
 Request = tuple[str | None, dict[str, Any] | None]  # (transaction_id, inline event): exactly one is set
@@ -258,7 +311,7 @@ async def score_requests(
     for i, (_, event) in enumerate(requests):
         if event is not None:
             try:
-                outcomes[i] = record_from_event(event)
+                outcomes[i] = record_from_event(event, plan.record_fields)
             except FraudserveError as exc:
                 outcomes[i] = exc
     ready = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, TransactionRecord)]

@@ -22,7 +22,7 @@ import redis
 from fraudserve import feature_store
 from fraudserve.models.attribution import LightGBMPathExplainer
 from fraudserve.settings import FeatureSourceKind
-from pipelines.features.catalog import TRANSACTION
+from pipelines.features.catalog import load_catalog
 from pipelines.online_layout import entity_key
 from tests.api_server import ApiServer
 from tests.deployment import Deployment, deploy
@@ -73,7 +73,7 @@ def test_the_online_store_is_spread_over_the_three_masters(deployment: Deploymen
     # And the keys are Feast's: a recent transaction's key is found through the cluster client, on one master only.
     client = cluster.client()
     try:
-        key = entity_key(b"fraudserve", TRANSACTION.join_key, deployment.recent[0], 3)
+        key = entity_key(b"fraudserve", load_catalog().transaction.join_key, deployment.recent[0], 3)
         assert client.exists(key) == 1
         holders = []
         for port in cluster.ports:
@@ -174,7 +174,7 @@ def test_a_killed_master_is_features_unavailable_not_a_500(deployment: Deploymen
     before = score(api, deployment.recent[0]).json()
     client = cluster.client()
     try:
-        key = entity_key(b"fraudserve", TRANSACTION.join_key, deployment.recent[0], 3)
+        key = entity_key(b"fraudserve", load_catalog().transaction.join_key, deployment.recent[0], 3)
         node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
         assert node is not None
         victim = int(node.port)

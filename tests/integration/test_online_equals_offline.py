@@ -10,7 +10,7 @@ import pytest
 from fraudserve import feature_store
 from fraudserve.online import feature_vectors
 from fraudserve.settings import Settings
-from pipelines.features.catalog import TRANSACTION, TRANSACTION_FIELDS
+from pipelines.features.catalog import TRANSACTION_VIEW, load_catalog
 from pipelines.generate import GenerateConfig, generate
 from pipelines.materialize import materialize
 from pipelines.offline.backfill import backfill
@@ -32,17 +32,19 @@ def test_online_values_equal_the_offline_values_of_the_latest_event(
     backfill(generated.files["transactions_parquet"], generated.files["labels_parquet"], settings.offline)
     store = feature_store.open_store(settings, redis_server.connection_string)
     summary = materialize(store, settings.offline)
-    assert summary.entity_rows[TRANSACTION.view] == generated.transactions
+    assert summary.entity_rows[TRANSACTION_VIEW] == generated.transactions
+    catalog = load_catalog(settings.feature_repo)
+    join_key, fields = catalog.transaction.join_key, list(catalog.transaction_fields)
 
     compared, mismatches = entity_mismatches(store, settings.offline)
-    offline_tx = latest_rows(settings.offline.transactions_file, TRANSACTION.join_key)
+    offline_tx = latest_rows(settings.offline.transactions_file, join_key)
     sample = sorted(offline_tx)[:: max(1, len(offline_tx) // 300)]
     online_tx = store.get_online_features(
-        features=[f"{TRANSACTION.view}:{n}" for n in TRANSACTION_FIELDS],
-        entity_rows=[{TRANSACTION.join_key: t} for t in sample],
+        features=[f"{TRANSACTION_VIEW}:{n}" for n in fields],
+        entity_rows=[{join_key: t} for t in sample],
     ).to_dict()
     for i, transaction_id in enumerate(sample):
-        for name in TRANSACTION_FIELDS:
+        for name in fields:
             compared += 1
             if not same(offline_tx[transaction_id][name], online_tx[name][i]):
                 mismatches.append(
