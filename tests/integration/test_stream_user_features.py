@@ -1,0 +1,317 @@
+"""Window views a data engineer declares in the Feast repo are computed by the stream worker, exactly.
+
+A temporary copy of feature_repo/ gets a `user_views.py` beside `definitions.py`: a view keyed by a new entity on the
+event's `merchant_category` (count, min, sum, count_distinct and fraud_rate), a second card view (`card_velocity`),
+and a view keyed by an extra declared event field (`customer_id`). Events and labels go through the stream (out of
+order within the lateness, duplicated, labels before their transactions); every online row must equal the pure
+semantics (`pipelines.features.semantics.evaluate`) over the events, at the entity's latest event.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from pipelines.features.catalog import TRANSACTION_VIEW, Catalog, load_catalog
+from pipelines.features.semantics import Event, Label, evaluate
+from pipelines.online_layout import decode_ts, decode_value, entity_key, feature_field, ts_field
+from pipelines.stream.log import RedisStreamLog
+from pipelines.stream.updater import OnlineUpdater
+from tests.features_harness import MINUTE, T0
+from tests.redis_process import RedisProcess
+
+PROJECT = "fraudserve"
+REPO = Path(__file__).resolve().parents[2] / "feature_repo"
+
+USER_VIEWS = """
+from datetime import timedelta
+
+from feast import Entity, Field, StreamFeatureView, ValueType
+from feast.aggregation import Aggregation
+from feast.types import Float64, Int64
+
+from definitions import card, merchant, transactions_source  # noqa: F401
+
+merchant_category = Entity(
+    name="merchant_category", join_keys=["merchant_category"], value_type=ValueType.STRING, description="An MCC"
+)
+country = Entity(name="country", join_keys=["country"], value_type=ValueType.STRING, description="A country")
+customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueType.STRING, description="A customer")
+
+
+def _fields(aggregations):
+    return [
+        Field(name=a.name, dtype=Int64 if a.function in ("count", "count_distinct") else Float64)
+        for a in aggregations
+    ]
+
+
+_category = [
+    Aggregation(column="transaction_id", function="count", time_window=timedelta(hours=1), name="mcc_txn_count_1h"),
+    Aggregation(column="amount", function="min", time_window=timedelta(hours=1), name="mcc_amount_min_1h"),
+    Aggregation(column="amount", function="sum", time_window=timedelta(minutes=30), name="mcc_amount_sum_30m"),
+    Aggregation(column="card_id", function="count_distinct", time_window=timedelta(hours=2), name="mcc_cards_2h"),
+    Aggregation(column="is_fraud", function="fraud_rate", time_window=timedelta(hours=3), name="mcc_fraud_rate_3h"),
+]
+merchant_category_features = StreamFeatureView(
+    name="merchant_category_features",
+    source=transactions_source,
+    entities=[merchant_category],
+    ttl=timedelta(days=1),
+    timestamp_field="event_timestamp",
+    aggregations=_category,
+    schema=_fields(_category),
+    online=True,
+)
+
+_velocity = [
+    Aggregation(column="amount", function="min", time_window=timedelta(minutes=5), name="card_amount_min_5m"),
+    Aggregation(column="transaction_id", function="count", time_window=timedelta(minutes=5), name="card_count_5m"),
+]
+card_velocity = StreamFeatureView(
+    name="card_velocity",
+    source=transactions_source,
+    entities=[card],
+    ttl=timedelta(days=1),
+    timestamp_field="event_timestamp",
+    aggregations=_velocity,
+    schema=_fields(_velocity),
+    online=True,
+)
+
+# Only a windowless feature: the history keeps the newest event older than the lateness, for the next one's gap.
+_gap = [Aggregation(column="event_timestamp", function="seconds_since_prev", name="country_seconds_since_prev")]
+country_gap = StreamFeatureView(
+    name="country_gap",
+    source=transactions_source,
+    entities=[country],
+    ttl=timedelta(days=1),
+    timestamp_field="event_timestamp",
+    aggregations=_gap,
+    schema=_fields(_gap),
+    online=True,
+)
+
+_customer = [
+    Aggregation(column="transaction_id", function="count", time_window=timedelta(hours=1), name="customer_count_1h"),
+    Aggregation(column="amount", function="max", time_window=timedelta(hours=1), name="customer_amount_max_1h"),
+    Aggregation(column="is_fraud", function="fraud_rate", time_window=timedelta(hours=2), name="customer_fraud_2h"),
+]
+customer_features = StreamFeatureView(
+    name="customer_features",
+    source=transactions_source,
+    entities=[customer],
+    ttl=timedelta(days=1),
+    timestamp_field="event_timestamp",
+    aggregations=_customer,
+    schema=_fields(_customer),
+    online=True,
+)
+"""
+
+
+@pytest.fixture(scope="module")
+def user_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """feature_repo/ with the user's views and an extra event field, `customer_id`."""
+    repo = tmp_path_factory.mktemp("user-repo") / "feature_repo"
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns("__pycache__", "data", "*.db"))
+    definitions = repo / "definitions.py"
+    source = definitions.read_text()
+    anchor = '        Field(name="event_time_ms", dtype=Int64),\n'
+    assert anchor in source
+    definitions.write_text(source.replace(anchor, anchor + '        Field(name="customer_id", dtype=String),\n'))
+    (repo / "user_views.py").write_text(USER_VIEWS)
+    yield repo
+
+
+@pytest.fixture
+def catalog(user_repo: Path, monkeypatch: pytest.MonkeyPatch) -> Catalog:
+    monkeypatch.setenv("FRAUDSERVE_FEATURE_REPO", str(user_repo))
+    return load_catalog(user_repo)
+
+
+def make_events(seed: int, count: int = 400) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Transactions (stream form: `ts_ms`) over ~5 hours, and labels, some known before their transaction."""
+    rnd = random.Random(seed)
+    transactions = []
+    ts = T0
+    for i in range(count):
+        ts += rnd.randrange(0, 90) * 1000  # ties happen (0 s apart)
+        transactions.append(
+            {
+                "transaction_id": f"t{i}",
+                "card_id": f"c{rnd.randrange(8)}",
+                "merchant_id": f"m{rnd.randrange(5)}",
+                "device_id": rnd.choice([None, "d1", "d2", "d3"]),
+                "ip_address": rnd.choice([None, "1.1.1.1", "2.2.2.2"]),
+                "amount": round(rnd.uniform(1, 500), 2),
+                "currency": "USD",
+                "merchant_category": rnd.choice(["5411", "5812", "4829"]),
+                "country": rnd.choice(["US", "GB", "FR"]),
+                "customer_id": rnd.choice([None, "u1", "u2", "u3", "u4"]),
+                "ts_ms": ts,
+            }
+        )
+    labels = [
+        {"transaction_id": t["transaction_id"], "is_fraud": rnd.random() < 0.4, "ts_ms": t["ts_ms"] + d}
+        for t in rnd.sample(transactions, 120)
+        for d in [rnd.randrange(-10, 120) * MINUTE]
+    ]
+    return transactions, labels
+
+
+def shuffled_within(transactions: list[dict[str, Any]], seed: int, jitter_ms: int) -> list[dict[str, Any]]:
+    """The events out of order, each by at most `jitter_ms` (inside the lateness)."""
+    rnd = random.Random(seed)
+    return sorted(transactions, key=lambda t: t["ts_ms"] + rnd.uniform(0, jitter_ms))
+
+
+def expected_and_online(
+    client: redis.Redis, catalog: Catalog, transactions: list[dict[str, Any]], labels: list[dict[str, Any]]
+) -> tuple[dict[tuple[str, str, str], Any], dict[tuple[str, str, str], Any]]:
+    """Every window feature of every entity seen: the pure semantics' value at its latest event, and the online one."""
+    by_txn: dict[str, list[Label]] = {}
+    for label in labels:
+        tid = label["transaction_id"]
+        by_txn.setdefault(tid, []).append(Label(tid, label["is_fraud"], label["ts_ms"]))
+    expected: dict[tuple[str, str, str], Any] = {}
+    online: dict[tuple[str, str, str], Any] = {}
+    raw: Any = client
+    for view in catalog.window_views:
+        histories: dict[str, list[Event]] = {}
+        for t in transactions:
+            key = t.get(view.join_key)
+            if key is not None:
+                fields = {k: v for k, v in t.items() if k not in ("transaction_id", "ts_ms")}
+                histories.setdefault(key, []).append(Event(t["transaction_id"], t["ts_ms"], fields))
+        for key, events in histories.items():
+            latest = max(e.ts_ms for e in events)
+            row = entity_key(PROJECT.encode(), view.join_key, key)
+            assert decode_ts(raw.hget(row, ts_field(view.view))) == latest / 1000, (view.view, key)
+            for feature in view.features:
+                expected[view.view, key, feature.name] = evaluate(feature, events, latest, by_txn)
+                online[view.view, key, feature.name] = decode_value(
+                    raw.hget(row, feature_field(view.view, feature.name))
+                )
+    return expected, online
+
+
+def assert_same(expected: dict[tuple[str, str, str], Any], online: dict[tuple[str, str, str], Any]) -> None:
+    assert expected.keys() == online.keys()
+    wrong = [
+        (k, expected[k], online[k])
+        for k in expected
+        if (expected[k] is None) != (online[k] is None)
+        or (expected[k] is not None and online[k] != pytest.approx(expected[k], rel=1e-12))
+    ]
+    assert wrong[:10] == []
+
+
+def test_the_catalog_holds_the_users_views(catalog: Catalog) -> None:
+    names = {v.view for v in catalog.window_views}
+    assert {"merchant_category_features", "card_velocity", "customer_features", "card_features"} <= names
+    card = next(e for e in catalog.window_entities if e.name == "card")
+    assert [v.view for v in catalog.views_of(card)] == ["card_features", "card_velocity"]
+    assert catalog.extra_fields == {"customer_id": "string"}
+
+
+def test_the_updater_computes_every_declared_view(catalog: Catalog, redis_server: RedisProcess) -> None:
+    transactions, labels = make_events(seed=3)
+    client = redis_server.client()
+    updater = OnlineUpdater(client, PROJECT, timedelta(minutes=5), catalog=catalog)
+    stream = shuffled_within(transactions, seed=4, jitter_ms=4 * MINUTE)
+    rnd = random.Random(5)
+    stream += rnd.sample(transactions, 50)  # redelivered
+    pending = [lb for lb in labels if rnd.random() < 0.3]  # these arrive before their transactions
+    rest = [lb for lb in labels if lb not in pending]
+    updater.apply([], pending)
+    batches = [stream[start : start + 37] for start in range(0, len(stream), 37)]
+    for i, batch in enumerate(batches):
+        updater.apply(batch, rest[i :: len(batches)])
+    expected, online = expected_and_online(client, catalog, transactions, labels)
+    assert len({k[0] for k in expected}) == len(catalog.window_views)
+    assert any(v not in (None, 0, 0.0) for k, v in expected.items() if k[2] == "mcc_fraud_rate_3h")
+    assert any(v not in (None, 0, 0.0) for k, v in expected.items() if k[2] == "customer_fraud_2h")
+    assert_same(expected, online)
+
+    # The transaction's own row holds every declared field, the extra one included.
+    raw: Any = client
+    row = entity_key(PROJECT.encode(), "transaction_id", "t7")
+    for name in catalog.transaction_fields:
+        want = transactions[7]["ts_ms"] if name == "event_time_ms" else transactions[7][name]
+        assert decode_value(raw.hget(row, feature_field(TRANSACTION_VIEW, name))) == want, name
+    # Histories keep what the entity's views read, no more: a customer entry holds amount only.
+    entry = raw.hget("fraudserve:{customer:u1}:events", next(iter(raw.hkeys("fraudserve:{customer:u1}:events"))))
+    assert len(json.loads(entry)) == 3
+
+
+def test_an_entity_with_only_a_windowless_feature_keeps_its_previous_event(
+    catalog: Catalog, redis_server: RedisProcess
+) -> None:
+    transactions = [
+        {**make_events(seed=1)[0][0], "transaction_id": f"jp{i}", "country": "JP", "ts_ms": T0 + i * 3_600_000}
+        for i in range(4)
+    ]
+    client = redis_server.client()
+    updater = OnlineUpdater(client, PROJECT, timedelta(minutes=5), catalog=catalog)
+    for event in transactions:  # an hour apart: far beyond the lateness, the country's whole retention
+        updater.apply([event], [])
+        updater.apply([event], [])  # redelivered: recomputed at the same instant, the previous event still needed
+    expected, online = expected_and_online(client, catalog, transactions, [])
+    assert online["country_gap", "JP", "country_seconds_since_prev"] == 3600.0
+    assert_same(expected, online)
+    raw: Any = client
+    assert raw.hlen("fraudserve:{country:JP}:events") == 2  # the latest and the one before it
+
+
+def test_a_worker_killed_mid_stream_loses_nothing_of_the_users_views(
+    catalog: Catalog, user_repo: Path, redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    transactions, labels = make_events(seed=11, count=1500)
+    client = redis_server.client()
+    log = RedisStreamLog(client)
+    log.append("label", labels[:20])  # before their transactions
+    log.append("transaction", shuffled_within(transactions, seed=12, jitter_ms=3 * MINUTE))
+    log.append("label", labels[20:])
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSERVE_")}
+    environment.update(
+        {
+            "FRAUDSERVE_HOME": str(tmp_path / "home"),
+            "FRAUDSERVE_REDIS": redis_server.connection_string,
+            "FRAUDSERVE_FEATURE_REPO": str(user_repo),
+            "FRAUDSERVE_STREAM_CLAIM_IDLE_MS": "1500",
+        }
+    )
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "fraudserve", "stream", "run"], env=environment, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    raw: Any = client
+    deadline = time.monotonic() + 90
+    while int(raw.hget("fraudserve:stream:stats", "processed") or 0) < 300 and time.monotonic() < deadline:
+        assert victim.poll() is None, "the worker died on its own"
+        time.sleep(0.02)
+    os.killpg(victim.pid, signal.SIGKILL)  # the worker and its process group, mid-stream
+    victim.wait()
+    processed = int(raw.hget("fraudserve:stream:stats", "processed") or 0)
+    assert 0 < processed < len(transactions) + len(labels)
+    replacement = subprocess.run(
+        [sys.executable, "-m", "fraudserve", "stream", "run", "--until-idle", "3"], env=environment,
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert replacement.returncode == 0, replacement.stderr
+    expected, online = expected_and_online(client, catalog, transactions, labels)
+    assert_same(expected, online)
