@@ -146,7 +146,7 @@ def catalog(user_repo: Path, monkeypatch: pytest.MonkeyPatch) -> Catalog:
 def make_events(seed: int, count: int = 400) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Transactions (stream form: `ts_ms`) over ~5 hours, and labels, some known before their transaction."""
     rnd = random.Random(seed)
-    transactions = []
+    transactions: list[dict[str, Any]] = []
     ts = T0
     for i in range(count):
         ts += rnd.randrange(0, 90) * 1000  # ties happen (0 s apart)
