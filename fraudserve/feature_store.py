@@ -31,6 +31,7 @@ def apply(settings: Settings, connection: str) -> str:
         raise ConfigurationError(
             f"{repo} is not a Feast repository (no feature_store.yaml); set FRAUDSERVE_FEATURE_REPO"
         )
+    check_repo(settings, connection)
     (settings.home_dir / "feast").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings.feast_environment(connection)}
     result = subprocess.run(
@@ -39,6 +40,24 @@ def apply(settings: Settings, connection: str) -> str:
     if result.returncode != 0:
         raise ConfigurationError(f"`feast apply` failed in {repo}:\n{result.stdout}{result.stderr}")
     return result.stdout
+
+
+def check_repo(settings: Settings, connection: str) -> None:
+    """Refuse, before `feast apply`, definitions that fraudserve could not compute or serve (each problem names its
+    view), and a repo whose files do not import."""
+    from pipelines.features.catalog import CatalogError, parse_repo
+
+    settings.export_feast_environment(connection)
+    try:
+        catalog = parse_repo(settings.feature_repo)
+    except CatalogError as exc:
+        raise ConfigurationError(f"{settings.feature_repo}: {exc}") from exc
+    except Exception as exc:  # a data engineer's file that does not import: say which and why
+        raise ConfigurationError(
+            f"{settings.feature_repo}: the Feast repo's files do not load: {type(exc).__name__}: {exc}"
+        ) from exc
+    if catalog.problems:
+        raise ConfigurationError(f"{settings.feature_repo}: {CatalogError(catalog.problems)}; nothing was applied")
 
 
 def open_store(settings: Settings, connection: str) -> FeatureStore:

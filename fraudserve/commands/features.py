@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -147,11 +148,91 @@ def features_materialize(
             summary = materialize(store, settings.offline, engine=engine, progress=report)
     except (FraudserveError, ValueError) as exc:
         raise fail(exc) from exc
-    written = f", {sum(summary.written.values()):,} written" if summary.engine == "fast" else ""
+    written = f", {sum(summary.written.values()):,} written" if summary.written else ""
     out.print(
         f"materialized {summary.rows:,} entity rows ({summary.start:%Y-%m-%d %H:%M} to {summary.end:%Y-%m-%d %H:%M}) "
         f"in {summary.seconds:.1f} s: [bold]{summary.rows_per_second:,.0f} rows/s[/] ({summary.engine} engine{written})"
     )
+    table = Table("view", "engine", "rows", "span")
+    for view, view_engine in summary.engines.items():
+        low, high = summary.spans[view]
+        table.add_row(
+            view, view_engine, f"{summary.entity_rows.get(view, 0):,}", f"{low:%Y-%m-%d %H:%M} to {high:%Y-%m-%d %H:%M}"
+        )
+    out.print(table)
+
+
+@app.command("list")
+def features_list(
+    sample: Annotated[int, typer.Option(help="Online keys sampled for each view's newest row.")] = 5000,
+) -> None:
+    """Every feature view of the Feast repo: kind, entity, features (function and window, or source), TTL, and its
+    freshness online (the age of the newest row among the sampled keys)."""
+    from fraudserve import feature_store
+    from fraudserve.freshness import newest_rows
+    from pipelines.features.catalog import CatalogError, load_catalog
+
+    settings = load_settings()
+    try:
+        catalog = load_catalog(settings.feature_repo)
+        with online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
+            client = feature_store.redis_client(settings, connection, timeout_s=5)
+            newest = newest_rows(client, feature_store.feast_project(settings), sample)
+    except (FraudserveError, CatalogError, ValueError) as exc:
+        raise fail(exc) from exc
+    now = time.time()
+
+    def age(view: str) -> str:
+        stamp = newest.get(view)
+        return "not online" if stamp is None else f"{now - stamp:,.0f} s"
+
+    table = Table("view", "key", "feature", "definition", "TTL", "newest online", title="Feature views")
+    for window in catalog.window_views:
+        for i, f in enumerate(window.features):
+            over = f" over {_duration(f.window)}" if f.window else ""
+            first = i == 0
+            table.add_row(
+                window.view if first else "",
+                window.join_key if first else "",
+                f.name,
+                f"{f.agg.value}({f.column or ''}){over}",
+                _duration(window.ttl) if first else "",
+                age(window.view) if first else "",
+            )
+    for batch in catalog.batch_views:
+        for i, (name, dtype) in enumerate(batch.features):
+            first = i == 0
+            table.add_row(
+                batch.view if first else "",
+                batch.join_key if first else "",
+                name,
+                f"{dtype} from {batch.path}" if first else dtype,
+                _duration(batch.ttl) if first and batch.ttl else "",
+                age(batch.view) if first else "",
+            )
+    for i, (name, dtype) in enumerate(catalog.transaction_fields.items()):
+        first = i == 0
+        table.add_row(
+            "transaction_features" if first else "",
+            catalog.transaction.join_key if first else "",
+            name,
+            f"{dtype} (event field)",
+            "",
+            age("transaction_features") if first else "",
+        )
+    for odfv in catalog.on_demand_views:
+        table.add_row(odfv, "", "", "on demand: computed at request time", "", "")
+    out.print(table)
+    out.print("feature services: " + ", ".join(catalog.feature_services))
+
+
+def _duration(value: Any) -> str:
+    """A timedelta as 10m, 1h, 7d (the largest whole unit)."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 @app.command("get")
