@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.features.catalog import CARD, DEVICE, ENTITIES, IP, MERCHANT, WINDOW_FEATURES, features_of
+from pipelines.features.catalog import load_catalog
 from pipelines.features.semantics import evaluate
 from tests.features_harness import (
     DAY,
@@ -27,13 +27,17 @@ from tests.features_harness import (
     txn,
 )
 
-FEATURE = {f.name: f for f in WINDOW_FEATURES}
+CATALOG = load_catalog()
+CARD, MERCHANT, DEVICE, IP = (
+    CATALOG.window_view(name) for name in ("card_features", "merchant_features", "device_features", "ip_features")
+)
+FEATURE = {f.name: f for f in CATALOG.window_features}
 
 
 def both(tmp_path: Path, transactions, labels, entity, key, ts, name):  # type: ignore[no-untyped-def]
     """The value from the offline pipeline, checked equal to the pure semantics' value."""
     offline = run_backfill(tmp_path, transactions, labels).value(entity, key, ts, name)
-    events = [e for e in as_events(transactions) if getattr(e, entity.join_key) == key]
+    events = [e for e in as_events(transactions) if e.get(entity.join_key) == key]
     reference = evaluate(FEATURE[name], events, ts, as_labels(labels))
     if reference is None or offline is None:
         assert offline is None and reference is None, (offline, reference)
@@ -200,24 +204,20 @@ def test_offline_sql_equals_the_reference_everywhere(tmp_path: Path, seed: int) 
     events = as_events(rows)
     by_txn = as_labels(labels)
     checked = 0
-    for entity in ENTITIES:
-        table = offline.table(entity)
+    for view in CATALOG.window_views:
+        table = offline.table(view)
         ms = table["event_timestamp"].astype("datetime64[ms, UTC]").astype("int64")
         history: dict[str, list] = {}
         for e in events:
-            if getattr(e, entity.join_key) is not None:
-                history.setdefault(getattr(e, entity.join_key), []).append(e)
+            if e.get(view.join_key) is not None:
+                history.setdefault(e.get(view.join_key), []).append(e)
         for (_, row), ts in zip(table.iterrows(), ms, strict=True):
-            for feature in features_of(entity):
-                expected = evaluate(feature, history[row[entity.join_key]], int(ts), by_txn)
+            for feature in view.features:
+                expected = evaluate(feature, history[row[view.join_key]], int(ts), by_txn)
                 got = row[feature.name]
                 if expected is None:
-                    assert pd.isna(got), (entity.name, feature.name, got)
+                    assert pd.isna(got), (view.view, feature.name, got)
                 else:
-                    assert got == pytest.approx(expected, rel=1e-9, abs=1e-12), (
-                        entity.name,
-                        feature.name,
-                        ts,
-                    )
+                    assert got == pytest.approx(expected, rel=1e-9, abs=1e-12), (view.view, feature.name, ts)
                 checked += 1
     assert checked > 5000
