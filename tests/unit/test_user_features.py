@@ -163,7 +163,7 @@ def test_definitions_that_cannot_work_are_refused_naming_the_view(
         )
     # `fraudserve features apply` stops before `feast apply`, with every problem listed.
     for name in ("FRAUDSERVE_HOME", "FRAUDSERVE_REDIS", "FRAUDSERVE_REDIS_TYPE"):  # restored after the test
-        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name, raising=False)
     settings = Settings(feature_repo=repo, home=tmp_path / "home")
     with pytest.raises(ConfigurationError, match="nothing was applied") as refused:
         check_repo(settings, "127.0.0.1:1")
