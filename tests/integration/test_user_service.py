@@ -52,7 +52,7 @@ from feast import FeatureService, FeatureView, Field, FileSource
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64
 
-from definitions import card_features, merchant, transaction_features
+from definitions import card_features, merchant, merchant_features, transaction_features
 
 _table = Path(os.environ.get("FRAUDSERVE_HOME", ".fraudserve")).expanduser().resolve() / "merchant_risk.parquet"
 
@@ -80,6 +80,25 @@ def merchant_risk_request(inputs: dict) -> dict:
         out["risky_and_large"].append(1 if known and risk > 0.5 and amount > 100 else 0)
     return out
 
+
+@on_demand_feature_view(
+    sources=[merchant_risk[["merchant_chargebacks_90d"]], merchant_features[["merchant_txn_count_24h"]]],
+    schema=[Field(name="chargebacks_per_txn", dtype=Float64)],
+    mode="pandas",
+)
+def merchant_risk_frame(inputs):
+    import pandas as pd
+
+    count = pd.to_numeric(inputs["merchant_txn_count_24h"], errors="coerce")
+    chargebacks = pd.to_numeric(inputs["merchant_chargebacks_90d"], errors="coerce")
+    return pd.DataFrame({"chargebacks_per_txn": (chargebacks / (count + 1)).astype("float64")})
+
+
+# Two views of one join key (merchant_id), read from one Redis hash, and a pandas-mode view over both.
+merchant_mix = FeatureService(
+    name="merchant_mix",
+    features=[merchant_features, merchant_risk[["merchant_risk_score"]], merchant_risk_frame, merchant_risk_request],
+)
 
 fraud_v3 = FeatureService(
     name="fraud_v3",
@@ -165,9 +184,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserDeploym
         redis.stop()
 
 
-def feast_matrix(deployment: UserDeployment, ids: list[str], names: list[str]) -> np.ndarray:
+def feast_matrix(deployment: UserDeployment, ids: list[str], names: list[str], service: str = "fraud_v3") -> np.ndarray:
     store = feature_store.open_store(deployment.settings, deployment.redis.connection_string)
-    vectors = feature_vectors(store, "fraud_v3", ids)
+    vectors = feature_vectors(store, service, ids)
     return np.array(
         [[np.nan if v[n] is None else float(v[n]) for n in names] for v in vectors], dtype=np.float64
     ).reshape(len(ids), len(names))
@@ -189,8 +208,9 @@ def test_the_plan_reads_every_kind_of_view(deployment: UserDeployment) -> None:
     assert list(plan.features) == deployment.registry.get("fraud").manifest.feature_names
 
 
-def test_the_apis_feature_rows_are_feasts_vectors(deployment: UserDeployment) -> None:
-    """The direct reader (one round trip) and the on-demand view computed with Feast's transformation give the
+@pytest.mark.parametrize("service", ["fraud_v3", "merchant_mix"])
+def test_the_apis_feature_rows_are_feasts_vectors(deployment: UserDeployment, service: str) -> None:
+    """The direct reader (one round trip) and the on-demand views computed with Feast's transformation give the
     very vectors Feast's SDK reads, row for row."""
     from inference_api.domain.features import FeastFeatureSource, TransactionRecord, ViewValues
     from inference_api.domain.plan import resolve_plan
@@ -198,9 +218,9 @@ def test_the_apis_feature_rows_are_feasts_vectors(deployment: UserDeployment) ->
     from inference_api.domain.scoring import build_rows
 
     store = feature_store.open_store(deployment.settings, deployment.redis.connection_string)
-    plan = resolve_plan(store, "fraud_v3")
+    plan = resolve_plan(store, service)
     ids = deployment.recent[:30]
-    expected = feast_matrix(deployment, ids, list(plan.features))
+    expected = feast_matrix(deployment, ids, list(plan.features), service)
 
     source = RedisFeatureSource(store, 2.0)
     assert source.fused
