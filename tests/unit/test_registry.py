@@ -113,6 +113,39 @@ def test_unknown_feature_service(registry: ModelRegistry, tmp_path: Path) -> Non
         registry.register(package, name="fraud")
 
 
+class UnservableServices(FakeServices):
+    """A feature store whose service the API could not serve (resolved as the API resolves it, in the real one)."""
+
+    def serving_problems(self, name: str) -> list[str]:
+        return ["customer_profile: entity customer's join key 'customer_id' is not an event field"]
+
+    def sample_matrix(self, name: str, rows: int) -> np.ndarray:  # pragma: no cover - never reached
+        raise AssertionError("a service the API cannot serve is refused before the smoke test")
+
+
+def test_a_service_the_api_cannot_serve_is_refused_naming_the_view(tmp_path: Path) -> None:
+    registry = ModelRegistry.at(tmp_path / "models", UnservableServices())
+    message = refused(registry, make_package(tmp_path / "p", SERVICE))
+    assert "the API cannot serve feature service svc" in message and "customer_profile" in message
+
+
+def test_serving_problems_resolve_the_plan_on_a_feast_store(tmp_path: Path) -> None:
+    """With a Feast store, registration resolves the feature plan with the API's own code."""
+    from fraudserve.registry.checks import serving_problems
+    from inference_api.domain.plan import UnknownFeatureService
+
+    class Store:
+        def get_feature_service(self, name: str, allow_cache: bool = False) -> None:
+            raise UnknownFeatureService(name)
+
+    class WithStore(FakeServices):
+        store = Store()
+
+    problems = serving_problems(WithStore(), "fraud_v9")
+    assert problems and "fraud_v9" in problems[0]
+    assert serving_problems(FakeServices(), "svc") == []  # nothing to resolve against: not checked
+
+
 def test_registering_against_another_service_than_trained_on(registry: ModelRegistry, tmp_path: Path) -> None:
     with pytest.raises(RegistrationError, match="trained on feature service 'svc', not 'other'"):
         registry.register(make_package(tmp_path / "p", SERVICE), name="fraud", feature_service="other")
