@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -156,7 +157,7 @@ def test_a_worker_killed_mid_stream_loses_nothing(
         [sys.executable, "-m", "fraudserve", "stream", "run"], env=environment, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    client = redis.Redis(port=redis_server.port)
+    client: Any = redis.Redis(port=redis_server.port)
     deadline = time.monotonic() + 60
     while int(client.hget("fraudserve:stream:stats", "processed") or 0) < 300 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -180,7 +181,7 @@ def test_invalid_events_go_to_the_dead_letter_stream_with_their_reason(
     produced = cli(env_for(home, redis_server), "stream", "produce", "--file", str(events))
     assert produced.returncode == 0, produced.stderr
     assert "appended 1 events; 2 invalid to the dead-letter stream" in produced.stdout
-    dead = redis.Redis(port=redis_server.port).xrange(DEAD_LETTER)
+    dead: Any = redis.Redis(port=redis_server.port).xrange(DEAD_LETTER)
     reasons = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in dead]
     assert reasons[0]["field"] == "amount" and "finite number >= 0" in reasons[0]["reason"]
     assert reasons[0]["value"] == "-3" and reasons[0]["row"] == "2"
@@ -197,7 +198,7 @@ def test_events_later_than_the_lateness_are_reported(
     events.write_text(json.dumps(newest) + "\n" + json.dumps(oldest) + "\n")  # the oldest arrives days late
     environment = env_for(home, redis_server)
     assert cli(environment, "stream", "produce", "--file", str(events)).returncode == 0
-    client = redis.Redis(port=redis_server.port)
+    client: Any = redis.Redis(port=redis_server.port)
     # one event per batch, in order, so the watermark moves before the late one arrives
     from pipelines.stream.worker import Worker
 
@@ -224,14 +225,14 @@ def test_a_dead_worker_process_is_replaced_and_its_events_claimed(
         [sys.executable, "-m", "fraudserve", "stream", "run", "--workers", "2"], env=environment, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    client = redis.Redis(port=redis_server.port)
+    client: Any = redis.Redis(port=redis_server.port)
     stream = RedisStreamLog(client)
 
     def workers() -> list[psutil.Process]:
         return [c for c in psutil.Process(supervisor.pid).children() if "spawn_main" in " ".join(c.cmdline())]
 
     def processed() -> int:
-        return int(client.hget("fraudserve:stream:stats", "processed") or 0)  # type: ignore[arg-type]
+        return int(client.hget("fraudserve:stream:stats", "processed") or 0)
 
     try:
         deadline = time.monotonic() + 60
@@ -275,8 +276,9 @@ def test_on_a_redis_cluster_with_four_partitions_two_workers_reach_offline_parit
         assert assert_parity(home, cluster, monkeypatch) > 1000
         keys = cluster.dbsize()
         assert len(keys) == 3 and min(keys.values()) > 100, keys  # really spread over the three masters
-        partitions = [cluster.client().xlen(f"fraudserve:events:{{{p}}}") for p in range(4)]
-        assert min(partitions) > 0 and sum(partitions) == 2 * (  # type: ignore[operator]
+        cluster_client: Any = cluster.client()
+        partitions: list[int] = [cluster_client.xlen(f"fraudserve:events:{{{p}}}") for p in range(4)]
+        assert min(partitions) > 0 and sum(partitions) == 2 * (
             len(jsonl_lines(files["transactions_jsonl"])) + len(jsonl_lines(files["labels_jsonl"]))
         )
         status = cli(environment, "stream", "status")
