@@ -171,7 +171,8 @@ def test_open_inference_protocol(deployment: Deployment, api: str) -> None:
     output = response["outputs"][0]
     assert output["name"] == "score" and output["shape"] == [2] and output["datatype"] == "FP32"
     booster = lightgbm.Booster(model_file=str(deployment.registry.model_path("fraud", 1)))
-    assert output["data"] == pytest.approx(booster.predict(np.array([[1.0] * width, [0.0] * width])).tolist())
+    predicted = np.asarray(booster.predict(np.array([[1.0] * width, [0.0] * width])))
+    assert output["data"] == pytest.approx(predicted.tolist())
     flat = {"inputs": [{"name": "input-0", "shape": [1, width], "datatype": "FP32", "data": [1.0] * width}]}
     assert post(f"{api}/v2/models/fraud/versions/1/infer", flat).json()["outputs"][0]["shape"] == [1]
     wrong = {"inputs": [{"name": "input-0", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
@@ -464,6 +465,7 @@ def test_a_hung_redis_costs_one_budget_not_a_hang(deployment: Deployment, api: s
     import signal
     import time
 
+    assert isinstance(deployment.redis, RedisProcess)
     process = deployment.redis.process
     assert process is not None
     body = {"transaction_id": deployment.recent[0]}

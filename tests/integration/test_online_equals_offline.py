@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -66,5 +67,6 @@ def test_online_values_equal_the_offline_values_of_the_latest_event(
         assert same(card["card_txn_count_24h"], vector["card_txn_count_24h"])
         expected_ratio = vector["amount"] / card["card_amount_mean_7d"]
         assert vector["amount_to_card_mean_7d"] == pytest.approx(expected_ratio, rel=1e-12)
-        hour = datetime.fromtimestamp(offline_tx[vector["transaction_id"]]["event_time_ms"] / 1000, UTC).hour
+        event_time_ms = cast(int, offline_tx[vector["transaction_id"]]["event_time_ms"])
+        hour = datetime.fromtimestamp(event_time_ms / 1000, UTC).hour
         assert vector["hour_of_day_utc"] == hour
