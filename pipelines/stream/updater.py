@@ -1,15 +1,17 @@
-"""Per-event online updates, exactly once in effect.
+"""Per-event online updates, exactly once in effect, for every window view the Feast repo declares.
 
-Each entity keeps its recent events in a Redis hash under a Cluster hash tag (`fraudserve:{card:c1}:events`),
-keyed by transaction id, so a redelivered or duplicated event rewrites the same field and changes nothing. After
-new events land, each touched entity's features are recomputed from its whole recent history with the pure
-definitions of `pipelines.features.semantics` (the ones the offline SQL is tested against), at the entity's
-latest event time, and written in Feast's Redis layout. Concurrent workers need no locks: each entity's history
-has a version counter in its own slot, a recompute is stamped with the version it read, and the row write (a
-one-key script) keeps only the newest stamp, so the last row standing reflects every event stored. Every command
-touches one key or keys of one hash tag, so the same code runs on a single Redis and on a Redis Cluster.
-Out-of-order events are therefore exact as long as they are still in the kept history (window plus the allowed
-lateness).
+The catalog (`pipelines.features.catalog.load_catalog`) says what to keep and compute: each entity with window views
+(built-in or a data engineer's) keeps its recent events in a Redis hash under a Cluster hash tag
+(`fraudserve:{card:c1}:events`), keyed by transaction id, each entry holding the event fields its views read, so a
+redelivered or duplicated event rewrites the same field and changes nothing. After new events land, each touched
+entity's views are all recomputed from its whole recent history with the pure definitions of
+`pipelines.features.semantics` (the ones the offline SQL is tested against), at the entity's latest event time, and
+written in Feast's Redis layout. Concurrent workers need no locks: each entity's history has a version counter in its
+own slot, a recompute is stamped with the version it read, and each view's row write (a one-key script) keeps only the
+newest stamp, so the last row standing reflects every event stored. Labels reach the label set of every entity of
+their transaction that has a fraud_rate feature. Every command touches one key or keys of one hash tag, so the same
+code runs on a single Redis and on a Redis Cluster. Out-of-order events are therefore exact as long as they are still
+in the kept history (the entity's longest window plus the allowed lateness).
 """
 
 from __future__ import annotations
