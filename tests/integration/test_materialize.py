@@ -31,7 +31,7 @@ from fraudserve import feature_store
 from fraudserve.settings import Settings
 from pipelines import online_layout
 from pipelines.fast_materialize import SlotMapChanged, online_target, plan_views, write_view
-from pipelines.features.catalog import CARD, ENTITIES, TRANSACTION, TRANSACTION_FIELDS
+from pipelines.features.catalog import load_catalog
 from pipelines.generate import GenerateConfig, generate
 from pipelines.materialize import materialize
 from pipelines.offline.backfill import backfill
@@ -40,6 +40,9 @@ from tests.parity import entity_mismatches, latest_rows, same
 from tests.redis_cluster import RedisCluster
 from tests.redis_process import RedisProcess
 
+CATALOG = load_catalog()
+CARD = CATALOG.window_view("card_features")
+TRANSACTION_VIEW, TRANSACTION_KEY = "transaction_features", CATALOG.transaction.join_key
 PROJECT = b"fraudserve"
 
 
@@ -118,7 +121,7 @@ def test_fast_engine_writes_the_bytes_feast_writes(
         feast_redis.stop()
     assert by_feast.engine == "feast" and by_fast.engine == "fast"
     assert by_fast.entity_rows == by_feast.entity_rows
-    assert by_fast.entity_rows[TRANSACTION.view] == generated.transactions
+    assert by_fast.entity_rows[TRANSACTION_VIEW] == generated.transactions
     assert by_fast.written == by_fast.entity_rows  # an empty Redis: every row is written
 
     actual = dump(redis_server.client())
@@ -129,20 +132,21 @@ def test_fast_engine_writes_the_bytes_feast_writes(
 
     # Feast's registry holds the interval, as after `feast materialize`.
     fast_store.refresh_registry()  # type: ignore[no-untyped-call]
-    for view in [*(e.view for e in ENTITIES), TRANSACTION.view]:
-        intervals = fast_store.get_feature_view(view).materialization_intervals
+    views = [*(fast_store.get_stream_feature_view(v.view) for v in CATALOG.window_views)]
+    for view in [*views, fast_store.get_feature_view(TRANSACTION_VIEW)]:
+        intervals = view.materialization_intervals
         assert (by_fast.start - timedelta(seconds=1), by_fast.end + timedelta(seconds=1)) in intervals
 
     # Read back through Feast's SDK: each entity's latest offline row.
     compared, mismatches = entity_mismatches(fast_store, settings.offline)
-    offline_tx = latest_rows(settings.offline.transactions_file, TRANSACTION.join_key)
+    offline_tx = latest_rows(settings.offline.transactions_file, TRANSACTION_KEY)
     sample = sorted(offline_tx)[:: max(1, len(offline_tx) // 200)]
     online_tx = fast_store.get_online_features(
-        features=[f"{TRANSACTION.view}:{n}" for n in TRANSACTION_FIELDS],
-        entity_rows=[{TRANSACTION.join_key: t} for t in sample],
+        features=[f"{TRANSACTION_VIEW}:{n}" for n in CATALOG.transaction_fields],
+        entity_rows=[{TRANSACTION_KEY: t} for t in sample],
     ).to_dict()
     for i, transaction_id in enumerate(sample):
-        for name in TRANSACTION_FIELDS:
+        for name in CATALOG.transaction_fields:
             compared += 1
             if not same(offline_tx[transaction_id][name], online_tx[name][i]):
                 mismatches.append((transaction_id, name, offline_tx[transaction_id][name], online_tx[name][i]))
