@@ -222,7 +222,8 @@ def latest_rows(
     When no key repeats in the span (the transaction view: one row per transaction) the rows stream straight from
     the scan; otherwise a window keeps the latest per key, which DuckDB must finish before the first row comes out.
     """
-    ts = _quote(plan.timestamp_field)
+    # Any Parquet timestamp (s to ns, naive taken as UTC, any zone) as Feast reads it: a UTC instant, in microseconds.
+    ts = f"{_quote(plan.timestamp_field)}::TIMESTAMPTZ"
     key = _quote(plan.join_key)
     features = ", ".join(_quote(name) for name, _ in plan.features)
     span = f"FROM read_parquet($path) WHERE {ts} >= $start::TIMESTAMPTZ AND {ts} <= $end::TIMESTAMPTZ"
