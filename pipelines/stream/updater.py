@@ -32,6 +32,8 @@ from pipelines.online_layout import encode_ts, encode_value, entity_key, feature
 
 # Transaction id -> JSON {entity name: key} for the entities whose views need labels (fraud_rate): where a label goes.
 TXN_KEYS = "fraudserve:txn-label-keys"
+# Transaction id -> merchant id, as updaters before `TXN_KEYS` wrote it: read (never written) for labels of those.
+LEGACY_TXN_MERCHANT = "fraudserve:txn-merchant"
 # Layout id -> JSON list of the event fields an entity's history entries hold (see `HistoryLayout`).
 LAYOUTS = "fraudserve:stream:layouts"
 
@@ -209,11 +211,15 @@ class OnlineUpdater:
             ts_ms = int(event["ts_ms"])
             record = {**event, "event_time_ms": ts_ms}
             label_keys: dict[str, str] = {}
+            packed: dict[str, str] = {}  # by layout id: entities whose views read the same fields share an entry
             for name, entity in self.entities.items():
                 key = record.get(entity.join_key)
                 if key is None:
                     continue
-                pipe.add("HSET", state_key(entity, key), tid, self.layouts[name].pack(record, ts_ms))
+                layout = self.layouts[name]
+                if layout.id not in packed:
+                    packed[layout.id] = layout.pack(record, ts_ms)
+                pipe.add("HSET", state_key(entity, key), tid, packed[layout.id])
                 result.touched.add((name, key))
                 label_keys[name] = key
             if self.label_entities:
@@ -240,12 +246,21 @@ class OnlineUpdater:
         member = f"{tid}|{label['ts_ms']}|{int(label['is_fraud'])}"
         keys = self.client.hget(TXN_KEYS, tid)
         if keys is None:
+            keys = self._legacy_keys(tid)
+        if keys is None:
             # The transaction has not arrived yet: park the label, then look again (it may have arrived meanwhile).
             self.client.sadd(pending_labels_key(tid), member)
             keys = self.client.hget(TXN_KEYS, tid)
             if keys is None:
                 return
         self._file_labels(json.loads(keys), {member.encode(): b"1"}, result)
+
+    def _legacy_keys(self, tid: str) -> str | None:
+        """A transaction stored before `TXN_KEYS` existed: its merchant, from the old map (`LEGACY_TXN_MERCHANT`)."""
+        if not any(e.name == "merchant" for e in self.label_entities):
+            return None
+        merchant = self.client.hget(LEGACY_TXN_MERCHANT, tid)
+        return None if merchant is None else json.dumps({"merchant": merchant.decode()})
 
     def _attach_pending(self, transaction_ids: Sequence[str], result: BatchResult) -> None:
         reads = KeyedPipeline(self.client)

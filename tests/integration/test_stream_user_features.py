@@ -315,3 +315,30 @@ def test_a_worker_killed_mid_stream_loses_nothing_of_the_users_views(
     assert replacement.returncode == 0, replacement.stderr
     expected, online = expected_and_online(client, catalog, transactions, labels)
     assert_same(expected, online)
+
+
+def test_histories_and_labels_stored_before_the_upgrade_still_count(
+    catalog: Catalog, redis_server: RedisProcess
+) -> None:
+    """Entries of the old fixed layout and the old transaction -> merchant map, left by a worker of the last release."""
+    transactions = make_events(seed=21)[0][:60]
+    for t in transactions:
+        t.update(card_id="c1", merchant_id="m1")
+    before, after = transactions[:30], transactions[30:]
+    client = redis_server.client()
+    raw: Any = client
+    for t in before:
+        old = [t["ts_ms"], t["amount"], t["card_id"], t["merchant_id"], t["country"], t["device_id"], t["ip_address"]]
+        raw.hset("fraudserve:{card:c1}:events", t["transaction_id"], json.dumps(old))
+        raw.hset("fraudserve:{merchant:m1}:events", t["transaction_id"], json.dumps(old))
+        raw.hset("fraudserve:txn-merchant", t["transaction_id"], "m1")
+    known = after[0]["ts_ms"]
+    labels = [{"transaction_id": t["transaction_id"], "is_fraud": True, "ts_ms": known} for t in before[-5:]]
+    updater = OnlineUpdater(client, PROJECT, timedelta(minutes=5), catalog=catalog)
+    updater.apply(after[:10], labels)
+    updater.apply(after[10:], [])
+    expected, online = expected_and_online(client, catalog, transactions, labels)
+    built_in = {k for k in expected if k[0] in ("card_features", "merchant_features")}
+    assert_same({k: expected[k] for k in built_in}, {k: online[k] for k in built_in})
+    assert online["merchant_features", "m1", "merchant_fraud_rate_30d"] == 5 / 60
+    assert raw.keys("fraudserve:pending-labels:*") == []
