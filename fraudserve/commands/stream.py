@@ -25,7 +25,7 @@ def stream_produce(
 ) -> None:
     """Validate events and append them to the stream; invalid ones go to the dead-letter stream with the reason."""
     from fraudserve.feature_store import redis_client
-    from pipelines.events import LABELS, TRANSACTIONS
+    from pipelines.events import LABELS, transaction_kind
     from pipelines.stream.worker import produce
 
     settings = load_settings()
@@ -38,7 +38,7 @@ def stream_produce(
             counts = produce(
                 redis_client(settings, connection),
                 file,
-                LABELS if labels else TRANSACTIONS,
+                LABELS if labels else transaction_kind(),  # SPEC's event plus the declared extra fields
                 progress=lambda fraction: progress.update(task, completed=fraction),
                 partitions=settings.stream_partitions,
             )

@@ -277,6 +277,13 @@ def from_objects(
                 f"declare it as a typed field of {TRANSACTION_VIEW} (events then carry it)"
             )
             return None
+        kind = event_fields[entity.join_key]
+        if kind != "string":
+            problems.append(
+                f"{view_name}: entity {entity.name}'s join key {entity.join_key!r} is a {kind} field; entity keys "
+                f"are strings (declare it as String on {TRANSACTION_VIEW})"
+            )
+            return None
         return EntitySpec(entity.name, entity.join_key, entity.description or "")
 
     window_views: list[WindowView] = []
