@@ -17,7 +17,7 @@ import redis
 from redis.exceptions import RedisClusterException
 
 from fraudserve.errors import RedisUnavailable
-from inference_api.domain.plan import FeaturePlan, catalog_of
+from inference_api.domain.plan import FeaturePlan, transaction_layout
 from pipelines.features.catalog import TRANSACTION_VIEW
 from pipelines.online_layout import ABSENT_KEY
 
@@ -95,9 +95,7 @@ class FeastFeatureSource:
     def __init__(self, store: FeatureStore, budget_s: float) -> None:
         self.store = store
         self.budget_s = budget_s
-        catalog = catalog_of(store)
-        self.join_key = catalog.transaction.join_key
-        self.fields = tuple(catalog.transaction_fields)
+        self.join_key, self.fields = transaction_layout(store)
 
     async def _read(self, refs: list[str], rows: list[dict[str, str]]) -> Any:
         return await within_budget(self.store.get_online_features_async(features=refs, entity_rows=rows), self.budget_s)

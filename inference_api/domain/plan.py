@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from pipelines.features.catalog import TRANSACTION_VIEW, Catalog, CatalogError, EntitySpec, from_objects
+from pipelines.features.catalog import (
+    BUILTIN_TRANSACTION_FIELDS,
+    TRANSACTION_VIEW,
+    Catalog,
+    CatalogError,
+    EntitySpec,
+    from_objects,
+)
 from pipelines.features.request_time import REQUEST_TIME_FEATURES
 
 if TYPE_CHECKING:
@@ -114,6 +121,16 @@ def catalog_of(store: FeatureStore) -> Catalog:
         store.list_on_demand_feature_views(allow_cache=True),
         store.list_feature_services(),
     )
+
+
+def transaction_layout(store: FeatureStore) -> tuple[str, tuple[str, ...]]:
+    """The transaction view's join key and fields as registered; SPEC's event before anything is applied (an API
+    started on an empty registry comes up live, not ready)."""
+    try:
+        catalog = catalog_of(store)
+    except CatalogError:
+        return "transaction_id", tuple(BUILTIN_TRANSACTION_FIELDS)
+    return catalog.transaction.join_key, tuple(catalog.transaction_fields)
 
 
 def _view_problems(catalog: Catalog, view: str) -> list[str]:

@@ -23,7 +23,7 @@ from redis.exceptions import RedisClusterException
 
 from fraudserve.feature_store import async_redis_client
 from inference_api.domain.features import TransactionRecord, ViewValues, within_budget
-from inference_api.domain.plan import FeaturePlan, ViewRead, catalog_of
+from inference_api.domain.plan import FeaturePlan, ViewRead, transaction_layout
 from pipelines.features.catalog import TRANSACTION_VIEW
 from pipelines.online_layout import decode_ts, decode_value, entity_key, feature_field, key_prefix, ts_field
 
@@ -142,9 +142,7 @@ class RedisFeatureSource:
         # The one-round-trip read needs a single Redis and Feast's v3 keys; otherwise two pipelined round trips.
         self.fused = isinstance(self.client, aioredis.Redis) and self.version == 3
         self._scripts: dict[int, tuple[AsyncScript, tuple[ViewRead, ...]]] = {}
-        catalog = catalog_of(store)
-        self.join_key = catalog.transaction.join_key
-        self.fields = tuple(catalog.transaction_fields)
+        self.join_key, self.fields = transaction_layout(store)
         self._transaction_fields = _fields(TRANSACTION_VIEW, self.fields)
 
     def _key(self, join_key: str, value: str) -> bytes:
