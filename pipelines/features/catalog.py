@@ -28,7 +28,7 @@ from datetime import timedelta
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from feast import Entity, FeatureService, FeatureView
@@ -217,10 +217,6 @@ BUILTIN_TRANSACTION_FIELDS: dict[str, str] = {
 _FEAST_TYPES = {"String": "string", "Int64": "int64", "Int32": "int64", "Float64": "float64", "Float32": "float64"}
 
 
-def _type_name(dtype: Any) -> str:
-    return str(dtype)
-
-
 def _batch_path(view: FeatureView) -> str | None:
     source = view.batch_source
     path = getattr(source, "path", None)
@@ -251,7 +247,7 @@ def from_objects(
     for f in transaction_view.features:
         if f.name == transaction.join_key:
             continue
-        kind = _FEAST_TYPES.get(_type_name(f.dtype))
+        kind = _FEAST_TYPES.get(str(f.dtype))
         if kind is None:
             problems.append(
                 f"{TRANSACTION_VIEW}.{f.name}: type {f.dtype} is not an event field type (String, Int64, Float64)"
@@ -297,7 +293,7 @@ def from_objects(
             )
         if not sfv.aggregations:
             problems.append(f"{sfv.name}: a StreamFeatureView over the events needs `aggregations`")
-        schema = {f.name: _type_name(f.dtype) for f in sfv.schema}
+        schema = {f.name: str(f.dtype) for f in sfv.schema}
         features: list[WindowFeature] = []
         for agg in sfv.aggregations:
             name = agg.name or ""
@@ -378,7 +374,7 @@ def from_objects(
                 plain.ttl,
                 path,
                 plain.batch_source.timestamp_field,
-                tuple((f.name, _type_name(f.dtype)) for f in plain.features),
+                tuple((f.name, str(f.dtype)) for f in plain.features),
             )
         )
 
