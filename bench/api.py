@@ -31,11 +31,11 @@ from rich.table import Table
 
 from bench.load import run_load
 from bench.report import machine, write_result
+from core.embedded_redis import free_port, online_store
+from core.models.manifest import Flavor
+from core.settings import Settings
 from fraudserve import feature_store
-from fraudserve.embedded_redis import free_port, online_store
-from fraudserve.models.manifest import Flavor
 from fraudserve.registry import open_registry
-from fraudserve.settings import Settings
 from pipelines.generate import GenerateConfig, generate
 from pipelines.materialize import materialize
 from pipelines.offline.backfill import backfill

@@ -31,10 +31,10 @@ from rich.console import Console
 
 from bench.pipeline import TRANSACTIONS_PER_CARD_DAY, StepRss, count, peak_rss_mb
 from bench.report import machine, print_table, write_result
+from core.settings import OfflineLayout
 from pipelines.generate import GenerateConfig, generate
 from pipelines.offline.backfill import BackfillSummary, backfill
 from pipelines.offline.distributed import RayOptions
-from pipelines.offline.store import OfflineLayout
 
 
 class TreeRss(StepRss):

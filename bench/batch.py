@@ -28,9 +28,9 @@ import pyarrow.parquet as pq
 from rich.console import Console
 
 from bench.report import machine, print_table, write_result
+from core.models.manifest import MANIFEST_FILE, FeatureField, Flavor, Manifest, Thresholds
+from core.models.runtime import load_runtime
 from fraudserve.batch_scoring import score_parquet
-from fraudserve.models.manifest import MANIFEST_FILE, FeatureField, Flavor, Manifest, Thresholds
-from fraudserve.models.runtime import load_runtime
 from fraudserve.registry import ModelRegistry
 
 MODELS = Path(__file__).parent / "gpu_models"

@@ -38,9 +38,9 @@ from rich.table import Table
 from bench.api import prepare, wait_ready
 from bench.load import LoadResult, run_load
 from bench.report import machine, write_result
+from core.embedded_redis import free_port, online_store
+from core.settings import RedisType, Settings
 from fraudserve import feature_store
-from fraudserve.embedded_redis import free_port, online_store
-from fraudserve.settings import RedisType, Settings
 from pipelines.materialize import materialize
 from tests.redis_cluster import RedisCluster
 

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from fraudserve.models.manifest import Flavor
-from fraudserve.models.runtime import LightGBMRuntime, NvForestRuntime, Runtime, XGBoostRuntime
+from core.models.manifest import Flavor
+from core.models.runtime import LightGBMRuntime, NvForestRuntime, Runtime, XGBoostRuntime
 
 MODELS = Path(__file__).parent / "gpu_models"
 FILES = {Flavor.lightgbm: "lightgbm.txt", Flavor.xgboost: "xgboost.json"}

@@ -27,8 +27,8 @@ from rich.console import Console
 
 from bench.api import prepare
 from bench.report import machine, print_table, write_result
-from fraudserve.embedded_redis import online_store
-from fraudserve.settings import Settings
+from core.embedded_redis import online_store
+from core.settings import Settings
 
 
 def _cpu_us(calls: int, fn: Callable[[int], Any]) -> float:
@@ -80,8 +80,8 @@ def main() -> None:
 async def _measure(settings: Settings, ids: list[str], calls: int) -> list[tuple[str, int, float]]:
     from feast import FeatureStore
 
-    from fraudserve.models.attribution import RuntimeExplainer
-    from fraudserve.models.runtime import load_runtime
+    from core.models.attribution import RuntimeExplainer
+    from core.models.runtime import load_runtime
     from fraudserve.registry import open_registry
     from inference_api.domain.models import ModelManager
     from inference_api.domain.redis_source import RedisFeatureSource

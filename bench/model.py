@@ -30,9 +30,9 @@ import numpy as np
 from rich.console import Console
 
 from bench.report import machine, print_table, write_result
-from fraudserve.models.compiled import CFLAGS, CompiledRuntime
-from fraudserve.models.manifest import Flavor
-from fraudserve.models.runtime import LightGBMRuntime, Runtime, XGBoostRuntime
+from core.models.compiled import CFLAGS, CompiledRuntime
+from core.models.manifest import Flavor
+from core.models.runtime import LightGBMRuntime, Runtime, XGBoostRuntime
 
 MODELS = Path(__file__).parent / "gpu_models"
 FILES = {Flavor.lightgbm: "lightgbm.txt", Flavor.xgboost: "xgboost.json"}

@@ -39,9 +39,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from bench.report import machine, print_table, write_result
+from core import connections
+from core.embedded_redis import online_store
+from core.settings import RedisType, Settings
 from fraudserve import feature_store
-from fraudserve.embedded_redis import online_store
-from fraudserve.settings import RedisType, Settings
 from pipelines.generate import GenerateConfig, generate
 from pipelines.materialize import MaterializeSummary, materialize
 from pipelines.offline.backfill import backfill
@@ -149,7 +150,7 @@ def online_redis(settings: Settings, cluster_dir: Path | None) -> Iterator[Onlin
     """The embedded redis-server, or with `cluster_dir` a fresh local 3-master Redis Cluster there."""
     if cluster_dir is None:
         with online_store(None, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
-            online = OnlineRedis(connection, [feature_store.redis_client(settings, connection)])
+            online = OnlineRedis(connection, [connections.redis_client(settings, connection)])
             yield online
             online.close()
         return

@@ -27,8 +27,8 @@ from rich.console import Console
 from bench.api import prepare, wait_ready
 from bench.load import run_load
 from bench.report import machine, print_table, write_result
-from fraudserve.embedded_redis import free_port, online_store
-from fraudserve.settings import Settings
+from core.embedded_redis import free_port, online_store
+from core.settings import Settings
 
 
 def _children(pid: int) -> list[int]:

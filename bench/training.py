@@ -19,9 +19,9 @@ from pathlib import Path
 from rich.console import Console
 
 from bench.report import machine, print_table, write_result
+from core.models.manifest import Flavor
+from core.settings import Settings
 from fraudserve import feature_store
-from fraudserve.models.manifest import Flavor
-from fraudserve.settings import Settings
 from pipelines.generate import GenerateConfig, generate
 from pipelines.offline.backfill import backfill
 from pipelines.training.dataset import build_training_set

@@ -1,3 +1,6 @@
-"""fraudserve: payments fraud scoring on a Feast feature store with a Redis online store."""
+"""fraudserve: payments fraud scoring on a Feast feature store with a Redis online store (the CLI and the Python
+entry points for notebooks: `fraudserve.registry.open_registry`)."""
 
-__version__ = "0.1.0"
+from core import __version__
+
+__all__ = ["__version__"]

@@ -19,7 +19,7 @@ Point in time: `BatchScorer.score_transactions` (`--point-in-time`) takes transa
 features as of each transaction's time from the offline store through Feast, as the training set does: a backtest
 of a model on past transactions.
 
-Where: `device` auto, cpu or cuda (FRAUDSERVE_DEVICE, see fraudserve/models/device.py). Unlike the API, which
+Where: `device` auto, cpu or cuda (FRAUDSERVE_DEVICE, see core/models/device.py). Unlike the API, which
 refuses to start with cuda and no GPU, a batch job asked for cuda on a machine without a GPU or without nvForest
 falls back to the CPU and says so (`DeviceChoice.reason`): an offline job is better late than not at all, and the
 summary reports the device actually used. On the GPU nvForest predicts in single precision: scores agree with the
@@ -41,16 +41,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fraudserve.errors import FraudserveError
-from fraudserve.models.device import cuda_available
-from fraudserve.models.manifest import Thresholds
-from fraudserve.models.runtime import ModelLoadError, Runtime, load_runtime, model_engine
+from core.errors import FraudserveError
+from core.models.device import cuda_available
+from core.models.manifest import Thresholds
+from core.models.runtime import ModelLoadError, Runtime, load_runtime, model_engine
 from fraudserve.registry import PRODUCTION, ModelRegistry, ModelVersion
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-    from pipelines.offline.store import OfflineLayout
+    from core.settings import OfflineLayout
 
 log = logging.getLogger("fraudserve.batch_scoring")
 

@@ -7,10 +7,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from fraudserve.errors import ConfigurationError
-from fraudserve.settings import Settings
+from core.errors import ConfigurationError
+from core.settings import Settings
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -86,31 +86,3 @@ def feast_project(settings: Settings) -> str:
 
     config = yaml.safe_load((settings.feature_repo / "feature_store.yaml").read_text())
     return str(config["project"])
-
-
-def redis_client(settings: Settings, connection: str, timeout_s: float | None = None) -> Any:
-    """A synchronous redis-py client for Feast's connection-string form (single node or cluster)."""
-    import redis
-    from feast.infra.online_stores.redis import RedisOnlineStore
-
-    nodes, params = RedisOnlineStore._parse_connection_string(connection)
-    if timeout_s is not None:
-        params = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, **params}
-    if settings.redis_type.value == "redis_cluster":
-        startup = [redis.cluster.ClusterNode(n["host"], int(n["port"])) for n in nodes]  # type: ignore[no-untyped-call]
-        return redis.RedisCluster(startup_nodes=startup, **params)
-    return redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params)
-
-
-def async_redis_client(connection: str, cluster: bool, **options: Any) -> Any:
-    """redis-py's asyncio client (single node or cluster) for Feast's connection-string form; `options` (timeouts,
-    retry) are the client's, and the connection string's own parameters take precedence over them."""
-    import redis.asyncio as aioredis
-    from feast.infra.online_stores.redis import RedisOnlineStore
-
-    nodes, params = RedisOnlineStore._parse_connection_string(connection)
-    options.update(params)
-    if cluster:
-        startup = [aioredis.cluster.ClusterNode(n["host"], int(n["port"])) for n in nodes]
-        return aioredis.RedisCluster(startup_nodes=startup, **options)
-    return aioredis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **options)

@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, Response
 
-from fraudserve import __version__
-from fraudserve.errors import ConfigurationError
-from fraudserve.feature_store import async_redis_client
-from fraudserve.keys import KeyStore, Scope
-from fraudserve.models.device import resolve_device
-from fraudserve.registry.notices import follow
-from fraudserve.settings import AccessLog, FeatureSourceKind, RedisType, Settings
+from core import __version__
+from core.connections import async_redis_client
+from core.errors import ConfigurationError
+from core.keys import KeyStore, Scope
+from core.models.device import resolve_device
+from core.registry.notices import follow
+from core.settings import AccessLog, FeatureSourceKind, RedisType, Settings
 from inference_api import errors
 from inference_api.auth import require_unless_public
 from inference_api.domain.batching import DynamicBatcher
@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from feast import FeatureStore
 
-        from fraudserve.registry import open_registry
+        from core.registry import open_model_registry
 
         if not settings.redis:
             raise ConfigurationError("FRAUDSERVE_REDIS is not set: run the API with `fraudserve serve`, which sets it")
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else FeastFeatureSource(store, budget)
         )
         manager = ModelManager(
-            open_registry(settings, check_features=False),
+            open_model_registry(settings),
             store,
             settings.model_name,
             device=resolve_device(settings.device.value),
@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batcher.start()
         app.state.batcher = batcher
         watcher = asyncio.create_task(manager.watch(settings.model_poll_seconds))
-        # Registry change notices (fraudserve/registry/notices.py): a promotion is served within a round trip
+        # Registry change notices (core/registry/notices.py): a promotion is served within a round trip
         # instead of a poll interval; the poll above stays as the fallback.
         notice_client = async_redis_client(
             settings.redis,

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import Depends, Request
 
-from fraudserve.keys import KeyStore, Scope
+from core.keys import KeyStore, Scope
 
 
 def presented_key(request: Request) -> str | None:

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fraudserve.errors import FraudserveError
+from core.errors import FraudserveError
 
 log = logging.getLogger("fraudserve.api")
 

@@ -47,7 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fraudserve.errors import FraudserveError
+from core.errors import FraudserveError
 from pipelines.online_layout import binary_array, encode_timestamps, encode_values, entity_keys, feature_field, ts_field
 
 if TYPE_CHECKING:

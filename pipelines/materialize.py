@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
 
+from core.settings import OfflineLayout
 from pipelines.features.catalog import TRANSACTION_VIEW, Catalog, load_catalog
-from pipelines.offline.store import OfflineLayout, offline_view
+from pipelines.offline.store import offline_view
 
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView

@@ -8,8 +8,8 @@ import time
 import httpx
 import uvicorn
 
-from fraudserve.embedded_redis import free_port
-from fraudserve.settings import Settings
+from core.embedded_redis import free_port
+from core.settings import Settings
 from inference_api.app import create_app
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from core.models.manifest import Flavor
+from core.settings import Settings
 from fraudserve import feature_store
-from fraudserve.models.manifest import Flavor
 from fraudserve.registry import ModelRegistry, open_registry
-from fraudserve.settings import Settings
 from pipelines.generate import GenerateConfig, generate
 from pipelines.materialize import materialize
 from pipelines.offline.backfill import backfill

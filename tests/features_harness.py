@@ -10,10 +10,10 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from core.settings import OfflineLayout
 from pipelines.features.catalog import WindowView
 from pipelines.features.semantics import Event, Label
 from pipelines.offline.backfill import BackfillSummary, backfill
-from pipelines.offline.store import OfflineLayout
 
 T0 = 1_762_000_000_000  # 2025-11-01T12:26:40Z in epoch ms
 SECOND = 1000

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fraudserve.models.manifest import MANIFEST_FILE, FeatureField, Flavor, Manifest, Thresholds
+from core.models.manifest import MANIFEST_FILE, FeatureField, Flavor, Manifest, Thresholds
 
 
 def make_package(

@@ -8,8 +8,8 @@ from typing import Any
 
 import duckdb
 
+from core.settings import OfflineLayout
 from pipelines.features.catalog import Catalog, load_catalog
-from pipelines.offline.store import OfflineLayout
 
 
 def latest_rows(path: Path, key: str) -> dict[str, dict[str, object]]:

@@ -27,7 +27,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode
 from redis.retry import Retry
 
-from fraudserve.embedded_redis import free_port, ping
+from core.embedded_redis import free_port, ping
 
 CLUSTER_SLOTS = 16384
 START_TIMEOUT_S = 30.0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from fraudserve.embedded_redis import free_port, ping
+from core.embedded_redis import free_port, ping
 
 
 class RedisProcess:

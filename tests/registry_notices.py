@@ -7,8 +7,8 @@ import time
 
 import httpx
 
-from fraudserve.registry.notices import NOTICES
-from fraudserve.settings import Settings
+from core.registry.notices import NOTICES
+from core.settings import Settings
 from tests.api_server import ApiServer
 from tests.deployment import Deployment
 

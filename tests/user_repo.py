@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from fraudserve.settings import PROJECT_ROOT
+from core.settings import PROJECT_ROOT
 
 # Window features over a new entity on an existing event field (merchant_category), over an extra declared event
 # field (customer_id), and a second view of the built-in card entity: every function, windows from 5 minutes to 30

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fraudserve.settings import Settings
+from core.settings import Settings
 
 console = Console(stderr=True)
 out = Console()

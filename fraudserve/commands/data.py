@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from core.errors import FraudserveError
 from fraudserve.commands.common import fail, out, parse_end, progress_bar
-from fraudserve.errors import FraudserveError
 
 if TYPE_CHECKING:
     from pipelines.generate import GenerateConfig, GenerateSummary

@@ -10,12 +10,12 @@ from typing import Annotated
 
 import typer
 
+from core.embedded_redis import online_store
+from core.errors import FraudserveError
+from core.models.manifest import Flavor
 from fraudserve.commands.common import console, fail, load_settings, out, parse_end, print_vectors
 from fraudserve.commands.data import generate_with_progress
 from fraudserve.commands.serve import run_api
-from fraudserve.embedded_redis import online_store
-from fraudserve.errors import FraudserveError
-from fraudserve.models.manifest import Flavor
 
 
 # ----------------------------------------------------------------------------------------------------------- demo
@@ -80,7 +80,8 @@ def demo(
                 f"({materialized.rows_per_second:,.0f}/s)"
             )
             out.rule("6. the last day's events through the stream (Redis Streams, stream worker)")
-            from fraudserve.feature_store import feast_project, redis_client
+            from core.connections import redis_client
+            from fraudserve.feature_store import feast_project
             from pipelines.events import LABELS, TRANSACTIONS
             from pipelines.stream.worker import Worker, produce
 

@@ -11,9 +11,9 @@ import typer
 from rich.progress import TaskID
 from rich.table import Table
 
+from core.embedded_redis import online_store
+from core.errors import FraudserveError
 from fraudserve.commands.common import fail, load_settings, out, print_vectors, progress_bar
-from fraudserve.embedded_redis import online_store
-from fraudserve.errors import FraudserveError
 
 app = typer.Typer(no_args_is_help=True, help="The Feast feature repo and the offline pipeline.")
 
@@ -168,6 +168,7 @@ def features_list(
 ) -> None:
     """Every feature view of the Feast repo: kind, entity, features (function and window, or source), TTL, and its
     freshness online (the age of the newest row among the sampled keys)."""
+    from core import connections
     from fraudserve import feature_store
     from fraudserve.freshness import newest_rows
     from pipelines.features.catalog import CatalogError, load_catalog
@@ -176,7 +177,7 @@ def features_list(
     try:
         catalog = load_catalog(settings.feature_repo)
         with online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
-            client = feature_store.redis_client(settings, connection, timeout_s=5)
+            client = connections.redis_client(settings, connection, timeout_s=5)
             newest = newest_rows(client, feature_store.feast_project(settings), sample)
     except (FraudserveError, CatalogError, ValueError) as exc:
         raise fail(exc) from exc

@@ -19,7 +19,7 @@ def keys_create(
     scopes: Annotated[str, typer.Option(help="Comma-separated: score, predict, admin.")] = "score",
 ) -> None:
     """Create an API key; it is printed once, only its hash is stored."""
-    from fraudserve.keys import KeyStore, Scope
+    from core.keys import KeyStore, Scope
 
     try:
         chosen = [Scope(s.strip()) for s in scopes.split(",") if s.strip()]
@@ -35,7 +35,7 @@ def keys_create(
 @app.command("list")
 def keys_list() -> None:
     """Key ids, names and scopes (never the secrets)."""
-    from fraudserve.keys import KeyStore
+    from core.keys import KeyStore
 
     table = Table(title="API keys")
     for column in ("id", "name", "scopes", "created"):
@@ -48,7 +48,7 @@ def keys_list() -> None:
 @app.command("revoke")
 def keys_revoke(key_id: str) -> None:
     """Revoke a key by its id."""
-    from fraudserve.keys import KeyStore
+    from core.keys import KeyStore
 
     if not KeyStore(load_settings().keys_file).revoke(key_id):
         raise fail(ValueError(f"no key with id {key_id!r} (see `fraudserve keys list`)"))

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from core.errors import FraudserveError
 from fraudserve.commands.common import fail, load_settings, out
-from fraudserve.errors import FraudserveError
 
 app = typer.Typer(no_args_is_help=True, help="The model registry: register, list, show, promote, rollback.")
 

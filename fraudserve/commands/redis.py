@@ -6,9 +6,9 @@ import json
 
 import typer
 
+from core.embedded_redis import EmbeddedRedis
+from core.errors import FraudserveError
 from fraudserve.commands.common import fail, load_settings, out
-from fraudserve.embedded_redis import EmbeddedRedis
-from fraudserve.errors import FraudserveError
 
 app = typer.Typer(no_args_is_help=True, help="The embedded redis-server (when FRAUDSERVE_REDIS is unset).")
 

@@ -9,9 +9,9 @@ from typing import Annotated
 
 import typer
 
+from core.errors import FraudserveError
+from core.settings import Device
 from fraudserve.commands.common import console, fail, load_settings, out, progress_bar
-from fraudserve.errors import FraudserveError
-from fraudserve.settings import Device
 
 
 def score_batch(

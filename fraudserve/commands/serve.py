@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
+from core.embedded_redis import online_store
+from core.errors import FraudserveError
+from core.settings import Settings
 from fraudserve.commands.common import console, fail, load_settings
-from fraudserve.embedded_redis import online_store
-from fraudserve.errors import FraudserveError
-from fraudserve.settings import Settings
 
 # ---------------------------------------------------------------------------------------------------------- serve
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -22,7 +22,7 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
 ) -> None:
     """The inference API on uvicorn (FastAPI)."""
-    from fraudserve.keys import KeyStore
+    from core.keys import KeyStore
 
     settings = load_settings()
     if host not in LOOPBACK and not KeyStore(settings.keys_file).any():
@@ -51,7 +51,7 @@ def run_api(settings: Settings, connection: str, host: str, port: int, workers: 
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         os.environ["FRAUDSERVE_METRICS_MULTIPROCESS"] = "1"
     configure_logging()
-    from fraudserve.keys import KeyStore
+    from core.keys import KeyStore
 
     keyed = KeyStore(settings.keys_file).any()
     access = "API keys required" if keyed else "no API key exists: serving on loopback only, open to local callers"

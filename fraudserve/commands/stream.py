@@ -10,9 +10,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from core.embedded_redis import online_store
+from core.errors import FraudserveError
 from fraudserve.commands.common import console, fail, load_settings, out, progress_bar
-from fraudserve.embedded_redis import online_store
-from fraudserve.errors import FraudserveError
 
 app = typer.Typer(no_args_is_help=True, help="The streaming pipeline on Redis Streams.")
 
@@ -24,7 +24,7 @@ def stream_produce(
     labels: Annotated[bool, typer.Option("--labels", help="The file holds label events.")] = False,
 ) -> None:
     """Validate events and append them to the stream; invalid ones go to the dead-letter stream with the reason."""
-    from fraudserve.feature_store import redis_client
+    from core.connections import redis_client
     from pipelines.events import LABELS, transaction_kind
     from pipelines.stream.worker import produce
 
@@ -48,7 +48,8 @@ def stream_produce(
 
 
 def _work(connection: str, consumer: str, until_idle: float | None, index: int = 0) -> None:
-    from fraudserve.feature_store import feast_project, redis_client
+    from core.connections import redis_client
+    from fraudserve.feature_store import feast_project
     from pipelines.stream.worker import Worker
 
     settings = load_settings()
@@ -148,7 +149,7 @@ def _supervise(connection: str, workers: int, until_idle: float | None) -> None:
 @app.command("status")
 def stream_status() -> None:
     """Lag, events/s, dead-letter count and freshness (append to online visibility, p50 and p99)."""
-    from fraudserve.feature_store import redis_client
+    from core.connections import redis_client
     from pipelines.stream.worker import status
 
     settings = load_settings()

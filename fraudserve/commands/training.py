@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
+from core.errors import FraudserveError
+from core.models.manifest import Flavor
 from fraudserve.commands.common import console, fail, load_settings, out, parse_end, progress_bar
-from fraudserve.errors import FraudserveError
-from fraudserve.models.manifest import Flavor
 
 
 # ---------------------------------------------------------------------------------------------------------- train

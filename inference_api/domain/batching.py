@@ -20,7 +20,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from fraudserve.errors import FraudserveError
+from core.errors import FraudserveError
 from inference_api.domain.scoring import Request, Score
 
 log = logging.getLogger("fraudserve.batching")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import redis
 from redis.exceptions import RedisClusterException
 
-from fraudserve.errors import RedisUnavailable
+from core.errors import RedisUnavailable
 from inference_api.domain.plan import FeaturePlan, transaction_layout
 from pipelines.features.catalog import TRANSACTION_VIEW
 from pipelines.online_layout import ABSENT_KEY

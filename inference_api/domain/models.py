@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fraudserve.errors import FraudserveError, ModelNotFound
-from fraudserve.models.attribution import Explainer, make_explainer
-from fraudserve.models.manifest import Manifest
-from fraudserve.models.runtime import Runtime, load_runtime, model_engine
-from fraudserve.registry import CANDIDATE, PRODUCTION, ModelRegistry
-from fraudserve.settings import ReasonsMethod
+from core.errors import FraudserveError, ModelNotFound
+from core.models.attribution import Explainer, make_explainer
+from core.models.manifest import Manifest
+from core.models.runtime import Runtime, load_runtime, model_engine
+from core.registry import CANDIDATE, PRODUCTION, ModelRegistry
+from core.settings import ReasonsMethod
 from inference_api.domain.plan import FeaturePlan, UnknownFeatureService, resolve_plan
 
 if TYPE_CHECKING:

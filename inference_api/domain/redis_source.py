@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException
 
-from fraudserve.feature_store import async_redis_client
+from core.connections import async_redis_client
 from inference_api.domain.features import TransactionRecord, ViewValues, within_budget
 from inference_api.domain.plan import FeaturePlan, ViewRead, transaction_layout
 from pipelines.features.catalog import TRANSACTION_VIEW

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fraudserve.errors import FraudserveError
+from core.errors import FraudserveError
 from inference_api.domain.features import FeatureSource, TransactionRecord, ViewValues
 from inference_api.domain.models import LoadedModel, ModelManager
 from inference_api.domain.plan import FeaturePlan, OnDemandRead
@@ -274,7 +274,7 @@ def record_from_event(event: dict[str, Any], fields: Sequence[str] = ()) -> Tran
     """An inline transaction event, checked with the pipelines' own rules, as a record to score.
 
     `fields`: the transaction view's fields (the plan's `record_fields`); extra ones are taken from the event."""
-    from fraudserve.errors import InvalidInput
+    from core.errors import InvalidInput
     from pipelines.events import TRANSACTIONS
     from pipelines.validation import check
 

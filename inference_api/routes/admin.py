@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from fraudserve.keys import Scope
-from fraudserve.registry import PRODUCTION, ModelRegistry, ModelVersion
+from core.keys import Scope
+from core.registry import PRODUCTION, ModelRegistry, ModelVersion
 from inference_api.auth import require
 from inference_api.domain.models import ModelManager
 from inference_api.schemas import ErrorResponse, ModelName

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from fraudserve.errors import FraudserveError, InvalidInput
-from fraudserve.keys import Scope
+from core.errors import FraudserveError, InvalidInput
+from core.keys import Scope
 from inference_api.auth import require
 from inference_api.domain.batching import DynamicBatcher
 from inference_api.domain.scoring import Score, ScoringService, score_requests

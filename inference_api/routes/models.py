@@ -6,8 +6,8 @@ import asyncio
 
 from fastapi import APIRouter, Request
 
-from fraudserve.errors import FraudserveError, InvalidInput
-from fraudserve.keys import Scope
+from core.errors import FraudserveError, InvalidInput
+from core.keys import Scope
 from inference_api.auth import require
 from inference_api.domain.models import LoadedModel, ModelManager
 from inference_api.domain.scoring import score_requests

@@ -8,9 +8,9 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from fraudserve import __version__
-from fraudserve.errors import FraudserveError, InvalidInput, ModelNotFound
-from fraudserve.keys import Scope
+from core import __version__
+from core.errors import FraudserveError, InvalidInput, ModelNotFound
+from core.keys import Scope
 from inference_api.auth import require, require_unless_public
 from inference_api.domain.models import LoadedModel, ModelManager
 from inference_api.routes.models import loaded

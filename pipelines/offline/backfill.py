@@ -19,12 +19,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.settings import OfflineLayout
 from pipelines.events import LABELS, EventKind, transaction_kind
 from pipelines.features.catalog import Catalog, load_catalog
 from pipelines.offline.distributed import RayOptions, check_engine
 from pipelines.offline.inputs import read_batches
 from pipelines.offline.sql import view_features_sql
-from pipelines.offline.store import OfflineLayout
 from pipelines.validation import REJECTED_SCHEMA, check
 
 OnInvalid = Literal["reject", "quarantine"]

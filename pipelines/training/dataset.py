@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import duckdb
 import pandas as pd
 
+from core.settings import OfflineLayout
 from pipelines.features.catalog import load_catalog
-from pipelines.offline.store import OfflineLayout
 
 if TYPE_CHECKING:
     from feast import FeatureStore

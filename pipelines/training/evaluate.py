@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from fraudserve.models.manifest import Metrics, Thresholds
+from core.models.manifest import Metrics, Thresholds
 
 FPR_BUDGET = 0.01
 SUSPICIOUS_PRECISION = 0.2  # a review queue: one case in five is fraud

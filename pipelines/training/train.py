@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fraudserve.models.manifest import (
+from core.models.manifest import (
     MANIFEST_FILE,
     Evaluation,
     FeatureField,
@@ -21,7 +21,7 @@ from fraudserve.models.manifest import (
     Manifest,
     TrainingWindow,
 )
-from fraudserve.models.runtime import load_runtime
+from core.models.runtime import load_runtime
 from pipelines.training.dataset import LABEL, TrainingDataError, TrainingSet
 from pipelines.training.evaluate import baseline_rules, baseline_scores, choose_thresholds, metrics
 

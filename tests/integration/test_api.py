@@ -14,9 +14,9 @@ import lightgbm
 import numpy as np
 import pytest
 
+from core.models.attribution import LightGBMPathExplainer
+from core.settings import Settings
 from fraudserve import feature_store
-from fraudserve.models.attribution import LightGBMPathExplainer
-from fraudserve.settings import Settings
 from inference_api.schemas import ScoreResponse
 from tests.api_server import ApiServer
 from tests.deployment import Deployment, deploy
@@ -296,7 +296,7 @@ def test_canary_and_shadow(deployment: Deployment, monkeypatch: pytest.MonkeyPat
 
 def test_api_keys_and_scopes(deployment: Deployment, api: str) -> None:
     """Once a key exists every route but health needs one; admin routes need the admin scope."""
-    from fraudserve.keys import KeyStore, Scope
+    from core.keys import KeyStore, Scope
 
     keys = KeyStore(deployment.settings.keys_file)
     try:
@@ -342,7 +342,8 @@ def test_api_keys_and_scopes(deployment: Deployment, api: str) -> None:
 
 def test_a_transaction_produced_to_the_stream_is_scored_by_id(deployment: Deployment, api: str, tmp_path: Path) -> None:
     """End to end: produce an event, a stream worker processes it, the API scores it by id with fresh features."""
-    from fraudserve.feature_store import feast_project, redis_client
+    from core.connections import redis_client
+    from fraudserve.feature_store import feast_project
     from pipelines.events import TRANSACTIONS
     from pipelines.stream.worker import Worker, produce
 
@@ -393,7 +394,7 @@ def test_no_secret_reaches_a_log_line(deployment: Deployment, monkeypatch: pytes
     """Every request logged (FRAUDSERVE_ACCESS_LOG=all), good and bad keys sent both ways: no key text in the logs."""
     import logging
 
-    from fraudserve.keys import KeyStore, Scope
+    from core.keys import KeyStore, Scope
     from inference_api.observability import JsonFormatter
 
     lines: list[str] = []
@@ -489,7 +490,7 @@ def test_a_hung_redis_costs_one_budget_not_a_hang(deployment: Deployment, api: s
 
 
 def test_health_and_metrics_can_require_an_admin_key(deployment: Deployment) -> None:
-    from fraudserve.keys import KeyStore, Scope
+    from core.keys import KeyStore, Scope
 
     keys = KeyStore(deployment.settings.keys_file)
     try:

@@ -17,14 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from core.models.device import cuda_available
+from core.models.manifest import MANIFEST_FILE, Flavor, Manifest, Thresholds
+from core.models.runtime import load_runtime
+from core.settings import Settings
 from fraudserve import feature_store
 from fraudserve.batch_scoring import BatchScorer, BatchScoringError, score_parquet
 from fraudserve.cli import app
-from fraudserve.models.device import cuda_available
-from fraudserve.models.manifest import MANIFEST_FILE, Flavor, Manifest, Thresholds
-from fraudserve.models.runtime import load_runtime
 from fraudserve.registry import ModelRegistry, open_registry
-from fraudserve.settings import Settings
 from pipelines.offline.backfill import backfill
 from pipelines.training.dataset import LabelPolicy, build_training_set, service_features
 from tests.features_harness import DAY, HOUR, T0, label, txn, write_jsonl

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fraudserve.embedded_redis import EmbeddedRedis
+from core.embedded_redis import EmbeddedRedis
 
 FRAUDSERVE = [sys.executable, "-m", "fraudserve"]
 
@@ -148,7 +148,7 @@ def test_sigterm_stops_the_api_and_its_embedded_redis_cleanly(tmp_path: Path) ->
 
     import httpx
 
-    from fraudserve.embedded_redis import free_port
+    from core.embedded_redis import free_port
 
     home = tmp_path / "home"
     port = free_port()

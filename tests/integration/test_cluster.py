@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import redis
 
+from core.models.attribution import LightGBMPathExplainer
+from core.settings import FeatureSourceKind
 from fraudserve import feature_store
-from fraudserve.models.attribution import LightGBMPathExplainer
-from fraudserve.settings import FeatureSourceKind
 from pipelines.features.catalog import load_catalog
 from pipelines.online_layout import entity_key
 from tests.api_server import ApiServer

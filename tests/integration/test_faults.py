@@ -30,9 +30,9 @@ import pytest
 import redis
 from fastapi import FastAPI
 
+from core.keys import KeyStore, Scope
+from core.settings import Settings
 from fraudserve import feature_store
-from fraudserve.keys import KeyStore, Scope
-from fraudserve.settings import Settings
 from pipelines.generate import GenerateConfig, generate
 from pipelines.offline.backfill import backfill
 from pipelines.stream.log import RedisStreamLog

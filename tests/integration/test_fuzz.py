@@ -34,8 +34,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from fraudserve.keys import KeyStore, Scope
-from fraudserve.models.manifest import Flavor
+from core.keys import KeyStore, Scope
+from core.models.manifest import Flavor
 from tests.api_server import ApiServer
 from tests.deployment import Deployment, deploy
 

@@ -27,8 +27,8 @@ from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from core.settings import Settings
 from fraudserve import feature_store
-from fraudserve.settings import Settings
 from pipelines import online_layout
 from pipelines.fast_materialize import SlotMapChanged, online_target, plan_views, write_view
 from pipelines.features.catalog import load_catalog

@@ -27,13 +27,12 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
+from core.settings import OfflineEngine, OfflineLayout, Settings
 from fraudserve.cli import app
-from fraudserve.settings import OfflineEngine, Settings
 from pipelines.features.catalog import Catalog, load_catalog
 from pipelines.generate import GenerateConfig, generate
 from pipelines.offline.backfill import BackfillSummary, backfill
 from pipelines.offline.distributed import EngineError, RayOptions
-from pipelines.offline.store import OfflineLayout
 from tests.user_repo import user_repo
 
 Run = tuple[OfflineLayout, BackfillSummary]

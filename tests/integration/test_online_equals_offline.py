@@ -8,9 +8,9 @@ from typing import cast
 
 import pytest
 
+from core.settings import Settings
 from fraudserve import feature_store
 from fraudserve.online import feature_vectors
-from fraudserve.settings import Settings
 from pipelines.features.catalog import TRANSACTION_VIEW, load_catalog
 from pipelines.generate import GenerateConfig, generate
 from pipelines.materialize import materialize

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import redis
 
+from core.settings import Settings
 from fraudserve import feature_store
-from fraudserve.settings import Settings
 from pipelines.generate import GenerateConfig, generate
 from pipelines.offline.backfill import backfill
 from pipelines.stream.log import DEAD_LETTER
@@ -97,7 +97,7 @@ def test_worker_serves_its_own_prometheus_metrics(
 ) -> None:
     import httpx
 
-    from fraudserve.embedded_redis import free_port
+    from core.embedded_redis import free_port
 
     home, files = offline
     port = free_port()

@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from core.models.manifest import Flavor
+from core.settings import Settings
 from fraudserve import feature_store
-from fraudserve.models.manifest import Flavor
 from fraudserve.registry import PRODUCTION, RegistrationError, open_registry
-from fraudserve.settings import Settings
 from pipelines.generate import GenerateConfig, generate
 from pipelines.offline.backfill import backfill
 from pipelines.training.dataset import LabelPolicy, TrainingSet, build_training_set

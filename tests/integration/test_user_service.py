@@ -27,11 +27,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.models.manifest import Flavor
+from core.settings import Settings
 from fraudserve import feature_store
-from fraudserve.models.manifest import Flavor
 from fraudserve.online import feature_vectors
 from fraudserve.registry import ModelRegistry, RegistrationError, open_registry
-from fraudserve.settings import Settings
 from pipelines.generate import GenerateConfig, generate
 from pipelines.materialize import materialize
 from pipelines.offline.backfill import backfill

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from fraudserve.settings import Settings
+from core.settings import Settings
 from inference_api.app import create_app
 from inference_api.domain.scoring import record_from_event
 from pipelines.events import MAX_EPOCH_MS

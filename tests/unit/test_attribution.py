@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import xgboost
 
-from fraudserve.models.attribution import LightGBMPathExplainer, RuntimeExplainer, XGBoostPathExplainer, make_explainer
-from fraudserve.models.manifest import Flavor
-from fraudserve.models.runtime import load_runtime
-from fraudserve.settings import ReasonsMethod
+from core.models.attribution import LightGBMPathExplainer, RuntimeExplainer, XGBoostPathExplainer, make_explainer
+from core.models.manifest import Flavor
+from core.models.runtime import load_runtime
+from core.settings import ReasonsMethod
 
 FEATURES = 6
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from fraudserve.errors import FraudserveError, RedisUnavailable
+from core.errors import FraudserveError, RedisUnavailable
 from inference_api.domain.batching import DynamicBatcher, Outcome, Overloaded
 from inference_api.domain.scoring import Request
 

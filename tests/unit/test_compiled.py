@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fraudserve.models import compiled
-from fraudserve.models.compiled import CompiledRuntime, CompileError, build_library
-from fraudserve.models.manifest import Flavor
-from fraudserve.models.runtime import LightGBMRuntime, XGBoostRuntime, load_runtime
+from core.models import compiled
+from core.models.compiled import CompiledRuntime, CompileError, build_library
+from core.models.manifest import Flavor
+from core.models.runtime import LightGBMRuntime, XGBoostRuntime, load_runtime
 
 needs_cc = pytest.mark.skipif(
     shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler to build compiled models"

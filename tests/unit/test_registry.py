@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fraudserve.errors import ModelNotFound
-from fraudserve.models.manifest import MANIFEST_FILE, Flavor
+from core.errors import ModelNotFound
+from core.models.manifest import MANIFEST_FILE, Flavor
+from core.registry.checks import ServiceField
+from core.settings import OfflineLayout
 from fraudserve.registry import CANDIDATE, PRODUCTION, ModelRegistry, RegistrationError
-from fraudserve.registry.checks import ServiceField
 from tests.model_packages import make_package
 
 SERVICE = [("amount", "float64"), ("card_txn_count_1h", "int64"), ("merchant_fraud_rate_30d", "float64")]
@@ -131,17 +132,16 @@ def test_a_service_the_api_cannot_serve_is_refused_naming_the_view(tmp_path: Pat
 
 def test_serving_problems_resolve_the_plan_on_a_feast_store(tmp_path: Path) -> None:
     """With a Feast store, registration resolves the feature plan with the API's own code."""
-    from fraudserve.registry.checks import serving_problems
+    from core.registry.checks import serving_problems
+    from fraudserve.registry import FeastFeatureServices
     from inference_api.domain.plan import UnknownFeatureService
 
     class Store:
         def get_feature_service(self, name: str, allow_cache: bool = False) -> None:
             raise UnknownFeatureService(name)
 
-    class WithStore(FakeServices):
-        store = Store()
-
-    problems = serving_problems(WithStore(), "fraud_v9")
+    services = FeastFeatureServices(Store(), OfflineLayout(tmp_path))  # type: ignore[arg-type]
+    problems = serving_problems(services, "fraud_v9")
     assert problems and "fraud_v9" in problems[0]
     assert serving_problems(FakeServices(), "svc") == []  # nothing to resolve against: not checked
 
@@ -261,8 +261,8 @@ def test_every_alias_change_is_announced_after_it_is_stored(tmp_path: Path) -> N
 def test_a_notice_that_cannot_be_sent_does_not_fail_the_change(tmp_path: Path) -> None:
     import redis
 
-    from fraudserve.embedded_redis import free_port
-    from fraudserve.registry.notices import RedisNotices
+    from core.embedded_redis import free_port
+    from core.registry.notices import RedisNotices
 
     unreachable = redis.Redis(port=free_port(), socket_connect_timeout=0.5)  # nothing listens there
     registry = ModelRegistry.at(tmp_path / "models", FakeServices(), RedisNotices(lambda: unreachable))
@@ -273,7 +273,7 @@ def test_a_notice_that_cannot_be_sent_does_not_fail_the_change(tmp_path: Path) -
 def test_an_unreachable_cluster_neither_fails_the_change_nor_is_contacted_before_one(tmp_path: Path) -> None:
     from redis.exceptions import RedisClusterException
 
-    from fraudserve.registry.notices import RedisNotices
+    from core.registry.notices import RedisNotices
 
     calls: list[int] = []
 

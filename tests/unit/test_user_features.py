@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fraudserve.errors import ConfigurationError
+from core.errors import ConfigurationError
+from core.settings import Settings
 from fraudserve.feature_store import check_repo
-from fraudserve.settings import Settings
 from pipelines.events import transaction_kind
 from pipelines.features.catalog import Agg, Catalog, load_catalog, parse_repo
 from pipelines.features.semantics import evaluate

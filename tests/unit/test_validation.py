@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from core.settings import OfflineLayout
 from pipelines.events import LABELS, TRANSACTIONS
 from pipelines.offline.backfill import InvalidEvents, backfill
 from pipelines.offline.inputs import read_batches
-from pipelines.offline.store import OfflineLayout
 from pipelines.validation import SchemaError, check
 from tests.features_harness import T0, iso, label, txn, write_jsonl
 

@@ -1,6 +1,6 @@
 """Model packages (a framework-native model file plus its manifest) and the runtimes that load them."""
 
-from fraudserve.models.manifest import (
+from core.models.manifest import (
     Evaluation,
     FeatureField,
     Flavor,

@@ -51,7 +51,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from fraudserve.models.manifest import Flavor
+from core.models.manifest import Flavor
 
 log = logging.getLogger("fraudserve.models")
 
@@ -586,7 +586,7 @@ def probe_rows(forest: Forest, rows: int = PROBE_ROWS, seed: int = 0) -> np.ndar
 
 
 def _native_runtime(flavor: Flavor, path: Path, threads: int) -> Any:
-    from fraudserve.models.runtime import LightGBMRuntime, XGBoostRuntime
+    from core.models.runtime import LightGBMRuntime, XGBoostRuntime
 
     return LightGBMRuntime(path, threads) if flavor is Flavor.lightgbm else XGBoostRuntime(path, threads)
 

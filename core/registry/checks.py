@@ -9,8 +9,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from fraudserve.errors import FraudserveError
-from fraudserve.models.manifest import MANIFEST_FILE, FeatureField, Manifest
+from core.errors import FraudserveError
+from core.models.manifest import MANIFEST_FILE, FeatureField, Manifest
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".dill", ".sav")
 MAX_MODEL_BYTES = 512 * 1024 * 1024
@@ -106,20 +106,9 @@ def feature_problems(model: Sequence[FeatureField], service: Sequence[ServiceFie
 def serving_problems(services: object, feature_service: str) -> list[str]:
     """Why the API could not serve `feature_service`, one line per problem naming its view; [] when it can.
 
-    The service's feature plan is resolved as the API resolves it when it loads a model (inference_api's
-    `resolve_plan` on the registry's Feast store), so a model registered here never fails to load or answers a 500
-    for its features. `services` is the registry's FeatureServices: one with a `serving_problems(name)` method
-    answers itself; one with a Feast `store` is resolved against it; any other is not checked."""
+    `services` is the registry's FeatureServices: one with a `serving_problems(name)` method (the Feast-backed one
+    of `fraudserve.registry`, which resolves the API's feature plan) answers; any other is not checked."""
     own = getattr(services, "serving_problems", None)
     if callable(own):
         return list(own(feature_service))
-    store = getattr(services, "store", None)
-    if store is None:
-        return []
-    from inference_api.domain.plan import UnknownFeatureService, resolve_plan
-
-    try:
-        resolve_plan(store, feature_service)
-    except UnknownFeatureService as exc:
-        return exc.problems or [str(exc)]
     return []

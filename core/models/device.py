@@ -6,7 +6,7 @@ import importlib.util
 import logging
 import shutil
 
-from fraudserve.errors import ConfigurationError
+from core.errors import ConfigurationError
 
 log = logging.getLogger("fraudserve.models")
 

@@ -24,7 +24,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from fraudserve.errors import ConfigurationError
+from core.errors import ConfigurationError
 
 START_TIMEOUT_S = 10.0
 

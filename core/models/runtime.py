@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fraudserve.models.manifest import Flavor
+from core.models.manifest import Flavor
 
 log = logging.getLogger("fraudserve.models")
 
@@ -179,7 +179,7 @@ def load_runtime(
             return XGBoostRuntime(path, threads, device)
         return NvForestRuntime(flavor, path, threads, device="gpu")
     if engine != "native":
-        from fraudserve.models.compiled import CompiledRuntime, CompileError, NoCompiler
+        from core.models.compiled import CompiledRuntime, CompileError, NoCompiler
 
         try:
             return CompiledRuntime(flavor, path, threads, cache_dir=cache_dir, compiler=compiler)
@@ -199,7 +199,7 @@ def load_runtime(
 
 def model_engine() -> str:
     """The engine the FRAUDSERVE_MODEL_ENGINE setting asks for (read when a model loads, not at import)."""
-    from fraudserve.settings import Settings
+    from core.settings import Settings
 
     return Settings().model_engine
 

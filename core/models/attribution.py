@@ -24,9 +24,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fraudserve.models.manifest import Flavor
-from fraudserve.models.runtime import SINGLE_THREAD_ROWS, XGBoostRuntime
-from fraudserve.settings import ReasonsMethod
+from core.models.manifest import Flavor
+from core.models.runtime import SINGLE_THREAD_ROWS, XGBoostRuntime
+from core.settings import ReasonsMethod
 
 log = logging.getLogger("fraudserve.models")
 

@@ -19,18 +19,18 @@ from typing import Protocol
 
 import numpy as np
 
-from fraudserve.errors import ModelNotFound
-from fraudserve.models.manifest import MANIFEST_FILE, Manifest
-from fraudserve.models.runtime import ModelLoadError, load_runtime
-from fraudserve.registry.checks import (
+from core.errors import ModelNotFound
+from core.models.manifest import MANIFEST_FILE, Manifest
+from core.models.runtime import ModelLoadError, load_runtime
+from core.registry.checks import (
     RegistrationError,
     ServiceField,
     feature_problems,
     read_package,
     serving_problems,
 )
-from fraudserve.registry.notices import Notices
-from fraudserve.registry.storage import AliasDoc, LocalStorage, Storage
+from core.registry.notices import Notices
+from core.registry.storage import AliasDoc, LocalStorage, Storage
 
 PRODUCTION = "production"
 CANDIDATE = "candidate"

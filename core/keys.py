@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
-from fraudserve.errors import Forbidden, Unauthorized
+from core.errors import Forbidden, Unauthorized
 
 
 class Scope(StrEnum):

@@ -1,0 +1,37 @@
+"""Redis clients for Feast's connection-string form (`host:port,ssl=true,password=...`, one node or a cluster): the
+online store's Redis as the API, the stream worker, the registry's notices and the CLI open it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+
+
+def redis_client(settings: Settings, connection: str, timeout_s: float | None = None) -> Any:
+    """A synchronous redis-py client for Feast's connection-string form (single node or cluster)."""
+    import redis
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    nodes, params = RedisOnlineStore._parse_connection_string(connection)
+    if timeout_s is not None:
+        params = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, **params}
+    if settings.redis_type.value == "redis_cluster":
+        startup = [redis.cluster.ClusterNode(n["host"], int(n["port"])) for n in nodes]  # type: ignore[no-untyped-call]
+        return redis.RedisCluster(startup_nodes=startup, **params)
+    return redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params)
+
+
+def async_redis_client(connection: str, cluster: bool, **options: Any) -> Any:
+    """redis-py's asyncio client (single node or cluster) for Feast's connection-string form; `options` (timeouts,
+    retry) are the client's, and the connection string's own parameters take precedence over them."""
+    import redis.asyncio as aioredis
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    nodes, params = RedisOnlineStore._parse_connection_string(connection)
+    options.update(params)
+    if cluster:
+        startup = [aioredis.cluster.ClusterNode(n["host"], int(n["port"])) for n in nodes]
+        return aioredis.RedisCluster(startup_nodes=startup, **options)
+    return aioredis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **options)
