@@ -42,9 +42,12 @@ EventTime = Annotated[
 
 
 class TransactionEvent(BaseModel):
-    """A transaction event as SPEC defines it (the same rules as the offline pipeline and the stream)."""
+    """A transaction event as SPEC defines it (the same rules as the offline pipeline and the stream).
 
-    model_config = ConfigDict(extra="forbid")
+    Fields beyond SPEC's are accepted: those the Feast repo declares (typed fields of `transaction_features`) are
+    checked by type and used, like the pipelines use them; undeclared ones are ignored."""
+
+    model_config = ConfigDict(extra="allow")
 
     transaction_id: str = TransactionId
     card_id: str = Field(min_length=1, max_length=ID_MAX_LEN)

@@ -100,6 +100,7 @@ class FeaturePlan:
     request_time: tuple[str, ...]  # features of the built-in request-time view
     on_demand: tuple[OnDemandRead, ...] = ()  # other on-demand views
     record_fields: tuple[str, ...] = ()  # every field a transaction record carries (the transaction view's)
+    extra_fields: tuple[tuple[str, str], ...] = ()  # declared event fields beyond SPEC's: (name, "string"|...)
 
     @property
     def entity_keys(self) -> tuple[str, ...]:
@@ -295,6 +296,7 @@ class _Resolver:
             tuple(request_time),
             tuple(on_demand),
             tuple(self.catalog.transaction_fields),
+            tuple(self.catalog.extra_fields.items()),
         )
 
     def _is_builtin_request_view(self, view: str, features: Sequence[str]) -> bool:

@@ -270,15 +270,19 @@ class ScoringService:
             )  # fmt: skip
 
 
-def record_from_event(event: dict[str, Any], fields: Sequence[str] = ()) -> TransactionRecord:
+def record_from_event(
+    event: dict[str, Any], fields: Sequence[str] = (), extra: Sequence[tuple[str, str]] = ()
+) -> TransactionRecord:
     """An inline transaction event, checked with the pipelines' own rules, as a record to score.
 
-    `fields`: the transaction view's fields (the plan's `record_fields`); extra ones are taken from the event."""
+    `fields`: the transaction view's fields (the plan's `record_fields`); `extra`: the declared event fields beyond
+    SPEC's (name, type), checked by type like the pipelines check them. Undeclared fields are ignored."""
     from core.errors import InvalidInput
-    from pipelines.events import TRANSACTIONS
+    from pipelines.events import with_extra_fields
     from pipelines.validation import check
 
-    checked = check(TRANSACTIONS, {name: [event.get(name)] for name in TRANSACTIONS.schema.names}, np.array([1]))
+    kind = with_extra_fields(dict(extra))
+    checked = check(kind, {name: [event.get(name)] for name in kind.schema.names}, np.array([1]))
     if checked.rejected.num_rows:
         problem = checked.rejected.to_pylist()[0]
         raise InvalidInput(
@@ -290,7 +294,7 @@ def record_from_event(event: dict[str, Any], fields: Sequence[str] = ()) -> Tran
     transaction_id = str(row.pop("transaction_id"))
     row["event_time_ms"] = int(moment.timestamp() * 1000)
     for name in fields:
-        row.setdefault(name, event.get(name))
+        row.setdefault(name, None)
     return TransactionRecord(transaction_id, row)
 
 
@@ -311,7 +315,7 @@ async def score_requests(
     for i, (_, event) in enumerate(requests):
         if event is not None:
             try:
-                outcomes[i] = record_from_event(event, plan.record_fields)
+                outcomes[i] = record_from_event(event, plan.record_fields, plan.extra_fields)
             except FraudserveError as exc:
                 outcomes[i] = exc
     ready = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, TransactionRecord)]

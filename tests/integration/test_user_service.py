@@ -268,6 +268,31 @@ def test_scores_equal_the_model_on_feasts_online_vectors(deployment: UserDeploym
         ).json()
         assert batch["feature_service"] == "fraud_v3"
         assert batch["scores"] == pytest.approx([float(s) for s in expected], rel=1e-9, abs=1e-12)
+        # The same events sent inline, with a field the repo does not declare (ignored, as the pipelines ignore
+        # it): the same scores, the transaction's own features taken from the body.
+        events = inline_events(deployment, ids[:5])
+        for event, score in zip(events, expected[:5], strict=True):
+            response = httpx.post(
+                f"{server.url}/v1/fraud/score", json={"transaction": {**event, "note": "not declared"}}, timeout=30
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["score"] == pytest.approx(float(score), rel=1e-9, abs=1e-12)
+
+
+def inline_events(deployment: UserDeployment, ids: list[str]) -> list[dict[str, object]]:
+    """The events of `ids` as the API's inline body: SPEC's fields, the time in epoch milliseconds."""
+    frame = (
+        duckdb.connect()
+        .execute(
+            "SELECT transaction_id, card_id, merchant_id, device_id, ip_address, amount, currency, merchant_category,"
+            " country, epoch_ms(event_timestamp) AS event_timestamp"
+            f" FROM read_parquet('{deployment.settings.offline.transactions_file}') WHERE transaction_id IN ?",
+            [ids],
+        )
+        .df()
+    )
+    by_id = {str(r["transaction_id"]): r for r in frame.to_dict("records")}
+    return [{k: (None if pd.isna(v) else v) for k, v in by_id[t].items()} for t in ids]
 
 
 def test_a_service_keyed_by_a_field_transactions_lack_is_refused_at_registration(

@@ -107,3 +107,18 @@ def test_an_inline_event_with_epoch_milliseconds_is_scored_like_rfc3339() -> Non
     by_text = record_from_event(EVENT)
     by_ms = record_from_event({**EVENT, "event_timestamp": by_text.event_time_ms})
     assert by_ms == by_text
+
+
+def test_declared_extra_fields_of_an_inline_event_are_checked_and_kept() -> None:
+    """Fields the Feast repo declares beyond SPEC's are typed like the pipelines type them; others are ignored."""
+    from core.errors import InvalidInput
+
+    extra = (("customer_id", "string"), ("loyalty_points", "float64"))
+    fields = ("card_id", "amount", "customer_id", "loyalty_points")
+    record = record_from_event({**EVENT, "customer_id": "cu_9", "loyalty_points": 3, "note": "x"}, fields, extra)
+    assert record.fields["customer_id"] == "cu_9" and record.fields["loyalty_points"] == 3.0
+    assert "note" not in record.fields
+    missing = record_from_event(EVENT, fields, extra)  # declared fields are nullable
+    assert missing.fields["customer_id"] is None and missing.fields["loyalty_points"] is None
+    with pytest.raises(InvalidInput, match="transaction.loyalty_points"):
+        record_from_event({**EVENT, "loyalty_points": "many"}, fields, extra)
