@@ -120,5 +120,5 @@ def test_declared_extra_fields_of_an_inline_event_are_checked_and_kept() -> None
     assert "note" not in record.fields
     missing = record_from_event(EVENT, fields, extra)  # declared fields are nullable
     assert missing.fields["customer_id"] is None and missing.fields["loyalty_points"] is None
-    with pytest.raises(InvalidInput, match="transaction.loyalty_points"):
+    with pytest.raises(InvalidInput, match=r"transaction\.loyalty_points"):
         record_from_event({**EVENT, "loyalty_points": "many"}, fields, extra)
