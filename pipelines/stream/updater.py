@@ -1,21 +1,22 @@
 """Per-event online updates, exactly once in effect, for every window view the Feast repo declares.
 
-The catalog (`pipelines.features.catalog.load_catalog`) says what to keep and compute: each entity with window views
-(built-in or a data engineer's) keeps its recent events in a Redis hash under a Cluster hash tag
-(`fraudserve:{card:c1}:events`), keyed by transaction id, each entry holding the event fields its views read, so a
-redelivered or duplicated event rewrites the same field and changes nothing. After new events land, each touched
-entity's views are all recomputed from its whole recent history with the pure definitions of
-`pipelines.features.semantics` (the ones the offline SQL is tested against), at the entity's latest event time, and
-written in Feast's Redis layout. Concurrent workers need no locks: each entity's history has a version counter in its
-own slot, a recompute is stamped with the version it read, and each view's row write (a one-key script) keeps only the
-newest stamp, so the last row standing reflects every event stored. Labels reach the label set of every entity of
-their transaction that has a fraud_rate feature. Every command touches one key or keys of one hash tag, so the same
-code runs on a single Redis and on a Redis Cluster. Out-of-order events are therefore exact as long as they are still
-in the kept history (the entity's longest window plus the allowed lateness).
+The catalog (`pipelines.features.catalog.load_catalog`) says what to compute: each entity with window views
+(built-in or a data engineer's) keeps incremental window state in Redis under a Cluster hash tag
+(`fraudserve:{card:c1}:st`, `...:win`, see `pipelines.stream.window_state`). A batch is one round trip of per-entity
+script calls that fold the new events and labels into that state and answer each feature at the entity's latest
+event time, then one round trip of row writes in Feast's Redis layout. The cost per event does not grow with the
+entity's history: what leaves a window is read by time range, what stays is never re-read. Each script call runs
+atomically on its entity's slot and a redelivered event is already a member of its window set, so duplicates change
+nothing and two workers on one entity need no lock; each row write (a one-key script) keeps only the newest state
+version, so the last row standing reflects every event folded. Labels reach every entity of their transaction
+that has a fraud_rate feature. Every command touches one key or keys of one hash tag, so the same code runs on a
+single Redis and on a Redis Cluster. Histories kept by the previous (recomputing) updater are folded into the new
+state on the entity's first batch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from collections.abc import Sequence
@@ -26,9 +27,10 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
-from pipelines.features.catalog import TRANSACTION_VIEW, Catalog, EntitySpec, WindowView, load_catalog
-from pipelines.features.semantics import Event, Label, evaluate
+from pipelines.features.catalog import TRANSACTION_VIEW, Catalog, WindowView, load_catalog
+from pipelines.features.semantics import Event
 from pipelines.online_layout import encode_ts, encode_value, entity_key, feature_field, ts_field
+from pipelines.stream.window_state import FOLD, EntityPlan, decode, plan_entity
 
 # Transaction id -> JSON {entity name: key} for the entities whose views need labels (fraud_rate): where a label goes.
 TXN_KEYS = "fraudserve:txn-label-keys"
@@ -36,15 +38,6 @@ TXN_KEYS = "fraudserve:txn-label-keys"
 LEGACY_TXN_MERCHANT = "fraudserve:txn-merchant"
 # Layout id -> JSON list of the event fields an entity's history entries hold (see `HistoryLayout`).
 LAYOUTS = "fraudserve:stream:layouts"
-
-
-def state_key(entity: EntitySpec, key: str) -> str:
-    return f"fraudserve:{{{entity.name}:{key}}}:events"
-
-
-def version_key(entity: EntitySpec, key: str) -> str:
-    """The entity's history version, in the same hash-tag slot as its history."""
-    return f"fraudserve:{{{entity.name}:{key}}}:version"
 
 
 def version_field(view: str) -> str:
@@ -75,18 +68,31 @@ class KeyedPipeline:
         self.client = client
         self.cluster = isinstance(client, redis.RedisCluster)
         self.commands: list[tuple[Any, ...]] = []
+        self.scripts: dict[str, str] = {}
 
     def add(self, command: str, key: bytes | str, *args: Any) -> None:
         self.commands.append((command, key, *args))
 
-    def script(self, script: str, key: bytes, *args: Any) -> int:
+    def script(self, script: str, key: bytes | str, *args: Any) -> int:
         """EVAL of a script over one key; returns the index of its reply."""
-        self.commands.append(("EVAL", script, 1, key, *args))
+        return self.script_keys(script, [key], *args)
+
+    def script_keys(self, script: str, keys: Sequence[bytes | str], *args: Any) -> int:
+        """A script over keys of one slot, sent by its SHA1 (EVALSHA; loaded where a server lacks it)."""
+        sha = _sha(script)
+        self.scripts[sha] = script
+        self.commands.append(("EVALSHA", sha, len(keys), *keys, *args))
         return len(self.commands) - 1
 
     @staticmethod
     def _key(command: tuple[Any, ...]) -> Any:
-        return command[3] if command[0] == "EVAL" else command[1]
+        return command[3] if command[0] == "EVALSHA" else command[1]
+
+    def _resend(self, command: tuple[Any, ...]) -> Any:
+        """A command again through the client (which follows MOVED/ASK), a script as EVAL (loads it)."""
+        if command[0] == "EVALSHA":
+            return self.client.execute_command("EVAL", self.scripts[command[1]], *command[2:])
+        return self.client.execute_command(*command)
 
     def execute(self) -> list[Any]:
         if not self.commands:
@@ -95,7 +101,13 @@ class KeyedPipeline:
             pipe = self.client.pipeline(transaction=False)
             for command in self.commands:
                 pipe.execute_command(*command)
-            return list(pipe.execute())
+            replies = list(pipe.execute(raise_on_error=False))
+            for index, reply in enumerate(replies):
+                if isinstance(reply, redis.exceptions.NoScriptError):
+                    replies[index] = self._resend(self.commands[index])
+                elif isinstance(reply, Exception):
+                    raise reply
+            return replies
         by_node: dict[str, tuple[Any, list[int]]] = {}
         for index, command in enumerate(self.commands):
             key = self._key(command)
@@ -106,18 +118,15 @@ class KeyedPipeline:
         replies: list[Any] = [None] * len(self.commands)
         for pipe, indices in by_node.values():
             for index, reply in zip(indices, pipe.execute(raise_on_error=False), strict=True):
-                if isinstance(reply, redis.ResponseError) and str(reply).startswith(("MOVED", "ASK")):
-                    replies[index] = self.client.execute_command(*self.commands[index])
+                if isinstance(reply, redis.exceptions.NoScriptError) or (
+                    isinstance(reply, redis.ResponseError) and str(reply).startswith(("MOVED", "ASK"))
+                ):
+                    replies[index] = self._resend(self.commands[index])
                 elif isinstance(reply, Exception):
                     raise reply
                 else:
                     replies[index] = reply
         return replies
-
-
-def labels_key(entity: EntitySpec, key: str) -> str:
-    """Labels of the transactions of an entity with a fraud_rate feature (`fraudserve:{merchant:m1}:labels`)."""
-    return f"fraudserve:{{{entity.name}:{key}}}:labels"
 
 
 def pending_labels_key(transaction_id: str) -> str:
@@ -130,11 +139,10 @@ _LEGACY_FIELDS = ("amount", "card_id", "merchant_id", "country", "device_id", "i
 
 @dataclass(frozen=True)
 class HistoryLayout:
-    """The event fields one entity's history entries hold (those its views read), in a fixed order.
+    """The event fields of the previous updater's history entries (read when an entity's history is folded in).
 
-    An entry is a compact JSON list, `[layout id, ts_ms, value, ...]`. The id names the field list, which is kept in
-    Redis (`LAYOUTS`), so entries stored before the catalog changed (a view added, another column read) still read
-    right by their own layout; a field an entry lacks reads as null.
+    An entry is a compact JSON list, `[layout id, ts_ms, value, ...]`. The id names the field list, kept in Redis
+    (`LAYOUTS`); a field an entry lacks reads as null.
     """
 
     fields: tuple[str, ...]
@@ -143,8 +151,9 @@ class HistoryLayout:
     def id(self) -> str:
         return format(zlib.crc32(json.dumps(self.fields).encode()), "08x")
 
-    def pack(self, record: dict[str, Any], ts_ms: int) -> str:
-        return json.dumps([self.id, ts_ms, *(record.get(name) for name in self.fields)], separators=(",", ":"))
+
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
 
 
 def _flat(mapping: dict[bytes | str, bytes]) -> list[bytes | str]:
@@ -156,9 +165,17 @@ class BatchResult:
     transactions: int = 0
     labels: int = 0
     late: int = 0
-    recomputed: int = 0
-    superseded: int = 0  # rows not written: another worker had already written a newer computation
+    recomputed: int = 0  # entities whose rows were brought up to date
+    superseded: int = 0  # rows not written: another worker had already written a newer state
     touched: set[tuple[str, str]] = field(default_factory=set)
+
+
+@dataclass
+class _Pending:
+    """One entity's share of a batch: its new events (script arguments) and labels."""
+
+    events: list[Any] = field(default_factory=list)
+    labels: list[list[Any]] = field(default_factory=list)
 
 
 class OnlineUpdater:
@@ -179,48 +196,28 @@ class OnlineUpdater:
         self.transaction_key = self.catalog.transaction.join_key
         self.entities = {e.name: e for e in self.catalog.window_entities}
         self.views: dict[str, tuple[WindowView, ...]] = {n: self.catalog.views_of(e) for n, e in self.entities.items()}
-        self.layouts = {
-            name: HistoryLayout(tuple(sorted({c for view in views for c in view.columns})))
-            for name, views in self.views.items()
-        }
-        self.retention_ms = {
-            name: int(self.catalog.max_window(e).total_seconds() * 1000) + self.lateness_ms
-            for name, e in self.entities.items()
-        }
-        # An entity with a windowless feature (seconds_since_prev) keeps its newest event older than the retention.
-        self.keeps_previous = {
-            name: any(f.window is None for view in views for f in view.features) for name, views in self.views.items()
-        }
+        self.plans: dict[str, EntityPlan] = {n: plan_entity(e, self.views[n]) for n, e in self.entities.items()}
         self.label_entities = tuple(
             e for name, e in self.entities.items() if any(view.needs_labels for view in self.views[name])
         )
-        self._known_layouts: dict[str, tuple[str, ...] | None] = {lay.id: lay.fields for lay in self.layouts.values()}
-        self._layouts_saved = False
+        self._known_layouts: dict[str, tuple[str, ...] | None] = {}
 
     # ---------------------------------------------------------------------------------------------- ingest
     def apply(self, transactions: Sequence[dict[str, Any]], labels: Sequence[dict[str, Any]]) -> BatchResult:
-        """Store a batch of validated events and bring every touched entity's online features up to date."""
+        """Fold a batch of validated events into every touched entity's state and write its online rows."""
         result = BatchResult(transactions=len(transactions), labels=len(labels))
-        if not self._layouts_saved and self.layouts:
-            # Before any entry of these layouts is stored, so that every worker can read every entry.
-            self.client.hset(LAYOUTS, mapping={lay.id: json.dumps(lay.fields) for lay in self.layouts.values()})
-        self._layouts_saved = True
+        pending: dict[tuple[str, str], _Pending] = {}
         pipe = KeyedPipeline(self.client)
         for event in transactions:
             tid = event[self.transaction_key]
             ts_ms = int(event["ts_ms"])
             record = {**event, "event_time_ms": ts_ms}
             label_keys: dict[str, str] = {}
-            packed: dict[str, str] = {}  # by layout id: entities whose views read the same fields share an entry
-            for name, entity in self.entities.items():
-                key = record.get(entity.join_key)
+            for name, plan in self.plans.items():
+                key = record.get(plan.entity.join_key)
                 if key is None:
                     continue
-                layout = self.layouts[name]
-                if layout.id not in packed:
-                    packed[layout.id] = layout.pack(record, ts_ms)
-                pipe.add("HSET", state_key(entity, key), tid, packed[layout.id])
-                result.touched.add((name, key))
+                pending.setdefault((name, key), _Pending()).events.extend(plan.event_args(tid, ts_ms, record))
                 label_keys[name] = key
             if self.label_entities:
                 keys = {e.name: label_keys[e.name] for e in self.label_entities if e.name in label_keys}
@@ -233,15 +230,14 @@ class OnlineUpdater:
             pipe.add("HSET", entity_key(self.project, self.transaction_key, tid), *_flat(mapping))
         pipe.execute()
         if self.label_entities:
-            self._attach_pending([e[self.transaction_key] for e in transactions], result)
+            self._attach_pending([e[self.transaction_key] for e in transactions], pending)
             for label in labels:
-                self._store_label(label, result)
-        touched = [(self.entities[name], key) for name, key in sorted(result.touched)]
-        self._recompute(touched, result)
-        result.recomputed = len(touched)
+                self._store_label(label, pending)
+        result.touched = set(pending)
+        self._fold(pending, result)
         return result
 
-    def _store_label(self, label: dict[str, Any], result: BatchResult) -> None:
+    def _store_label(self, label: dict[str, Any], pending: dict[tuple[str, str], _Pending]) -> None:
         tid = label["transaction_id"]
         member = f"{tid}|{label['ts_ms']}|{int(label['is_fraud'])}"
         keys = self.client.hget(TXN_KEYS, tid)
@@ -253,7 +249,7 @@ class OnlineUpdater:
             keys = self.client.hget(TXN_KEYS, tid)
             if keys is None:
                 return
-        self._file_labels(json.loads(keys), {member.encode(): b"1"}, result)
+        self._file_labels(json.loads(keys), [member.encode()], pending)
 
     def _legacy_keys(self, tid: str) -> str | None:
         """A transaction stored before `TXN_KEYS` existed: its merchant, from the old map (`LEGACY_TXN_MERCHANT`)."""
@@ -262,7 +258,7 @@ class OnlineUpdater:
         merchant = self.client.hget(LEGACY_TXN_MERCHANT, tid)
         return None if merchant is None else json.dumps({"merchant": merchant.decode()})
 
-    def _attach_pending(self, transaction_ids: Sequence[str], result: BatchResult) -> None:
+    def _attach_pending(self, transaction_ids: Sequence[str], pending: dict[tuple[str, str], _Pending]) -> None:
         reads = KeyedPipeline(self.client)
         for tid in transaction_ids:
             reads.add("SMEMBERS", pending_labels_key(tid))
@@ -271,18 +267,98 @@ class OnlineUpdater:
                 continue
             keys = self.client.hget(TXN_KEYS, tid)
             assert keys is not None
-            self._file_labels(json.loads(keys), dict.fromkeys(members, b"1"), result)
+            self._file_labels(json.loads(keys), list(members), pending)
             self.client.delete(pending_labels_key(tid))
 
-    def _file_labels(self, keys: dict[str, str], members: dict[bytes, bytes], result: BatchResult) -> None:
-        """Add labels to the label set of each entity (with a fraud_rate feature) of their transaction."""
+    def _file_labels(
+        self, keys: dict[str, str], members: Sequence[bytes], pending: dict[tuple[str, str], _Pending]
+    ) -> None:
+        """Route labels (`tid|ts|fraud`) to each entity (with a fraud_rate feature) of their transaction."""
+        parsed = [_label(member) for member in members]
         for entity in self.label_entities:
             key = keys.get(entity.name)
             if key is not None:
-                self.client.hset(labels_key(entity, key), mapping=members)
-                result.touched.add((entity.name, key))
+                pending.setdefault((entity.name, key), _Pending()).labels.extend(parsed)
 
     # ----------------------------------------------------------------------------------------------- compute
+    def _fold(self, pending: dict[tuple[str, str], _Pending], result: BatchResult) -> None:
+        """One script call per touched entity (one round trip), then its rows (a second one)."""
+        if not pending:
+            return
+        order = sorted(pending)
+        calls = KeyedPipeline(self.client)
+        for name, key in order:
+            self._call(calls, self.plans[name], key, pending[name, key])
+        replies = calls.execute()
+        for index, ((name, key), reply) in enumerate(zip(order, replies, strict=True)):
+            if reply and reply[0] in (b"legacy", b"respec"):
+                self._rebuild(self.plans[name], key, reply[0] == b"legacy")
+                again = KeyedPipeline(self.client)
+                self._call(again, self.plans[name], key, pending[name, key])
+                replies[index] = again.execute()[0]
+        writes = KeyedPipeline(self.client)
+        guarded: list[int] = []
+        for (name, key), reply in zip(order, replies, strict=True):
+            if not reply or reply[0] == b"none":
+                continue
+            plan = self.plans[name]
+            version, latest = int(reply[0]), int(float(reply[1]))
+            values = iter(zip(plan.features, decode(plan, reply[2:]), strict=True))
+            row = entity_key(self.project, plan.entity.join_key, key)
+            for view in self.views[name]:
+                mapping: dict[bytes | str, bytes] = {}
+                for feature in view.features:
+                    _, value = next(values)
+                    mapping[feature_field(view.view, feature.name)] = encode_value(value, feature.dtype)
+                mapping[ts_field(view.view)] = encode_ts(latest)
+                guarded.append(writes.script(GUARDED_WRITE, row, version_field(view.view), version, *_flat(mapping)))
+            result.recomputed += 1
+        written = writes.execute()
+        result.superseded += sum(1 for index in guarded if written[index] == 0)
+
+    @staticmethod
+    def _call(
+        pipe: KeyedPipeline, plan: EntityPlan, key: str, work: _Pending, mode: str = "", prev: int | None = None
+    ) -> int:
+        labels = json.dumps(work.labels, separators=(",", ":"))
+        args = [plan.spec, plan.spec_id, mode, "" if prev is None else prev, labels, *work.events]
+        return pipe.script_keys(FOLD, plan.keys(key), *args)
+
+    def _rebuild(self, plan: EntityPlan, key: str, legacy: bool) -> None:
+        """Fold an entity's stored history into fresh state: the previous updater's (`legacy`), or this one's
+        under another declaration of the entity's views (the catalog changed). Once per entity, in time order."""
+        keys = plan.keys(key)
+        state, window, old_events, old_labels = keys[0], keys[1], keys[4], keys[5]
+        events: list[Event] = []
+        members: list[bytes] = []
+        prev: int | None = None
+        if legacy:
+            raw = self.client.hgetall(old_events)
+            events = [self._unpack(tid.decode(), value) for tid, value in raw.items()]
+            members = list(self.client.hkeys(old_labels))
+            self.client.delete(old_events, old_labels)
+        else:
+            stored = self.client.hgetall(state)
+            columns = json.loads(stored.get(b"cols", b"[]"))
+            prev = int(float(stored[b"p"])) if b"p" in stored else None
+            for member, score in self.client.zrange(window, 0, -1, withscores=True):
+                entry = json.loads(member)
+                events.append(Event(str(entry[0]), int(score), dict(zip(columns, entry[1:], strict=False))))
+            self.client.delete(state, window)
+        events.sort(key=lambda e: e.ts_ms)
+        if members:
+            seed = KeyedPipeline(self.client)
+            self._call(seed, plan, key, _Pending(labels=[_label(m) for m in members]), "seed", prev)
+            seed.execute()
+        for start in range(0, len(events), 2000):
+            chunk = _Pending()
+            for event in events[start : start + 2000]:
+                record = {**event.fields, "event_time_ms": event.ts_ms}
+                chunk.events.extend(plan.event_args(event.transaction_id, event.ts_ms, record))
+            seed = KeyedPipeline(self.client)
+            self._call(seed, plan, key, chunk, "seed", prev)
+            seed.execute()
+
     def _layout_fields(self, layout: str) -> tuple[str, ...]:
         if layout not in self._known_layouts:
             stored = self.client.hget(LAYOUTS, layout)
@@ -296,67 +372,9 @@ class OnlineUpdater:
         names = self._layout_fields(entry[0])
         return Event(transaction_id, int(entry[1]), dict(zip(names, entry[2:], strict=False)))
 
-    def _compute(
-        self, entity: EntitySpec, raw: dict[bytes, bytes], label_members: list[bytes]
-    ) -> tuple[list[tuple[WindowView, dict[bytes | str, bytes]]], list[str]] | None:
-        """Each of the entity's view rows at its latest event, and the history entries too old to keep."""
-        events = [self._unpack(tid.decode(), value) for tid, value in raw.items()]
-        if not events:
-            return None
-        latest = max(e.ts_ms for e in events)
-        keep_from = latest - self.retention_ms[entity.name]
-        old = [e for e in events if e.ts_ms < keep_from]
-        if old and self.keeps_previous[entity.name]:
-            newest_old = max(e.ts_ms for e in old)
-            old = [e for e in old if e.ts_ms < newest_old]
-        labels: dict[str, list[Label]] = {}
-        for member in label_members:
-            tid, ts, fraud = member.decode().rsplit("|", 2)
-            labels.setdefault(tid, []).append(Label(tid, fraud == "1", int(ts)))
-        rows: list[tuple[WindowView, dict[bytes | str, bytes]]] = []
-        for view in self.views[entity.name]:
-            mapping: dict[bytes | str, bytes] = {
-                feature_field(view.view, f.name): encode_value(evaluate(f, events, latest, labels), f.dtype)
-                for f in view.features
-            }
-            mapping[ts_field(view.view)] = encode_ts(latest)
-            rows.append((view, mapping))
-        return rows, [e.transaction_id for e in old]
 
-    def _recompute(self, touched: list[tuple[EntitySpec, str]], result: BatchResult) -> None:
-        """Recompute every touched entity from its stored history: two pipelined round trips, no locks, no retries.
-
-        Each entity has a version counter in its own hash-tag slot. Per entity, in this order on its node: INCR
-        the version (v), then read the history. Every event stored before an INCR <= v is in what is read, so
-        the rows computed from it may carry v. Each view's write keeps the row only if it carries a higher version
-        than the one stored for that view (`GUARDED_WRITE`, one key, so it runs on a cluster too): whichever worker
-        read last writes last, and an older computation arriving late changes nothing.
-        """
-        if not touched:
-            return
-        label_names = {e.name for e in self.label_entities}
-        reads = KeyedPipeline(self.client)
-        for entity, key in touched:
-            reads.add("INCRBY", version_key(entity, key), 1)
-            reads.add("HGETALL", state_key(entity, key))
-            if entity.name in label_names:
-                reads.add("HKEYS", labels_key(entity, key))
-        replies = iter(reads.execute())
-        writes = KeyedPipeline(self.client)
-        guarded: list[int] = []
-        for entity, key in touched:
-            version, raw = next(replies), next(replies)
-            members = next(replies) if entity.name in label_names else []
-            computed = self._compute(entity, raw, members)
-            if computed is None:
-                continue
-            rows, stale = computed
-            row = entity_key(self.project, entity.join_key, key)
-            for view, mapping in rows:
-                guarded.append(
-                    writes.script(GUARDED_WRITE, row, version_field(view.view), int(version), *_flat(mapping))
-                )
-            if stale:
-                writes.add("HDEL", state_key(entity, key), *stale)
-        written = writes.execute()
-        result.superseded += sum(1 for index in guarded if written[index] == 0)
+def _label(member: bytes | str) -> list[Any]:
+    """`tid|ts|fraud` as the script's label: [tid, ts, 0|1]."""
+    text = member.decode() if isinstance(member, bytes) else member
+    tid, ts, fraud = text.rsplit("|", 2)
+    return [tid, int(ts), 1 if fraud == "1" else 0]

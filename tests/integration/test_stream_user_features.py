@@ -253,9 +253,12 @@ def test_the_updater_computes_every_declared_view(catalog: Catalog, redis_server
     for name in catalog.transaction_fields:
         want = transactions[7]["ts_ms"] if name == "event_time_ms" else transactions[7][name]
         assert decode_value(raw.hget(row, feature_field(TRANSACTION_VIEW, name))) == want, name
-    # Histories keep what the entity's views read, no more: a customer entry holds amount only.
-    entry = raw.hget("fraudserve:{customer:u1}:events", next(iter(raw.hkeys("fraudserve:{customer:u1}:events"))))
-    assert len(json.loads(entry)) == 3
+    # Window state keeps what the entity's views read, no more: a customer's window member is its transaction id
+    # and amount; distinct counts keep one entry per value (a category's cards), not one per event.
+    member = raw.zrange("fraudserve:{customer:u1}:win", 0, 0)[0]
+    assert len(json.loads(member)) == 2
+    cards = {t["card_id"] for t in transactions if t["merchant_category"] == "5411"}
+    assert raw.zcard("fraudserve:{merchant_category:5411}:seen:card_id") <= len(cards)
 
 
 def test_an_entity_with_only_a_windowless_feature_keeps_its_previous_event(
@@ -274,7 +277,10 @@ def test_an_entity_with_only_a_windowless_feature_keeps_its_previous_event(
     assert online["country_gap", "JP", "country_seconds_since_prev"] == 3600.0
     assert_same(expected, online)
     raw: Any = client
-    assert raw.hlen("fraudserve:{country:JP}:events") == 2  # the latest and the one before it
+    # No event is kept for a windowless feature: the state holds the latest time and the one before it.
+    assert not raw.exists("fraudserve:{country:JP}:win")
+    assert int(raw.hget("fraudserve:{country:JP}:st", "t")) == transactions[-1]["ts_ms"]
+    assert int(raw.hget("fraudserve:{country:JP}:st", "p")) == transactions[-2]["ts_ms"]
 
 
 def test_a_worker_killed_mid_stream_loses_nothing_of_the_users_views(
