@@ -348,3 +348,65 @@ def test_histories_and_labels_stored_before_the_upgrade_still_count(
     assert_same({k: expected[k] for k in built_in}, {k: online[k] for k in built_in})
     assert online["merchant_features", "m1", "merchant_fraud_rate_30d"] == 5 / 60
     assert raw.keys("fraudserve:pending-labels:*") == []
+
+
+@pytest.mark.parametrize("seed", [31, 32, 33])
+def test_small_batches_relabels_and_disorder_stay_exact(catalog: Catalog, redis_server: RedisProcess, seed: int) -> None:
+    """The incremental state against the pure semantics, randomized: batches of one to four events, disorder within
+    the lateness, redeliveries, labels before and after their transactions, verdicts changed by a later label."""
+    transactions, labels = make_events(seed=seed, count=300)
+    rnd = random.Random(seed)
+    flips = [
+        {**lb, "is_fraud": not lb["is_fraud"], "ts_ms": lb["ts_ms"] + rnd.randrange(1, 90) * MINUTE}
+        for lb in rnd.sample(labels, 30)
+    ]
+    every_label = labels + flips
+    rnd.shuffle(every_label)
+    stream = shuffled_within(transactions, seed=seed + 100, jitter_ms=4 * MINUTE)
+    stream += rnd.sample(transactions, 40)
+    client = redis_server.client()
+    updater = OnlineUpdater(client, PROJECT, timedelta(minutes=5), catalog=catalog)
+    position = 0
+    label_position = 0
+    while position < len(stream) or label_position < len(every_label):
+        size = rnd.randrange(1, 5)
+        updater.apply(stream[position : position + size], every_label[label_position : label_position + 2])
+        position += size
+        label_position += 2
+    expected, online = expected_and_online(client, catalog, transactions, every_label)
+    assert_same(expected, online)
+
+
+def test_an_entity_with_a_long_history_is_exact_event_by_event(catalog: Catalog, redis_server: RedisProcess) -> None:
+    """One category with thousands of events in its windows, then one event per batch (the steady low-rate case,
+    where the recomputing updater re-read the whole history every time)."""
+    transactions, _ = make_events(seed=41, count=3000)
+    for t in transactions:
+        t["merchant_category"] = "5999"
+    client = redis_server.client()
+    updater = OnlineUpdater(client, PROJECT, timedelta(minutes=5), catalog=catalog)
+    updater.apply(transactions[:2900], [])
+    for event in transactions[2900:]:
+        updater.apply([event], [])
+    expected, online = expected_and_online(client, catalog, transactions, [])
+    category = {k: v for k, v in expected.items() if k[0] == "merchant_category_features"}
+    assert category[("merchant_category_features", "5999", "mcc_txn_count_1h")] > 40
+    assert_same(category, {k: online[k] for k in category})
+    assert_same(expected, online)
+
+
+def test_a_changed_declaration_refolds_the_kept_events(
+    catalog: Catalog, redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events folded under the built-in views, then a data engineer adds `card_velocity` to the card entity: the
+    card's kept window events are folded again under the new declaration, so its new features count them too."""
+    transactions, labels = make_events(seed=51, count=300)
+    client = redis_server.client()
+    monkeypatch.setenv("FRAUDSERVE_FEATURE_REPO", str(REPO))
+    built_in = load_catalog(REPO)
+    OnlineUpdater(client, PROJECT, timedelta(minutes=5), catalog=built_in).apply(transactions[:200], labels)
+    OnlineUpdater(client, PROJECT, timedelta(minutes=5), catalog=catalog).apply(transactions[200:], [])
+    expected, online = expected_and_online(client, catalog, transactions, labels)
+    card = {k for k in expected if k[0] in ("card_features", "card_velocity", "merchant_features")}
+    assert any(k[0] == "card_velocity" for k in card)
+    assert_same({k: expected[k] for k in card}, {k: online[k] for k in card})
