@@ -95,7 +95,8 @@ def steady(tmp: Path, lines: list[str], rate: int, seconds: float) -> dict[str, 
 
     from pipelines.events import TRANSACTIONS
     from pipelines.stream.log import RedisStreamLog
-    from pipelines.stream.worker import FRESHNESS, _normalized
+    from pipelines.stream.producer import normalized
+    from pipelines.stream.worker import FRESHNESS
     from pipelines.validation import check
 
     server = RedisProcess(tmp / f"redis-steady-{rate}").start()
@@ -107,7 +108,7 @@ def steady(tmp: Path, lines: list[str], rate: int, seconds: float) -> dict[str, 
     time.sleep(8)  # worker start-up (imports), so that freshness measures steady state
     rows = [json.loads(line) for line in lines]
     columns: dict[str, Any] = {name: [r.get(name) for r in rows] for name in TRANSACTIONS.schema.names}
-    events = _normalized(TRANSACTIONS, check(TRANSACTIONS, columns, np.arange(1, len(rows) + 1)).valid)
+    events = normalized(TRANSACTIONS, check(TRANSACTIONS, columns, np.arange(1, len(rows) + 1)).valid)
     stream = RedisStreamLog(client)
     tick = 0.05
     per_tick = max(1, int(rate * tick))

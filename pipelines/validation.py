@@ -64,6 +64,28 @@ def _is_number(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+def _exactly(values: Sequence[Any], types: frozenset[type], arrow_type: pa.DataType) -> pa.Array | None:
+    """`values` as an Arrow array when every one is of exactly one of `types` (no subclass: `bool` is not `int` here)
+    and Arrow converts them all; else None, and the caller types them value by value.
+
+    The fast path of the typing below: when it answers, the answer equals the value-by-value one (no value of the
+    wrong type, each converted as the slow path converts it: text as is, an integer to float exactly, since Arrow
+    refuses the integers a double cannot hold exactly and those integers beyond int64)."""
+    if not set(map(type, values)) <= types:
+        return None
+    try:
+        return pa.array(values, arrow_type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return None
+
+
+_NONE = type(None)
+_TEXT: frozenset[type] = frozenset({str, _NONE})
+_NUMBER: frozenset[type] = frozenset({float, int, _NONE})
+_INTEGER: frozenset[type] = frozenset({int, _NONE})
+_BOOLEAN: frozenset[type] = frozenset({bool, _NONE})
+
+
 def _typed_strings(values: pa.Array | Sequence[Any]) -> Typed:
     if isinstance(values, pa.Array):
         if pa.types.is_dictionary(values.type):
@@ -73,6 +95,8 @@ def _typed_strings(values: pa.Array | Sequence[Any]) -> Typed:
         if pa.types.is_null(values.type):
             return pa.nulls(len(values), pa.string()), np.zeros(len(values), dtype=bool)
         raise SchemaError(f"is {values.type}, expected text")
+    if (fast := _exactly(values, _TEXT, pa.string())) is not None:
+        return fast, np.zeros(len(values), dtype=bool)
     bad = np.fromiter((v is not None and not isinstance(v, str) for v in values), bool, len(values))
     clean = [None if b else v for v, b in zip(values, bad, strict=True)]
     return pa.array(clean, pa.string()), bad
@@ -85,6 +109,8 @@ def _typed_floats(values: pa.Array | Sequence[Any]) -> Typed:
         if pa.types.is_null(values.type):
             return pa.nulls(len(values), pa.float64()), np.zeros(len(values), dtype=bool)
         raise SchemaError(f"is {values.type}, expected a number")
+    if (fast := _exactly(values, _NUMBER, pa.float64())) is not None:
+        return fast, np.zeros(len(values), dtype=bool)
     bad = np.fromiter((v is not None and not _is_number(v) for v in values), bool, len(values))
     clean = [None if b else (float(v) if v is not None else None) for v, b in zip(values, bad, strict=True)]
     return pa.array(clean, pa.float64()), bad
@@ -105,6 +131,8 @@ def _typed_ints(values: pa.Array | Sequence[Any]) -> Typed:
         if pa.types.is_null(values.type):
             return pa.nulls(len(values), pa.int64()), np.zeros(len(values), dtype=bool)
         raise SchemaError(f"is {values.type}, expected an integer")
+    if (fast := _exactly(values, _INTEGER, pa.int64())) is not None:
+        return fast, np.zeros(len(values), dtype=bool)
     bad = np.fromiter((v is not None and not _is_int64(v) for v in values), bool, len(values))
     clean = [None if b else v for v, b in zip(values, bad, strict=True)]
     return pa.array(clean, pa.int64()), bad
@@ -115,6 +143,8 @@ def _typed_bools(values: pa.Array | Sequence[Any]) -> Typed:
         if pa.types.is_boolean(values.type):
             return values, np.zeros(len(values), dtype=bool)
         raise SchemaError(f"is {values.type}, expected true/false")
+    if (fast := _exactly(values, _BOOLEAN, pa.bool_())) is not None:
+        return fast, np.zeros(len(values), dtype=bool)
     bad = np.fromiter((v is not None and not isinstance(v, bool) for v in values), bool, len(values))
     clean = [None if b else v for v, b in zip(values, bad, strict=True)]
     return pa.array(clean, pa.bool_()), bad
@@ -167,6 +197,11 @@ def _typed_timestamps(values: pa.Array | Sequence[Any]) -> Typed:
         if pa.types.is_null(t):
             return pa.nulls(len(values), pa.int64()), np.zeros(len(values), dtype=bool)
         raise SchemaError(f"is {t}, expected RFC 3339 text or epoch milliseconds")
+    if (texts := _exactly(values, _TEXT, pa.string())) is not None:
+        return _parse_rfc3339_ms(texts)
+    if (ints := _exactly(values, _INTEGER, pa.int64())) is not None:
+        # Out of range either way (beyond +-2**62 the slow path stores 0): the same rows are broken.
+        return ints, np.zeros(len(values), dtype=bool)
     n = len(values)
     is_int = np.fromiter((isinstance(v, int) and not isinstance(v, bool) for v in values), bool, n)
     is_str = np.fromiter((isinstance(v, str) for v in values), bool, n)

@@ -83,7 +83,8 @@ def demo(
             from core.connections import redis_client
             from fraudserve.feature_store import feast_project
             from pipelines.events import LABELS, TRANSACTIONS
-            from pipelines.stream.worker import Worker, produce
+            from pipelines.stream.producer import produce
+            from pipelines.stream.worker import Worker
 
             client = redis_client(settings, connection)
             produced = produce(client, last_day["transactions"], TRANSACTIONS)

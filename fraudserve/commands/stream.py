@@ -25,11 +25,14 @@ def stream_produce(
 ) -> None:
     """Validate events and append them to the stream; invalid ones go to the dead-letter stream with the reason."""
     from core.connections import redis_client
-    from pipelines.events import LABELS, transaction_kind
-    from pipelines.stream.worker import produce
+    from pipelines.events import LABELS
+    from pipelines.stream.producer import declared_transaction_kind, produce
 
     settings = load_settings()
     try:
+        # SPEC's event plus the extra fields the Feast repo declares (remembered, so Feast is not imported to re-read
+        # an unchanged repo)
+        kind = LABELS if labels else declared_transaction_kind(settings.home_dir)
         with (
             online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection,
             progress_bar() as progress,
@@ -38,7 +41,7 @@ def stream_produce(
             counts = produce(
                 redis_client(settings, connection),
                 file,
-                LABELS if labels else transaction_kind(),  # SPEC's event plus the declared extra fields
+                kind,
                 progress=lambda fraction: progress.update(task, completed=fraction),
                 partitions=settings.stream_partitions,
             )

@@ -6,18 +6,14 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import redis
 
-from pipelines.events import LABELS, TRANSACTIONS, EventKind
-from pipelines.offline.inputs import read_batches
+from pipelines.events import LABELS, TRANSACTIONS
 from pipelines.stream.log import DEAD_LETTER, Entry, RedisStreamLog
 from pipelines.stream.updater import OnlineUpdater
-from pipelines.validation import check
 
 log = logging.getLogger("fraudserve.stream")
 REDIS_OUTAGE_S = 120  # how long a worker waits for Redis to come back before it gives up
@@ -25,34 +21,6 @@ STATS = "fraudserve:stream:stats"
 FRESHNESS = "fraudserve:stream:freshness-ms"
 FRESHNESS_SAMPLES = 5000
 WATERMARK = "fraudserve:stream:watermark-ms"  # the latest event time seen by any worker
-
-
-def _normalized(kind: EventKind, table: pa.Table) -> list[dict[str, Any]]:
-    time_field = kind.time_field
-    stamps = table.column(time_field).cast(pa.int64()).to_pylist()
-    rows: list[dict[str, Any]] = table.drop_columns([time_field]).to_pylist()
-    for row, ts in zip(rows, stamps, strict=True):
-        row["ts_ms"] = ts
-    return rows
-
-
-def produce(
-    client: redis.Redis, path: Path, kind: EventKind, progress: Callable[[float], None] | None = None,
-    partitions: int = 1,
-) -> dict[str, int]:  # fmt: skip
-    """Validate the events of a file and append them; invalid ones go to the dead-letter stream with the reason."""
-    stream = RedisStreamLog(client, partitions=partitions)
-    counts = {"appended": 0, "dead_letter": 0}
-    for batch in read_batches(path, kind.schema.names, batch_rows=20_000):
-        checked = check(kind, batch.columns, batch.rows, batch.unreadable)
-        counts["appended"] += stream.append(kind.name, _normalized(kind, checked.valid))
-        if checked.rejected.num_rows:
-            dead = [{"kind": kind.name, "file": str(path), **r} for r in checked.rejected.to_pylist()]
-            counts["dead_letter"] += stream.dead_letter(dead)
-            client.hincrby(STATS, "dead_letter", checked.rejected.num_rows)
-        if progress is not None:
-            progress(batch.progress)
-    return counts
 
 
 class WorkerMetrics:

@@ -345,7 +345,8 @@ def test_a_transaction_produced_to_the_stream_is_scored_by_id(deployment: Deploy
     from core.connections import redis_client
     from fraudserve.feature_store import feast_project
     from pipelines.events import TRANSACTIONS
-    from pipelines.stream.worker import Worker, produce
+    from pipelines.stream.producer import produce
+    from pipelines.stream.worker import Worker
 
     store = feature_store.open_store(deployment.settings, deployment.redis.connection_string)
     card = store.get_online_features(
