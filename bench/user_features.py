@@ -1,7 +1,7 @@
 """What a data engineer's own features cost: 10 declared aggregations over 2 new entities against the built-in set
 alone, and a `fraud_v3`-like service (a batch view, a python on-demand view) against `fraud_v1`, in one run.
 
-    flock /tmp/fraudserve-bench.lock .venv/bin/python -m bench.user_features                 # the README's run
+    flock /tmp/fraudserve-bench.lock .venv/bin/python -m bench.user_features --rounds 3      # bench/README.md's
     .venv/bin/python -m bench.user_features --cards 10000 --days 7 --stream-cards 1500 \\
         --serve-cards 600 --serve-days 25 --seconds 4 --rounds 1                              # quick: < 3 minutes
 
@@ -18,8 +18,9 @@ merchant, a python-mode on-demand view over it and the transaction's amount, and
    feature, extra seconds per million transactions divided by 10.
 2. Stream: the same events appended to a fresh redis-server for each repo, then drained by
    `fraudserve stream run --workers 1 --until-idle 1` (FRAUDSERVE_FEATURE_REPO set to the repo): events/s once the
-   worker has started (the first acknowledged batch to an empty stream, polled every 50 ms) and over the whole run
-   with the process's start-up, as bench/stream.py counts it; worker CPU and Redis time per event.
+   worker has started (the first acknowledged batch to an empty stream, polled every 50 ms), with the worker's CPU
+   and Redis's per event over that span, and over the whole run with the process's start-up, as bench/stream.py
+   counts it.
 3. Score by id: one deployment of the v3 repo (real redis-server, `feast apply`, backfill, fast materialize, a
    LightGBM model trained on each service and registered as `fraud1` on `fraud_v1` and `fraud3` on `fraud_v3`), two
    `fraudserve serve` processes side by side (FRAUDSERVE_MODEL_NAME fraud1 and fraud3), driven by bench/load.py at 1
@@ -54,7 +55,7 @@ from bench.api import wait_ready
 from bench.backfill_engines import inputs
 from bench.cluster import pooled
 from bench.load import LoadResult, run_load
-from bench.pipeline import StepRss, count
+from bench.pipeline import TRANSACTIONS_PER_CARD_DAY, StepRss, count
 from bench.report import machine, print_table, write_result
 from bench.stream import STREAM_COMMANDS, redis_usec
 from core.embedded_redis import free_port, online_store
@@ -252,8 +253,31 @@ def backfill_part(
 
 
 # ------------------------------------------------------------------------------------------------------- stream
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of a process and its descendants (from /proc), while they run."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu seconds)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    tree, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, (parent, _) in stats.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return sum(stats[pid][1] for pid in tree if pid in stats)
+
+
 def drain(tmp: Path, name: str, repo: Path, events: Path) -> dict[str, Any]:
-    """Append the events to a fresh redis-server, then time one worker draining them with `repo`'s features."""
+    """Append the events to a fresh redis-server, then time one worker draining them with `repo`'s features.
+
+    Once started: from the first acknowledged batch (polled every 50 ms) to an empty stream, with the worker
+    processes' CPU (/proc) and Redis's (INFO commandstats) over that span; with start-up: the whole run, as
+    bench/stream.py counts it."""
     server = RedisProcess(tmp / f"redis-{name}").start()
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSERVE_")}
@@ -272,45 +296,44 @@ def drain(tmp: Path, name: str, repo: Path, events: Path) -> dict[str, Any]:
         with output.open("w") as log_file:
             worker = subprocess.Popen([*fraudserve, "stream", "run", "--workers", "1", "--until-idle", "1"],
                                       env=env, stdout=log_file, stderr=subprocess.STDOUT)  # fmt: skip
-        first: tuple[float, int] | None = None  # (time, events left) at the first acknowledged batch
-        done = float("nan")
-        while worker.poll() is None:
+        # (time, events left, worker CPU s, Redis us by command) at the first acknowledged batch and at the end
+        marks: list[tuple[float, int, float, dict[str, float]]] = []
+        while worker.poll() is None and len(marks) < 2:
             lag = log.lag()
             left = lag["lag"] + lag["pending"]
-            now = time.perf_counter()
-            if first is None and left < appended:
-                first = (now, left)
-            if left == 0:
-                done = now
-                break
+            if (not marks and left < appended) or (marks and left == 0):
+                marks.append((time.perf_counter(), left, tree_cpu_seconds(worker.pid), redis_usec([client])))
             time.sleep(0.05)
         if worker.wait() != 0:
             raise RuntimeError(f"stream run failed: {output.read_text()[-2000:]}")
         seconds = time.perf_counter() - started - 1.0  # minus the idle wait that ends the run
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         spent = redis_usec([client])
-        memory = int(client.info("memory")["used_memory"]) - int(client.info("memory")["used_memory_startup"])
+        info: dict[str, Any] = client.info("memory")  # type: ignore[assignment]
+        memory = int(info["used_memory"]) - int(info["used_memory_startup"])
     finally:
         server.stop()
-    if first is None:
-        raise RuntimeError("the worker acknowledged nothing")
-    steady_events = first[1]
-    steady_s = done - first[0]
+    if len(marks) < 2:
+        raise RuntimeError("the worker did not drain the stream while it was watched")
+    (t0, steady_events, cpu0, redis0), (t1, _, cpu1, redis1) = marks
+    steady = {k: v - redis0.get(k, 0.0) for k, v in redis1.items()}
     worker_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {
         "events": appended,
         "seconds_with_startup": seconds,
         "events_per_second_with_startup": appended / seconds,
+        "worker_cpu_us_per_event_with_startup": worker_cpu * 1e6 / appended,  # imports and catalog parse included
         "steady_events": steady_events,
-        "steady_seconds": steady_s,
-        "events_per_second": steady_events / steady_s if steady_s > 0 else float("nan"),
-        "worker_cpu_us_per_event": worker_cpu * 1e6 / appended,  # includes the process's start-up (imports)
-        "redis_us_per_event": sum(spent.values()) / appended,
-        "redis_stream_us_per_event": sum(v for k, v in spent.items() if k in STREAM_COMMANDS) / appended,
-        "redis_memory_bytes_per_event": memory / appended,
+        "steady_seconds": t1 - t0,
+        "events_per_second": steady_events / (t1 - t0),
+        "worker_cpu_us_per_event": (cpu1 - cpu0) * 1e6 / steady_events,
+        "redis_us_per_event": sum(steady.values()) / steady_events,
+        "redis_stream_us_per_event": sum(v for k, v in steady.items() if k in STREAM_COMMANDS) / steady_events,
         "redis_top_commands_us_per_event": {
-            k: round(v / appended, 2) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])[:6]
+            k: round(v / steady_events, 2) for k, v in sorted(steady.items(), key=lambda kv: -kv[1])[:6]
         },
+        "redis_us_per_event_with_startup": sum(spent.values()) / appended,
+        "redis_memory_bytes_per_event": memory / appended,
     }
 
 
@@ -358,11 +381,15 @@ def deploy(console: Console, root: Path, settings: Settings, connection: str, ca
     console.log(f"materialized {summary.rows:,} rows ({summary.engine}); training a model per service")
     registry = open_registry(settings)
     for service, model in SERVICES.items():
-        trained = train(
-            build_training_set(store, service, settings.offline), TrainConfig(Flavor.lightgbm, seed=1), root / model
-        )
+        started = time.perf_counter()
+        training_set = build_training_set(store, service, settings.offline)
+        built = time.perf_counter() - started
+        trained = train(training_set, TrainConfig(Flavor.lightgbm, seed=1), root / model)
         registry.register(trained.package, name=model, feature_service=service)
-        console.log(f"registered {model} on {service}: {len(trained.manifest.feature_names)} features")
+        console.log(
+            f"registered {model} on {service}: {len(trained.manifest.feature_names)} features, training set "
+            f"{built:.1f} s, training {trained.seconds:.1f} s"
+        )
     recent = (
         duckdb.connect()
         .execute(
@@ -398,9 +425,12 @@ def serving_part(
         stack.callback(process.wait, 30)
         stack.callback(process.terminate)
     checks: dict[str, Any] = {}
+    started = time.perf_counter()
     for service, port in ports.items():
         wait_ready(f"http://127.0.0.1:{port}{PATH}", bodies[0])
-        answers = [httpx.post(f"http://127.0.0.1:{port}{PATH}", json=b, timeout=30).json() for b in bodies[:200]]
+        console.log(f"{service} answering after {time.perf_counter() - started:.1f} s")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            answers = [client.post(PATH, json=b).json() for b in bodies[:200]]
         checks[service] = {
             "models": sorted({f"{a['model']['name']} v{a['model']['version']}" for a in answers}),
             "uncertain": sum(bool(a["uncertain_reasons"]) for a in answers),
@@ -454,8 +484,6 @@ def main() -> None:
     parser.add_argument("--skip", action="append", default=[], choices=["backfill", "stream", "serve"])
     args = parser.parse_args()
     if args.transactions:
-        from bench.pipeline import TRANSACTIONS_PER_CARD_DAY
-
         args.cards = max(1, round(args.transactions / (TRANSACTIONS_PER_CARD_DAY * args.days)))
     console = Console(width=160)
     result: dict[str, Any] = {
@@ -525,9 +553,11 @@ def report(console: Console, result: dict[str, Any]) -> None:
                          "with start-up)"))  # fmt: skip
         rows.append(("stream, + 10 / built-ins", "events/s, same events, same run",
                      f"{s['ratio_extra_to_builtin']:.2f}x"))  # fmt: skip
-        rows.append(("stream, per declared feature", "extra seconds per 1 M events; worker CPU per event",
+        rows.append(("stream, per declared feature",
+                     "extra seconds per 1 M events; worker CPU and Redis per event",
                      f"{s['extra_seconds_per_1m_per_feature']:.1f} s; "
-                     f"{s['extra_worker_cpu_us_per_event_per_feature']:,.0f} us"))  # fmt: skip
+                     f"{s['extra_worker_cpu_us_per_event_per_feature']:,.1f} us; "
+                     f"{s['extra_redis_us_per_event_per_feature']:,.1f} us"))  # fmt: skip
     if rows:
         print_table(console, f"10 declared aggregations over 2 new entities, {cores} cores", ("what", "work", "figure"),
                     rows)  # fmt: skip
