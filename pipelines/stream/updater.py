@@ -115,18 +115,18 @@ class KeyedPipeline:
             pipe, indices = by_node.setdefault(node.name, (node.redis_connection.pipeline(transaction=False), []))
             pipe.execute_command(*command)
             indices.append(index)
-        replies: list[Any] = [None] * len(self.commands)
+        answers: list[Any] = [None] * len(self.commands)
         for pipe, indices in by_node.values():
             for index, reply in zip(indices, pipe.execute(raise_on_error=False), strict=True):
                 if isinstance(reply, redis.exceptions.NoScriptError) or (
                     isinstance(reply, redis.ResponseError) and str(reply).startswith(("MOVED", "ASK"))
                 ):
-                    replies[index] = self._resend(self.commands[index])
+                    answers[index] = self._resend(self.commands[index])
                 elif isinstance(reply, Exception):
                     raise reply
                 else:
-                    replies[index] = reply
-        return replies
+                    answers[index] = reply
+        return answers
 
 
 def pending_labels_key(transaction_id: str) -> str:

@@ -62,7 +62,7 @@ class EntityPlan:
 
     @property
     def keeps_events(self) -> bool:
-        return json.loads(self.spec)["r"] == 1
+        return bool(json.loads(self.spec)["r"] == 1)
 
     def keys(self, key: str) -> list[str]:
         base = f"fraudserve:{{{self.entity.name}:{key}}}"
@@ -118,9 +118,7 @@ def plan_entity(entity: EntitySpec, views: Sequence[WindowView]) -> EntityPlan:
         "c": list(columns),
     }
     text = json.dumps(spec, separators=(",", ":"), sort_keys=True)
-    return EntityPlan(
-        entity, features, windows, columns, distinct, text, hashlib.sha1(text.encode()).hexdigest()[:12]
-    )
+    return EntityPlan(entity, features, windows, columns, distinct, text, hashlib.sha1(text.encode()).hexdigest()[:12])
 
 
 def decode(plan: EntityPlan, values: Sequence[bytes | None]) -> list[int | float | None]:

@@ -351,7 +351,9 @@ def test_histories_and_labels_stored_before_the_upgrade_still_count(
 
 
 @pytest.mark.parametrize("seed", [31, 32, 33])
-def test_small_batches_relabels_and_disorder_stay_exact(catalog: Catalog, redis_server: RedisProcess, seed: int) -> None:
+def test_small_batches_relabels_and_disorder_stay_exact(
+    catalog: Catalog, redis_server: RedisProcess, seed: int
+) -> None:
     """The incremental state against the pure semantics, randomized: batches of one to four events, disorder within
     the lateness, redeliveries, labels before and after their transactions, verdicts changed by a later label."""
     transactions, labels = make_events(seed=seed, count=300)
