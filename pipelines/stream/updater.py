@@ -30,7 +30,7 @@ from redis.crc import key_slot
 from pipelines.features.catalog import TRANSACTION_VIEW, Catalog, WindowView, load_catalog
 from pipelines.features.semantics import Event
 from pipelines.online_layout import encode_ts, encode_value, entity_key, feature_field, ts_field
-from pipelines.stream.window_state import FOLD, EntityPlan, decode, plan_entity
+from pipelines.stream.window_state import FOLD, EntityPlan, decode, plan_entity, state_of
 
 # Transaction id -> JSON {entity name: key} for the entities whose views need labels (fraud_rate): where a label goes.
 TXN_KEYS = "fraudserve:txn-label-keys"
@@ -291,7 +291,7 @@ class OnlineUpdater:
             self._call(calls, self.plans[name], key, pending[name, key])
         replies = calls.execute()
         for index, ((name, key), reply) in enumerate(zip(order, replies, strict=True)):
-            if reply and reply[0] in (b"legacy", b"respec"):
+            if isinstance(reply, list) and reply[0] in (b"legacy", b"respec"):
                 self._rebuild(self.plans[name], key, reply[0] == b"legacy")
                 again = KeyedPipeline(self.client)
                 self._call(again, self.plans[name], key, pending[name, key])
@@ -299,11 +299,11 @@ class OnlineUpdater:
         writes = KeyedPipeline(self.client)
         guarded: list[int] = []
         for (name, key), reply in zip(order, replies, strict=True):
-            if not reply or reply[0] == b"none":
+            if not isinstance(reply, bytes):  # {"none"}: labels only, no event yet
                 continue
             plan = self.plans[name]
-            version, latest = int(reply[0]), int(float(reply[1]))
-            values = iter(zip(plan.features, decode(plan, reply[2:]), strict=True))
+            version, latest, decoded = decode(plan, reply)
+            values = iter(zip(plan.features, decoded, strict=True))
             row = entity_key(self.project, plan.entity.join_key, key)
             for view in self.views[name]:
                 mapping: dict[bytes | str, bytes] = {}
@@ -340,7 +340,7 @@ class OnlineUpdater:
         else:
             stored = self.client.hgetall(state)
             columns = json.loads(stored.get(b"cols", b"[]"))
-            prev = int(float(stored[b"p"])) if b"p" in stored else None
+            prev = state_of(stored[b"b"])["previous"] if b"b" in stored else None
             for member, score in self.client.zrange(window, 0, -1, withscores=True):
                 entry = json.loads(member)
                 events.append(Event(str(entry[0]), int(score), dict(zip(columns, entry[1:], strict=False))))

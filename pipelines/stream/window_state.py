@@ -4,9 +4,10 @@ Per entity (one Redis Cluster hash tag, `{card:c1}`), one server-side script cal
 labels into running state and returns every feature of the entity's window views at its latest event time t, the
 values `pipelines.features.semantics.evaluate` gives over the whole history:
 
-- `...:st` (hash): t, the previous distinct event time (seconds_since_prev), and per window the event count, the
-  fraud count and, per column, the non-null count, the sum as a double-double (hi, lo: adding and evicting never
-  loses the small terms) and the min/max as monotonic deques (`ts:value,...`, usually a handful of entries).
+- `...:st` (hash): the declaration's id, and the state as one MessagePack array: t, the previous distinct event time
+  (seconds_since_prev), per window the event count and fraud count and, per column, the non-null count, the sum as
+  a double-double (hi, lo: adding and evicting never loses the small terms) and the min/max as monotonic deques
+  (usually a handful of entries).
 - `...:win` (sorted set by event time): one compact member per event still inside the longest window,
   `[transaction id, value, ...]` (the columns the sums, counts and deques read): what is evicted when t moves on.
   An entity whose features need no eviction (only `seconds_since_prev` and `count_distinct`) keeps none.
@@ -29,6 +30,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import msgpack
 
 from pipelines.features.catalog import NO_COLUMN, Agg, EntitySpec, WindowFeature, WindowView
 
@@ -57,12 +60,9 @@ class EntityPlan:
     windows: tuple[int, ...]  # distinct window lengths, ms
     columns: tuple[str, ...]  # values kept per event in `...:win`
     distinct: tuple[str, ...]  # columns with a `...:seen:<column>` set
-    spec: str  # the script's JSON description
-    spec_id: str
-
-    @property
-    def keeps_events(self) -> bool:
-        return bool(json.loads(self.spec)["r"] == 1)
+    spec: bytes  # the script's description (MessagePack)
+    spec_id: str  # changes with the declaration: the state records the one it was folded under
+    keeps_events: bool  # a `...:win` set (some feature evicts per event)
 
     def keys(self, key: str) -> list[str]:
         base = f"fraudserve:{{{self.entity.name}:{key}}}"
@@ -111,71 +111,93 @@ def plan_entity(entity: EntitySpec, views: Sequence[WindowView]) -> EntityPlan:
     spec = {
         "w": list(windows),
         "r": 1 if evicted else 0,
-        "a": [[wi, ci, "".join(sorted(accumulators[wi, ci]))] for wi, ci in acc_list],
+        # [window, column, counts, sums, min deque, max deque] (flags 0/1)
+        "a": [[wi, ci, *(int(kind in accumulators[wi, ci]) for kind in ("c", "s", "m", "x"))] for wi, ci in acc_list],
         "d": len(distinct),
         "f": sorted({windows.index(f.window_ms) + 1 for f in features if f.agg is Agg.FRAUD_RATE}),
         "s": slots,
         "c": list(columns),
     }
-    text = json.dumps(spec, separators=(",", ":"), sort_keys=True)
-    return EntityPlan(entity, features, windows, columns, distinct, text, hashlib.sha1(text.encode()).hexdigest()[:12])
+    spec_id = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    packed = msgpack.packb(spec)
+    return EntityPlan(entity, features, windows, columns, distinct, packed, spec_id, bool(evicted))
 
 
-def decode(plan: EntityPlan, values: Sequence[bytes | None]) -> list[int | float | None]:
-    """The script's answers as feature values (counts as ints, the rest as floats, nil as None)."""
+def decode(plan: EntityPlan, reply: bytes) -> tuple[int, int, list[int | float | None]]:
+    """The script's answer: the state version, t, and each feature's value (counts as ints, the rest as floats)."""
+    version, latest, *values = msgpack.unpackb(reply)
     out: list[int | float | None] = []
-    for feature, raw in zip(plan.features, values, strict=True):
-        if raw is None:
+    for feature, value in zip(plan.features, values, strict=True):
+        if value is None or value is False:
             out.append(None)
         elif feature.dtype == "int64":
-            out.append(int(float(raw)))
+            out.append(int(value))
         else:
-            out.append(float(raw))
-    return out
+            out.append(float(value))
+    return int(version), int(latest), out
+
+
+def state_of(blob: bytes) -> dict[str, Any]:
+    """The fields of a stored state (`...:st` field `b`) that a rebuild needs."""
+    state = msgpack.unpackb(blob)
+    return {"t": state[0] or None, "previous": state[1] or None, "version": state[9]}
 
 
 # KEYS: 1 state, 2 window events, 3 labels, 4 pending labels, 5 legacy history, 6 legacy labels, 7.. seen sets.
-# ARGV: 1 spec, 2 spec id, 3 mode ("" normal, "seed": ignore legacy keys), 4 previous-time hint ("" none),
+# ARGV: 1 spec (MessagePack), 2 spec id, 3 mode ("" normal, "seed": ignore legacy keys), 4 previous-time hint ("" none),
 #       5 labels as JSON [[tid, ts, fraud 0|1], ...], then triples (event time, member, distinct values as a JSON
 #       array in the order of `EntityPlan.distinct`) of the new events.
-# Returns {version, t, value...} (nil values as nil), or {"legacy"} / {"respec"} / {"none"} (nothing to write).
+# Returns MessagePack [version, t, value...] (false for null), or {"legacy"} / {"respec"} / {"none"} (nothing to write).
+# The state is one MessagePack array in the state hash's field `b`:
+#   [t, previous time, [events per window], [fraud per window], [non-null per accumulator], [sum hi], [sum lo],
+#    [max deque per accumulator: [[ts...], [value...]]], [min deque], version]
 FOLD = r"""
-local spec = cjson.decode(ARGV[1])
+local spec = cmsgpack.unpack(ARGV[1])
 local H, R, L, P = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local stored_spec = redis.call('HGET', H, 'spec')
+local head = redis.call('HMGET', H, 'spec', 'b')
+local stored_spec, blob = head[1], head[2]
 if stored_spec and stored_spec ~= ARGV[2] then return {'respec'} end
 if (not stored_spec) and ARGV[3] ~= 'seed' then
-  if redis.call('EXISTS', KEYS[5]) == 1 or redis.call('EXISTS', KEYS[6]) == 1 then return {'legacy'} end
+  if redis.call('EXISTS', KEYS[5], KEYS[6]) > 0 then return {'legacy'} end
 end
 
 local function fmt(x) return string.format('%.17g', x) end
-local st, dirty = {}, {}
-local flat = redis.call('HGETALL', H)
-for i = 1, #flat, 2 do st[flat[i]] = flat[i + 1] end
-local function num(name) return tonumber(st[name]) or 0 end
-local function set(name, x) st[name] = x; dirty[name] = true end
-
-local W = spec.w
-local NW = #W
+local W, accs, slots = spec.w, spec.a, spec.s
+local NW, NA, ND = #W, #accs, spec.d
 local wmax = W[NW] or 0
 local raw = spec.r == 1
-local accs = spec.a
-local fraudw = {}
-for _, wi in ipairs(spec.f) do fraudw[#fraudw + 1] = wi end
+local fraudw = spec.f
+local is_fraud_window = {}
+for _, wi in ipairs(fraudw) do is_fraud_window[wi] = true end
 
-local t0 = tonumber(st.t)
-local p = tonumber(st.p)
+local S
+if blob then S = cmsgpack.unpack(blob) else S = {false, false, {}, {}, {}, {}, {}, {}, {}, 0} end
+local n, fr, cnt, hi, lo, dmax, dmin = S[3], S[4], S[5], S[6], S[7], S[8], S[9]
+for wi = 1, NW do n[wi] = n[wi] or 0; fr[wi] = fr[wi] or 0 end
+for a = 1, NA do
+  cnt[a] = cnt[a] or 0; hi[a] = hi[a] or 0; lo[a] = lo[a] or 0
+  dmax[a] = dmax[a] or {{}, {}}; dmin[a] = dmin[a] or {{}, {}}
+end
+
+local t0 = S[1] or nil
+local p = S[2] or nil
 if p == nil and ARGV[4] ~= '' then p = tonumber(ARGV[4]) end
 
 -- new events: triples (ts, member, distinct values) from ARGV[6]
 local events = {}
-for i = 6, #ARGV, 3 do events[#events + 1] = {tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]} end
 local t1 = t0
-for _, e in ipairs(events) do if t1 == nil or e[1] > t1 then t1 = e[1] end end
+for i = 6, #ARGV, 3 do
+  local ts = tonumber(ARGV[i])
+  events[#events + 1] = {ts, ARGV[i + 1], ARGV[i + 2]}
+  if t1 == nil or ts > t1 then t1 = ts end
+end
 -- the previous distinct event time: the latest one before t1
-local function prev_candidate(ts) if t1 and ts < t1 and (p == nil or ts > p) then p = ts end end
-if t0 then prev_candidate(t0) end
-for _, e in ipairs(events) do prev_candidate(e[1]) end
+if t1 then
+  if t0 and t0 < t1 and (p == nil or t0 > p) then p = t0 end
+  for _, e in ipairs(events) do
+    if e[1] < t1 and (p == nil or e[1] > p) then p = e[1] end
+  end
+end
 
 -- labels: "ets;,ts:f,ts:f"
 local function flag(rec, t)
@@ -193,77 +215,63 @@ local function event_time(rec)
   return tonumber(rec:match('^([^;]*)'))
 end
 
--- deques: "ts:v,ts:v" ascending ts, values strictly decreasing in sgn order
-local dq = {}
-local function deque(name)
-  local d = dq[name]
-  if d then return d end
-  d = {ts = {}, v = {}}
-  local s = st[name]
-  if s and s ~= '' then
-    for ts, v in s:gmatch('([^:,]+):([^,]+)') do d.ts[#d.ts + 1] = tonumber(ts); d.v[#d.v + 1] = tonumber(v) end
-  end
-  dq[name] = d
-  dirty[name] = true
-  return d
-end
+-- monotonic deques: ascending ts, values strictly decreasing in sgn order
 local function dq_insert(d, ts, v, sgn)
-  local n = #d.ts
-  local k = n
-  while k >= 1 and d.ts[k] > ts do k = k - 1 end
-  if k < n and sgn * d.v[k + 1] >= sgn * v then return end
+  local dts, dv = d[1], d[2]
+  local k = #dts
+  local m = k
+  while k >= 1 and dts[k] > ts do k = k - 1 end
+  if k < m and sgn * dv[k + 1] >= sgn * v then return end
   local j = k
-  while j >= 1 and sgn * d.v[j] <= sgn * v do j = j - 1 end
-  for _ = j + 1, k do table.remove(d.ts, j + 1); table.remove(d.v, j + 1) end
-  table.insert(d.ts, j + 1, ts); table.insert(d.v, j + 1, v)
+  while j >= 1 and sgn * dv[j] <= sgn * v do j = j - 1 end
+  for _ = j + 1, k do table.remove(dts, j + 1); table.remove(dv, j + 1) end
+  table.insert(dts, j + 1, ts); table.insert(dv, j + 1, v)
 end
-local function dq_evict(d, lo)
+local function dq_evict(d, bound)
+  local dts = d[1]
   local m = 0
-  while m < #d.ts and d.ts[m + 1] <= lo do m = m + 1 end
+  while m < #dts and dts[m + 1] <= bound do m = m + 1 end
   if m > 0 then
     local ts, v = {}, {}
-    for i = m + 1, #d.ts do ts[#ts + 1] = d.ts[i]; v[#v + 1] = d.v[i] end
-    d.ts, d.v = ts, v
+    for i = m + 1, #dts do ts[#ts + 1] = dts[i]; v[#v + 1] = d[2][i] end
+    d[1], d[2] = ts, v
   end
 end
 
-local function sum_add(a, x)
-  local hi, lo = num('s' .. a), num('e' .. a)
-  local s = hi + x
-  local bb = s - hi
-  lo = lo + ((hi - (s - bb)) + (x - bb))
-  local s2 = s + lo
-  set('s' .. a, s2); set('e' .. a, lo - (s2 - s))
-end
-
--- fold one event into window wi (sign +1) or out of it (-1)
-local function fold(wi, vals, sign, fr)
-  set('n' .. wi, num('n' .. wi) + sign)
-  for a, acc in ipairs(accs) do
+-- fold one event into window wi (sign +1) or out of it (-1); f: its fraud verdict (fraud windows)
+local function fold(wi, vals, ts, sign, f)
+  n[wi] = n[wi] + sign
+  for a = 1, NA do
+    local acc = accs[a]
     if acc[1] == wi then
       local v = vals[acc[2] + 1]
       if v ~= nil and v ~= cjson.null then
-        local kinds = acc[3]
-        if kinds:find('c', 1, true) then
-          local c = num('c' .. a) + sign
-          set('c' .. a, c)
-          if kinds:find('s', 1, true) then
-            if c == 0 then set('s' .. a, 0); set('e' .. a, 0) else sum_add(a, sign * v) end
+        if acc[3] == 1 then
+          local c = cnt[a] + sign
+          cnt[a] = c
+          if acc[4] == 1 then
+            if c == 0 then hi[a], lo[a] = 0, 0 else
+              local x = sign * v
+              local h = hi[a]
+              local s = h + x
+              local bb = s - h
+              local l = lo[a] + ((h - (s - bb)) + (x - bb))
+              local s2 = s + l
+              hi[a], lo[a] = s2, l - (s2 - s)
+            end
           end
         end
         if sign > 0 then
-          if kinds:find('x', 1, true) then dq_insert(deque('x' .. a), vals.ts, v, 1) end
-          if kinds:find('m', 1, true) then dq_insert(deque('m' .. a), vals.ts, v, -1) end
+          if acc[6] == 1 then dq_insert(dmax[a], ts, v, 1) end
+          if acc[5] == 1 then dq_insert(dmin[a], ts, v, -1) end
         end
       end
     end
   end
-  if fr ~= nil then set('f' .. wi, num('f' .. wi) + sign * fr) end
+  if f ~= nil then fr[wi] = fr[wi] + sign * f end
 end
-local is_fraud_window = {}
-for _, wi in ipairs(fraudw) do is_fraud_window[wi] = true end
 
--- 1. t moves from t0 to t1: evict what leaves each window (flags as they stood at t0)
+-- 1. t moves from t0 to t1: evict what leaves each window (verdicts as they stood at t0)
 if t0 and t1 > t0 then
   for wi = 1, NW do
     local lo0, lo1 = t0 - W[wi], t1 - W[wi]
@@ -271,22 +279,21 @@ if t0 and t1 > t0 then
       local gone = redis.call('ZRANGEBYSCORE', R, '(' .. fmt(lo0), fmt(lo1), 'WITHSCORES')
       for i = 1, #gone, 2 do
         local vals = cjson.decode(gone[i])
-        vals.ts = tonumber(gone[i + 1])
-        local fr = nil
-        if is_fraud_window[wi] then fr = flag(redis.call('HGET', L, vals[1]), t0) end
-        fold(wi, vals, -1, fr)
+        local f = nil
+        if is_fraud_window[wi] then f = flag(redis.call('HGET', L, vals[1]), t0) end
+        fold(wi, vals, tonumber(gone[i + 1]), -1, f)
         if wi == NW and #fraudw > 0 then redis.call('HDEL', L, vals[1]) end
       end
     end
-    for a, acc in ipairs(accs) do
-      if acc[1] == wi then
-        if acc[3]:find('x', 1, true) then dq_evict(deque('x' .. a), lo1) end
-        if acc[3]:find('m', 1, true) then dq_evict(deque('m' .. a), lo1) end
+    for a = 1, NA do
+      if accs[a][1] == wi then
+        if accs[a][6] == 1 then dq_evict(dmax[a], lo1) end
+        if accs[a][5] == 1 then dq_evict(dmin[a], lo1) end
       end
     end
   end
   if raw then redis.call('ZREMRANGEBYSCORE', R, '-inf', fmt(t1 - wmax)) end
-  for i = 1, spec.d do redis.call('ZREMRANGEBYSCORE', KEYS[6 + i], '-inf', fmt(t1 - wmax)) end
+  for i = 1, ND do redis.call('ZREMRANGEBYSCORE', KEYS[6 + i], '-inf', fmt(t1 - wmax)) end
   -- 2. labels due in (t0, t1]: events already in a window may change their verdict
   if #fraudw > 0 then
     local due = redis.call('ZRANGEBYSCORE', P, '(' .. fmt(t0), fmt(t1))
@@ -301,7 +308,7 @@ if t0 and t1 > t0 then
           local d = flag(rec, t1) - flag(rec, t0)
           if d ~= 0 then
             for _, wi in ipairs(fraudw) do
-              if ets > t1 - W[wi] then set('f' .. wi, num('f' .. wi) + d) end
+              if ets > t1 - W[wi] then fr[wi] = fr[wi] + d end
             end
           end
         end
@@ -309,7 +316,7 @@ if t0 and t1 > t0 then
     end
   end
 end
-if #fraudw > 0 and t1 then redis.call('ZREMRANGEBYSCORE', P, '-inf', fmt(t1)) end
+if #fraudw > 0 and t1 and (t0 == nil or t1 > t0) then redis.call('ZREMRANGEBYSCORE', P, '-inf', fmt(t1)) end
 
 -- 3. new events join the windows they fall in; a member already stored is a redelivery
 for _, e in ipairs(events) do
@@ -318,29 +325,29 @@ for _, e in ipairs(events) do
     local fresh = true
     if raw then fresh = redis.call('ZADD', R, 'NX', fmt(ts), member) == 1 end
     if fresh then
-      local vals = cjson.decode(member)
-      vals.ts = ts
-      local dv = nil
-      if spec.d > 0 then dv = cjson.decode(distinct) end
-      for i = 1, spec.d do
-        local v = dv[i]
-        if v ~= nil and v ~= cjson.null then
-          if type(v) == 'number' then v = fmt(v) end
-          redis.call('ZADD', KEYS[6 + i], 'GT', fmt(ts), v)
+      if ND > 0 then
+        local dv = cjson.decode(distinct)
+        for i = 1, ND do
+          local v = dv[i]
+          if v ~= nil and v ~= cjson.null then
+            if type(v) == 'number' then v = fmt(v) end
+            redis.call('ZADD', KEYS[6 + i], 'GT', fmt(ts), v)
+          end
         end
       end
-      local rec = nil
-      if #fraudw > 0 then
-        rec = redis.call('HGET', L, vals[1])
-        if rec then rec = fmt(ts) .. rec:sub(rec:find(';', 1, true)) else rec = fmt(ts) .. ';' end
-        redis.call('HSET', L, vals[1], rec)
-      end
       if raw then
+        local vals = cjson.decode(member)
+        local rec = nil
+        if #fraudw > 0 then
+          rec = redis.call('HGET', L, vals[1])
+          if rec then rec = fmt(ts) .. rec:sub(rec:find(';', 1, true)) else rec = fmt(ts) .. ';' end
+          redis.call('HSET', L, vals[1], rec)
+        end
         for wi = 1, NW do
           if ts > t1 - W[wi] then
-            local fr = nil
-            if is_fraud_window[wi] then fr = flag(rec, t1) end
-            fold(wi, vals, 1, fr)
+            local f = nil
+            if is_fraud_window[wi] then f = flag(rec, t1) end
+            fold(wi, vals, ts, 1, f)
           end
         end
       end
@@ -349,24 +356,25 @@ for _, e in ipairs(events) do
 end
 
 -- 4. new labels: in force now (ts <= t1) or pending until t passes them
-local labels = cjson.decode(ARGV[5])
-for _, lab in ipairs(labels) do
-  local tid, ts, f = lab[1], lab[2], lab[3]
-  local key = ',' .. string.format('%d', ts) .. ':' .. string.format('%d', f)
-  local rec = redis.call('HGET', L, tid) or ';'
-  local labs = rec:sub(rec:find(';', 1, true) + 1)
-  if not (labs .. ','):find(key .. ',', 1, true) then
-    local before = flag(rec, t1)
-    local rec2 = rec .. key
-    redis.call('HSET', L, tid, rec2)
-    if t1 == nil or ts > t1 then
-      redis.call('ZADD', P, fmt(ts), tid .. '|' .. string.format('%d', ts) .. '|' .. string.format('%d', f))
-    else
-      local ets = event_time(rec2)
-      local d = flag(rec2, t1) - before
-      if ets and d ~= 0 then
-        for _, wi in ipairs(fraudw) do
-          if ets > t1 - W[wi] then set('f' .. wi, num('f' .. wi) + d) end
+if ARGV[5] ~= '[]' then
+  for _, lab in ipairs(cjson.decode(ARGV[5])) do
+    local tid, ts, f = lab[1], lab[2], lab[3]
+    local key = ',' .. string.format('%d', ts) .. ':' .. string.format('%d', f)
+    local rec = redis.call('HGET', L, tid) or ';'
+    local labs = rec:sub(rec:find(';', 1, true) + 1)
+    if not (labs .. ','):find(key .. ',', 1, true) then
+      local before = flag(rec, t1)
+      local rec2 = rec .. key
+      redis.call('HSET', L, tid, rec2)
+      if t1 == nil or ts > t1 then
+        redis.call('ZADD', P, fmt(ts), tid .. '|' .. string.format('%d', ts) .. '|' .. string.format('%d', f))
+      else
+        local ets = event_time(rec2)
+        local d = flag(rec2, t1) - before
+        if ets and d ~= 0 then
+          for _, wi in ipairs(fraudw) do
+            if ets > t1 - W[wi] then fr[wi] = fr[wi] + d end
+          end
         end
       end
     end
@@ -376,46 +384,36 @@ end
 if t1 == nil then return {'none'} end
 
 -- 5. write the state back and answer every feature at t1
-set('t', t1)
-if p then set('p', p) end
-if not stored_spec then set('spec', ARGV[2]); set('cols', cjson.encode(spec.c)) end
-local out = {}
-for name, d in pairs(dq) do
-  local parts = {}
-  for i = 1, #d.ts do parts[#parts + 1] = fmt(d.ts[i]) .. ':' .. fmt(d.v[i]) end
-  st[name] = table.concat(parts, ',')
+S[1] = t1
+S[2] = p or false
+S[10] = S[10] + 1
+if stored_spec then
+  redis.call('HSET', H, 'b', cmsgpack.pack(S))
+else
+  redis.call('HSET', H, 'b', cmsgpack.pack(S), 'spec', ARGV[2], 'cols', cjson.encode(spec.c))
 end
-local args = {}
-for name in pairs(dirty) do
-  local v = st[name]
-  if type(v) == 'number' then v = fmt(v) end
-  args[#args + 1] = name; args[#args + 1] = v
-end
-if #args > 0 then redis.call('HSET', H, unpack(args)) end
-local version = redis.call('HINCRBY', H, 'v', 1)
-out[1] = version
-out[2] = fmt(t1)
-for i, slot in ipairs(spec.s) do
+local out = {S[10], t1}
+for i = 1, #slots do
+  local slot = slots[i]
   local code, wi, ci, a = slot[1], slot[2], slot[3], slot[4]
   local value = false
-  if code == 'n' then value = fmt(num('n' .. wi))
-  elseif code == 'c' then value = fmt(num('c' .. a))
-  elseif code == 'sum' then value = fmt(num('s' .. a) + num('e' .. a))
+  if code == 'n' then value = n[wi]
+  elseif code == 'c' then value = cnt[a]
+  elseif code == 'sum' then value = hi[a] + lo[a]
   elseif code == 'mean' then
-    local c = num('c' .. a)
-    if c > 0 then value = fmt((num('s' .. a) + num('e' .. a)) / c) end
-  elseif code == 'max' or code == 'min' then
-    local d = deque((code == 'max' and 'x' or 'm') .. a)
-    if #d.v > 0 then value = fmt(d.v[1]) end
+    if cnt[a] > 0 then value = (hi[a] + lo[a]) / cnt[a] end
+  elseif code == 'max' then
+    if #dmax[a][2] > 0 then value = dmax[a][2][1] end
+  elseif code == 'min' then
+    if #dmin[a][2] > 0 then value = dmin[a][2][1] end
   elseif code == 'dist' then
-    value = fmt(redis.call('ZCOUNT', KEYS[6 + ci], '(' .. fmt(t1 - W[wi]), '+inf'))
+    value = redis.call('ZCOUNT', KEYS[6 + ci], '(' .. fmt(t1 - W[wi]), '+inf')
   elseif code == 'fraud' then
-    local n = num('n' .. wi)
-    if n > 0 then value = fmt(num('f' .. wi) / n) else value = '0' end
+    if n[wi] > 0 then value = fr[wi] / n[wi] else value = 0 end
   elseif code == 'prev' then
-    if p then value = fmt((t1 - p) / 1000) end
+    if p then value = (t1 - p) / 1000 end
   end
   out[2 + i] = value
 end
-return out
+return cmsgpack.pack(out)
 """

@@ -30,6 +30,7 @@ from pipelines.features.semantics import Event, Label, evaluate
 from pipelines.online_layout import decode_ts, decode_value, entity_key, feature_field, ts_field
 from pipelines.stream.log import RedisStreamLog
 from pipelines.stream.updater import OnlineUpdater
+from pipelines.stream.window_state import state_of
 from tests.features_harness import MINUTE, T0
 from tests.redis_process import RedisProcess
 
@@ -279,8 +280,8 @@ def test_an_entity_with_only_a_windowless_feature_keeps_its_previous_event(
     raw: Any = client
     # No event is kept for a windowless feature: the state holds the latest time and the one before it.
     assert not raw.exists("fraudserve:{country:JP}:win")
-    assert int(raw.hget("fraudserve:{country:JP}:st", "t")) == transactions[-1]["ts_ms"]
-    assert int(raw.hget("fraudserve:{country:JP}:st", "p")) == transactions[-2]["ts_ms"]
+    state = state_of(raw.hget("fraudserve:{country:JP}:st", "b"))
+    assert (state["t"], state["previous"]) == (transactions[-1]["ts_ms"], transactions[-2]["ts_ms"])
 
 
 def test_a_worker_killed_mid_stream_loses_nothing_of_the_users_views(
