@@ -12,9 +12,8 @@ if TYPE_CHECKING:
 def redis_client(settings: Settings, connection: str, timeout_s: float | None = None) -> Any:
     """A synchronous redis-py client for Feast's connection-string form (single node or cluster)."""
     import redis
-    from feast.infra.online_stores.redis import RedisOnlineStore
 
-    nodes, params = RedisOnlineStore._parse_connection_string(connection)
+    nodes, params = parse_connection_string(connection)
     if timeout_s is not None:
         params = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, **params}
     if settings.redis_type.value == "redis_cluster":
@@ -27,11 +26,29 @@ def async_redis_client(connection: str, cluster: bool, **options: Any) -> Any:
     """redis-py's asyncio client (single node or cluster) for Feast's connection-string form; `options` (timeouts,
     retry) are the client's, and the connection string's own parameters take precedence over them."""
     import redis.asyncio as aioredis
-    from feast.infra.online_stores.redis import RedisOnlineStore
 
-    nodes, params = RedisOnlineStore._parse_connection_string(connection)
+    nodes, params = parse_connection_string(connection)
     options.update(params)
     if cluster:
         startup = [aioredis.cluster.ClusterNode(n["host"], int(n["port"])) for n in nodes]
         return aioredis.RedisCluster(startup_nodes=startup, **options)
     return aioredis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **options)
+
+
+def parse_connection_string(connection: str) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """Feast's Redis connection string (`RedisOnlineStore._parse_connection_string`): nodes `host:port` and
+    parameters `name=value` (values JSON-decoded when they are JSON), without importing Feast."""
+    import json
+
+    nodes = [
+        dict(zip(["host", "port"], part.split(":"), strict=False)) for part in connection.split(",") if "=" not in part
+    ]
+    params: dict[str, Any] = {}
+    for part in connection.split(","):
+        if "=" in part:
+            name, value = part.split("=", 1)
+            try:
+                params[name] = json.loads(value)
+            except json.JSONDecodeError:
+                params[name] = value
+    return nodes, params

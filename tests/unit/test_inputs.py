@@ -303,3 +303,21 @@ def test_extra_fields_declared_in_the_feast_repo(tmp_path: Path, monkeypatch: py
     result = check(kind, columns_of(rows, kind.schema.names), np.arange(1, 3))
     assert result.valid.column("customer_id").to_pylist() == ["cu1"]
     assert [(r["row"], r["field"]) for r in result.rejected.to_pylist()] == [(2, "customer_age")]
+
+
+@pytest.mark.parametrize(
+    "connection",
+    [
+        "localhost:6379",
+        "127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002",
+        "redis.internal:6380,ssl=true,password=s3cr:et,db=2",
+        "h:1,socket_timeout=0.5,username=fraud",
+    ],
+)
+def test_connection_strings_parse_as_feast_parses_them(connection: str) -> None:
+    """Parsed without importing Feast (seconds of start-up for `stream produce`), the same as Feast's own parser."""
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    from core.connections import parse_connection_string
+
+    assert parse_connection_string(connection) == RedisOnlineStore._parse_connection_string(connection)
