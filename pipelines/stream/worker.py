@@ -1,4 +1,4 @@
-"""Stream workers and the producer: validated events in, online features out, dead letters counted."""
+"""Stream workers: validated events in from the stream, online features out, dead letters counted."""
 
 from __future__ import annotations
 
@@ -86,11 +86,8 @@ class Worker:
             self.metrics.freshness.observe(max(now_ms - entry.appended_ms, 0) / 1000)
 
     def _late(self, transactions: list[dict[str, Any]]) -> int:
-        """Events older than the watermark minus the lateness: still applied while in the kept history, but reported.
-
-        Beyond the kept history (window + lateness) an entity's online values no longer include them; the offline
-        pipeline does.
-        """
+        """Events older than the watermark minus the lateness: still folded into every window they fall in (exactly,
+        as the offline pipeline counts them), but reported: a producer that lags this much is worth a look."""
         if not transactions:
             return 0
         watermark = int(self.client.get(WATERMARK) or 0)
