@@ -131,6 +131,11 @@ class Settings(BaseSettings):
     model_name: str = Field(default="fraud", description="Registered model that /v1/fraud/score serves.")
     max_batch: int = Field(default=256, ge=1, le=10_000, description="Most items in one score:batch request.")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger request bodies get 413.")
+    max_package_bytes: int = Field(
+        default=64 * 1_048_576,
+        ge=1024,
+        description="Largest model package registered over HTTP: the .tar.gz body, and the files it expands to.",
+    )
     request_budget_ms: int = Field(default=250, ge=1, description="Feature-fetch time budget per request.")
     model_poll_seconds: float = Field(default=2.0, gt=0, description="How often the API looks for a new version.")
     canary_percent: float = Field(default=0.0, ge=0, le=100, description="Share of requests scored by candidate.")

@@ -15,16 +15,19 @@ computed for it (`pipelines.offline.store.computed_file`).
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 from typing import Any, Literal
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
+from feast.errors import FeastEntityDFMissingColumnsError
 from feast.feature_view import FeatureView
 from feast.infra.offline_stores.duckdb import DuckDBOfflineStore, DuckDBOfflineStoreConfig
 from feast.infra.offline_stores.file_source import FileSource
 from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMetadata
+from feast.infra.offline_stores.offline_utils import get_expected_join_keys
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import RepoConfig
@@ -50,12 +53,19 @@ class AsofRetrievalJob(RetrievalJob):
         on_demand_feature_views: list[OnDemandFeatureView],
         full_feature_names: bool,
         metadata: RetrievalMetadata,
+        hidden: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self._table = table
         self._odfvs = on_demand_feature_views
         self._full_feature_names = full_feature_names
         self._metadata = metadata
+        self._hidden = hidden  # on-demand views' inputs the caller did not ask for: dropped once they have run
+
+    def to_arrow(self, validation_reference: Any = None, timeout: int | None = None) -> pa.Table:
+        table: pa.Table = super().to_arrow(validation_reference=validation_reference, timeout=timeout)
+        hidden = [c for c in self._hidden if c in table.column_names]
+        return table.drop_columns(hidden) if hidden else table
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
         frame: pd.DataFrame = self._table.to_pandas()
@@ -134,6 +144,41 @@ def asof_join(
     return table
 
 
+def check_join_keys(
+    entity_df: pd.DataFrame, feature_views: list[FeatureView], registry: BaseRegistry, project: str
+) -> None:
+    """Feast's own error for an entity frame without a join key its views need (as Feast's other stores raise it),
+    rather than the SQL engine's binder error further down."""
+    expected = get_expected_join_keys(project, feature_views, registry)
+    missing = expected - set(entity_df.columns)
+    if missing:
+        raise FeastEntityDFMissingColumnsError(sorted(expected | {ENTITY_TIMESTAMP}), sorted(missing))  # type: ignore[no-untyped-call]
+
+
+def requested_refs(feature_refs: list[str]) -> list[str]:
+    """The feature references the caller of `FeatureStore.get_historical_features` asked for.
+
+    Feast appends to the references it passes the offline store those of on-demand views' inputs (in its own
+    `_feature_refs_for_provider`), and keeps every column of them in the result. The frame it came from still holds
+    the requested ones (`_feature_refs`); without that frame (a direct call) every reference counts as requested."""
+    frame = sys._getframe(1)
+    for _ in range(8):
+        frame = frame.f_back  # type: ignore[assignment]
+        if frame is None:
+            break
+        if frame.f_code.co_name == "get_historical_features" and "_feature_refs_for_provider" in frame.f_locals:
+            asked = frame.f_locals.get("_feature_refs")
+            if isinstance(asked, list) and set(asked) <= set(feature_refs):
+                return [str(r) for r in asked]
+            break
+    return list(feature_refs)
+
+
+def _output_name(ref: str, full_feature_names: bool) -> str:
+    view, feature = ref.split(":", 1)
+    return f"{view}__{feature}" if full_feature_names else feature
+
+
 class AsofDuckDBOfflineStore(DuckDBOfflineStore):
     @staticmethod
     def get_historical_features(  # type: ignore[override]
@@ -146,6 +191,8 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         full_feature_names: bool = False,
         filter_by_created_timestamp: bool = False,
     ) -> RetrievalJob:
+        if isinstance(entity_df, pd.DataFrame):
+            check_join_keys(entity_df, feature_views, registry, project)
         parquet = all(
             isinstance(v.batch_source, FileSource) and str(v.batch_source.path).endswith(".parquet")
             for v in feature_views
@@ -155,6 +202,11 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
                 config, feature_views, feature_refs, entity_df, registry, project, full_feature_names,
                 filter_by_created_timestamp,
             )  # fmt: skip
+        asked = requested_refs(feature_refs)
+        kept = {_output_name(r, full_feature_names) for r in asked} | set(entity_df.columns)
+        hidden = tuple(
+            name for r in feature_refs if r not in asked and (name := _output_name(r, full_feature_names)) not in kept
+        )
         table = asof_join(entity_df, feature_views, feature_refs, full_feature_names)
         stamps: Any = pd.to_datetime(entity_df[ENTITY_TIMESTAMP], utc=True)
         metadata = RetrievalMetadata(
@@ -164,4 +216,4 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
             max_event_timestamp=stamps.max() if len(stamps) else None,
         )
         odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
-        return AsofRetrievalJob(table, odfvs, full_feature_names, metadata)
+        return AsofRetrievalJob(table, odfvs, full_feature_names, metadata, hidden)

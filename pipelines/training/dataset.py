@@ -22,6 +22,7 @@ from pipelines.features.catalog import load_catalog
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+    from feast.feature_view import FeatureView
 
 LABEL = "is_fraud"
 
@@ -73,6 +74,36 @@ def service_features(store: FeatureStore, feature_service: str) -> list[ServiceF
         for field in projection.features:
             features.append(ServiceFeature(field.name, _FEAST_TYPES.get(str(field.dtype), "string")))
     return features
+
+
+def service_join_keys(store: FeatureStore, feature_service: str) -> list[str]:
+    """The entity join keys a feature service reads by (its views' and its on-demand views' sources'), in the
+    order of the transaction's fields."""
+    from feast.infra.offline_stores.offline_utils import get_expected_join_keys
+
+    service = store.get_feature_service(feature_service)
+    views: list[FeatureView] = []
+    for name in dict.fromkeys(p.name for p in service.feature_view_projections):
+        views.extend(_views_behind(store, name))
+    keys = get_expected_join_keys(store.project, views, store.registry)
+    return [c for c in entity_columns() if c in keys] + sorted(keys - set(entity_columns()))
+
+
+def _views_behind(store: FeatureStore, name: str) -> list[FeatureView]:
+    """The feature view of that name, or the source views of the on-demand view of that name."""
+    for get in (store.get_stream_feature_view, store.get_feature_view):
+        try:
+            return [get(name)]
+        except Exception:  # Feast raises its own not-found errors
+            continue
+    try:
+        odfv = store.get_on_demand_feature_view(name)
+    except Exception:
+        return []
+    views: list[FeatureView] = []
+    for projection in odfv.source_feature_view_projections.values():
+        views.extend(_views_behind(store, projection.name))
+    return views
 
 
 def labeled_entity_rows(layout: OfflineLayout, policy: LabelPolicy) -> tuple[pd.DataFrame, datetime]:
