@@ -185,6 +185,23 @@ class Settings(BaseSettings):
         "while a batch is being scored still share the next one.",
     )
 
+    score_log_sample: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of served scores written to the score log (a feature service's Feast logging_config "
+        "sample rate takes precedence); 0 turns the log off.",
+    )
+    score_log_flush_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="How often each API process writes its logged scores to a file."
+    )
+    score_log_queue_rows: int = Field(
+        default=200_000, ge=1, description="Most scores waiting to be written; beyond, scores are dropped and counted."
+    )
+    monitor_refresh_seconds: float = Field(
+        default=300.0, gt=0, description="How often the API recomputes its drift and quality gauges from the log."
+    )
+
     @property
     def home_dir(self) -> Path:
         return self.home.expanduser().resolve()
@@ -204,6 +221,10 @@ class Settings(BaseSettings):
     @property
     def packages_dir(self) -> Path:
         return self.home_dir / "packages"
+
+    @property
+    def score_log_dir(self) -> Path:
+        return self.home_dir / "logs" / "scores"
 
     @property
     def embedded_redis_dir(self) -> Path:

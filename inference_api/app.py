@@ -24,6 +24,7 @@ from inference_api.domain.batching import DynamicBatcher
 from inference_api.domain.features import FeastFeatureSource, FeatureSource
 from inference_api.domain.models import ModelManager
 from inference_api.domain.redis_source import RedisFeatureSource
+from inference_api.domain.score_log import Sampling, ScoreLog, feast_sampling
 from inference_api.domain.scoring import ScoringService, score_requests
 from inference_api.middleware import RequestContext
 from inference_api.observability import Metrics
@@ -69,6 +70,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             source, manager, metrics, settings.top_reasons, settings.canary_percent, settings.shadow_candidate
         )
         app.state.scoring = scoring
+        default = Sampling(settings.score_log_sample, settings.score_log_dir)
+        score_log = ScoreLog(
+            default,
+            feast_sampling(store, default),
+            max_rows=settings.score_log_queue_rows,
+            flush_s=settings.score_log_flush_seconds,
+            on_drop=metrics.score_log_dropped.inc,
+            on_write=metrics.score_log_rows.inc,
+        )
+        score_log.start()
+        app.state.score_log = score_log
         batcher = DynamicBatcher(
             functools.partial(score_requests, scoring),
             max_size=settings.batch_max_size,
@@ -105,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await notice_client.aclose()
+            await asyncio.to_thread(score_log.close)  # after the batcher: every answered score is written
             if isinstance(source, RedisFeatureSource):
                 await source.close()
 

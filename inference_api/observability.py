@@ -47,6 +47,26 @@ class Metrics:
             "fraudserve_batch_size", "Requests per dynamic batch (single score requests scored together)",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=self.registry,
         )  # fmt: skip
+        self.score_log_dropped = Counter(
+            "fraudserve_score_log_dropped", "Scores not written to the score log (its queue full, or a failed write)",
+            registry=self.registry,
+        )  # fmt: skip
+        self.score_log_rows = Counter(
+            "fraudserve_score_log_rows", "Scores written to the score log", registry=self.registry
+        )
+        # Drift and quality, recomputed from the score log by a background task (inference_api/monitoring.py).
+        self.feature_psi = Gauge(
+            "fraudserve_feature_psi", "PSI of a feature: served traffic against the training reference",
+            ["model", "version", "feature"], registry=self.registry, multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self.score_psi = Gauge(
+            "fraudserve_score_psi", "PSI of the score: served traffic against the training reference",
+            ["model", "version"], registry=self.registry, multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self.quality = Gauge(
+            "fraudserve_labelled_quality", "Latest quality of a version on the served transactions labelled so far",
+            ["model", "version", "metric"], registry=self.registry, multiprocess_mode="mostrecent",
+        )  # fmt: skip
         self._stages: dict[str, Any] = {}
         self._scores: dict[tuple[str, int, str], Any] = {}
         self._requests: dict[tuple[str, int], Any] = {}

@@ -57,6 +57,11 @@ class Score:
     reasons: list[Reason]
     feature_freshness_seconds: float | None
     uncertain_reasons: list[str] = field(default_factory=list)
+    # For the score log: the row the model saw (manifest order, NaN: missing), why this version scored it
+    # (production, canary, shadow or direct: named by the request), and the candidate's shadow score of it.
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
+    role: str = "production"
+    shadow: Score | None = field(default=None, compare=False, repr=False)
 
 
 def _age_text(seconds: float) -> str:
@@ -230,6 +235,8 @@ class ScoringService:
         scores = model.predict(matrix)
         contributions = model.explainer.contributions(matrix) if self.top_reasons else None
         self.metrics.stage("predict", time.perf_counter() - started)
+        shadows = self._shadow(records, fetched, scores) if self.shadow and serving_default else None
+        role = "direct" if not serving_default else "production" if model is self.models.state.production else "canary"
 
         results = []
         for i, record in enumerate(records):
@@ -243,24 +250,31 @@ class ScoringService:
                     reasons.append(
                         Reason(model.plan.features[j], None if np.isnan(value) else float(value), float(row[j]))
                     )
-            results.append(Score(record.transaction_id, score, label, model, reasons, freshness[i], uncertain[i]))
+            results.append(
+                Score(record.transaction_id, score, label, model, reasons, freshness[i], uncertain[i], matrix[i], role,
+                      None if shadows is None else shadows[i])
+            )  # fmt: skip
             self.metrics.scored(model.name, model.version, label)
-        if self.shadow and serving_default:
-            self._shadow(records, fetched, scores)
         return results
 
     def _shadow(
         self, records: Sequence[TransactionRecord], fetched: Sequence[dict[str, ViewValues]], served: np.ndarray
-    ) -> None:
+    ) -> list[Score] | None:
         candidate = self.models.candidate()
         if candidate is None:
-            return
+            return None
         try:
-            matrix, _, _ = build_rows(candidate.plan, records, fetched, time.time())
+            matrix, uncertain, freshness = build_rows(candidate.plan, records, fetched, time.time())
             shadow = candidate.predict(matrix)
         except Exception as exc:  # a shadow model must never break a served request
             log.warning("shadow scoring failed", extra={"error": str(exc)})
-            return
+            return None
+        label = candidate.manifest.thresholds.label
+        labels = [UNCERTAIN if u else label(float(s)) for u, s in zip(uncertain, shadow, strict=True)]
+        scored = [
+            Score(r.transaction_id, float(s), lab, candidate, [], f, u, matrix[i], "shadow")
+            for i, (r, s, lab, f, u) in enumerate(zip(records, shadow, labels, freshness, uncertain, strict=True))
+        ]
         for record, ours, theirs in zip(records, served, shadow, strict=True):
             self.metrics.shadow(candidate.version, float(abs(theirs - ours)))
             log.info(
@@ -268,6 +282,7 @@ class ScoringService:
                 extra={"transaction_id": record.transaction_id, "served": float(ours), "candidate": float(theirs),
                        "candidate_version": candidate.version},
             )  # fmt: skip
+        return scored
 
 
 def record_from_event(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -42,6 +43,13 @@ ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
+def log_scores(request: Request, outcomes: Sequence[object]) -> None:
+    """Hand the returned scores to the score log (a list append; the file is written in the background)."""
+    score_log = getattr(request.app.state, "score_log", None)
+    if score_log is not None:
+        score_log.record(getattr(request.state, "request_id", None), outcomes)
+
+
 def score_body(score: Score) -> dict[str, Any]:
     """A score as the `ScoreResponse` JSON object."""
     return {
@@ -73,6 +81,7 @@ async def score(body: ScoreRequest, request: Request) -> Response:
     outcome = await batcher.submit(_as_request(body))
     if isinstance(outcome, FraudserveError):
         raise outcome
+    log_scores(request, (outcome,))
     # Serialized here, not through the response model: every value is already of its documented type, and this
     # path runs thousands of times a second (tests validate these bodies against ScoreResponse).
     return Response(json.dumps(score_body(outcome), allow_nan=False), media_type="application/json")
@@ -88,6 +97,7 @@ async def score_batch(body: BatchRequest, request: Request, service: ScoringDep)
             {"field": "items", "limit": limit, "items": len(body.items)},
         )
     outcomes = await score_requests(service, [_as_request(item) for item in body.items])
+    log_scores(request, outcomes)
     results = []
     for item, outcome in zip(body.items, outcomes, strict=True):
         tid = item.transaction_id or (item.transaction.transaction_id if item.transaction else None)

@@ -11,7 +11,7 @@ from core.keys import Scope
 from inference_api.auth import require
 from inference_api.domain.models import LoadedModel, ModelManager
 from inference_api.domain.scoring import score_requests
-from inference_api.routes.fraud import ERRORS, ScoringDep, _as_request
+from inference_api.routes.fraud import ERRORS, ScoringDep, _as_request, log_scores
 from inference_api.schemas import ErrorBody, ModelName, ModelRef, ModelVersion, PredictRequest, PredictResponse
 
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[require(Scope.predict)])
@@ -33,8 +33,9 @@ def check_size(request: Request, field: str, count: int) -> None:
         )
 
 
-async def _predict(body: PredictRequest, service: ScoringDep, model: LoadedModel) -> PredictResponse:
+async def _predict(body: PredictRequest, request: Request, service: ScoringDep, model: LoadedModel) -> PredictResponse:
     outcomes = await score_requests(service, [_as_request(row) for row in body.rows], model)
+    log_scores(request, outcomes)
     scores: list[float | None] = []
     errors: list[ErrorBody | None] = []
     for outcome in outcomes:
@@ -56,7 +57,7 @@ async def _predict(body: PredictRequest, service: ScoringDep, model: LoadedModel
 async def predict(name: ModelName, body: PredictRequest, request: Request, service: ScoringDep) -> PredictResponse:
     """Scores from the production version of `name`, on features of the feature service it was registered with."""
     check_size(request, "rows", len(body.rows))
-    return await _predict(body, service, await loaded(request, name, None))
+    return await _predict(body, request, service, await loaded(request, name, None))
 
 
 @router.post("/{name}/versions/{version}/predict", response_model=PredictResponse, responses=ERRORS)
@@ -65,4 +66,4 @@ async def predict_version(
 ) -> PredictResponse:
     """Scores from one version of `name`."""
     check_size(request, "rows", len(body.rows))
-    return await _predict(body, service, await loaded(request, name, version))
+    return await _predict(body, request, service, await loaded(request, name, version))

@@ -122,7 +122,7 @@ async def version_ready(name: ModelName, version: ModelVersion, request: Request
     return await _ready(request, name, version)
 
 
-def _infer(model: LoadedModel, body: InferRequest) -> InferResponse:
+def _infer(model: LoadedModel, body: InferRequest, request: Request) -> InferResponse:
     tensor = body.inputs[0]
     width = len(model.manifest.features)
     shape = tensor.shape if len(tensor.shape) == 2 else [1, *tensor.shape]
@@ -140,6 +140,9 @@ def _infer(model: LoadedModel, body: InferRequest) -> InferResponse:
     except (TypeError, ValueError) as exc:
         raise InvalidInput("inputs[0].data must hold numbers (null for a missing feature)") from exc
     scores = model.predict(matrix)
+    score_log = getattr(request.app.state, "score_log", None)
+    if score_log is not None:
+        score_log.record_matrix(getattr(request.state, "request_id", None), model, matrix, scores)
     return InferResponse(
         model_name=model.name,
         model_version=str(model.version),
@@ -151,11 +154,11 @@ def _infer(model: LoadedModel, body: InferRequest) -> InferResponse:
 @router.post("/models/{name}/infer", response_model=InferResponse, responses=ERRORS_OIP, dependencies=PREDICT)
 async def infer(name: ModelName, body: InferRequest, request: Request) -> InferResponse:
     """`inputs[0]`: an FP32 tensor [N, features] whose columns follow the model's manifest (see its metadata)."""
-    return _infer(await loaded(request, name, None), body)
+    return _infer(await loaded(request, name, None), body, request)
 
 
 @router.post(
     "/models/{name}/versions/{version}/infer", response_model=InferResponse, responses=ERRORS_OIP, dependencies=PREDICT
 )
 async def infer_version(name: ModelName, version: ModelVersion, body: InferRequest, request: Request) -> InferResponse:
-    return _infer(await loaded(request, name, version), body)
+    return _infer(await loaded(request, name, version), body, request)

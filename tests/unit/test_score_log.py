@@ -1,0 +1,84 @@
+"""The score log's writer with fake models: rows as recorded, bounded queue, sampling, files complete."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from core.models.manifest import FeatureField, Flavor, Manifest, Thresholds
+from core.score_log import SCHEMA, log_files, read_log
+from inference_api.domain.score_log import Sampling, ScoreLog
+from inference_api.domain.scoring import Score
+
+
+def fake_model(service: str = "fraud_v2", version: int = 3) -> Any:
+    manifest = Manifest(
+        flavor=Flavor.lightgbm, model_file="model.txt", feature_service=service,
+        features=[FeatureField(name="a", dtype="float64"), FeatureField(name="b", dtype="int64")],
+        thresholds=Thresholds(suspicious=0.3, highly_suspicious=0.7),
+    )  # fmt: skip
+    return SimpleNamespace(name="fraud", version=version, manifest=manifest)
+
+
+def score(model: Any, tid: str, value: float, vector: list[float], **kw: Any) -> Score:
+    return Score(tid, value, "not_fraud", model, [], 12.5, [], np.array(vector), **kw)
+
+
+def test_rows_are_written_as_recorded_with_nulls_and_shadows(tmp_path: Path) -> None:
+    model, candidate = fake_model(), fake_model(version=4)
+    log = ScoreLog(Sampling(1.0, tmp_path))
+    shadow = score(candidate, "t1", 0.9, [1.0, math.nan], role="shadow")
+    log.record("req-1", [score(model, "t1", 0.25, [1.5, math.nan], shadow=shadow), ValueError("an error")])
+    log.record_matrix("req-2", model, np.array([[2.0, 3.0]]), np.array([0.8]))
+    assert log.flush() == 3
+    table = read_log([tmp_path])
+    assert table.schema == SCHEMA
+    rows = table.to_pylist()
+    assert [(r["request_id"], r["transaction_id"], r["version"], r["role"], r["score"], r["label"]) for r in rows] == [
+        ("req-1", "t1", 3, "production", 0.25, "not_fraud"),
+        ("req-1", "t1", 4, "shadow", 0.9, "not_fraud"),
+        ("req-2", None, 3, "direct", 0.8, "highly_suspicious"),
+    ]
+    assert rows[0]["features"] == [{"name": "a", "value": 1.5}, {"name": "b", "value": None}]
+    assert rows[0]["feature_freshness_seconds"] == 12.5 and rows[2]["feature_freshness_seconds"] is None
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
+    dropped: list[int] = []
+    log = ScoreLog(Sampling(1.0, tmp_path), max_rows=3, on_drop=dropped.append)
+    model = fake_model()
+    for i in range(5):
+        log.record(f"r{i}", [score(model, f"t{i}", 0.1, [1.0, 2.0])])
+    assert log.dropped == 2 and dropped == [1, 1]
+    assert log.flush() == 3
+    log.record("again", [score(model, "t9", 0.1, [1.0, 2.0])])  # room again after the flush
+    assert log.flush() == 1
+
+
+def test_sampling_per_feature_service_and_its_own_destination(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "v1-logs"
+    rules = {"fraud_v1": Sampling(1.0, elsewhere)}
+    log = ScoreLog(Sampling(0.0, tmp_path / "default"), lambda service: rules.get(service, Sampling(0.0, tmp_path)))
+    log.record("r", [score(fake_model("fraud_v2"), "t", 0.1, [1.0, 2.0])])
+    log.record("r", [score(fake_model("fraud_v1"), "t", 0.1, [1.0, 2.0])])
+    log.close()
+    assert not log_files([tmp_path / "default"])
+    (only,) = log_files([elsewhere])
+    assert pq.read_table(only).column("feature_service").to_pylist() == ["fraud_v1"]
+
+
+def test_the_background_thread_flushes_and_close_writes_the_rest(tmp_path: Path) -> None:
+    log = ScoreLog(Sampling(1.0, tmp_path), flush_s=0.05)
+    log.start()
+    model = fake_model()
+    for i in range(100):
+        log.record(f"r{i}", [score(model, f"t{i}", i / 100, [float(i), 1.0])])
+    log.close()
+    table = read_log([tmp_path])
+    assert sorted(table.column("transaction_id").to_pylist()) == sorted(f"t{i}" for i in range(100))
