@@ -127,6 +127,33 @@ class Settings(BaseSettings):
         default=0, ge=0, le=65535, description="Serve each worker's Prometheus metrics from this port up (0: off)."
     )
 
+    # --- Kafka (the stream's production transport; Redis Streams when neither this nor a KafkaSource is declared)
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="Kafka brokers, host:port[,host:port]: the built-in events then go through the kafka_*_topic "
+        "topics. Unset: the Feast repo's KafkaSource (servers and topic) if it declares one, else Redis Streams.",
+    )
+    kafka_transactions_topic: str = Field(default="fraudserve.transactions", description="Transaction events.")
+    kafka_labels_topic: str = Field(default="fraudserve.labels", description="Label events.")
+    kafka_dead_letter_topic: str = Field(
+        default="fraudserve.dead-letter", description="Invalid events, with the row, the field and the reason."
+    )
+    kafka_group: str = Field(default="fraudserve-features", description="The workers' consumer group.")
+    kafka_session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1_000,
+        description="A worker silent this long is dropped from the group and its partitions move to the others.",
+    )
+    kafka_security_protocol: str | None = Field(
+        default=None, description="librdkafka security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: str | None = Field(default=None, description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, ...")
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name.")
+    kafka_sasl_password: str | None = Field(default=None, description="SASL password (never from the Feast repo).")
+    kafka_ssl_ca_location: str | None = Field(default=None, description="CA certificate file (PEM) for TLS.")
+    kafka_ssl_certificate_location: str | None = Field(default=None, description="Client certificate (PEM), mTLS.")
+    kafka_ssl_key_location: str | None = Field(default=None, description="Client private key (PEM), mTLS.")
+
     # --- the inference API
     model_name: str = Field(default="fraud", description="Registered model that /v1/fraud/score serves.")
     max_batch: int = Field(default=256, ge=1, le=10_000, description="Most items in one score:batch request.")

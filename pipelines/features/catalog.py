@@ -144,6 +144,18 @@ class CatalogError(ValueError):
 
 
 @dataclass(frozen=True)
+class KafkaEventSource:
+    """The transaction events' Feast `KafkaSource` (JSON messages): where the stream workers read them.
+
+    Only the servers and the topic come from the repo; credentials come from FRAUDSERVE_KAFKA_* settings."""
+
+    name: str
+    bootstrap_servers: str
+    topic: str
+    timestamp_field: str
+
+
+@dataclass(frozen=True)
 class Catalog:
     """Everything declared in the Feast repo, in the shapes the engines use."""
 
@@ -155,6 +167,7 @@ class Catalog:
     on_demand_views: tuple[str, ...] = ()
     feature_services: tuple[str, ...] = ()
     problems: tuple[str, ...] = field(default=(), compare=False)
+    kafka_source: KafkaEventSource | None = None  # the transaction events' source when it is a KafkaSource
 
     @property
     def window_features(self) -> tuple[WindowFeature, ...]:
@@ -390,7 +403,26 @@ def from_objects(
         on_demand_views=tuple(v.name for v in on_demand_views),
         feature_services=tuple(s.name for s in feature_services),
         problems=tuple(problems),
+        kafka_source=_kafka_source(transaction_view, problems),
     )
+
+
+def _kafka_source(transaction_view: FeatureView, problems: list[str]) -> KafkaEventSource | None:
+    """The transaction view's stream source when it is Feast's `KafkaSource` (with `JsonFormat`), else None."""
+    from feast.data_format import JsonFormat
+    from feast.data_source import KafkaSource
+
+    source = transaction_view.stream_source
+    if not isinstance(source, KafkaSource):
+        return None
+    options = source.kafka_options
+    where = f"{TRANSACTION_VIEW}'s source {source.name}"
+    if not isinstance(options.message_format, JsonFormat):
+        problems.append(f"{where}: message_format must be JsonFormat (events are JSON), got {options.message_format}")
+    if not options.kafka_bootstrap_servers or not options.topic:
+        problems.append(f"{where}: set kafka_bootstrap_servers and topic")
+        return None
+    return KafkaEventSource(source.name, options.kafka_bootstrap_servers, options.topic, source.timestamp_field)
 
 
 def parse_repo(repo: Path) -> Catalog:

@@ -12,7 +12,7 @@ import numpy as np
 import redis
 
 from pipelines.events import LABELS, TRANSACTIONS
-from pipelines.stream.log import DEAD_LETTER, Entry, RedisStreamLog
+from pipelines.stream.log import DEAD_LETTER, Entry, EventLog, RedisStreamLog
 from pipelines.stream.updater import OnlineUpdater
 
 log = logging.getLogger("fraudserve.stream")
@@ -52,10 +52,12 @@ class WorkerMetrics:
 class Worker:
     def __init__(
         self, client: redis.Redis, project: str, consumer: str, lateness: timedelta, batch: int = 500,
-        claim_idle_ms: int = 15_000, partitions: int = 1,
+        claim_idle_ms: int = 15_000, partitions: int = 1, log: EventLog | None = None,
     ) -> None:  # fmt: skip
+        """`log`: where the events come from (default: Redis Streams on `client`; `KafkaLog` for Kafka). The online
+        store, the stats and the freshness samples are on `client` whichever it is."""
         self.client: Any = client
-        self.stream = RedisStreamLog(client, partitions=partitions)
+        self.stream: Any = log if log is not None else RedisStreamLog(client, partitions=partitions)
         self.updater = OnlineUpdater(client, project, lateness)
         self.consumer = consumer
         self.batch = batch
@@ -109,6 +111,8 @@ class Worker:
         while True:
             try:
                 self._run(until_idle_s, should_stop)
+                if hasattr(self.stream, "close"):
+                    self.stream.close()  # a Kafka consumer leaves its group: its partitions move at once
                 return self._processed
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 outage_since = outage_since or time.monotonic()
@@ -141,9 +145,11 @@ class Worker:
                     return
 
 
-def status(client: redis.Redis, sample_s: float = 1.0, partitions: int = 1) -> dict[str, Any]:
-    """Lag of the consumer group, events/s, dead letters and freshness (append to online visibility, p50/p99)."""
-    stream = RedisStreamLog(client, partitions=partitions)
+def status(client: redis.Redis, sample_s: float = 1.0, partitions: int = 1, log: Any = None) -> dict[str, Any]:
+    """Lag of the consumer group, events/s, dead letters and freshness (append to online visibility, p50/p99).
+
+    With `log` (a `KafkaLog`): the lag and the dead letters as the brokers count them."""
+    stream = log if log is not None else RedisStreamLog(client, partitions=partitions)
     before = int(client.hget(STATS, "processed") or 0)  # type: ignore[arg-type]
     time.sleep(sample_s)
     stats = {k.decode(): int(v) for k, v in client.hgetall(STATS).items()}  # type: ignore[union-attr]
@@ -152,7 +158,7 @@ def status(client: redis.Redis, sample_s: float = 1.0, partitions: int = 1) -> d
         **stream.lag(),
         "processed": stats.get("processed", 0),
         "events_per_second": (stats.get("processed", 0) - before) / sample_s,
-        "dead_letter": int(client.xlen(DEAD_LETTER)),  # type: ignore[arg-type]
+        "dead_letter": log.dead_letter_count() if log is not None else int(client.xlen(DEAD_LETTER)),  # type: ignore[arg-type]
         "late": stats.get("late", 0),
         "freshness_p50_ms": float(np.percentile(samples, 50)) if samples.size else None,
         "freshness_p99_ms": float(np.percentile(samples, 99)) if samples.size else None,

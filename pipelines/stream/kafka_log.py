@@ -1,0 +1,448 @@
+"""Apache Kafka as the stream's transport, beside Redis Streams (`pipelines.stream.log.RedisStreamLog`).
+
+Topics: transaction events, label events and dead letters. A message is one event as JSON (SPEC's fields; Feast's
+`KafkaSource` with `JsonFormat`), keyed by card id (transactions) or transaction id (labels), so that one card's
+events keep their order in one partition. Producers may be any program: the workers validate every message with the
+rules of the offline pipeline (`pipelines.validation.check`) and send an invalid one to the dead-letter topic with
+where it was (topic, partition, offset), the field, the reason and the value.
+
+Workers are one consumer group: the broker spreads the partitions over them and moves a dead worker's partitions to
+the others. A worker commits a partition's offsets only after the online writes of the events it read are done
+(`ack`), so a worker killed mid-batch leaves those events to the next owner of the partition, and applying an event
+twice changes nothing online (the updater's versioned writes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipelines.events import LABELS, EventKind
+from pipelines.stream.log import Entry
+from pipelines.validation import check
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+    from pipelines.features.catalog import KafkaEventSource
+
+log = logging.getLogger("fraudserve.stream")
+
+# Broker errors after which a commit is dropped, not raised: the partition moved to another worker (a rebalance),
+# which reads again from the last committed offset; the events it re-applies change nothing online.
+_REBALANCE_ERRORS = ("ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "REBALANCE_IN_PROGRESS", "_NO_OFFSET", "FENCED")
+
+
+class KafkaUnavailable(RuntimeError):
+    """The brokers could not be reached or refused a request."""
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """Where the events are: brokers, topics, the consumer group, and the client's security settings."""
+
+    bootstrap: str
+    transactions_topic: str
+    labels_topic: str
+    dead_letter_topic: str
+    group: str = "fraudserve-features"
+    partitions: int = 1  # for topics this module creates; existing topics keep theirs
+    session_timeout_ms: int = 10_000
+    security: Mapping[str, str] = field(default_factory=dict)  # librdkafka properties (SASL, TLS)
+    source: str = "FRAUDSERVE_KAFKA_BOOTSTRAP"  # where the servers and the topic came from, for messages
+
+    def client_config(self, **extra: Any) -> dict[str, Any]:
+        return {"bootstrap.servers": self.bootstrap, **self.security, **extra}
+
+    @property
+    def topics(self) -> tuple[str, str]:
+        return self.transactions_topic, self.labels_topic
+
+
+def kafka_config(settings: Settings, source: KafkaEventSource | None = None) -> KafkaConfig | None:
+    """The Kafka transport of this run, or None for Redis Streams.
+
+    FRAUDSERVE_KAFKA_BOOTSTRAP set: the built-in topics on those brokers. Else the Feast repo's `KafkaSource` of the
+    transaction events (`source`): its servers and topic. Security always from FRAUDSERVE_KAFKA_* settings."""
+    security = {
+        name: value
+        for name, value in {
+            "security.protocol": settings.kafka_security_protocol,
+            "sasl.mechanism": settings.kafka_sasl_mechanism,
+            "sasl.username": settings.kafka_sasl_username,
+            "sasl.password": settings.kafka_sasl_password,
+            "ssl.ca.location": settings.kafka_ssl_ca_location,
+            "ssl.certificate.location": settings.kafka_ssl_certificate_location,
+            "ssl.key.location": settings.kafka_ssl_key_location,
+        }.items()
+        if value
+    }
+
+    def build(bootstrap: str, topic: str, origin: str) -> KafkaConfig:
+        return KafkaConfig(
+            bootstrap, topic, settings.kafka_labels_topic, settings.kafka_dead_letter_topic, group=settings.kafka_group,
+            partitions=settings.stream_partitions, session_timeout_ms=settings.kafka_session_timeout_ms,
+            security=security, source=origin,
+        )  # fmt: skip
+
+    if settings.kafka_bootstrap:
+        return build(settings.kafka_bootstrap, settings.kafka_transactions_topic, "FRAUDSERVE_KAFKA_BOOTSTRAP")
+    if source is not None:
+        return build(source.bootstrap_servers, source.topic, f"the Feast KafkaSource {source.name}")
+    return None
+
+
+def event_key(kind: str, event: Mapping[str, Any]) -> str:
+    """The message key: a card's transactions share one partition (in order), a label goes by its transaction."""
+    return str(event["card_id"] if kind != LABELS.name else event["transaction_id"])
+
+
+def source_payload(payload: str, time_field: str) -> str:
+    """An event as the stream's Redis entry encodes it (`..., "ts_ms": N}`, the last key) as a Kafka message: the
+    same JSON with the time under the kind's own field (epoch milliseconds), as any other producer writes it."""
+    head, marker, tail = payload.rpartition(',"ts_ms":')
+    if not marker:
+        head, marker, tail = payload.rpartition('{"ts_ms":')
+        return '{"' + time_field + '":' + tail
+    return head + ',"' + time_field + '":' + tail
+
+
+@dataclass(frozen=True)
+class KafkaEntry(Entry):
+    """An event read from Kafka: where it was (topic, partition, offset) and when it was appended (the message's
+    timestamp, for freshness)."""
+
+    partition: int = 0
+    offset: int = 0
+    timestamp_ms: int = 0
+
+    @property
+    def appended_ms(self) -> int:
+        return self.timestamp_ms
+
+
+def _rdkafka() -> Any:
+    try:
+        import confluent_kafka
+    except ImportError as exc:  # pragma: no cover - the extra is part of dev
+        raise KafkaUnavailable("the Kafka transport needs confluent-kafka: pip install 'fraudserve[kafka]'") from exc
+    return confluent_kafka
+
+
+class KafkaLog:
+    """The worker's event log on Kafka: `read` a batch (validated, invalid ones dead-lettered), `ack` it (commit).
+
+    `kinds` maps each topic's event kind name to its `EventKind` (the transaction kind with the Feast repo's extra
+    fields); `consumer` names this worker's client in the group."""
+
+    def __init__(self, config: KafkaConfig, transactions: EventKind | None = None) -> None:
+        from pipelines.events import TRANSACTIONS
+
+        self.config = config
+        self.kinds = {config.transactions_topic: transactions or TRANSACTIONS, config.labels_topic: LABELS}
+        self.partitions = config.partitions
+        self._producer: Any = None
+        self._consumer: Any = None
+        self._read_up_to: dict[tuple[str, int], int] = {}  # next offset per partition of what was read, not acked
+        self._ensured = False
+
+    # ----------------------------------------------------------------------------------------------- topics
+    def ensure_group(self) -> None:
+        """Create the three topics when missing (`partitions` each, the brokers' replication)."""
+        if self._ensured:
+            return
+        kafka = _rdkafka()
+        from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+        admin = AdminClient(self.config.client_config())
+        wanted = [self.config.transactions_topic, self.config.labels_topic, self.config.dead_letter_topic]
+        try:
+            existing = set(admin.list_topics(timeout=15).topics)
+        except kafka.KafkaException as exc:
+            raise KafkaUnavailable(
+                f"Kafka at {self.config.bootstrap} did not answer ({self.config.source}): {exc}"
+            ) from exc
+        missing = [NewTopic(t, num_partitions=self.config.partitions) for t in wanted if t not in existing]
+        for topic, future in (admin.create_topics(missing, operation_timeout=15) if missing else {}).items():
+            try:
+                future.result()
+            except kafka.KafkaException as exc:
+                if exc.args[0].code() != kafka.KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise KafkaUnavailable(f"could not create the Kafka topic {topic}: {exc}") from exc
+        self._ensured = True
+
+    # --------------------------------------------------------------------------------------------- producing
+    @property
+    def producer(self) -> Any:
+        if self._producer is None:
+            self._producer = _rdkafka().Producer(
+                self.config.client_config(
+                    # murmur2 as the Java clients: a key lands in the same partition whichever client wrote it
+                    partitioner="murmur2_random",
+                    **{"linger.ms": 5, "enable.idempotence": True},
+                )
+            )
+        return self._producer
+
+    def append_encoded(self, kind: str, payloads: Sequence[str], keys: Sequence[str]) -> int:
+        """Write events (JSON text, as other producers would) keyed by `keys`, and wait until the brokers have them."""
+        topic = self.config.labels_topic if kind == LABELS.name else self.config.transactions_topic
+        failed: list[str] = []
+
+        def delivered(error: Any, message: Any) -> None:
+            if error is not None:
+                failed.append(str(error))
+
+        producer = self.producer
+        for payload, key in zip(payloads, keys, strict=True):
+            while True:
+                try:
+                    producer.produce(topic, payload.encode(), key.encode(), on_delivery=delivered)
+                    break
+                except BufferError:  # the client's queue is full: let it send
+                    producer.poll(0.1)
+            producer.poll(0)
+        self.flush()
+        if failed:
+            raise KafkaUnavailable(f"{len(failed)} events were not written to {topic}: {failed[0]}")
+        return len(payloads)
+
+    def append(self, kind: str, events: Sequence[dict[str, Any]]) -> int:
+        """Write validated events (times as `ts_ms`) as `append_encoded` writes them."""
+        time_field = LABELS.time_field if kind == LABELS.name else "event_timestamp"
+        payloads = [source_payload(json.dumps(e, separators=(",", ":")), time_field) for e in events]
+        return self.append_encoded(kind, payloads, [event_key(kind, e) for e in events])
+
+    def dead_letter(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Write rejected events to the dead-letter topic, one JSON message each (row, field, reason, value, ...)."""
+        for row in rows:
+            self.producer.produce(self.config.dead_letter_topic, json.dumps(row, default=str).encode())
+            self.producer.poll(0)
+        if rows:
+            self.flush()
+        return len(rows)
+
+    def flush(self, timeout_s: float = 60) -> None:
+        if self._producer is not None and self._producer.flush(timeout_s) > 0:
+            raise KafkaUnavailable(f"Kafka at {self.config.bootstrap} did not take the events within {timeout_s} s")
+
+    # --------------------------------------------------------------------------------------------- consuming
+    def consumer(self, name: str) -> Any:
+        if self._consumer is None:
+            self._consumer = _rdkafka().Consumer(
+                self.config.client_config(
+                    **{
+                        "group.id": self.config.group,
+                        "client.id": name,
+                        "enable.auto.commit": False,  # committed in `ack`, after the online writes
+                        "auto.offset.reset": "earliest",
+                        "session.timeout.ms": self.config.session_timeout_ms,
+                        "heartbeat.interval.ms": max(self.config.session_timeout_ms // 5, 500),
+                        "partition.assignment.strategy": "cooperative-sticky",
+                    }
+                )
+            )
+            self._consumer.subscribe(list(self.config.topics), on_revoke=self._revoked)
+        return self._consumer
+
+    def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
+        """Partitions taken away: forget what was read of them (their next owner reads it from the commit)."""
+        for tp in partitions:
+            self._read_up_to.pop((tp.topic, tp.partition), None)
+
+    def read(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
+        """Up to `count` valid events of the partitions this worker owns; invalid ones go to the dead-letter topic
+        (and are committed with the batch)."""
+        kafka = _rdkafka()
+        messages = self.consumer(consumer).consume(num_messages=count, timeout=block_ms / 1000)
+        by_topic: dict[str, list[Any]] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == kafka.KafkaError._PARTITION_EOF:
+                    continue
+                if error.fatal():
+                    raise KafkaUnavailable(f"Kafka consumer failed: {error}")
+                log.warning("Kafka consumer error", extra={"error": str(error)})
+                continue
+            by_topic.setdefault(message.topic(), []).append(message)
+            self._read_up_to[(message.topic(), message.partition())] = message.offset() + 1
+        entries: list[Entry] = []
+        for topic, batch in by_topic.items():
+            entries += self._validated(topic, batch)
+        if messages and not entries:
+            self.commit()  # only dead letters (already written): nothing to wait for
+        return entries
+
+    def _validated(self, topic: str, messages: list[Any]) -> list[Entry]:
+        kind = self.kinds[topic]
+        records: list[Any] = []
+        unreadable: dict[int, str] = {}
+        for index, message in enumerate(messages):
+            try:
+                record = json.loads(message.value())
+            except (ValueError, TypeError) as exc:
+                unreadable[index] = f"not valid JSON: {exc}"
+                record = {}
+            if not isinstance(record, dict):
+                unreadable.setdefault(index, "event is not a JSON object")
+                record = {}
+            records.append(record)
+        columns = {name: [r.get(name) for r in records] for name in kind.schema.names}
+        checked = check(kind, columns, np.arange(len(messages), dtype=np.int64), unreadable)
+        if checked.rejected.num_rows:
+            self.dead_letter([self._dead(kind, messages[int(r["row"])], r) for r in checked.rejected.to_pylist()])
+        from pipelines.stream.producer import normalized
+
+        events = normalized(kind, checked.valid) if checked.valid.num_rows else []
+        entries: list[Entry] = []
+        for event, row in zip(events, checked.valid_rows.tolist(), strict=True):
+            message = messages[row]
+            _, timestamp_ms = message.timestamp()
+            entries.append(
+                KafkaEntry(
+                    f"{topic}/{message.partition()}/{message.offset()}", kind.name, event, topic,
+                    message.partition(), message.offset(), max(int(timestamp_ms), 0),
+                )
+            )  # fmt: skip
+        return entries
+
+    @staticmethod
+    def _dead(kind: EventKind, message: Any, rejected: Mapping[str, Any]) -> dict[str, Any]:
+        raw = message.value() or b""
+        return {
+            "kind": kind.name,
+            "topic": message.topic(),
+            "partition": message.partition(),
+            "offset": message.offset(),
+            "row": f"{message.topic()}[{message.partition()}]@{message.offset()}",
+            "field": "(message)" if rejected["field"] == "(line)" else rejected["field"],
+            "reason": rejected["reason"],
+            "value": rejected["value"],
+            "event": raw.decode("utf-8", "replace")[:4096],
+        }
+
+    def claim_stale(self, consumer: str, idle_ms: int, count: int) -> list[Entry]:
+        """Nothing to claim: the group moves a dead worker's partitions, uncommitted events included."""
+        return []
+
+    def ack(self, entries: Sequence[Entry]) -> None:
+        """Commit what was read (the events given and the dead letters read with them): call after the online writes."""
+        self.commit()
+
+    def commit(self) -> None:
+        if not self._read_up_to or self._consumer is None:
+            return
+        kafka = _rdkafka()
+        offsets = [kafka.TopicPartition(t, p, o) for (t, p), o in self._read_up_to.items()]
+        self._read_up_to.clear()
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except kafka.KafkaException as exc:
+            name = exc.args[0].name() if exc.args else ""
+            if not any(marker in name for marker in _REBALANCE_ERRORS):
+                raise
+            log.warning("commit dropped by a rebalance; the partition's next owner re-reads", extra={"error": name})
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()  # leaves the group now: its partitions move without waiting for the timeout
+            self._consumer = None
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None
+
+    # ------------------------------------------------------------------------------------------------- lag
+    def partition_lag(self, timeout_s: float = 10) -> list[dict[str, Any]]:
+        """Per partition of the event topics: the broker's end offset, the group's committed offset, and the lag."""
+        kafka = _rdkafka()
+        probe = self._consumer or kafka.Consumer(
+            self.config.client_config(**{"group.id": self.config.group, "enable.auto.commit": False})
+        )
+        try:
+            metadata = probe.list_topics(timeout=timeout_s)
+            partitions = [
+                kafka.TopicPartition(topic, p)
+                for topic in self.config.topics
+                if topic in metadata.topics
+                for p in sorted(metadata.topics[topic].partitions)
+            ]
+            committed = probe.committed(partitions, timeout=timeout_s) if partitions else []
+            rows = []
+            for tp in committed:
+                low, high = probe.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+                position = tp.offset if tp.offset >= 0 else low
+                rows.append(
+                    {"topic": tp.topic, "partition": tp.partition, "end": high, "committed": max(tp.offset, -1),
+                     "lag": max(high - position, 0)}
+                )  # fmt: skip
+            return rows
+        except kafka.KafkaException as exc:
+            raise KafkaUnavailable(f"Kafka at {self.config.bootstrap} did not answer: {exc}") from exc
+        finally:
+            if probe is not self._consumer:
+                probe.close()
+
+    def lag(self) -> dict[str, int]:
+        """As `RedisStreamLog.lag`: events not yet committed by the group (`pending` is always 0 on Kafka)."""
+        rows = self.partition_lag()
+        return {"lag": sum(r["lag"] for r in rows), "pending": 0, "length": sum(r["end"] for r in rows)}
+
+    def dead_letter_count(self, timeout_s: float = 10) -> int:
+        """Messages in the dead-letter topic (end minus start offsets over its partitions)."""
+        kafka = _rdkafka()
+        probe = kafka.Consumer(self.config.client_config(**{"group.id": f"{self.config.group}-status"}))
+        try:
+            metadata = probe.list_topics(self.config.dead_letter_topic, timeout=timeout_s)
+            topic = metadata.topics.get(self.config.dead_letter_topic)
+            if topic is None or topic.error is not None:
+                return 0
+            total = 0
+            for p in topic.partitions:
+                low, high = probe.get_watermark_offsets(
+                    kafka.TopicPartition(self.config.dead_letter_topic, p), timeout=timeout_s
+                )
+                total += high - low
+            return total
+        finally:
+            probe.close()
+
+
+def read_dead_letters(
+    config: KafkaConfig, timeout_s: float = 10, stop: Callable[[], bool] = lambda: False
+) -> list[dict[str, Any]]:
+    """Every message of the dead-letter topic, decoded (for tests and inspection)."""
+    kafka = _rdkafka()
+    consumer = kafka.Consumer(
+        config.client_config(**{"group.id": f"{config.group}-dead-letter-reader", "enable.auto.commit": False})
+    )
+    try:
+        metadata = consumer.list_topics(config.dead_letter_topic, timeout=timeout_s)
+        topic = metadata.topics[config.dead_letter_topic]
+        assignment = []
+        ends = {}
+        for p in topic.partitions:
+            low, high = consumer.get_watermark_offsets(kafka.TopicPartition(config.dead_letter_topic, p))
+            if high > low:
+                assignment.append(kafka.TopicPartition(config.dead_letter_topic, p, low))
+                ends[p] = high
+        consumer.assign(assignment)
+        rows: list[dict[str, Any]] = []
+        remaining = dict(ends)
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while remaining and time.monotonic() < deadline and not stop():
+            for message in consumer.consume(num_messages=500, timeout=0.5):
+                if message.error() is not None:
+                    continue
+                rows.append(json.loads(message.value()))
+                if message.offset() + 1 >= remaining.get(message.partition(), 0):
+                    remaining.pop(message.partition(), None)
+        return rows
+    finally:
+        consumer.close()
