@@ -7,7 +7,7 @@ import warnings
 
 import typer
 
-from fraudserve.commands import data, demo, features, keys, models, redis, scoring, serve, stream, training
+from fraudserve.commands import data, demo, features, keys, models, monitor, redis, scoring, serve, stream, training
 
 app = typer.Typer(no_args_is_help=True, help="Payments fraud scoring on Feast and Redis.")
 app.add_typer(data.app, name="data")
@@ -17,6 +17,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(stream.app, name="stream")
 app.add_typer(keys.app, name="keys")
 app.add_typer(redis.app, name="redis")
+app.add_typer(monitor.app, name="monitor")
 app.command("train")(training.train_command)
 app.command("serve")(serve.serve)
 app.command("env")(redis.env)

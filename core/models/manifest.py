@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from core.models.reference import DriftReference
+
 MANIFEST_FILE = "manifest.json"
 
 
@@ -97,6 +99,8 @@ class Manifest(_Strict):
     training: TrainingWindow | None = None
     evaluation: Evaluation | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    # Training distributions for drift (core/models/reference.py); packages trained before it have none.
+    reference: DriftReference | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     registered_at: datetime | None = None
 

@@ -21,6 +21,7 @@ from core.models.manifest import (
     Manifest,
     TrainingWindow,
 )
+from core.models.reference import reference_of
 from core.models.runtime import load_runtime
 from pipelines.training.dataset import LABEL, TrainingDataError, TrainingSet
 from pipelines.training.evaluate import baseline_rules, baseline_scores, choose_thresholds, metrics
@@ -182,6 +183,10 @@ def train(training_set: TrainingSet, config: TrainConfig, out: Path, progress: P
     )
     thresholds = choose_thresholds(vy, runtime.predict(vx))
     frame = training_set.frame
+    everything = _matrix(frame, names)
+    reference = reference_of(
+        {name: everything[:, j] for j, name in enumerate(names)}, runtime.predict(tx), "training set (all splits)"
+    )
     manifest = Manifest(
         flavor=config.flavor,
         model_file=model_file,
@@ -201,6 +206,7 @@ def train(training_set: TrainingSet, config: TrainConfig, out: Path, progress: P
         ),
         evaluation=evaluation,
         params={**params, "seed": config.seed},
+        reference=reference,
         created_at=datetime.now(UTC),
     )
     (out / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))

@@ -1,0 +1,101 @@
+"""`fraudserve monitor report`'s inputs and renderings: the log, labels and manifests of FRAUDSERVE_HOME, and a
+small self-contained HTML page (inline SVG, no scripts, no network) of the report's JSON form."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from core.errors import ModelNotFound
+from core.models.manifest import Manifest
+from core.registry import ModelRegistry
+from core.score_log import read_log
+from core.settings import Settings
+from pipelines.monitoring import build_report, load_labels
+
+
+def report(
+    settings: Settings,
+    model: str | None = None,
+    days: int = 7,
+    log_dirs: Sequence[Path] = (),
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The report over the last `days` days of the score log (FRAUDSERVE_HOME's and any `log_dirs`: a feature
+    service's own Feast logging destination), with the offline store's labels known `now`."""
+    moment = now or datetime.now(UTC)
+    log = read_log([settings.score_log_dir, *log_dirs], days=days, today=moment.date())
+    registry = ModelRegistry.at(settings.models_dir, None, None)
+    manifests: dict[tuple[str, int], Manifest | None] = {}
+    pairs = zip(log.column("model").to_pylist(), log.column("version").to_pylist(), strict=True)
+    for name, version in {(str(m), int(v)) for m, v in pairs}:
+        try:
+            manifests[(name, version)] = registry.get(name, version).manifest
+        except ModelNotFound:
+            manifests[(name, version)] = None
+    labels = load_labels(settings.offline.labels_file, moment)
+    return build_report(log, labels, manifests, days=days, model=model, now=moment)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _bars(values: list[tuple[str, float]], flag: float | None = None, width: int = 560) -> str:
+    """A horizontal bar chart as inline SVG: one labelled bar per value (red at or above `flag`)."""
+    if not values:
+        return "<p>no data</p>"
+    top = max(v for _, v in values) or 1.0
+    row = 18
+    parts = [f'<svg width="{width}" height="{row * len(values) + 4}" xmlns="http://www.w3.org/2000/svg">']
+    for i, (label, value) in enumerate(values):
+        length = (width - 260) * value / top
+        colour = "#c0392b" if flag is not None and value >= flag else "#2e86c1"
+        y = i * row + 2
+        parts.append(
+            f'<text x="0" y="{y + 12}" font-size="11">{html.escape(label)}</text>'
+            f'<rect x="200" y="{y}" width="{length:.1f}" height="{row - 4}" fill="{colour}"/>'
+            f'<text x="{204 + length:.1f}" y="{y + 12}" font-size="11">{value:.3g}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render_html(data: dict[str, Any]) -> str:
+    """The report as one HTML page: per version the counts, quality, daily scores and the PSI of each feature."""
+    sections = []
+    for version in data["versions"]:
+        quality = version["quality"]
+        drift = version["drift"]
+        thresholds = "".join(
+            f"<tr><td>{html.escape(name)} &ge; {t['threshold']:.3f}</td><td>{t['flagged']}</td>"
+            f"<td>{_fmt(t['precision'])}</td><td>{_fmt(t['recall'])}</td></tr>"
+            for name, t in quality["at_thresholds"].items()
+        )
+        psi = [(f["feature"], f["psi"]) for f in drift["features"]]
+        if drift["score"] is not None:
+            psi.insert(0, ("(score)", drift["score"]["psi"]))
+        sections.append(
+            f"<h2>{html.escape(version['model'])} version {version['version']} "
+            f"<small>({html.escape(version['feature_service'])})</small></h2>"
+            f"<p>{version['scores']} scores; labels {html.escape(str(version['labels']))}; uncertain share "
+            f"{_fmt(version['uncertain_share'])}; roles {html.escape(str(version['roles']))}</p>"
+            f"<p>labelled {quality['labelled']} ({quality['positives']} fraud): ROC-AUC {_fmt(quality['roc_auc'])}, "
+            f"PR-AUC {_fmt(quality['pr_auc'])}</p>"
+            f"<table><tr><th>threshold</th><th>flagged</th><th>precision</th><th>recall</th></tr>{thresholds}</table>"
+            "<h3>scores per day</h3>" + _bars([(d["day"], float(d["scores"])) for d in version["days"]]) +
+            f"<h3>drift (PSI; reference: {html.escape(str(drift['reference']))})</h3>"
+            f"<p>{html.escape(drift['note'])}</p>" + _bars(psi, flag=data["psi_flag"])
+        )  # fmt: skip
+    body = "".join(sections) or "<p>no scores logged in this window</p>"
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>fraudserve monitoring</title>"
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 8px}</style></head><body>"
+        f"<h1>fraudserve monitoring</h1><p>last {data['days']} day(s), generated {html.escape(data['generated_at'])};"
+        f" {data['rows']} logged scores; {data['labels_known']} transactions labelled; PSI &ge; {data['psi_flag']}"
+        f" flagged</p>{body}</body></html>"
+    )

@@ -1,0 +1,206 @@
+"""The monitoring report: served scores judged once labels arrive, and drift against the training reference.
+
+Input: the score log (core/score_log.py), the labels known now (the offline store's labels file: the latest verdict
+per transaction whose label time has passed) and each version's manifest (thresholds, drift reference). Output: a
+plain dict, the stable `--json` form (`REPORT_SCHEMA`, documented in README "Monitoring"):
+
+- per model version: scores served, label mix, `uncertain` share, roles; quality on the labelled transactions
+  (each transaction counted once per version, its latest score): ROC-AUC, PR-AUC (average precision), precision
+  and recall at the manifest's thresholds; drift: PSI of the score and of every feature, served rows against the
+  reference (`PSI >= 0.2` flagged, worst first);
+- the same counts and quality per day, with the day's score PSI.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from core.models.manifest import Manifest
+from core.models.reference import FLAG, DriftReference, psi
+
+REPORT_SCHEMA = "fraudserve.monitor.report/1"
+UNCERTAIN = "uncertain"
+LABELS = ("not_fraud", "suspicious", "highly_suspicious", UNCERTAIN)
+
+
+def load_labels(path: Path, now: datetime | None = None) -> pd.DataFrame:
+    """The verdict in force now per transaction (`transaction_id`, `is_fraud`): the latest label at or before now."""
+    if not path.exists():
+        return pd.DataFrame({"transaction_id": pd.Series(dtype=str), "is_fraud": pd.Series(dtype=bool)})
+    table = pq.read_table(path, columns=["transaction_id", "is_fraud", "label_timestamp"]).to_pandas()
+    moment = pd.Timestamp(now or datetime.now(UTC))
+    stamps = pd.to_datetime(table["label_timestamp"], utc=True)
+    known = table[stamps <= moment].assign(label_timestamp=stamps[stamps <= moment])
+    latest = known.sort_values("label_timestamp", kind="stable").drop_duplicates("transaction_id", keep="last")
+    result: pd.DataFrame = latest[["transaction_id", "is_fraud"]].reset_index(drop=True)
+    return result
+
+
+def _number(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def quality(scores: np.ndarray, labels: np.ndarray, manifest: Manifest | None) -> dict[str, Any]:
+    """Labelled rows, positives, ROC-AUC and PR-AUC (None unless both classes are present), and precision and
+    recall at each of the manifest's thresholds (precision None when nothing is at or above it)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    positives = int(labels.sum())
+    both = 0 < positives < len(labels)
+    result: dict[str, Any] = {
+        "labelled": len(labels),
+        "positives": positives,
+        "roc_auc": _number(float(roc_auc_score(labels, scores))) if both else None,
+        "pr_auc": _number(float(average_precision_score(labels, scores))) if both else None,
+        "at_thresholds": {},
+    }
+    if manifest is not None:
+        for name in ("suspicious", "highly_suspicious"):
+            threshold = float(getattr(manifest.thresholds, name))
+            flagged = scores >= threshold
+            hits = int((flagged & labels).sum())
+            result["at_thresholds"][name] = {
+                "threshold": threshold,
+                "flagged": int(flagged.sum()),
+                "precision": hits / int(flagged.sum()) if flagged.any() else None,
+                "recall": hits / positives if positives else None,
+            }
+    return result
+
+
+def _counts(frame: pd.DataFrame) -> dict[str, Any]:
+    mix = frame["label"].value_counts()
+    return {
+        "scores": len(frame),
+        "labels": {label: int(mix.get(label, 0)) for label in LABELS},
+        "uncertain_share": float(mix.get(UNCERTAIN, 0)) / len(frame) if len(frame) else None,
+    }
+
+
+def _quality_of(frame: pd.DataFrame, labels: pd.DataFrame, manifest: Manifest | None) -> dict[str, Any]:
+    scored = frame[frame["transaction_id"].notna()].sort_values("time", kind="stable")
+    latest = scored.drop_duplicates("transaction_id", keep="last")
+    joined = latest.merge(labels, on="transaction_id", how="inner")
+    return quality(joined["score"].to_numpy(dtype=np.float64), joined["is_fraud"].to_numpy(dtype=bool), manifest)
+
+
+def feature_columns(features: pa.ChunkedArray | pa.Array) -> dict[str, np.ndarray]:
+    """The logged vectors as one column per feature name (NaN: null), rows in log order."""
+    if isinstance(features, pa.ChunkedArray):
+        features = features.combine_chunks()
+    flat = pc.list_flatten(features)
+    if not len(flat):
+        return {}
+    names = flat.field("name").to_numpy(zero_copy_only=False)
+    values = flat.field("value").to_numpy(zero_copy_only=False).astype(np.float64)
+    columns: dict[str, np.ndarray] = {}
+    for name in pd.unique(names):
+        columns[str(name)] = values[names == name]
+    return columns
+
+
+def drift(
+    scores: np.ndarray, features: Mapping[str, np.ndarray], reference: DriftReference | None, note: str
+) -> dict[str, Any]:
+    if reference is None:
+        return {"reference": None, "note": note, "score": None, "features": []}
+    rows: list[dict[str, Any]] = []
+    for name, values in features.items():
+        expected = reference.features.get(name)
+        value = None if expected is None else psi(expected, values)
+        if value is None:
+            continue
+        rows.append({"feature": name, "psi": value, "flagged": value >= FLAG,
+                     "null_share": float(np.isnan(values).mean())})  # fmt: skip
+    rows.sort(key=lambda r: -r["psi"])
+    score = None if reference.score is None else psi(reference.score, scores)
+    return {
+        "reference": reference.source,
+        "note": note,
+        "score": None if score is None else {"psi": score, "flagged": score >= FLAG},
+        "features": rows,
+        "flagged": [r["feature"] for r in rows if r["flagged"]],
+    }
+
+
+def build_report(
+    log: pa.Table,
+    labels: pd.DataFrame,
+    manifests: Mapping[tuple[str, int], Manifest | None],
+    *,
+    days: int,
+    model: str | None = None,
+    references: Mapping[tuple[str, int], tuple[DriftReference, str]] | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The report over `log` (already restricted to the days asked for). `references`: drift references that
+    replace a package's own (rebuilt for packages without one), with the note that says where they came from."""
+    frame = log.drop_columns(["features"]).to_pandas()
+    frame["day"] = pd.to_datetime(frame["time"], utc=True).dt.strftime("%Y-%m-%d")
+    frame["row"] = np.arange(len(frame))
+    if model is not None:
+        frame = frame[frame["model"] == model]
+    versions = []
+    for (name, version), part in frame.groupby(["model", "version"], sort=True):
+        manifest = manifests.get((str(name), int(version)))
+        vectors = feature_columns(log.column("features").take(pa.array(part["row"].to_numpy())))
+        scores = part["score"].to_numpy(dtype=np.float64)
+        reference, note = _reference(str(name), int(version), manifest, references)
+        entry: dict[str, Any] = {
+            "model": str(name),
+            "version": int(version),
+            "feature_service": str(part["feature_service"].iloc[0]),
+            **_counts(part),
+            "roles": {str(k): int(v) for k, v in part["role"].value_counts().sort_index().items()},
+            "quality": _quality_of(part, labels, manifest),
+            "drift": drift(scores, vectors, reference, note),
+            "days": [],
+        }
+        for day, daily in part.groupby("day", sort=True):
+            score_psi = None
+            if reference is not None and reference.score is not None:
+                score_psi = psi(reference.score, daily["score"].to_numpy(dtype=np.float64))
+            entry["days"].append(
+                {"day": str(day), **_counts(daily), "quality": _quality_of(daily, labels, manifest),
+                 "score_psi": score_psi}
+            )  # fmt: skip
+        versions.append(entry)
+    return {
+        "schema": REPORT_SCHEMA,
+        "generated_at": (now or datetime.now(UTC)).isoformat(),
+        "days": days,
+        "model": model,
+        "rows": len(frame),
+        "labels_known": len(labels),
+        "psi_flag": FLAG,
+        "versions": versions,
+    }
+
+
+def _reference(
+    name: str,
+    version: int,
+    manifest: Manifest | None,
+    references: Mapping[tuple[str, int], tuple[DriftReference, str]] | None,
+) -> tuple[DriftReference | None, str]:
+    given = (references or {}).get((name, version))
+    if given is not None:
+        return given
+    if manifest is None:
+        return None, f"{name} version {version} is not in the registry: no reference to compare with"
+    if manifest.reference is None:
+        return None, (
+            f"{name} version {version} was trained before packages kept a drift reference; rerun with "
+            "--rebuild-reference to rebuild it from the offline store over its training window, or retrain"
+        )
+    return manifest.reference, "kept in the model package at training time"

@@ -1,0 +1,198 @@
+"""The monitoring report on hand-made log and label files, checked against independent computations."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from core.models.manifest import MANIFEST_FILE, Manifest
+from core.models.reference import FLOOR, Distribution, distribution, psi, reference_of
+from core.registry import ModelRegistry
+from core.score_log import SCHEMA, write_part
+from core.settings import Settings
+from fraudserve.monitoring import render_html, report
+from tests.model_packages import make_package
+
+NOW = datetime(2026, 12, 1, 18, 0, tzinfo=UTC)
+
+
+def hand_psi(reference: Distribution, values: list[float | None]) -> float:
+    """PSI the long way: each value's bin by walking the edges, shares, then the sum."""
+    bins = [0] * (len(reference.edges) + 1)
+    nulls = 0
+    for value in values:
+        if value is None or math.isnan(value):
+            nulls += 1
+            continue
+        bins[sum(1 for edge in reference.edges if value >= edge)] += 1
+    present = len(values) - nulls
+    actual = [b / len(values) for b in bins] + [nulls / len(values)]
+    expected = [p * (1 - reference.null) for p in reference.proportions] + [reference.null]
+    total = 0.0
+    for e, a in zip(expected, actual, strict=True):
+        if e == 0 and a == 0:
+            continue
+        e, a = max(e, FLOOR), max(a, FLOOR)  # noqa: PLW2901
+        total += (a - e) * math.log(a / e)
+    assert present + nulls == len(values)
+    return total
+
+
+def hand_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """ROC-AUC as the share of (fraud, genuine) pairs ranked right, ties counting half."""
+    pos, neg = scores[labels], scores[~labels]
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(wins / (len(pos) * len(neg)))
+
+
+def test_psi_of_the_reference_itself_is_zero_and_a_shift_is_large() -> None:
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=5000)
+    values[:500] = np.nan
+    reference = distribution(values)
+    assert reference.null == pytest.approx(0.1) and len(reference.proportions) == len(reference.edges) + 1
+    assert psi(reference, values) == pytest.approx(0.0, abs=1e-12)
+    shifted = values + 1.0
+    assert psi(reference, shifted) == pytest.approx(hand_psi(reference, list(shifted)), rel=1e-12)
+    assert psi(reference, shifted) > 0.2  # type: ignore[operator]
+    fresh = rng.normal(size=3000)
+    fresh[:300] = np.nan
+    assert psi(reference, fresh) < 0.05  # type: ignore[operator]
+    assert psi(reference, fresh[300:]) > 0.2  # type: ignore[operator]  # the nulls vanished: a shift too
+
+
+@pytest.fixture()
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A registry holding one version with a training reference, two days of logged scores and the labels file."""
+    monkeypatch.setenv("FRAUDSERVE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FRAUDSERVE_REDIS", raising=False)
+    settings = Settings()
+    rng = np.random.default_rng(7)
+    package = make_package(tmp_path / "pkg", [("amount_z", "float64"), ("velocity", "float64")], feature_service="svc")
+    train_a, train_b = rng.normal(size=4000), rng.normal(size=4000)
+    train_b[:400] = np.nan
+    manifest = Manifest.model_validate_json((package / MANIFEST_FILE).read_text())
+    reference = reference_of({"amount_z": train_a, "velocity": train_b}, rng.uniform(size=4000), "hand-made")
+    (package / MANIFEST_FILE).write_text(manifest.model_copy(update={"reference": reference}).model_dump_json())
+    registry = ModelRegistry.at(settings.models_dir, None, None)
+    version = registry.register(package, name="fraud", feature_service="svc").version
+
+    n = 600
+    a = rng.normal(loc=1.5, size=n)  # served amount_z shifted; velocity not
+    b = rng.normal(size=n)
+    b[:50] = np.nan
+    fraud = rng.uniform(size=n) < 0.15
+    scores = np.clip(rng.normal(0.3, 0.2, size=n) + 0.35 * fraud, 0, 1).round(3)  # ties on purpose
+    labels = ["uncertain" if i % 10 == 0 else manifest.thresholds.label(s) for i, s in enumerate(scores)]
+    times = [NOW - timedelta(days=1 if i < n // 2 else 0, minutes=i % 60) for i in range(n)]
+    ids = [f"t{i}" for i in range(n)]
+    ids[-1] = ids[-2]  # scored twice: its latest score counts once for quality
+    features = [[{"name": "amount_z", "value": float(a[i])},
+                 {"name": "velocity", "value": None if np.isnan(b[i]) else float(b[i])}] for i in range(n)]  # fmt: skip
+    table = pa.Table.from_pydict(
+        {"request_id": [f"r{i}" for i in range(n)], "time": times, "transaction_id": ids, "model": ["fraud"] * n,
+         "version": [version] * n, "role": ["production"] * n, "feature_service": ["svc"] * n,
+         "score": scores, "label": labels, "feature_freshness_seconds": [1.0] * n, "features": features},
+        schema=SCHEMA,
+    )  # fmt: skip
+    for day, part in ((NOW.date() - timedelta(days=1), table.slice(0, n // 2)), (NOW.date(), table.slice(n // 2))):
+        write_part(settings.score_log_dir, day, part, 1)
+    # Labels: two thirds known by NOW; one label of t0 arrives later (not known yet); t1 relabelled.
+    known = list(range(0, n - 1, 3)) + list(range(1, n - 1, 3))
+    label_rows = [{"transaction_id": f"t{i}", "is_fraud": bool(fraud[i]), "label_timestamp": NOW - timedelta(hours=1)}
+                  for i in known]  # fmt: skip
+    label_rows.append({"transaction_id": "t2", "is_fraud": True, "label_timestamp": NOW + timedelta(days=3)})
+    later = NOW - timedelta(minutes=30)
+    label_rows.append({"transaction_id": "t1", "is_fraud": not fraud[1], "label_timestamp": later})
+    label_rows.append({"transaction_id": f"t{n - 2}", "is_fraud": True, "label_timestamp": later})
+    settings.offline.labels_file.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(label_rows).to_parquet(settings.offline.labels_file)
+    return {"settings": settings, "version": version, "scores": scores, "fraud": fraud, "known": known, "a": a,
+            "b": b, "labels": labels, "reference": reference, "manifest": manifest, "n": n}  # fmt: skip
+
+
+def test_report_counts_quality_and_drift_match_independent_computations(home: dict[str, Any]) -> None:
+    data = report(home["settings"], days=3, now=NOW)
+    json.dumps(data, allow_nan=False)  # plain JSON
+    (version,) = data["versions"]
+    n, scores, fraud = home["n"], home["scores"], home["fraud"].copy()
+    assert version["scores"] == n and [d["scores"] for d in version["days"]] == [n // 2, n // 2]
+    assert version["labels"]["uncertain"] == sum(1 for x in home["labels"] if x == "uncertain")
+    assert version["uncertain_share"] == pytest.approx(version["labels"]["uncertain"] / n)
+
+    # Quality: each transaction once (row n-1 is t{n-2} scored a minute earlier: row n-2's score counts), with
+    # the labels known at NOW.
+    truth = {f"t{i}": bool(fraud[i]) for i in home["known"]}
+    truth["t1"] = not fraud[1]  # the later of t1's two labels
+    truth[f"t{n - 2}"] = True
+    latest = {f"t{i}": scores[i] for i in range(n - 1)}
+    ids = sorted(truth)
+    s = np.array([latest[t] for t in ids])
+    y = np.array([truth[t] for t in ids])
+    quality = version["quality"]
+    assert quality["labelled"] == len(ids) and quality["positives"] == int(y.sum())
+    assert quality["roc_auc"] == pytest.approx(hand_auc(s, y), rel=1e-12)
+    for name in ("suspicious", "highly_suspicious"):
+        t = getattr(home["manifest"].thresholds, name)
+        flagged = s >= t
+        got = quality["at_thresholds"][name]
+        assert got["precision"] == pytest.approx((flagged & y).sum() / flagged.sum())
+        assert got["recall"] == pytest.approx((flagged & y).sum() / y.sum())
+
+    drift = version["drift"]
+    reference = home["reference"]
+    by_feature = {f["feature"]: f for f in drift["features"]}
+    expected_a = hand_psi(reference.features["amount_z"], list(home["a"]))
+    assert by_feature["amount_z"]["psi"] == pytest.approx(expected_a, rel=1e-9)
+    assert by_feature["velocity"]["psi"] == pytest.approx(
+        hand_psi(reference.features["velocity"], list(home["b"])), rel=1e-9
+    )
+    assert by_feature["amount_z"]["flagged"] and not by_feature["velocity"]["flagged"]
+    assert drift["flagged"] == ["amount_z"] and drift["features"][0]["feature"] == "amount_z"  # worst first
+    assert drift["score"]["psi"] == pytest.approx(hand_psi(reference.score, list(scores)), rel=1e-9)
+    assert "<svg" in render_html(data)
+
+
+def test_days_and_model_filters(home: dict[str, Any]) -> None:
+    assert report(home["settings"], days=1, now=NOW)["versions"][0]["scores"] == home["n"] // 2
+    assert report(home["settings"], model="other", days=3, now=NOW)["versions"] == []
+
+
+def test_the_command_prints_json_and_writes_html(home: dict[str, Any], tmp_path: Path) -> None:
+    from fraudserve.cli import app
+
+    page = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["monitor", "report", "--days", "30", "--json", "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["schema"] == "fraudserve.monitor.report/1"
+    assert data["versions"][0]["scores"] == home["n"]
+    assert page.read_text().startswith("<!doctype html>")
+    table = CliRunner().invoke(app, ["monitor", "report", "--days", "30"])
+    assert table.exit_code == 0 and "amount_z" in table.stdout and "drift" in table.stdout
+
+
+def test_a_package_without_a_reference_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRAUDSERVE_HOME", str(tmp_path / "home"))
+    settings = Settings()
+    package = make_package(tmp_path / "pkg", [("x", "float64")], feature_service="svc")
+    version = ModelRegistry.at(settings.models_dir, None, None).register(package, name="old").version
+    row = {"request_id": "r", "time": NOW, "transaction_id": "t", "model": "old", "version": version,
+           "role": "production", "feature_service": "svc", "score": 0.5, "label": "suspicious",
+           "feature_freshness_seconds": None, "features": [{"name": "x", "value": 1.0}]}  # fmt: skip
+    write_part(settings.score_log_dir, NOW.date(), pa.Table.from_pylist([row], schema=SCHEMA), 1)
+    (version_report,) = report(settings, days=1, now=NOW)["versions"]
+    assert version_report["drift"]["reference"] is None
+    assert "trained before packages kept a drift reference" in version_report["drift"]["note"]
+    assert version_report["quality"]["labelled"] == 0 and version_report["quality"]["roc_auc"] is None
+    assert pq.read_schema(next(settings.score_log_dir.rglob("*.parquet"))) == SCHEMA
