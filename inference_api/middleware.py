@@ -29,6 +29,9 @@ def _too_large(limit: int) -> bytes:
     ).encode()  # fmt: skip
 
 
+_PACKAGE_UPLOAD = re.compile(r"^/v1/admin/models/[^/]+/versions$")
+
+
 class RequestContext:
     def __init__(
         self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, log_all: bool = True, slow_s: float = 0.25
@@ -50,6 +53,9 @@ class RequestContext:
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
         limit = self.max_body_bytes
+        if scope.get("method") == "POST" and _PACKAGE_UPLOAD.match(scope.get("path", "")):
+            # A model package (registration over HTTP) has its own, larger limit.
+            limit = max(limit, scope["app"].state.settings.max_package_bytes)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

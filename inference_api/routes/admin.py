@@ -1,17 +1,22 @@
-"""The model registry over HTTP, for `admin` keys: list, show, promote, rollback, reload."""
+"""The model registry over HTTP, for `admin` keys: list, show, register a package, promote, rollback, reload."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.keys import Scope
-from core.registry import PRODUCTION, ModelRegistry, ModelVersion
+from core.registry import PRODUCTION, ModelRegistry, ModelVersion, registry_notices
+from core.settings import Settings
 from inference_api.auth import require
+from inference_api.domain.feature_services import FeastFeatureServices
 from inference_api.domain.models import ModelManager
+from inference_api.domain.package_upload import unpack
 from inference_api.schemas import ErrorResponse, ModelName
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[require(Scope.admin)])
@@ -70,6 +75,48 @@ async def promote(name: ModelName, body: Promotion, request: Request) -> dict[st
 @router.post("/models/{name}/rollback", responses=ERRORS)
 async def rollback(name: ModelName, request: Request) -> dict[str, Any]:
     return _version(await asyncio.to_thread(_registry(request).rollback, name))
+
+
+# The body of a registration: the package folder as a gzipped tar (`tar czf - -C PACKAGE .`).
+PACKAGE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+FeatureServiceName = Annotated[
+    str | None,
+    Query(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+          description="The feature service the package must have been trained on (default: its manifest's)."),
+]  # fmt: skip
+
+
+@router.post("/models/{name}/versions", status_code=201, responses=ERRORS, openapi_extra=PACKAGE_BODY)
+async def register_version(
+    name: ModelName, request: Request, feature_service: FeatureServiceName = None
+) -> dict[str, Any]:
+    """Register a model package sent as a `.tar.gz` body: the CLI's checks (manifest, model file, features against
+    the Feast feature service, the API's feature plan), plus a size limit (FRAUDSERVE_MAX_PACKAGE_BYTES, 413 past
+    it) and no links, device files or paths outside the package (422 naming the member). Nothing is kept of a
+    refused package. The new version is `production` if it is the name's first, `candidate` otherwise."""
+    body = await request.body()
+    settings: Settings = request.app.state.settings
+    manager: ModelManager = request.app.state.models
+    model = await asyncio.to_thread(_register_upload, body, name, feature_service, settings, manager)
+    await asyncio.to_thread(manager.refresh)
+    return _version(model)
+
+
+def _register_upload(
+    body: bytes, name: str, feature_service: str | None, settings: Settings, manager: ModelManager
+) -> ModelVersion:
+    uploads = settings.home_dir / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=uploads, prefix=f"{name}-") as tmp:
+        folder = unpack(body, Path(tmp), settings.max_package_bytes)
+        services = FeastFeatureServices(manager.store, settings.offline)
+        registry = ModelRegistry.at(settings.models_dir, services, registry_notices(settings))
+        return registry.register(folder, name=name, feature_service=feature_service)
 
 
 @router.post("/reload", responses=ERRORS)

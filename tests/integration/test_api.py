@@ -514,3 +514,41 @@ def test_a_promotion_reaches_the_api_by_change_notice(deployment: Deployment) ->
     from tests.registry_notices import assert_promotion_arrives_by_notice
 
     assert_promotion_arrives_by_notice(deployment, deployment.redis.client())
+
+
+def test_a_package_registers_over_http_and_bad_archives_leave_nothing(deployment: Deployment, api: str) -> None:
+    """POST /v1/admin/models/{name}/versions with a .tar.gz: the CLI's checks against the real Feast store; each
+    malicious archive is refused with its message and nothing of it stays on disk or in the registry."""
+    from tests.package_archives import bad_archives, good_archive
+
+    url = f"{api}/v1/admin/models/uploaded/versions"
+    headers = {"Content-Type": "application/gzip"}
+    package = deployment.packages[1]  # the XGBoost package, trained on fraud_v2
+    wrong = httpx.post(
+        url, content=good_archive(package), params={"feature_service": "fraud_v1"}, headers=headers, timeout=60
+    )
+    assert "trained on feature service 'fraud_v2'" in error_of(wrong, 422, "invalid_model")
+    uploads = deployment.settings.home_dir / "uploads"
+    limit = deployment.settings.max_package_bytes
+    for kind, (body, words) in bad_archives(package, limit).items():
+        assert words in error_of(httpx.post(url, content=body, headers=headers, timeout=60), 422, "invalid_request"), (
+            kind
+        )
+    oversized = httpx.post(url, content=bytes(limit + 1), headers=headers, timeout=60)
+    assert error_of(oversized, 413, "payload_too_large")
+    assert "uploaded" not in deployment.registry.names()
+    assert list(uploads.iterdir()) == []
+
+    created = httpx.post(url, content=good_archive(package, top="pkg"), headers=headers, timeout=60)
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert (body["name"], body["version"], body["aliases"]) == ("uploaded", 1, ["production"])
+    assert body["manifest"]["feature_service"] == "fraud_v2"
+    stored = deployment.registry.get("uploaded")
+    assert (
+        deployment.registry.model_path("uploaded", stored.version).read_bytes()
+        == (package / stored.manifest.model_file).read_bytes()
+    )
+    listed = httpx.get(f"{api}/v1/admin/models", timeout=30).json()["models"]
+    assert listed["uploaded"] == [{"version": 1, "aliases": ["production"]}]
+    assert list(uploads.iterdir()) == []
