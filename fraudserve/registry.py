@@ -3,6 +3,8 @@ feature services (typed features, a smoke test on offline rows, the API's featur
 
 from __future__ import annotations
 
+from typing import overload
+
 from core.registry import (
     CANDIDATE,
     PRODUCTION,
@@ -15,11 +17,25 @@ from core.registry import (
     open_model_registry,
 )
 from core.settings import Settings
+from fraudserve.remote import RemoteRegistry
 from inference_api.domain.feature_services import FeastFeatureServices
 
 
-def open_registry(settings: Settings | None = None, *, check_features: bool = True) -> ModelRegistry:
-    """The registry under FRAUDSERVE_HOME, checking registrations against Feast (for notebooks and the CLI)."""
+@overload
+def open_registry(settings: Settings | None = None, *, check_features: bool = True) -> ModelRegistry: ...
+
+
+@overload
+def open_registry(settings: Settings | None = None, *, url: str, key: str | None = None) -> RemoteRegistry: ...
+
+
+def open_registry(
+    settings: Settings | None = None, *, check_features: bool = True, url: str | None = None, key: str | None = None
+) -> ModelRegistry | RemoteRegistry:
+    """The registry under FRAUDSERVE_HOME, checking registrations against Feast (for notebooks and the CLI); with
+    `url`, the registry of the API running there (an `admin` key), e.g. from a notebook on another machine."""
+    if url is not None:
+        return RemoteRegistry(url, key)
     from fraudserve.feature_store import open_offline_store
 
     resolved = settings or Settings()
@@ -36,6 +52,7 @@ __all__ = [
     "ModelRegistry",
     "ModelVersion",
     "RegistrationError",
+    "RemoteRegistry",
     "Storage",
     "open_registry",
 ]

@@ -21,15 +21,28 @@ def models_register(
     path: Annotated[Path, typer.Argument(help="Model package folder: manifest.json and the model file.")],
     name: Annotated[str, typer.Option(help="Model name.")],
     feature_service: Annotated[str, typer.Option(help="The feature service the model was trained on.")],
+    url: Annotated[
+        str | None,
+        typer.Option(envvar="FRAUDSERVE_URL", help="Register through the API running there (e.g. http://host:8000)."),
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(envvar="FRAUDSERVE_API_KEY", help="An admin API key for --url.", show_default=False)
+    ] = None,
 ) -> None:
-    """Validate a model package against its feature service and store it as the next version."""
+    """Validate a model package against its feature service and store it as the next version (here, or with --url
+    in the registry of a running API, which runs the same checks)."""
     from fraudserve.registry import open_registry
 
     try:
-        model = open_registry(load_settings()).register(path, name=name, feature_service=feature_service)
+        if url is not None:
+            remote = open_registry(url=url, key=key).register(path, name=name, feature_service=feature_service)
+            version, aliases = remote["version"], remote["aliases"]
+        else:
+            model = open_registry(load_settings()).register(path, name=name, feature_service=feature_service)
+            version, aliases = model.version, list(model.aliases)
     except FraudserveError as exc:
         raise fail(exc) from exc
-    out.print(f"registered {model.name} version {model.version} ({', '.join(model.aliases) or 'no alias'})")
+    out.print(f"registered {name} version {version} ({', '.join(aliases) or 'no alias'})")
 
 
 @app.command("list")

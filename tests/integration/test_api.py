@@ -552,3 +552,32 @@ def test_a_package_registers_over_http_and_bad_archives_leave_nothing(deployment
     listed = httpx.get(f"{api}/v1/admin/models", timeout=30).json()["models"]
     assert listed["uploaded"] == [{"version": 1, "aliases": ["production"]}]
     assert list(uploads.iterdir()) == []
+
+
+def test_the_cli_and_a_notebook_register_through_a_running_api(deployment: Deployment, api: str) -> None:
+    """`models register --url` and `open_registry(url=...)` from another machine's point of view: only HTTP."""
+    import subprocess
+    import sys
+
+    from fraudserve.registry import RemoteRegistry, open_registry
+    from fraudserve.remote import RemoteError
+
+    package = deployment.packages[0]
+    env = {"PATH": "/usr/bin:/bin", "FRAUDSERVE_HOME": str(deployment.settings.home_dir / "elsewhere")}
+    done = subprocess.run(
+        [sys.executable, "-m", "fraudserve", "models", "register", str(package), "--name", "remote",
+         "--feature-service", "fraud_v2", "--url", api],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "registered remote version 1 (production)" in done.stdout
+    remote = open_registry(url=api)
+    assert isinstance(remote, RemoteRegistry)
+    second = remote.register(package, name="remote", feature_service="fraud_v2")
+    assert (second["version"], second["aliases"]) == (2, ["candidate"])
+    assert [v["version"] for v in remote.show("remote")["versions"]] == [1, 2]
+    with pytest.raises(RemoteError) as refused:
+        remote.register(package, name="remote", feature_service="fraud_v1")
+    assert refused.value.status == 422 and refused.value.code == "invalid_model"
+    assert "fraud_v2" in refused.value.message
+    assert deployment.registry.get("remote").version == 1  # production stays; the registry is the API's own
