@@ -68,14 +68,17 @@ def unpack(body: bytes, target: Path, limit_bytes: int) -> Path:
                 if handle is None:
                     raise PackageRefused(f"{member.name!r}: unreadable member", member.name, "archive")
                 files.append((path, handle.read()))
-    except (tarfile.TarError, zlib.error, EOFError, OSError) as exc:
+    except (tarfile.TarError, zlib.error, EOFError, OSError, ValueError) as exc:
         raise PackageRefused(f"not a readable .tar.gz archive ({exc}); send `tar czf - -C PACKAGE .`") from exc
     if not files:
         raise PackageRefused("the archive holds no files: send the package folder (manifest.json and the model file)")
     for path, content in files:
         destination = target.joinpath(*path.parts)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        destination.write_bytes(content)
+        try:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(content)
+        except (OSError, ValueError) as exc:  # a name this file system cannot hold, a file where a folder goes
+            raise PackageRefused(f"{str(path)!r}: cannot be unpacked ({exc})", str(path), "path") from exc
         destination.chmod(0o644)
     roots = {path.parts[0] for path, _ in files}
     if (target / MANIFEST_FILE).is_file() or len(roots) != 1 or not (target / next(iter(roots))).is_dir():

@@ -54,7 +54,7 @@ CHECKS = [
 CONFIG = schemathesis.Config.from_dict(
     {"checks": {"negative_data_rejection": {"expected-statuses": [400, 401, 403, 404, 405, 413, 415, 422]}}}
 )
-MUTATING = ("/promote", "/rollback", "/reload")
+MUTATING = ("/promote", "/rollback", "/reload", "/versions")
 REGISTERED = {"name": "fraud", "version": 1}  # the deployment's model
 
 
