@@ -76,8 +76,22 @@ OFFLINE_ONLY = "127.0.0.1:1"
 
 
 def open_offline_store(settings: Settings) -> FeatureStore:
-    """A FeatureStore for registry and offline-store work: it does not start or need Redis."""
-    return open_store(settings, settings.redis or OFFLINE_ONLY)
+    """A FeatureStore for registry and offline-store work: it does not start or need Redis.
+
+    Without a configured Redis, the placeholder connection is in the environment only while Feast reads its
+    config: left there, a later `Settings()` in the same process (a notebook's `open_registry()`) would take it
+    for the online store and spend seconds retrying it to send registry notices."""
+    if settings.redis:
+        return open_store(settings, settings.redis)
+    saved = {k: os.environ.get(k) for k in settings.feast_environment(OFFLINE_ONLY)}
+    try:
+        return open_store(settings, OFFLINE_ONLY)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def feast_project(settings: Settings) -> str:

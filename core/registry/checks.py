@@ -73,29 +73,19 @@ _COMPATIBLE = {"int64": {"int64", "bool"}, "float64": {"float64", "int64", "bool
 
 
 def feature_problems(model: Sequence[FeatureField], service: Sequence[ServiceField], service_name: str) -> list[str]:
-    """Every way the model's feature list differs from the feature service's, one line per feature."""
+    """Every feature the model reads that the feature service lacks or serves as another type, one line each.
+
+    A model may read any subset of its service's features, in any order (SPEC): the API builds each vector by name,
+    in the model's order."""
     problems: list[str] = []
-    model_names = [f.name for f in model]
-    service_names = [f.name for f in service]
-    for name in service_names:
-        if name not in model_names:
-            problems.append(f"missing feature {name!r}: feature service {service_name} has it, the model does not")
-    for name in model_names:
-        if name not in service_names:
-            problems.append(f"extra feature {name!r}: the model reads it, feature service {service_name} lacks it")
-    common_model = [n for n in model_names if n in service_names]
-    common_service = [n for n in service_names if n in model_names]
-    for position, (ours, theirs) in enumerate(zip(common_model, common_service, strict=True)):
-        if ours != theirs:
-            problems.append(
-                f"order: feature {ours!r} is where feature service {service_name} has {theirs!r} "
-                f"(position {position}); list the features in the service's order"
-            )
-            break
     by_name = {f.name: f.dtype for f in service}
     for feature in model:
         served = by_name.get(feature.name)
-        if served is not None and served not in _COMPATIBLE[feature.dtype]:
+        if served is None:
+            problems.append(
+                f"extra feature {feature.name!r}: the model reads it, feature service {service_name} lacks it"
+            )
+        elif served not in _COMPATIBLE[feature.dtype]:
             problems.append(
                 f"type of {feature.name!r}: the model expects {feature.dtype}, "
                 f"feature service {service_name} serves {served}"

@@ -133,7 +133,9 @@ class ModelRegistry:
             raise RegistrationError(
                 f"the model's features do not match feature service {manifest.feature_service}:", problems
             )
-        matrix = self.services.sample_matrix(manifest.feature_service, SMOKE_ROWS)
+        served = self.services.sample_matrix(manifest.feature_service, SMOKE_ROWS)
+        position = {f.name: i for i, f in enumerate(fields)}
+        matrix = served[:, [position[n] for n in manifest.feature_names]]  # the model's own order
         scores = runtime.predict(matrix)
         bad = int(np.count_nonzero(~np.isfinite(scores) | (scores < 0) | (scores > 1)))
         if len(scores) == 0 or bad:

@@ -25,7 +25,7 @@ from core.models.manifest import Manifest
 from core.models.runtime import Runtime, load_runtime, model_engine
 from core.registry import CANDIDATE, PRODUCTION, ModelRegistry
 from core.settings import ReasonsMethod
-from inference_api.domain.plan import FeaturePlan, UnknownFeatureService, resolve_plan
+from inference_api.domain.plan import FeaturePlan, UnknownFeatureService, for_model, resolve_plan
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -101,14 +101,11 @@ class ModelManager:
             raise ModelNotReady(f"{problem}; it is not loaded")
         manifest = model.manifest
         try:
-            plan = resolve_plan(self.store, manifest.feature_service)
+            plan = for_model(resolve_plan(self.store, manifest.feature_service), manifest.feature_names)
         except UnknownFeatureService as exc:
-            raise ModelNotReady(f"model {name} version {version} is not loaded: {exc}") from exc
-        if list(plan.features) != manifest.feature_names:
             raise ModelNotReady(
-                f"model {name} version {version} reads features that feature service {manifest.feature_service} "
-                "no longer serves in that order; register a model trained on the current service"
-            )
+                f"model {name} version {version} is not loaded: {exc}; register a model trained on the current service"
+            ) from exc
         runtime = load_runtime(
             manifest.flavor, self.registry.model_path(name, version), device=self.device, engine=model_engine()
         )

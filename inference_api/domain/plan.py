@@ -1,6 +1,7 @@
 """A feature plan: where each of a model's features comes from, resolved once per feature service.
 
-A model reads its feature service's features in manifest order. Each comes from one of four places:
+A model reads any subset of its feature service's features, in manifest order (`for_model`). Each comes from one
+of four places:
 
 - a view in the online store keyed by a field of the transaction (a window view, i.e. a `StreamFeatureView` over
   the events, or a batch view, i.e. a plain `FeatureView` over an engineer's own table), read by that field's value;
@@ -18,7 +19,7 @@ there, never a 500 at serving time.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +109,36 @@ class FeaturePlan:
 
     def view(self, name: str) -> ViewRead | None:
         return next((v for v in self.views if v.view == name), None)
+
+
+def for_model(plan: FeaturePlan, names: Sequence[str]) -> FeaturePlan:
+    """The plan narrowed to a model's own features, in the model's order (any subset of the service's, any order).
+
+    Vectors are built by name (`build_rows`), so the model gets its columns in its order; views, request-time and
+    on-demand features that none of them needs are not read, and a view the model does not read cannot make its
+    score `uncertain`. Raises UnknownFeatureService naming each feature the service does not serve."""
+    if tuple(names) == plan.features:
+        return plan
+    missing = [n for n in names if n not in plan.features]
+    if missing:
+        raise UnknownFeatureService(
+            f"feature service {plan.feature_service} does not serve every feature the model reads",
+            [f"{n}: not a feature of {plan.feature_service}" for n in missing],
+        )
+    wanted = set(names)
+    on_demand = tuple(read for read in plan.on_demand if wanted & set(read.features))
+    request_time = tuple(n for n in plan.request_time if n in wanted)
+    inputs = {view for read in on_demand for view, _ in read.inputs}
+    if request_time:
+        inputs.add("card_features")
+    return replace(
+        plan,
+        features=tuple(names),
+        views=tuple(v for v in plan.views if wanted & set(v.served) or v.view in inputs),
+        transaction_fields=tuple(n for n in plan.transaction_fields if n in wanted),
+        request_time=request_time,
+        on_demand=on_demand,
+    )
 
 
 def catalog_of(store: FeatureStore) -> Catalog:

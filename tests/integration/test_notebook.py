@@ -4,6 +4,7 @@ it in Python, a package saved from the model object, registered and served, on a
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -81,3 +82,104 @@ def test_an_entity_frame_without_a_join_key_gets_feasts_own_error(home: Deployme
         store.get_historical_features(entity_df=entity, features=store.get_feature_service("fraud_v1")).to_df()
     assert "card_id" in str(caught.value) and "merchant_id" in str(caught.value)
     assert "Binder" not in str(caught.value)
+
+
+# ------------------------------------------------------------------------------------------- a model from Python
+SUBSET = [  # 12 of fraud_v1's features, not in the service's order
+    "merchant_fraud_rate_30d", "amount", "card_txn_count_1h", "amount_to_card_mean_7d", "hour_of_day_utc",
+    "card_amount_sum_24h", "card_seconds_since_prev_txn", "merchant_txn_count_24h", "card_distinct_merchants_24h",
+    "card_amount_max_7d", "card_txn_count_10m", "merchant_amount_mean_7d",
+]  # fmt: skip
+
+
+def _split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    cut = frame["event_timestamp"].quantile(0.75)
+    return frame[frame["event_timestamp"] <= cut], frame[frame["event_timestamp"] > cut]
+
+
+def test_an_xgbclassifier_on_a_subset_in_another_order_registers_and_serves_exactly(
+    home: Deployment, v1_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    import httpx
+    import xgboost
+
+    from fraudserve.models import save_package
+    from fraudserve.registry import open_registry
+    from tests.api_server import ApiServer
+
+    train, valid = _split(v1_frame)
+    model = xgboost.XGBClassifier(n_estimators=40, max_depth=4, learning_rate=0.2, n_jobs=2, random_state=1)
+    model.fit(train[SUBSET], train["is_fraud"])
+    manifest = save_package(model, tmp_path / "pkg", feature_service="fraud_v1", validation=valid, training=train)
+    assert manifest.flavor is Flavor.xgboost and manifest.feature_names == SUBSET
+    assert sorted(p.name for p in (tmp_path / "pkg").iterdir()) == ["manifest.json", "model.json"]
+    assert manifest.evaluation is not None and manifest.evaluation.model.rows == len(valid)
+    assert manifest.training is not None and manifest.training.train_rows == len(train)
+    assert {f.name: f.dtype for f in manifest.features}["card_txn_count_1h"] == "int64"
+    registered = open_registry(home.settings).register(tmp_path / "pkg", name="subset", feature_service="fraud_v1")
+
+    store = feature_store.open_store(home.settings, home.redis.connection_string)
+    ids = home.recent[:8]
+    keys = store.get_online_features(
+        features=["transaction_features:card_id", "transaction_features:merchant_id"],
+        entity_rows=[{"transaction_id": t} for t in ids],
+    ).to_dict()
+    online = store.get_online_features(features=store.get_feature_service("fraud_v1"), entity_rows=[
+        {"transaction_id": t, "card_id": keys["card_id"][i], "merchant_id": keys["merchant_id"][i]}
+        for i, t in enumerate(ids)
+    ]).to_dict()  # fmt: skip
+    vectors = pd.DataFrame({n: [np.nan if v is None else v for v in online[n]] for n in SUBSET}, dtype="float64")
+    expected = model.predict_proba(vectors)[:, 1]
+    settings = home.settings.model_copy(update={"model_name": "subset"})
+    with ApiServer(settings) as server:
+        for transaction_id, score in zip(ids, expected, strict=True):
+            body = httpx.post(f"{server.url}/v1/fraud/score", json={"transaction_id": transaction_id}).json()
+            assert body["model"] == {"name": "subset", "version": registered.version}, body
+            assert body["score"] == pytest.approx(float(score), rel=1e-5, abs=1e-7)
+            assert {r["feature"] for r in body["reasons"]} <= set(SUBSET)
+        meta = httpx.get(f"{server.url}/v2/models/subset").json()
+        assert meta["parameters"]["features"] == SUBSET
+
+
+def test_a_lightgbm_booster_with_thresholds_chosen_on_validation(
+    home: Deployment, v1_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    import lightgbm
+
+    from fraudserve.models import register_model
+
+    train, valid = _split(v1_frame)
+    features = list(v1_frame.attrs["fraudserve"]["features"])
+    booster = lightgbm.train(
+        {"objective": "binary", "verbose": -1, "num_threads": 2, "seed": 1},
+        lightgbm.Dataset(train[features], train["is_fraud"]),
+        num_boost_round=50,
+    )
+    model = register_model(booster, name="booster", feature_service="fraud_v1", validation=valid)
+    assert model.manifest.flavor is Flavor.lightgbm and model.manifest.feature_names == features
+    assert "validation" in model.manifest.thresholds.method
+
+
+def test_save_package_refusals_name_the_fix_and_leave_nothing(
+    home: Deployment, v1_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    import lightgbm
+
+    from fraudserve.models import save_package
+    from fraudserve.registry import RegistrationError
+
+    train = v1_frame.head(3000)
+    renamed = train[SUBSET].rename(columns={"amount": "amount_eur", "hour_of_day_utc": "hour"})
+    model = lightgbm.LGBMClassifier(n_estimators=5, verbose=-1).fit(renamed, train["is_fraud"])
+    with pytest.raises(RegistrationError) as caught:
+        save_package(model, tmp_path / "pkg", feature_service="fraud_v1", thresholds=(0.3, 0.8))
+    assert "'amount_eur'" in str(caught.value) and "'hour'" in str(caught.value)
+    assert not (tmp_path / "pkg").exists() and list(tmp_path.iterdir()) == []
+
+    bare = lightgbm.LGBMClassifier(n_estimators=5, verbose=-1).fit(train[SUBSET].to_numpy(), train["is_fraud"])
+    with pytest.raises(RegistrationError, match="does not name its features"):
+        save_package(bare, tmp_path / "pkg", feature_service="fraud_v1", thresholds=(0.3, 0.8))
+    named = lightgbm.LGBMClassifier(n_estimators=5, verbose=-1).fit(train[SUBSET], train["is_fraud"])
+    with pytest.raises(RegistrationError, match="thresholds=\\(suspicious, highly_suspicious\\), or validation"):
+        save_package(named, tmp_path / "pkg", feature_service="fraud_v1")
+    assert list(tmp_path.iterdir()) == []

@@ -134,19 +134,20 @@ def test_model_beats_the_rules_baseline_and_is_deterministic(
 
 
 @pytest.mark.timeout(300)
-def test_a_fraud_v1_model_is_refused_for_fraud_v2_by_the_real_feature_store(
-    trained_home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_fraud_v2_model_is_refused_for_fraud_v1_by_the_real_feature_store(
+    trained_home: Home, v2_training_set: TrainingSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """fraud_v1 lacks the device and IP features a fraud_v2 model reads (a fraud_v1 model, a subset of fraud_v2's
+    features, would register against fraud_v2)."""
     monkeypatch.setenv("FRAUDSERVE_HOME", str(trained_home.settings.home_dir))
-    store = feature_store.open_offline_store(trained_home.settings)
-    training_set = build_training_set(store, "fraud_v1", trained_home.settings.offline, LabelPolicy())
-    result = train(training_set, TrainConfig(flavor=Flavor.lightgbm, rounds=20), tmp_path / "v1")
+    result = train(v2_training_set, TrainConfig(flavor=Flavor.lightgbm, rounds=20), tmp_path / "v2")
     manifest_path = result.package / "manifest.json"
-    manifest_path.write_text(manifest_path.read_text().replace('"fraud_v1"', '"fraud_v2"'))
+    manifest_path.write_text(manifest_path.read_text().replace('"fraud_v2"', '"fraud_v1"'))
     with pytest.raises(RegistrationError) as caught:
-        open_registry(trained_home.settings).register(result.package, name="mixed", feature_service="fraud_v2")
+        open_registry(trained_home.settings).register(result.package, name="mixed", feature_service="fraud_v1")
     for name in ("device_distinct_cards_24h", "ip_distinct_cards_24h", "ip_txn_count_1h"):
-        assert f"missing feature '{name}'" in str(caught.value)
+        assert f"extra feature '{name}'" in str(caught.value)
+    assert "mixed" not in open_registry(trained_home.settings).names()  # nothing left behind
 
 
 @pytest.mark.timeout(300)
