@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     stream_metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Serve each worker's Prometheus metrics from this port up (0: off)."
     )
+    stream_metrics_host: str = Field(
+        default="127.0.0.1", description="Address the workers' metrics listen on (0.0.0.0 for a scraper elsewhere)."
+    )
 
     # --- Kafka (the stream's production transport; Redis Streams when neither this nor a KafkaSource is declared)
     kafka_bootstrap: str | None = Field(

@@ -66,7 +66,7 @@ def _work(connection: str, consumer: str, until_idle: float | None, index: int =
         partitions=settings.stream_partitions,
     )
     if settings.stream_metrics_port:
-        worker.metrics.serve(settings.stream_metrics_port + index)
+        worker.metrics.serve(settings.stream_metrics_port + index, settings.stream_metrics_host)
     worker.run(until_idle_s=until_idle)
 
 

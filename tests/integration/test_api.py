@@ -581,3 +581,15 @@ def test_the_cli_and_a_notebook_register_through_a_running_api(deployment: Deplo
     assert refused.value.status == 422 and refused.value.code == "invalid_model"
     assert "fraud_v2" in refused.value.message
     assert deployment.registry.get("remote").version == 1  # production stays; the registry is the API's own
+
+
+def test_every_api_query_of_the_dashboard_and_the_alerts_names_a_metric_that_metrics_exports(api: str) -> None:
+    """deploy/grafana and deploy/prometheus against this running API's /metrics (the stream's: test_observability)."""
+    from tests.observability_config import exported_metrics, queried_metrics
+
+    served = exported_metrics(httpx.get(f"{api}/metrics", timeout=30).text)
+    api_queries = {
+        where: names for where, names in queried_metrics().items() if not any("_stream_" in n for n in names)
+    }
+    assert len(api_queries) >= 10
+    assert {where: names - served for where, names in api_queries.items() if names - served} == {}
