@@ -54,7 +54,8 @@ class TransactionEvent(BaseModel):
     merchant_id: str = Field(min_length=1, max_length=ID_MAX_LEN)
     device_id: str | None = Field(default=None, min_length=1, max_length=ID_MAX_LEN)
     ip_address: str | None = Field(default=None, min_length=1, max_length=ID_MAX_LEN)
-    amount: float = Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)
+    # strict: a JSON number only (true is not 1, "12.5" is not a number), as the pipelines' event rules say.
+    amount: float = Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False, strict=True)
     currency: str = Field(pattern=CURRENCY_RE)
     merchant_category: str = Field(pattern=MCC_RE)
     country: str = Field(pattern=COUNTRY_RE)

@@ -48,6 +48,9 @@ def invalid(response: httpx.Response, field: str) -> dict[str, Any]:
         ({"transaction": {**EVENT, "transaction_id": "t" * 65}}, "transaction.transaction_id"),
         ({"transaction": {**EVENT, "amount": -0.01}}, "transaction.amount"),
         ({"transaction": {**EVENT, "amount": 1e13}}, "transaction.amount"),
+        ({"transaction": {**EVENT, "amount": True}}, "transaction.amount"),  # a boolean is never a number
+        ({"transaction": {**EVENT, "amount": "12.50"}}, "transaction.amount"),  # nor is text (as the stream's rule)
+        ({"transaction": {**EVENT, "event_timestamp": True}}, "transaction.event_timestamp"),
         ({"transaction": {**EVENT, "event_timestamp": MAX_EPOCH_MS + 1}}, "transaction.event_timestamp"),
         (
             {"transaction": {**EVENT, "event_timestamp": "2026-11-25T12:00:00.1" + "0" * 40 + "Z"}},
