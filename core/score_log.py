@@ -72,3 +72,20 @@ def read_log(roots: Iterable[Path], days: int | None = None, today: date | None 
     """Every logged score under `roots` (the last `days` days), as one table of `SCHEMA`."""
     tables = [pq.read_table(path, schema=SCHEMA) for path in log_files(roots, days, today)]
     return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+
+def recent_files(roots: Iterable[Path], days: int, max_rows: int, today: date | None = None) -> list[Path]:
+    """The newest files of the last `days` days holding about `max_rows` logged scores (whole files)."""
+
+    def written(path: Path) -> tuple[str, int]:
+        parts = path.stem.split("-")  # part-<pid>-<ns>-<n>
+        return path.parent.name, int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 0
+
+    chosen: list[Path] = []
+    rows = 0
+    for path in sorted(log_files(roots, days, today), key=written, reverse=True):
+        if rows >= max_rows:
+            break
+        chosen.append(path)
+        rows += pq.ParquetFile(path).metadata.num_rows
+    return chosen

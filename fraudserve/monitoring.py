@@ -12,9 +12,9 @@ from typing import Any
 from core.errors import ModelNotFound
 from core.models.manifest import Manifest
 from core.registry import ModelRegistry
-from core.score_log import read_log
+from core.score_log import log_files
 from core.settings import Settings
-from pipelines.monitoring import build_report, load_labels
+from pipelines.monitoring import load_labels, report_from_files
 
 
 def report(
@@ -27,17 +27,17 @@ def report(
     """The report over the last `days` days of the score log (FRAUDSERVE_HOME's and any `log_dirs`: a feature
     service's own Feast logging destination), with the offline store's labels known `now`."""
     moment = now or datetime.now(UTC)
-    log = read_log([settings.score_log_dir, *log_dirs], days=days, today=moment.date())
     registry = ModelRegistry.at(settings.models_dir, None, None)
-    manifests: dict[tuple[str, int], Manifest | None] = {}
-    pairs = zip(log.column("model").to_pylist(), log.column("version").to_pylist(), strict=True)
-    for name, version in {(str(m), int(v)) for m, v in pairs}:
+
+    def manifest_of(name: str, version: int) -> Manifest | None:
         try:
-            manifests[(name, version)] = registry.get(name, version).manifest
+            return registry.get(name, version).manifest
         except ModelNotFound:
-            manifests[(name, version)] = None
+            return None
+
+    files = log_files([settings.score_log_dir, *log_dirs], days=days, today=moment.date())
     labels = load_labels(settings.offline.labels_file, moment)
-    return build_report(log, labels, manifests, days=days, model=model, now=moment)
+    return report_from_files(files, labels, manifest_of, days=days, model=model, now=moment)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

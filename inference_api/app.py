@@ -27,6 +27,7 @@ from inference_api.domain.redis_source import RedisFeatureSource
 from inference_api.domain.score_log import Sampling, ScoreLog, feast_sampling
 from inference_api.domain.scoring import ScoringService, score_requests
 from inference_api.middleware import RequestContext
+from inference_api.monitoring import keep_refreshed
 from inference_api.observability import Metrics
 from inference_api.routes import admin, fraud, models, oip
 
@@ -91,6 +92,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batcher.start()
         app.state.batcher = batcher
         watcher = asyncio.create_task(manager.watch(settings.model_poll_seconds))
+        gauges = asyncio.create_task(
+            keep_refreshed(settings, manager.registry, metrics, settings.monitor_refresh_seconds)
+        )
         # Registry change notices (core/registry/notices.py): a promotion is served within a round trip
         # instead of a poll interval; the poll above stays as the fallback.
         notice_client = async_redis_client(
@@ -112,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await batcher.close()
-            for task in (watcher, follower):
+            for task in (watcher, follower, gauges):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

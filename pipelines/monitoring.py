@@ -14,7 +14,7 @@ plain dict, the stable `--json` form (`REPORT_SCHEMA`, documented in README "Mon
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.models.manifest import Manifest
-from core.models.reference import FLAG, DriftReference, psi
+from core.models.reference import FLAG, DriftReference, bin_counts, psi, psi_of_counts
+from core.score_log import SCHEMA
 
 REPORT_SCHEMA = "fraudserve.monitor.report/1"
 UNCERTAIN = "uncertain"
@@ -94,34 +95,71 @@ def _quality_of(frame: pd.DataFrame, labels: pd.DataFrame, manifest: Manifest | 
     return quality(joined["score"].to_numpy(dtype=np.float64), joined["is_fraud"].to_numpy(dtype=bool), manifest)
 
 
-def feature_columns(features: pa.ChunkedArray | pa.Array) -> dict[str, np.ndarray]:
-    """The logged vectors as one column per feature name (NaN: null), rows in log order."""
-    if isinstance(features, pa.ChunkedArray):
-        features = features.combine_chunks()
+class FeatureBins:
+    """Served feature values counted in each reference bin, per model version and feature, one table at a time
+    (so a report over millions of logged vectors holds one file's vectors at a time, never all of them)."""
+
+    def __init__(self, reference_of: Callable[[str, int], DriftReference | None]) -> None:
+        self.reference_of = reference_of
+        self.counts: dict[tuple[str, int], dict[str, list[Any]]] = {}  # feature -> [bin counts, nulls]
+
+    def add(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        keys = pd.DataFrame({"model": table.column("model").to_numpy(zero_copy_only=False),
+                             "version": table.column("version").to_numpy()})  # fmt: skip
+        groups: dict[Any, Any] = keys.groupby(["model", "version"], sort=False).indices
+        for (name, version), rows in groups.items():
+            reference = self.reference_of(str(name), int(version))
+            if reference is None:
+                continue
+            vectors = table.column("features").take(pa.array(rows)).combine_chunks()
+            into = self.counts.setdefault((str(name), int(version)), {})
+            for feature, values in feature_columns(vectors).items():
+                expected = reference.features.get(feature)
+                if expected is None:
+                    continue
+                counts, nulls = bin_counts(expected, values)
+                known = into.get(feature)
+                if known is None:
+                    into[feature] = [counts, nulls]
+                else:
+                    known[0] = known[0] + counts
+                    known[1] += nulls
+
+
+def feature_columns(features: pa.Array) -> dict[str, np.ndarray]:
+    """Logged vectors as one array per feature name (NaN: null). Vectors of one version all list the same names
+    in the same order: then the values are one (rows x features) matrix; otherwise each name is gathered."""
     flat = pc.list_flatten(features)
     if not len(flat):
         return {}
-    names = flat.field("name").to_numpy(zero_copy_only=False)
+    encoded = pc.dictionary_encode(flat.field("name"))
+    names = [str(n) for n in encoded.dictionary.to_pylist()]
+    codes = encoded.indices.to_numpy()
     values = flat.field("value").to_numpy(zero_copy_only=False).astype(np.float64)
-    columns: dict[str, np.ndarray] = {}
-    for name in pd.unique(names):
-        columns[str(name)] = values[names == name]
-    return columns
+    lengths = pc.list_value_length(features).to_numpy(zero_copy_only=False)
+    width = int(lengths[0])
+    if width and (lengths == width).all():
+        grid = codes.reshape(-1, width)
+        if (grid == grid[0]).all():
+            matrix = values.reshape(-1, width)
+            return {names[code]: matrix[:, j] for j, code in enumerate(grid[0])}
+    return {name: values[codes == k] for k, name in enumerate(names)}
 
 
 def drift(
-    scores: np.ndarray, features: Mapping[str, np.ndarray], reference: DriftReference | None, note: str
+    scores: np.ndarray, bins: Mapping[str, list[Any]], reference: DriftReference | None, note: str
 ) -> dict[str, Any]:
     if reference is None:
-        return {"reference": None, "note": note, "score": None, "features": []}
+        return {"reference": None, "note": note, "score": None, "features": [], "flagged": []}
     rows: list[dict[str, Any]] = []
-    for name, values in features.items():
-        expected = reference.features.get(name)
-        value = None if expected is None else psi(expected, values)
+    for name, (counts, nulls) in bins.items():
+        value = psi_of_counts(reference.features[name], counts, nulls)
         if value is None:
             continue
-        rows.append({"feature": name, "psi": value, "flagged": value >= FLAG,
-                     "null_share": float(np.isnan(values).mean())})  # fmt: skip
+        total = int(counts.sum()) + nulls
+        rows.append({"feature": name, "psi": value, "flagged": value >= FLAG, "null_share": nulls / total})
     rows.sort(key=lambda r: -r["psi"])
     score = None if reference.score is None else psi(reference.score, scores)
     return {
@@ -133,29 +171,55 @@ def drift(
     }
 
 
-def build_report(
-    log: pa.Table,
+def report_from_files(
+    paths: Sequence[Path],
     labels: pd.DataFrame,
-    manifests: Mapping[tuple[str, int], Manifest | None],
+    manifest_of: Callable[[str, int], Manifest | None],
     *,
     days: int,
     model: str | None = None,
-    references: Mapping[tuple[str, int], tuple[DriftReference, str]] | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """The report over `log` (already restricted to the days asked for). `references`: drift references that
-    replace a package's own (rebuilt for packages without one), with the note that says where they came from."""
-    frame = log.drop_columns(["features"]).to_pandas()
+    """The report over log files, read one at a time (their vectors binned, the rest kept)."""
+    manifests: dict[tuple[str, int], Manifest | None] = {}
+
+    def manifest(name: str, version: int) -> Manifest | None:
+        if (name, version) not in manifests:
+            manifests[(name, version)] = manifest_of(name, version)
+        return manifests[(name, version)]
+
+    bins = FeatureBins(lambda name, version: reference_for(name, version, manifest(name, version))[0])
+    tables = []
+    for path in paths:
+        table = pq.read_table(path, schema=SCHEMA)
+        if model is not None:
+            table = table.filter(pc.equal(table.column("model"), model))
+        bins.add(table)
+        tables.append(table.drop_columns(["features"]))
+    rows = pa.concat_tables(tables) if tables else SCHEMA.empty_table().drop_columns(["features"])
+    return build_report(rows, labels, manifest, bins, days=days, model=model, now=now)
+
+
+def build_report(
+    log: pa.Table,
+    labels: pd.DataFrame,
+    manifest_of: Callable[[str, int], Manifest | None],
+    bins: FeatureBins,
+    *,
+    days: int,
+    model: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The report over `log`'s rows (the days asked for; the vectors already counted in `bins`)."""
+    frame = log.select([c for c in log.column_names if c != "features"]).to_pandas()
     frame["day"] = pd.to_datetime(frame["time"], utc=True).dt.strftime("%Y-%m-%d")
-    frame["row"] = np.arange(len(frame))
     if model is not None:
         frame = frame[frame["model"] == model]
     versions = []
     for (name, version), part in frame.groupby(["model", "version"], sort=True):
-        manifest = manifests.get((str(name), int(version)))
-        vectors = feature_columns(log.column("features").take(pa.array(part["row"].to_numpy())))
+        manifest = manifest_of(str(name), int(version))
         scores = part["score"].to_numpy(dtype=np.float64)
-        reference, note = _reference(str(name), int(version), manifest, references)
+        reference, note = reference_for(str(name), int(version), manifest)
         entry: dict[str, Any] = {
             "model": str(name),
             "version": int(version),
@@ -163,7 +227,7 @@ def build_report(
             **_counts(part),
             "roles": {str(k): int(v) for k, v in part["role"].value_counts().sort_index().items()},
             "quality": _quality_of(part, labels, manifest),
-            "drift": drift(scores, vectors, reference, note),
+            "drift": drift(scores, bins.counts.get((str(name), int(version)), {}), reference, note),
             "days": [],
         }
         for day, daily in part.groupby("day", sort=True):
@@ -187,20 +251,13 @@ def build_report(
     }
 
 
-def _reference(
-    name: str,
-    version: int,
-    manifest: Manifest | None,
-    references: Mapping[tuple[str, int], tuple[DriftReference, str]] | None,
-) -> tuple[DriftReference | None, str]:
-    given = (references or {}).get((name, version))
-    if given is not None:
-        return given
+def reference_for(name: str, version: int, manifest: Manifest | None) -> tuple[DriftReference | None, str]:
+    """A version's drift reference and where it came from (or why there is none)."""
     if manifest is None:
         return None, f"{name} version {version} is not in the registry: no reference to compare with"
     if manifest.reference is None:
         return None, (
-            f"{name} version {version} was trained before packages kept a drift reference; rerun with "
-            "--rebuild-reference to rebuild it from the offline store over its training window, or retrain"
+            f"{name} version {version} was trained before packages kept a drift reference, so its drift is not "
+            "measured (rebuilding one from the offline store is not implemented yet); retrain to get one"
         )
     return manifest.reference, "kept in the model package at training time"

@@ -60,28 +60,31 @@ def distribution(values: np.ndarray) -> Distribution:
     )
 
 
-def shares(reference: Distribution, values: np.ndarray) -> tuple[list[float], float]:
-    """The share of `values` in each of the reference's bins (among non-null values), and the share of nulls."""
+def bin_counts(reference: Distribution, values: np.ndarray) -> tuple[np.ndarray, int]:
+    """How many of `values` fall in each of the reference's bins, and how many are null (NaN)."""
     values = np.asarray(values, dtype=np.float64)
-    present = values[~np.isnan(values)]
-    null = 1.0 - len(present) / len(values) if len(values) else 0.0
-    if not len(present):
-        return [0.0] * (len(reference.edges) + 1), null
+    nulls = np.isnan(values)
+    present = values[~nulls] if nulls.any() else values
     counts = np.bincount(
         np.searchsorted(np.asarray(reference.edges, dtype=np.float64), present, side="right"),
         minlength=len(reference.edges) + 1,
     )
-    return [float(c) / len(present) for c in counts], null
+    return counts, int(nulls.sum())
+
+
+def psi_of_counts(reference: Distribution, counts: np.ndarray, nulls: int) -> float | None:
+    """PSI of served values given as counts per reference bin and a null count; None without values."""
+    total = int(counts.sum()) + nulls
+    if not total:
+        return None
+    expected = [p * (1 - reference.null) for p in reference.proportions] + [reference.null]
+    actual = [float(c) / total for c in counts] + [nulls / total]
+    return psi_of_shares(expected, actual)
 
 
 def psi(reference: Distribution, values: np.ndarray) -> float | None:
     """PSI of `values` against `reference`; nulls are a bin of their own. None without values."""
-    if not len(values):
-        return None
-    actual, actual_null = shares(reference, values)
-    expected = [p * (1 - reference.null) for p in reference.proportions] + [reference.null]
-    actual = [p * (1 - actual_null) for p in actual] + [actual_null]
-    return psi_of_shares(expected, actual)
+    return psi_of_counts(reference, *bin_counts(reference, values))
 
 
 def psi_of_shares(expected: list[float], actual: list[float]) -> float:

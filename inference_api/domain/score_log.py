@@ -199,40 +199,46 @@ class ScoreLog:
 
 
 def to_table(rows: Sequence[_Row]) -> pa.Table:
-    """Rows as a table of the log's schema; the vectors flattened column-wise (one Arrow array for all values)."""
-    names: list[str] = []
+    """Rows as a table of the log's schema; the vectors flattened column-wise (one Arrow array for all values, the
+    names taken from one dictionary of every model's feature names)."""
+    dictionary: list[str] = []
+    codes_of: dict[int, np.ndarray] = {}
+    codes: list[np.ndarray] = []
     values: list[np.ndarray] = []
-    offsets = [0]
-    features_of: dict[int, list[str]] = {}
-    for row in rows:
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    for i, row in enumerate(rows):
         model, vector = row[3], row[8]
         width = 0 if vector is None else len(vector)
         if width:
-            known = features_of.get(id(model))
+            known = codes_of.get(id(model))
             if known is None:
-                known = features_of[id(model)] = model.manifest.feature_names
-            names.extend(known[:width])
-            values.append(np.asarray(vector, dtype=np.float64))
-        offsets.append(offsets[-1] + width)
-    flat = np.concatenate(values) if values else np.empty(0, dtype=np.float64)
+                names = model.manifest.feature_names
+                known = codes_of[id(model)] = np.arange(len(dictionary), len(dictionary) + len(names), dtype=np.int32)
+                dictionary.extend(names)
+            codes.append(known[:width])
+            values.append(vector)  # type: ignore[arg-type]
+        offsets[i + 1] = offsets[i] + width
+    flat = np.concatenate(values).astype(np.float64, copy=False) if values else np.empty(0, dtype=np.float64)
+    name_codes = np.concatenate(codes) if codes else np.empty(0, dtype=np.int32)
     features = pa.ListArray.from_arrays(
-        pa.array(offsets, pa.int32()),
+        pa.array(offsets),
         pa.StructArray.from_arrays(
-            [pa.array(names, pa.string()), pa.array(flat, pa.float64(), mask=np.isnan(flat))], fields=list(FEATURE)
+            [pa.array(dictionary, pa.string()).take(pa.array(name_codes)),
+             pa.array(flat, pa.float64(), mask=np.isnan(flat))], fields=list(FEATURE),
         ),
-    )
-    millis = np.array([round(row[1] * 1000) for row in rows], dtype="datetime64[ms]")
+    )  # fmt: skip
+    request_ids, stamps, transaction_ids, models, roles, scores, labels, freshness, _ = zip(*rows, strict=True)
     columns = {
-        "request_id": pa.array([row[0] for row in rows], pa.string()),
-        "time": pa.array(millis, pa.timestamp("ms", tz="UTC")),
-        "transaction_id": pa.array([row[2] for row in rows], pa.string()),
-        "model": pa.array([row[3].name for row in rows], pa.string()),
-        "version": pa.array([row[3].version for row in rows], pa.int32()),
-        "role": pa.array([row[4] for row in rows], pa.string()),
-        "feature_service": pa.array([row[3].manifest.feature_service for row in rows], pa.string()),
-        "score": pa.array([row[5] for row in rows], pa.float64()),
-        "label": pa.array([row[6] for row in rows], pa.string()),
-        "feature_freshness_seconds": pa.array([row[7] for row in rows], pa.float64()),
+        "request_id": pa.array(request_ids, pa.string()),
+        "time": pa.array((np.array(stamps) * 1000).round().astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
+        "transaction_id": pa.array(transaction_ids, pa.string()),
+        "model": pa.array([m.name for m in models], pa.string()),
+        "version": pa.array([m.version for m in models], pa.int32()),
+        "role": pa.array(roles, pa.string()),
+        "feature_service": pa.array([m.manifest.feature_service for m in models], pa.string()),
+        "score": pa.array(scores, pa.float64()),
+        "label": pa.array(labels, pa.string()),
+        "feature_freshness_seconds": pa.array(freshness, pa.float64()),
         "features": features,
     }
     return pa.Table.from_pydict(columns, schema=SCHEMA)

@@ -235,3 +235,21 @@ def test_files_under_a_temporary_name_are_not_read(tmp_path: Path) -> None:
     (tmp_path / "day=2026-12-01").mkdir()
     (tmp_path / "day=2026-12-01" / ".part-1-2-3.parquet.tmp").write_bytes(b"PAR1 half a file")
     assert log_files([tmp_path]) == [] and read_log([tmp_path]).num_rows == 0
+
+
+def test_metrics_carry_drift_and_quality_gauges_refreshed_in_the_background(deployment: Deployment) -> None:
+    settings = settings_of(deployment, monitor_refresh_seconds=0.5)
+    version = deployment.registry.get("fraud").version
+    with ApiServer(settings) as server:
+        for tid in deployment.recent[:20]:
+            assert httpx.post(f"{server.url}/v1/fraud/score", json={"transaction_id": tid}).status_code == 200
+        deadline = time.monotonic() + 30
+        text = ""
+        while time.monotonic() < deadline:
+            text = httpx.get(f"{server.url}/metrics").text
+            if "fraudserve_score_psi{" in text:
+                break
+            time.sleep(0.3)
+    assert f'fraudserve_score_psi{{model="fraud",version="{version}"}}' in text
+    assert f'fraudserve_feature_psi{{feature="amount",model="fraud",version="{version}"}}' in text
+    assert f'fraudserve_labelled_quality{{metric="labelled",model="fraud",version="{version}"}}' in text

@@ -196,3 +196,20 @@ def test_a_package_without_a_reference_says_so(tmp_path: Path, monkeypatch: pyte
     assert "trained before packages kept a drift reference" in version_report["drift"]["note"]
     assert version_report["quality"]["labelled"] == 0 and version_report["quality"]["roc_auc"] is None
     assert pq.read_schema(next(settings.score_log_dir.rglob("*.parquet"))) == SCHEMA
+
+
+def test_the_api_gauges_follow_the_report(home: dict[str, Any]) -> None:
+    from inference_api.monitoring import refresh
+    from inference_api.observability import Metrics
+
+    metrics = Metrics()
+    data = refresh(home["settings"], ModelRegistry.at(home["settings"].models_dir, None, None), metrics, NOW)
+    text = metrics.render().decode()
+    version = data["versions"][0]
+    amount = next(f for f in version["drift"]["features"] if f["feature"] == "amount_z")
+    assert f'fraudserve_feature_psi{{feature="amount_z",model="fraud",version="{home["version"]}"}}' in text
+    assert metrics.feature_psi.labels("fraud", str(home["version"]), "amount_z")._value.get() == amount["psi"]
+    assert metrics.score_psi.labels("fraud", str(home["version"]))._value.get() == version["drift"]["score"]["psi"]
+    labelled = metrics.quality.labels("fraud", str(home["version"]), "labelled")._value.get()
+    assert labelled == version["quality"]["labelled"] > 0
+    assert "fraudserve_labelled_quality" in text and 'metric="precision_at_suspicious"' in text
