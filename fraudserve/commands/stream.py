@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -14,7 +14,28 @@ from core.embedded_redis import online_store
 from core.errors import FraudserveError
 from fraudserve.commands.common import console, fail, load_settings, out, progress_bar
 
-app = typer.Typer(no_args_is_help=True, help="The streaming pipeline on Redis Streams.")
+if TYPE_CHECKING:
+    from core.settings import Settings
+    from pipelines.events import EventKind
+    from pipelines.stream.kafka_log import KafkaConfig
+
+app = typer.Typer(no_args_is_help=True, help="The streaming pipeline on Redis Streams or Apache Kafka.")
+
+
+def _kafka(settings: Settings, required: bool = False) -> KafkaConfig | None:
+    """This run's Kafka transport: FRAUDSERVE_KAFKA_BOOTSTRAP, else the Feast repo's KafkaSource; None: Redis."""
+    from pipelines.stream.kafka_log import kafka_config
+    from pipelines.stream.producer import declared_events
+
+    config = kafka_config(settings) if settings.kafka_bootstrap else None
+    if config is None:
+        config = kafka_config(settings, declared_events(settings.home_dir).kafka_source)
+    if config is None and required:
+        raise ValueError(
+            "--kafka: no Kafka is configured; set FRAUDSERVE_KAFKA_BOOTSTRAP=host:port, or declare the transaction "
+            "events' source as a Feast KafkaSource (with JsonFormat) in the Feast repo"
+        )
+    return config
 
 
 # --------------------------------------------------------------------------------------------------------- stream
@@ -22,8 +43,14 @@ app = typer.Typer(no_args_is_help=True, help="The streaming pipeline on Redis St
 def stream_produce(
     file: Annotated[Path, typer.Option(help="Events, one JSON object per line (or Parquet).")],
     labels: Annotated[bool, typer.Option("--labels", help="The file holds label events.")] = False,
+    kafka: Annotated[
+        bool, typer.Option("--kafka", help="To Kafka (required to be configured; it is used whenever it is).")
+    ] = False,
 ) -> None:
-    """Validate events and append them to the stream; invalid ones go to the dead-letter stream with the reason."""
+    """Validate events and append them to the stream; invalid ones go to the dead-letter stream with the reason.
+
+    On Kafka (FRAUDSERVE_KAFKA_BOOTSTRAP, or the Feast repo's KafkaSource): one message per event, keyed by card id
+    (labels by transaction id) so that a card's events keep their order; invalid ones to the dead-letter topic."""
     from core.connections import redis_client
     from pipelines.events import LABELS
     from pipelines.stream.producer import declared_transaction_kind, produce
@@ -33,6 +60,10 @@ def stream_produce(
         # SPEC's event plus the extra fields the Feast repo declares (remembered, so Feast is not imported to re-read
         # an unchanged repo)
         kind = LABELS if labels else declared_transaction_kind(settings.home_dir)
+        config = _kafka(settings, required=kafka)
+        if config is not None:
+            _produce_kafka(config, file, kind)
+            return
         with (
             online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection,
             progress_bar() as progress,
@@ -50,13 +81,34 @@ def stream_produce(
     out.print(f"appended {counts['appended']:,} events; {counts['dead_letter']:,} invalid to the dead-letter stream")
 
 
+def _produce_kafka(config: KafkaConfig, file: Path, kind: EventKind) -> None:
+    from pipelines.stream.kafka_log import KafkaLog
+    from pipelines.stream.producer import produce_to
+
+    log = KafkaLog(config)
+    try:
+        with progress_bar() as progress:
+            task = progress.add_task(f"producing {file.name} to Kafka", total=1.0)
+            counts = produce_to(log, file, kind, progress=lambda fraction: progress.update(task, completed=fraction))
+    finally:
+        log.close()
+    topic = config.labels_topic if kind.name == "label" else config.transactions_topic
+    out.print(
+        f"appended {counts['appended']:,} events to the Kafka topic {topic}; {counts['dead_letter']:,} invalid to "
+        f"the dead-letter topic {config.dead_letter_topic}"
+    )
+
+
 def _work(connection: str, consumer: str, until_idle: float | None, index: int = 0) -> None:
     from core.connections import redis_client
     from fraudserve.feature_store import feast_project
+    from pipelines.stream.kafka_log import KafkaLog
+    from pipelines.stream.producer import declared_events
     from pipelines.stream.worker import Worker
 
     settings = load_settings()
     lateness = timedelta(seconds=settings.stream_lateness_seconds)
+    config = _kafka(settings)
     worker = Worker(
         redis_client(settings, connection),
         feast_project(settings),
@@ -64,6 +116,7 @@ def _work(connection: str, consumer: str, until_idle: float | None, index: int =
         lateness,
         claim_idle_ms=settings.stream_claim_idle_ms,
         partitions=settings.stream_partitions,
+        log=None if config is None else KafkaLog(config, declared_events(settings.home_dir).transactions),
     )
     if settings.stream_metrics_port:
         worker.metrics.serve(settings.stream_metrics_port + index, settings.stream_metrics_host)
@@ -87,8 +140,10 @@ def stream_run(
     running this command there with the same FRAUDSERVE_REDIS."""
     settings = load_settings()
     try:
+        config = _kafka(settings)
+        where = "Redis Streams" if config is None else f"Kafka {config.bootstrap}, group {config.group}"
         with online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
-            console.print(f"{workers} stream worker(s) consuming (group fraudserve-features); Ctrl-C stops them")
+            console.print(f"{workers} stream worker(s) consuming ({where}); Ctrl-C stops them")
             _supervise(connection, workers, until_idle)
     except (FraudserveError, ValueError) as exc:
         raise fail(exc) from exc
@@ -151,14 +206,32 @@ def _supervise(connection: str, workers: int, until_idle: float | None) -> None:
 
 @app.command("status")
 def stream_status() -> None:
-    """Lag, events/s, dead-letter count and freshness (append to online visibility, p50 and p99)."""
+    """Lag, events/s, dead-letter count and freshness (append to online visibility, p50 and p99); on Kafka, the lag
+    of each partition as the brokers count it."""
     from core.connections import redis_client
+    from pipelines.stream.kafka_log import KafkaLog
     from pipelines.stream.worker import status
 
     settings = load_settings()
-    with online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
-        figures = status(redis_client(settings, connection), partitions=settings.stream_partitions)
-    table = Table(title="stream fraudserve:events, group fraudserve-features")
+    try:
+        config = _kafka(settings)
+        log = None if config is None else KafkaLog(config)
+        with online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
+            figures = status(redis_client(settings, connection), partitions=settings.stream_partitions, log=log)
+        partitions = [] if log is None else log.partition_lag()
+    except (FraudserveError, ValueError, RuntimeError) as exc:
+        raise fail(exc) from exc
+    if partitions:
+        per_partition = Table(title=f"Kafka {config.bootstrap if config else ''}, group {settings.kafka_group}")
+        for column in ("topic", "partition", "end", "committed", "lag"):
+            per_partition.add_column(column, justify="left" if column == "topic" else "right")
+        for row in partitions:
+            per_partition.add_row(*(str(row[c]) for c in ("topic", "partition", "end", "committed", "lag")))
+        out.print(per_partition)
+    title = (
+        "stream fraudserve:events" if config is None else f"stream {config.transactions_topic}, {config.labels_topic}"
+    )
+    table = Table(title=f"{title}, group fraudserve-features")
     table.add_column("figure")
     table.add_column("value", justify="right")
     for name, value in figures.items():

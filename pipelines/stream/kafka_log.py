@@ -335,10 +335,15 @@ class KafkaLog:
         self.commit()
 
     def commit(self) -> None:
+        """Commit the offsets read so far. A commit refused during a rebalance is kept and tried again (next `ack`
+        or idle `lag`): a partition that stays with this worker would otherwise never be committed to its end (its
+        events are past this consumer's position); one that moved is forgotten (`_revoked`) and re-read by its new
+        owner from the last commit."""
         if not self._read_up_to or self._consumer is None:
             return
         kafka = _rdkafka()
-        offsets = [kafka.TopicPartition(t, p, o) for (t, p), o in self._read_up_to.items()]
+        attempted = dict(self._read_up_to)
+        offsets = [kafka.TopicPartition(t, p, o) for (t, p), o in attempted.items()]
         self._read_up_to.clear()
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
@@ -346,7 +351,12 @@ class KafkaLog:
             name = exc.args[0].name() if exc.args else ""
             if not any(marker in name for marker in _REBALANCE_ERRORS):
                 raise
-            log.warning("commit dropped by a rebalance; the partition's next owner re-reads", extra={"error": name})
+            for key, offset in attempted.items():  # newer reads of the same partition win
+                self._read_up_to[key] = max(offset, self._read_up_to.get(key, offset))
+            owned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+            for key in set(self._read_up_to) - owned:
+                del self._read_up_to[key]
+            log.warning("commit refused during a rebalance; retried", extra={"error": name})
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -389,6 +399,7 @@ class KafkaLog:
 
     def lag(self) -> dict[str, int]:
         """As `RedisStreamLog.lag`: events not yet committed by the group (`pending` is always 0 on Kafka)."""
+        self.commit()  # one refused by a rebalance, again
         rows = self.partition_lag()
         return {"lag": sum(r["lag"] for r in rows), "pending": 0, "length": sum(r["end"] for r in rows)}
 

@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +31,10 @@ from pipelines.events import LABELS, EventKind, transaction_kind, with_extra_fie
 from pipelines.offline.inputs import read_batches
 from pipelines.stream.log import RedisStreamLog, partition_of
 from pipelines.validation import Checked, check
+
+if TYPE_CHECKING:
+    from pipelines.features.catalog import KafkaEventSource
+    from pipelines.stream.kafka_log import KafkaLog
 
 STATS = "fraudserve:stream:stats"  # the stream's counters (pipelines.stream.worker.STATS): dead letters added here
 FILE_BATCH_ROWS = 20_000  # events read, validated and appended together by `produce`
@@ -99,15 +103,29 @@ def _encoded(kind: EventKind, checked: Checked, partitions: int) -> tuple[list[s
     return encode_events(kind, checked.valid), _partitions(kind, checked.valid, partitions)
 
 
+def _kafka_encoded(kind: EventKind, checked: Checked) -> tuple[list[str], list[str]]:
+    """Kafka messages of the valid events (the time under the kind's own field) and their keys (`event_key`)."""
+    from pipelines.stream.kafka_log import source_payload
+
+    if not checked.valid.num_rows:
+        return [], []
+    payloads = [source_payload(p, kind.time_field) for p in encode_events(kind, checked.valid)]
+    key_field = "transaction_id" if kind.name == LABELS.name else "card_id"
+    return payloads, [str(k) for k in checked.valid.column(key_field).to_pylist()]
+
+
 def _write(
-    stream: RedisStreamLog, kind: EventKind, encoded: tuple[list[str], list[int] | None], dead: list[dict[str, Any]]
+    stream: RedisStreamLog | KafkaLog, kind: EventKind, encoded: tuple[list[str], Any], dead: list[dict[str, Any]]
 ) -> tuple[int, int]:
-    """Append the encoded valid events, then the dead letters (counted in STATS); (appended, dead letters)."""
-    payloads, partitions = encoded
-    appended = stream.append_encoded(kind.name, payloads, partitions) if payloads else 0
+    """Append the encoded valid events, then the dead letters (counted in STATS on Redis); (appended, dead letters).
+
+    `encoded`: the payloads and, on Redis, their partitions (`_encoded`), on Kafka their keys (`_kafka_encoded`)."""
+    payloads, placement = encoded
+    appended = stream.append_encoded(kind.name, payloads, placement) if payloads else 0
     if dead:
         stream.dead_letter(dead)
-        stream.client.hincrby(STATS, "dead_letter", len(dead))
+        if isinstance(stream, RedisStreamLog):
+            stream.client.hincrby(STATS, "dead_letter", len(dead))
     return appended, len(dead)
 
 
@@ -120,7 +138,18 @@ def produce(
 
     One batch is written to Redis (by a thread of its own, in order) while the next one is read, validated and
     encoded: Redis's time and the socket's overlap the parsing instead of adding to it."""
-    stream = RedisStreamLog(client, partitions=partitions)
+    return produce_to(RedisStreamLog(client, partitions=partitions), path, kind, progress, batch_rows)
+
+
+def produce_to(
+    stream: RedisStreamLog | KafkaLog, path: Path, kind: EventKind, progress: Callable[[float], None] | None = None,
+    batch_rows: int = FILE_BATCH_ROWS,
+) -> dict[str, int]:  # fmt: skip
+    """`produce` into either transport: on Kafka (a `KafkaLog`) each valid event is one message keyed by card
+    (transactions) or transaction (labels), invalid ones go to the dead-letter topic."""
+    kafka = not isinstance(stream, RedisStreamLog)
+    if kafka:
+        stream.ensure_group()
     counts = {"appended": 0, "dead_letter": 0}
 
     def count(written: Future[tuple[int, int]]) -> None:
@@ -132,7 +161,7 @@ def produce(
         writing: Future[tuple[int, int]] | None = None
         for batch in read_batches(path, kind.schema.names, batch_rows=batch_rows):
             checked = check(kind, batch.columns, batch.rows, batch.unreadable)
-            encoded = _encoded(kind, checked, partitions)
+            encoded = _kafka_encoded(kind, checked) if kafka else _encoded(kind, checked, stream.partitions)
             dead = [{"kind": kind.name, "file": str(path), **r} for r in checked.rejected.to_pylist()]
             if writing is not None:
                 count(writing)  # at most one batch waits for Redis at a time
@@ -222,14 +251,27 @@ class Producer:
 
 
 # ------------------------------------------------------------------------------------------ the declared fields
+@dataclass(frozen=True)
+class DeclaredEvents:
+    """What the Feast repo declares of the events: their fields, and their Kafka source if it is one."""
+
+    transactions: EventKind
+    kafka_source: KafkaEventSource | None
+
+
 def declared_transaction_kind(home: Path, repo: Path | None = None) -> EventKind:
-    """`transaction_kind()` (the transaction events with the Feast repo's extra fields), remembered under `home` by
-    a digest of the repo's definitions and this run's FRAUDSERVE_ settings, so that a command that only produces
-    events does not import Feast to read them again.
+    """`transaction_kind()` with the Feast repo's extra fields (`declared_events`)."""
+    return declared_events(home, repo).transactions
+
+
+def declared_events(home: Path, repo: Path | None = None) -> DeclaredEvents:
+    """`transaction_kind()` (the transaction events with the Feast repo's extra fields) and the transaction view's
+    `KafkaSource` (or None), remembered under `home` by a digest of the repo's definitions and this run's
+    FRAUDSERVE_ settings, so that a command that only produces events does not import Feast to read them again.
 
     The digest covers the repo's `.py` files, `feature_store.yaml` and `.feastignore`; a definition that imports a
     module from elsewhere is read again only when one of those (or a setting) changes."""
-    from pipelines.features.catalog import default_repo
+    from pipelines.features.catalog import KafkaEventSource, default_repo
 
     repo = (repo or default_repo()).resolve()
     digest = hashlib.sha256(str(repo).encode())
@@ -248,7 +290,10 @@ def declared_transaction_kind(home: Path, repo: Path | None = None) -> EventKind
     try:
         remembered = json.loads(cache.read_text())
         if remembered.get("digest") == key:
-            return with_extra_fields(remembered["extra_fields"])
+            source = remembered["kafka_source"]
+            return DeclaredEvents(
+                with_extra_fields(remembered["extra_fields"]), KafkaEventSource(**source) if source else None
+            )
     except (OSError, ValueError, KeyError, AttributeError):
         pass
     from pipelines.features.catalog import load_catalog
@@ -258,8 +303,11 @@ def declared_transaction_kind(home: Path, repo: Path | None = None) -> EventKind
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps({"digest": key, "extra_fields": catalog.extra_fields}))
+        source = catalog.kafka_source
+        partial.write_text(
+            json.dumps({"digest": key, "extra_fields": catalog.extra_fields, "kafka_source": source and vars(source)})
+        )
         partial.replace(cache)
     except OSError:
         pass  # a read-only home: read the repo each time
-    return kind
+    return DeclaredEvents(kind, catalog.kafka_source)
