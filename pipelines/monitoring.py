@@ -195,9 +195,21 @@ def report_from_files(
         if model is not None:
             table = table.filter(pc.equal(table.column("model"), model))
         bins.add(table)
-        tables.append(table.drop_columns(["features"]))
-    rows = pa.concat_tables(tables) if tables else SCHEMA.empty_table().drop_columns(["features"])
+        tables.append(_kept(table))
+    rows = pa.concat_tables(tables) if tables else _kept(SCHEMA.empty_table())
     return build_report(rows, labels, manifest, bins, days=days, model=model, now=now)
+
+
+_KEPT = ("time", "transaction_id", "model", "version", "role", "feature_service", "score", "label")
+_REPEATED = ("model", "role", "feature_service", "label")  # few distinct values: kept dictionary-encoded
+
+
+def _kept(table: pa.Table) -> pa.Table:
+    """The columns the report reads beyond the vectors, the repetitive ones dictionary-encoded (10 M rows of them
+    stay small)."""
+    return pa.table(
+        {name: pc.dictionary_encode(table.column(name)) if name in _REPEATED else table.column(name) for name in _KEPT}
+    )
 
 
 def build_report(
@@ -211,12 +223,12 @@ def build_report(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """The report over `log`'s rows (the days asked for; the vectors already counted in `bins`)."""
-    frame = log.select([c for c in log.column_names if c != "features"]).to_pandas()
+    frame = log.select([c for c in log.column_names if c in _KEPT]).to_pandas()
     frame["day"] = pd.to_datetime(frame["time"], utc=True).dt.strftime("%Y-%m-%d")
     if model is not None:
         frame = frame[frame["model"] == model]
     versions = []
-    for (name, version), part in frame.groupby(["model", "version"], sort=True):
+    for (name, version), part in frame.groupby(["model", "version"], sort=True, observed=True):
         manifest = manifest_of(str(name), int(version))
         scores = part["score"].to_numpy(dtype=np.float64)
         reference, note = reference_for(str(name), int(version), manifest)
@@ -225,12 +237,12 @@ def build_report(
             "version": int(version),
             "feature_service": str(part["feature_service"].iloc[0]),
             **_counts(part),
-            "roles": {str(k): int(v) for k, v in part["role"].value_counts().sort_index().items()},
+            "roles": {str(k): int(v) for k, v in part["role"].value_counts().sort_index().items() if v},
             "quality": _quality_of(part, labels, manifest),
             "drift": drift(scores, bins.counts.get((str(name), int(version)), {}), reference, note),
             "days": [],
         }
-        for day, daily in part.groupby("day", sort=True):
+        for day, daily in part.groupby("day", sort=True, observed=True):
             score_psi = None
             if reference is not None and reference.score is not None:
                 score_psi = psi(reference.score, daily["score"].to_numpy(dtype=np.float64))
