@@ -16,6 +16,7 @@ state on the entity's first batch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import zlib
@@ -152,6 +153,7 @@ class HistoryLayout:
         return format(zlib.crc32(json.dumps(self.fields).encode()), "08x")
 
 
+@functools.cache
 def _sha(script: str) -> str:
     return hashlib.sha1(script.encode()).hexdigest()
 
@@ -201,6 +203,15 @@ class OnlineUpdater:
             e for name, e in self.entities.items() if any(view.needs_labels for view in self.views[name])
         )
         self._known_layouts: dict[str, tuple[str, ...] | None] = {}
+        self._load_scripts()
+
+    def _load_scripts(self) -> None:
+        """Load the scripts once, so that the first batch's EVALSHAs find them (each miss would be sent again)."""
+        try:
+            for script in (FOLD, GUARDED_WRITE):
+                self.client.script_load(script)
+        except redis.RedisError:  # not reachable yet: the first batch loads them through its NOSCRIPT fallback
+            pass
 
     # ---------------------------------------------------------------------------------------------- ingest
     def apply(self, transactions: Sequence[dict[str, Any]], labels: Sequence[dict[str, Any]]) -> BatchResult:
@@ -320,7 +331,7 @@ class OnlineUpdater:
     def _call(
         pipe: KeyedPipeline, plan: EntityPlan, key: str, work: _Pending, mode: str = "", prev: int | None = None
     ) -> int:
-        labels = json.dumps(work.labels, separators=(",", ":"))
+        labels = json.dumps(work.labels, separators=(",", ":")) if work.labels else "[]"
         args = [plan.spec, plan.spec_id, mode, "" if prev is None else prev, labels, *work.events]
         return pipe.script_keys(FOLD, plan.keys(key), *args)
 
