@@ -21,7 +21,14 @@ from fraudserve.commands.serve import run_api
 # ----------------------------------------------------------------------------------------------------------- demo
 def demo(
     cards: Annotated[int, typer.Option(min=1)] = 1000,
-    days: Annotated[int, typer.Option(min=12, help="Days of data; training needs 10 mature days + 2 x 5.")] = 40,
+    days: Annotated[
+        int,
+        typer.Option(
+            min=22,
+            help="Days of data: the last one goes through the stream, labels need 10 days to mature, then 5 test and "
+            "5 validation days and at least one training day.",
+        ),
+    ] = 40,
     seed: int = 7,
     serve_api: Annotated[bool, typer.Option("--serve/--no-serve", help="Start the API at the end.")] = True,
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,

@@ -174,3 +174,11 @@ def test_sigterm_stops_the_api_and_its_embedded_redis_cleanly(tmp_path: Path) ->
     assert not (home / "redis" / "server.json").exists()
     with pytest.raises(ProcessLookupError):
         os.kill(running.pid, 0)
+
+
+def test_demo_refuses_fewer_days_than_its_splits_need(tmp_path: Path) -> None:
+    """Every --days the demo accepts completes (22 is the least, run by hand); fewer are refused before any work."""
+    done = run(tmp_path / "home", "demo", "--days", "21", "--no-serve")
+    assert done.returncode == 2
+    assert "Invalid value for '--days': Input should be greater than or equal to 22" in " ".join(done.stderr.split())
+    assert not (tmp_path / "home").exists()
