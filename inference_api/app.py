@@ -29,7 +29,7 @@ from inference_api.domain.scoring import ScoringService, score_requests
 from inference_api.middleware import RequestContext
 from inference_api.monitoring import keep_refreshed
 from inference_api.observability import Metrics
-from inference_api.routes import admin, fraud, models, oip
+from inference_api.routes import admin, console, fraud, models, oip
 
 log = logging.getLogger("fraudserve.api")
 NOTICE_BLOCK_S = 5.0  # one blocking read of the registry's change notices
@@ -146,6 +146,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(oip.router)
     app.include_router(admin.router)
+    app.include_router(console.router)
+    app.include_router(console.pages)
 
     metrics_guard = [require_unless_public("metrics_public", Scope.admin)]
 

@@ -105,6 +105,9 @@ class RequestContext:
         self.metrics.request(path, status)
         if path.startswith("/v1/fraud/score"):
             self.metrics.stage("total", seconds)
+            served = scope["state"].get("served")  # the version that answered a single score (routes/fraud.py)
+            if served is not None:
+                self.metrics.answered(served.name, served.version, seconds)
         if not self.log_all and status < 400 and seconds < self.slow_s:
             return
         log.info(

@@ -67,7 +67,13 @@ class Metrics:
             "fraudserve_labelled_quality", "Latest quality of a version on the served transactions labelled so far",
             ["model", "version", "metric"], registry=self.registry, multiprocess_mode="mostrecent",
         )  # fmt: skip
+        # Per served version (single score requests), so the console can put canary and production side by side.
+        self.version_latency = Histogram(
+            "fraudserve_version_request_seconds", "Latency of a score request by the model version that answered it",
+            ["model", "version"], buckets=_BUCKETS, registry=self.registry,
+        )  # fmt: skip
         self._stages: dict[str, Any] = {}
+        self._versions: dict[tuple[str, int], Any] = {}
         self._scores: dict[tuple[str, int, str], Any] = {}
         self._requests: dict[tuple[str, int], Any] = {}
         self.shadow_delta = Histogram(
@@ -91,6 +97,13 @@ class Metrics:
         if child is None:
             child = self._scores[key] = self.labels.labels(model, str(version), label)
         child.inc()
+
+    def answered(self, model: str, version: int, seconds: float) -> None:
+        key = (model, version)
+        child = self._versions.get(key)
+        if child is None:
+            child = self._versions[key] = self.version_latency.labels(model, str(version))
+        child.observe(seconds)
 
     def request(self, route: str, status: int) -> None:
         key = (route, status)

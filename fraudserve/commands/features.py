@@ -170,8 +170,8 @@ def features_list(
     freshness online (the age of the newest row among the sampled keys)."""
     from core import connections
     from fraudserve import feature_store
-    from fraudserve.freshness import newest_rows
     from pipelines.features.catalog import CatalogError, load_catalog
+    from pipelines.freshness import newest_rows
 
     settings = load_settings()
     try:

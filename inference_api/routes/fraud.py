@@ -82,6 +82,7 @@ async def score(body: ScoreRequest, request: Request) -> Response:
     if isinstance(outcome, FraudserveError):
         raise outcome
     log_scores(request, (outcome,))
+    request.state.served = outcome.model  # its latency by version (middleware.py), for the console
     # Serialized here, not through the response model: every value is already of its documented type, and this
     # path runs thousands of times a second (tests validate these bodies against ScoreResponse).
     return Response(json.dumps(score_body(outcome), allow_nan=False), media_type="application/json")

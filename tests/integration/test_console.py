@@ -1,0 +1,208 @@
+"""The operator console in a real headless Chromium (Debian's `chromium`, driven by Playwright for Python) against a
+real API on a real deployment: what it shows, promote and rollback by clicks, the admin key, and that the page asks
+nothing of any host but the API's."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from core.models.manifest import Flavor
+from tests.api_server import ApiServer
+from tests.deployment import Deployment, deploy
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python (pip install -e '.[dev]')")
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium: apt-get install chromium (Debian)")
+WAIT_MS = 20_000
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    with deploy(tmp_path_factory.mktemp("console"), flavors=(Flavor.lightgbm,)) as built:
+        yield built
+
+
+@pytest.fixture(scope="module")
+def api(deployment: Deployment) -> Iterator[str]:
+    settings = deployment.settings.model_copy(update={"score_log_flush_seconds": 0.5})
+    with ApiServer(settings) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+class Page:
+    """A fresh browser context on the console; every request it makes is recorded, and one to any host but the
+    API's is aborted and counted as a failure."""
+
+    def __init__(self, browser: Any, api: str) -> None:
+        self.api = api
+        self.context = browser.new_context(viewport={"width": 1280, "height": 800})
+        self.requests: list[dict[str, Any]] = []
+        self.foreign: list[str] = []
+        self.context.route("**/*", self._route)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(WAIT_MS)
+
+    def _route(self, route: Any) -> None:
+        request = route.request
+        url = urlsplit(request.url)
+        self.requests.append({"url": request.url, "headers": request.headers})
+        if f"{url.scheme}://{url.netloc}" != self.api:
+            self.foreign.append(request.url)
+            route.abort()
+            return
+        route.continue_()
+
+    def open(self) -> Any:
+        self.page.goto(f"{self.api}/console")
+        return self.page
+
+
+@pytest.fixture
+def console(browser: Any, api: str) -> Iterator[Page]:
+    page = Page(browser, api)
+    yield page
+    page.context.close()
+    assert page.foreign == [], f"the console asked hosts other than the API: {page.foreign}"
+    assert any(r["url"].endswith("/v1/admin/console/traffic") for r in page.requests)
+
+
+def score(api: str, transaction_id: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    response = httpx.post(f"{api}/v1/fraud/score", json={"transaction_id": transaction_id}, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def served_version(api: str, deployment: Deployment, wanted: int) -> int:
+    deadline = time.monotonic() + 15
+    version = score(api, deployment.recent[0])["model"]["version"]
+    while version != wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+        version = score(api, deployment.recent[0])["model"]["version"]
+    return int(version)
+
+
+def test_models_traffic_features_and_quality(deployment: Deployment, api: str, console: Page) -> None:
+    page = console.open()
+    model = page.locator('[data-model="fraud"]')
+    model.locator("tr", has_text="v1").filter(has_text="production").wait_for()
+    row = model.locator("tr", has_text="production").first.inner_text()
+    assert "lightgbm" in row and "fraud_v2" in row and "ROC-AUC 0." in row and "serving" in row and "ok" in row
+    assert "production v1" in page.locator("#serving").inner_text()
+    assert "canary 0 % of requests" in page.locator("#serving").inner_text()
+
+    # Live traffic: scores sent now appear as a rate, latency and label mix for version 1, and as a drawn line.
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            for transaction_id in deployment.recent[:10]:
+                score(api, transaction_id)
+            time.sleep(0.1)
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    try:
+        page.locator("#traffic tr", has_text="fraud v1").wait_for()
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#traffic-svg path.series')].some(p => p.getAttribute('d')"
+            ".split('L').length > 2)"
+        )
+    finally:
+        stop.set()
+        sender.join()
+    line = page.locator("#traffic tr", has_text="fraud v1").inner_text()
+    assert "production" in line and "/s" in line and " ms" in line and "not fraud" in line
+    per_second = float(line.split("\t")[2].removesuffix("/s"))
+    assert per_second > 0
+
+    features = page.locator("#features")
+    features.locator("tr", has_text="transaction_features").wait_for()
+    text = features.inner_text()
+    assert "fresh" in text or "older than TTL" in text  # materialized rows have an age
+    assert "ago" in text and "card_id" in text
+    assert "Stream (redis)" in page.locator("#stream").inner_text()
+
+    # Quality: the scores logged just now, in the report (the page reads it at start: load it again).
+    page.reload()
+    version = page.locator('.quality-version[data-version="1"]')
+    version.wait_for()
+    assert "scores;" in version.inner_text()
+    assert version.locator("svg").count() >= 1
+
+
+def test_promote_and_rollback_by_clicks(deployment: Deployment, api: str, console: Page) -> None:
+    candidate = deployment.registry.register(deployment.packages[0], name="fraud", feature_service="fraud_v2")
+    assert candidate.version == 2 and "candidate" in candidate.aliases
+    assert served_version(api, deployment, 1) == 1
+    page = console.open()
+    promote = page.locator('button[data-action="promote"][data-version="2"]')
+    promote.click()
+    assert "Promote fraud version 2" in page.locator("#confirm-text").inner_text()
+    page.locator("#confirm-cancel").click()  # cancelled: nothing changes
+    time.sleep(1)
+    assert served_version(api, deployment, 1) == 1
+
+    promote.click()
+    page.locator("#confirm-ok").click()
+    page.locator('[data-model="fraud"] tr', has_text="v2").filter(has_text="production").wait_for()
+    assert served_version(api, deployment, 2) == 2
+
+    page.locator('button[data-action="rollback"][data-model="fraud"]').click()
+    assert "Roll fraud back" in page.locator("#confirm-text").inner_text()
+    page.locator("#confirm-ok").click()
+    page.locator('[data-model="fraud"] tr', has_text="v1").filter(has_text="production").wait_for()
+    history = httpx.get(f"{api}/v1/admin/models/fraud").json()["alias_history"]
+    assert served_version(api, deployment, 1) == 1, history
+    moves = [(h["from"], h["to"], h["reason"]) for h in history if h["alias"] == "production"]
+    assert moves == [(None, 1, "first version"), (1, 2, "promote"), (2, 1, "rollback")]  # one click, one move
+
+
+def test_an_admin_key_is_asked_once_and_a_wrong_one_refused(deployment: Deployment, api: str, console: Page) -> None:
+    from core.keys import KeyStore, Scope
+
+    keys = KeyStore(deployment.settings.keys_file)
+    try:
+        _, admin_key = keys.create("console-ops", [Scope.admin, Scope.score])
+        _, score_key = keys.create("console-service", [Scope.score])
+        page = console.open()
+        page.locator("#login").wait_for()
+        assert page.locator("#panels").is_hidden()
+        for wrong, status in (("fs_0000_nope", "401"), (score_key, "403")):
+            page.fill("#key", wrong)
+            page.click("#login button[type=submit]")
+            page.locator("#login-error", has_text=f"That key was refused ({status}").wait_for()
+            assert page.locator("#panels").is_hidden()
+            assert page.evaluate("() => sessionStorage.length") == 0  # a refused key is not kept
+        page.fill("#key", admin_key)
+        page.click("#login button[type=submit]")
+        page.locator('[data-model="fraud"] tr', has_text="production").first.wait_for()
+        assert page.locator("#login").is_hidden()
+        page.reload()  # asked once: the tab keeps the key
+        page.locator('[data-model="fraud"] tr', has_text="production").first.wait_for()
+        assert page.locator("#login").is_hidden()
+        admin_calls = [r for r in console.requests if "/v1/admin/" in r["url"]]
+        assert admin_calls and all(admin_key not in r["url"] for r in console.requests)
+        assert admin_calls[-1]["headers"].get("authorization") == f"Bearer {admin_key}"
+        # The page and its files hold no data: open; the data is not.
+        assert httpx.get(f"{api}/console").status_code == 200
+        assert httpx.get(f"{api}/v1/admin/console/traffic").status_code == 401
+        assert httpx.get(f"{api}/console/../app.py").status_code == 404
+    finally:
+        deployment.settings.keys_file.unlink(missing_ok=True)

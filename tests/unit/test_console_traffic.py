@@ -1,0 +1,73 @@
+"""The console's traffic figures: differences of the app's own counters between snapshots, per version."""
+
+from __future__ import annotations
+
+import pytest
+
+from inference_api.console.traffic import Histogram, Snapshot, TrafficWindow, compare, take
+from inference_api.observability import Metrics
+
+
+def test_quantile_interpolates_within_the_bucket_as_prometheus_does() -> None:
+    window = Histogram(((0.001, 0.0), (0.002, 5.0), (0.005, 10.0), (float("inf"), 10.0)), 10.0, 0.03)
+    assert window.quantile(0.5) == pytest.approx(0.002)  # rank 5: the top of the (1, 2] ms bucket
+    assert window.quantile(0.99) == pytest.approx(0.002 + 0.003 * 4.9 / 5)
+    assert Histogram((), 0.0, 0.0).quantile(0.5) is None
+    beyond = Histogram(((0.001, 1.0), (float("inf"), 10.0)), 10.0, 1.0)
+    assert beyond.quantile(0.99) == 0.001  # past the last finite bound: that bound, as histogram_quantile says
+
+
+def test_histogram_difference_and_restart() -> None:
+    before = Histogram(((0.01, 4.0), (float("inf"), 5.0)), 5.0, 0.1)
+    after = Histogram(((0.01, 10.0), (float("inf"), 12.0)), 12.0, 0.3)
+    assert after.minus(before) == Histogram(((0.01, 6.0), (float("inf"), 7.0)), 7.0, pytest.approx(0.2))
+    restarted = Histogram(((0.01, 1.0), (float("inf"), 1.0)), 1.0, 0.005)
+    assert restarted.minus(before) is restarted  # a counter that went down started again: all of it is new
+
+
+def test_rates_percentiles_and_label_mix_per_version_from_metrics() -> None:
+    metrics = Metrics()
+    metrics.scored("fraud", 1, "not_fraud")
+    metrics.answered("fraud", 1, 0.004)
+    earlier = take(metrics, at=100.0)
+    for i in range(30):  # production: 30 scores in 10 s, 3 ms each; 3 of them suspicious
+        metrics.scored("fraud", 1, "suspicious" if i % 10 == 0 else "not_fraud")
+        metrics.answered("fraud", 1, 0.003)
+    for _ in range(10):  # canary: 10 scores, 20 ms each
+        metrics.scored("fraud", 2, "highly_suspicious")
+        metrics.answered("fraud", 2, 0.02)
+    metrics.error("transaction_not_found")
+    metrics.error("transaction_not_found")
+    metrics.request("/v1/fraud/score", 200)
+    later = take(metrics, at=110.0)
+
+    figures = compare(earlier, later)
+    assert figures["seconds"] == 10.0
+    production, canary = figures["versions"]
+    assert (production["model"], production["version"], canary["version"]) == ("fraud", 1, 2)
+    assert production["per_second"] == pytest.approx(3.0) and canary["per_second"] == pytest.approx(1.0)
+    assert production["labels"] == {"not_fraud": 27.0, "suspicious": 3.0}  # the earlier score is not counted
+    assert canary["labels"] == {"highly_suspicious": 10.0}
+    assert production["requests"] == 30.0
+    assert 2.0 < production["p50_ms"] <= 3.0 and 2.0 < production["p99_ms"] <= 3.0  # within the (2, 3] ms bucket
+    assert 15.0 < canary["p50_ms"] <= 25.0
+    assert figures["errors"] == [{"code": "transaction_not_found", "count": 2.0, "per_second": 0.2}]
+    assert figures["statuses"] == [{"status": 200, "count": 1.0, "per_second": 0.1}]
+
+
+def test_the_window_keeps_spaced_snapshots_and_rates_over_its_last_seconds() -> None:
+    window = TrafficWindow(keep_s=60.0, rate_s=10.0, spacing_s=1.0)
+    assert window.summary()["versions"] == []  # one look is not a rate
+    for second in range(0, 101, 5):  # 2 scores a second until t=50, then 10 a second
+        count = 2.0 * min(second, 50) + 10.0 * max(second - 50, 0)
+        window.add(Snapshot(float(second), {("fraud", 1, "not_fraud"): count}))
+    window.add(Snapshot(100.5, {("fraud", 1, "not_fraud"): 605.0}))  # too close: replaces the t=100 one
+    assert window.snapshots[0].at == 45.0  # older than keep_s dropped
+    assert window.snapshots[-1].at == 100.5
+    summary = window.summary()
+    (version,) = summary["versions"]
+    assert summary["seconds"] == pytest.approx(10.5)  # from t=90, the newest snapshot at least rate_s old
+    assert version["per_second"] == pytest.approx(10.0)  # (605 - 500) / 10.5
+    assert len(summary["series"]) == len(window.snapshots) - 1
+    assert summary["series"][0] == {"ago_s": 50.5, "per_second": {"fraud:1": pytest.approx(2.0)}}  # t=45 to 50
+    assert summary["series"][-1] == {"ago_s": 0.0, "per_second": {"fraud:1": pytest.approx(10.0)}}
