@@ -18,9 +18,23 @@ app = typer.Typer(no_args_is_help=True, help="The model registry: register, list
 # --------------------------------------------------------------------------------------------------------- models
 @app.command("register")
 def models_register(
-    path: Annotated[Path, typer.Argument(help="Model package folder: manifest.json and the model file.")],
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="Model package folder (manifest.json and the model file), or an MLflow model: models:/NAME/VERSION, "
+            "models:/NAME@ALIAS, runs:/RUN_ID/PATH or a local MLflow model folder (with fraudserve[mlflow])."
+        ),
+    ],
     name: Annotated[str, typer.Option(help="Model name.")],
     feature_service: Annotated[str, typer.Option(help="The feature service the model was trained on.")],
+    thresholds: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow models: label thresholds 'SUSPICIOUS,HIGHLY' (default: the version's fraudserve.thresholds "
+            "tag, else chosen on the latest mature labelled days).",
+            show_default=False,
+        ),
+    ] = None,
     url: Annotated[
         str | None,
         typer.Option(envvar="FRAUDSERVE_URL", help="Register through the API running there (e.g. http://host:8000)."),
@@ -35,11 +49,26 @@ def models_register(
 
     try:
         if url is not None:
-            remote = open_registry(url=url, key=key).register(path, name=name, feature_service=feature_service)
+            remote = open_registry(url=url, key=key).register(Path(path), name=name, feature_service=feature_service)
             version, aliases = remote["version"], remote["aliases"]
         else:
-            model = open_registry(load_settings()).register(path, name=name, feature_service=feature_service)
+            from fraudserve.mlflow_models import is_mlflow_source, parse_thresholds, register_mlflow
+
+            if is_mlflow_source(path):
+                model = register_mlflow(
+                    path,
+                    name=name,
+                    feature_service=feature_service,
+                    thresholds=parse_thresholds(thresholds),
+                    settings=load_settings(),
+                    report=out.print,
+                )
+            else:
+                model = open_registry(load_settings()).register(path, name=name, feature_service=feature_service)
             version, aliases = model.version, list(model.aliases)
+            source = model.manifest.params.get("source")
+            if source:
+                out.print(f"from {source['uri']} (run {source['run_id']}, MLflow {source['mlflow_version']})")
     except FraudserveError as exc:
         raise fail(exc) from exc
     out.print(f"registered {name} version {version} ({', '.join(aliases) or 'no alias'})")

@@ -183,3 +183,121 @@ def test_save_package_refusals_name_the_fix_and_leave_nothing(
     with pytest.raises(RegistrationError, match="thresholds=\\(suspicious, highly_suspicious\\), or validation"):
         save_package(named, tmp_path / "pkg", feature_service="fraud_v1")
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------------- MLflow
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from tests.mlflow_server import MlflowServer, executable
+
+    pytest.importorskip("mlflow", reason="the mlflow extra: pip install -e '.[mlflow]'")
+    binary = executable()
+    if binary is None:
+        pytest.skip("no MLflow server: `.venv/bin/python -m tests.mlflow_server` installs one (.ci/run does)")
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"), binary).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def tracking(mlflow_server: str, home: Deployment, monkeypatch: pytest.MonkeyPatch) -> Deployment:
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    return home
+
+
+def _booster(frame: pd.DataFrame, features: list[str]) -> object:
+    import lightgbm
+
+    return lightgbm.train(
+        {"objective": "binary", "verbose": -1, "num_threads": 2, "seed": 1},
+        lightgbm.Dataset(frame[features], frame["is_fraud"]),
+        num_boost_round=30,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_an_mlflow_model_registers_by_version_alias_and_run(
+    tracking: Deployment, v1_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    import mlflow
+    from mlflow.models import infer_signature
+    from typer.testing import CliRunner
+
+    from fraudserve.cli import app
+    from fraudserve.registry import open_registry
+
+    booster = _booster(v1_frame, SUBSET)
+    with mlflow.start_run() as run:
+        mlflow.lightgbm.log_model(
+            booster, name="model", registered_model_name="fraud-mlflow",
+            signature=infer_signature(v1_frame[SUBSET].astype("float64").head(50)),
+        )  # fmt: skip
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag("fraud-mlflow", "1", "fraudserve.thresholds", "0.25,0.75")
+    client.set_registered_model_alias("fraud-mlflow", "champion", "1")
+
+    result = CliRunner().invoke(
+        app, ["models", "register", "models:/fraud-mlflow/1", "--name", "from-mlflow", "--feature-service", "fraud_v1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert run.info.run_id in result.output
+    registry = open_registry(tracking.settings)
+    stored = registry.get("from-mlflow", 1).manifest
+    assert stored.feature_names == SUBSET and stored.flavor is Flavor.lightgbm
+    assert (stored.thresholds.suspicious, stored.thresholds.highly_suspicious) == (0.25, 0.75)
+    assert stored.params["source"] == {
+        "uri": "models:/fraud-mlflow/1", "run_id": run.info.run_id, "mlflow_version": mlflow.__version__,
+    }  # fmt: skip
+
+    by_alias = registry.register("models:/fraud-mlflow@champion", name="from-mlflow", feature_service="fraud_v1")
+    assert by_alias.version == 2 and by_alias.manifest.thresholds.highly_suspicious == 0.75
+    by_run = registry.register(
+        f"runs:/{run.info.run_id}/model", name="from-mlflow", feature_service="fraud_v1", thresholds=(0.1, 0.9)
+    )
+    assert by_run.manifest.thresholds.suspicious == 0.1
+    scores = [lightgbm_predict(registry.model_path("from-mlflow", v), v1_frame[SUBSET].head(20)) for v in (1, 2, 3)]
+    expected = booster.predict(v1_frame[SUBSET].head(20))  # type: ignore[attr-defined]
+    for got in scores:
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def lightgbm_predict(path: Path, frame: pd.DataFrame) -> np.ndarray:
+    import lightgbm
+
+    return np.asarray(lightgbm.Booster(model_file=str(path)).predict(frame))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_mlflow_models_that_are_not_native_or_disagree_are_refused_and_leave_nothing(
+    tracking: Deployment, v1_frame: pd.DataFrame
+) -> None:
+    import lightgbm
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from fraudserve.registry import RegistrationError, open_registry
+
+    train = v1_frame.head(4000)
+    wrapper = lightgbm.LGBMClassifier(n_estimators=5, verbose=-1).fit(train[SUBSET], train["is_fraud"])
+    with mlflow.start_run():
+        pickled = mlflow.lightgbm.log_model(wrapper, name="model", serialization_format="cloudpickle")
+        cloudpickled = mlflow.sklearn.log_model(wrapper, name="sk", serialization_format="cloudpickle")
+        other = [*SUBSET[1:], SUBSET[0]]
+        disagreeing = mlflow.lightgbm.log_model(
+            _booster(train, SUBSET), name="sig", signature=infer_signature(train[other].astype("float64").head(5))
+        )
+    registry = open_registry(tracking.settings)
+    for info, expected in (
+        (pickled, "model.booster_"),
+        (cloudpickled, "mlflow.sklearn model (cloudpickle)"),
+        (disagreeing, "signature's inputs are not the model file's features"),
+    ):
+        with pytest.raises(RegistrationError) as caught:
+            registry.register(info.model_uri, name="refused", feature_service="fraud_v1", thresholds=(0.3, 0.8))
+        assert expected in str(caught.value), str(caught.value)
+    assert "refused" not in registry.names()
