@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -223,8 +223,11 @@ def build_report(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """The report over `log`'s rows (the days asked for; the vectors already counted in `bins`)."""
-    frame = log.select([c for c in log.column_names if c in _KEPT]).to_pandas()
-    frame["day"] = pd.to_datetime(frame["time"], utc=True).dt.strftime("%Y-%m-%d")
+    kept = log.select([c for c in log.column_names if c in _KEPT])
+    # Transaction ids stay Arrow strings (a tenth of the memory of Python objects at 10 M rows); the day is the
+    # number of days since the epoch (formatting 10 M dates costs more than the rest of the report).
+    frame = kept.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if t == pa.string() else None)
+    frame["day"] = kept.column("time").cast(pa.int64()).to_numpy() // 86_400_000
     if model is not None:
         frame = frame[frame["model"] == model]
     versions = []
@@ -247,7 +250,7 @@ def build_report(
             if reference is not None and reference.score is not None:
                 score_psi = psi(reference.score, daily["score"].to_numpy(dtype=np.float64))
             entry["days"].append(
-                {"day": str(day), **_counts(daily), "quality": _quality_of(daily, labels, manifest),
+                {"day": _day(int(day)), **_counts(daily), "quality": _quality_of(daily, labels, manifest),
                  "score_psi": score_psi}
             )  # fmt: skip
         versions.append(entry)
@@ -261,6 +264,10 @@ def build_report(
         "psi_flag": FLAG,
         "versions": versions,
     }
+
+
+def _day(days_since_epoch: int) -> str:
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=days_since_epoch)).strftime("%Y-%m-%d")
 
 
 def reference_for(name: str, version: int, manifest: Manifest | None) -> tuple[DriftReference | None, str]:

@@ -330,3 +330,32 @@ def test_a_service_keyed_by_a_field_transactions_lack_is_refused_at_registration
     assert "customer_model" not in deployment.registry.names()
     # The service it was added beside is still served.
     assert open_registry(deployment.settings).get("fraud").manifest.feature_service == "fraud_v3"
+
+
+def test_the_score_log_holds_feasts_vector_of_a_user_declared_service(deployment: UserDeployment) -> None:
+    import uuid
+
+    from core.score_log import read_log
+
+    names = deployment.registry.get("fraud").manifest.feature_names
+    ids = deployment.recent[:8]
+    prefix = f"log-{uuid.uuid4().hex[:8]}-"
+    with ApiServer(deployment.settings) as server:  # stopping it writes what is logged
+        for i, transaction_id in enumerate(ids):
+            response = httpx.post(
+                f"{server.url}/v1/fraud/score", json={"transaction_id": transaction_id},
+                headers={"X-Request-ID": f"{prefix}{i}"}, timeout=30,
+            )  # fmt: skip
+            assert response.status_code == 200, response.text
+    logged = {
+        r["request_id"]: r
+        for r in read_log([deployment.settings.score_log_dir]).to_pylist()
+        if (r["request_id"] or "").startswith(prefix)
+    }
+    expected = feast_matrix(deployment, ids, names)
+    for i, transaction_id in enumerate(ids):
+        row = logged[f"{prefix}{i}"]
+        assert row["transaction_id"] == transaction_id and row["feature_service"] == "fraud_v3"
+        assert [f["name"] for f in row["features"]] == names
+        vector = np.array([np.nan if f["value"] is None else f["value"] for f in row["features"]], dtype=np.float64)
+        np.testing.assert_allclose(vector, expected[i], rtol=1e-12, atol=1e-12, equal_nan=True)
