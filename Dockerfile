@@ -8,7 +8,7 @@ COPY fraudserve ./fraudserve
 COPY pipelines ./pipelines
 COPY inference_api ./inference_api
 COPY feature_repo ./feature_repo
-RUN pip install --no-cache-dir -c constraints.txt -e '.[kafka]' \
+RUN pip install --no-cache-dir -c constraints.txt -e '.[kafka,mlflow]' \
     && useradd --create-home --uid 10001 fraudserve \
     && mkdir -p /data && chown fraudserve /data
 USER fraudserve

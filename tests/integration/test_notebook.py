@@ -232,7 +232,7 @@ def test_an_mlflow_model_registers_by_version_alias_and_run(
 
     booster = _booster(v1_frame, SUBSET)
     with mlflow.start_run() as run:
-        mlflow.lightgbm.log_model(
+        logged = mlflow.lightgbm.log_model(
             booster, name="model", registered_model_name="fraud-mlflow",
             signature=infer_signature(v1_frame[SUBSET].astype("float64").head(50)),
         )  # fmt: skip
@@ -259,6 +259,13 @@ def test_an_mlflow_model_registers_by_version_alias_and_run(
         f"runs:/{run.info.run_id}/model", name="from-mlflow", feature_service="fraud_v1", thresholds=(0.1, 0.9)
     )
     assert by_run.manifest.thresholds.suspicious == 0.1
+    # no thresholds given or tagged (a logged model's own URI): chosen on the latest mature labelled days, printed
+    result = CliRunner().invoke(
+        app, ["models", "register", logged.model_uri, "--name", "from-mlflow", "--feature-service", "fraud_v1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "thresholds chosen on the latest" in result.output
+    assert "validation" in registry.get("from-mlflow", 4).manifest.thresholds.method
     scores = [lightgbm_predict(registry.model_path("from-mlflow", v), v1_frame[SUBSET].head(20)) for v in (1, 2, 3)]
     expected = booster.predict(v1_frame[SUBSET].head(20))  # type: ignore[attr-defined]
     for got in scores:
