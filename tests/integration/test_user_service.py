@@ -359,3 +359,26 @@ def test_the_score_log_holds_feasts_vector_of_a_user_declared_service(deployment
         assert [f["name"] for f in row["features"]] == names
         vector = np.array([np.nan if f["value"] is None else f["value"] for f in row["features"]], dtype=np.float64)
         np.testing.assert_allclose(vector, expected[i], rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+def test_the_training_frame_of_a_user_declared_service(
+    deployment: UserDeployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fraudserve.training.training_frame on a service of batch and on-demand views: its own join keys, its
+    features in its order, and no column beyond the entity frame's and the service's from Feast's own call."""
+    from fraudserve.training import training_frame
+
+    monkeypatch.setenv("FRAUDSERVE_HOME", str(deployment.settings.home_dir))
+    monkeypatch.setenv("FRAUDSERVE_FEATURE_REPO", str(deployment.settings.feature_repo))
+    frame = training_frame("merchant_mix", settings=deployment.settings)
+    store = feature_store.open_offline_store(deployment.settings)
+    service = store.get_feature_service("merchant_mix")
+    names = [f.name for p in service.feature_view_projections for f in p.features]
+    assert list(frame.columns) == ["transaction_id", "event_timestamp", "merchant_id", *names, "is_fraud"]
+    entity = frame[["transaction_id", "event_timestamp", "merchant_id"]].tail(300).reset_index(drop=True)
+    theirs = store.get_historical_features(entity_df=entity, features=service).to_df()
+    assert set(theirs.columns) == {*entity.columns, *names}
+    theirs = theirs.set_index("transaction_id").loc[entity["transaction_id"]].reset_index()
+    ours = frame.tail(300).reset_index(drop=True)
+    for name in names:
+        pd.testing.assert_series_equal(theirs[name], ours[name], check_dtype=False, check_names=False)
