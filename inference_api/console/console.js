@@ -63,9 +63,10 @@ const pct = (v) => `${(100 * v).toFixed(1)} %`;
 function duration(seconds) {
   if (seconds === null || seconds === undefined) return "–";
   if (seconds < 120) return `${Math.round(seconds)} s`;
+  const short = (value) => String(+value.toFixed(1)); // 7 d, 1.5 h
   if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
-  if (seconds < 172800) return `${(seconds / 3600).toFixed(1)} h`;
-  return `${(seconds / 86400).toFixed(1)} d`;
+  if (seconds < 172800) return `${short(seconds / 3600)} h`;
+  return `${short(seconds / 86400)} d`;
 }
 
 const day = (iso) => (iso ? String(iso).slice(0, 10) : "–");
@@ -368,12 +369,12 @@ async function refreshFeatures() {
         `late ${(st.counters.late || 0).toLocaleString()}`].filter(Boolean).join(" · "));
   const rows = data.views.map((v) => [
     v.view, v.entity ?? "–", v.kind, v.ttl_s ? duration(v.ttl_s) : "–",
-    v.kind === "on demand" ? "computed per request" : v.age_s === null ? "not online" : `${duration(v.age_s)} ago`,
+    v.kind === "on demand" ? "per request" : v.age_s === null ? "not online" : `${duration(v.age_s)} ago`,
     v.kind === "on demand" ? "" : h("span", { class: v.stale ? "stale" : v.age_s === null ? "bad" : "ok" },
       v.stale ? "older than TTL" : v.age_s === null ? "missing" : "fresh"),
   ]);
   replace("stream", streamLine);
-  replace("features", table(["view", "entity", "kind", "TTL", "newest row", "state"], rows));
+  replace("features", table(["view", "entity", "kind", { text: "TTL", num: true }, { text: "newest row", num: true }, "state"], rows));
 }
 
 async function refreshQuality() {
@@ -398,7 +399,9 @@ function drawQuality(v, flag) {
   const series = metrics.map(([name, pick], i) => ({
     name, colour: COLOURS[i % COLOURS.length], points: days.map((d, j) => [j, pick(d)]),
   }));
-  const quality = lineChart({ series, xMin: 0, xMax: Math.max(days.length - 1, 1), yMax: 1, yLabel: "share (0–1)",
+  const labelled = series.some((line) => line.points.some((point) => point[1] !== null && point[1] !== undefined));
+  const quality = !labelled ? h("p", { class: "note" }, "No labelled transactions in these days yet: ROC-AUC, " +
+    "precision and recall appear per day as labels land.") : lineChart({ series, xMin: 0, xMax: Math.max(days.length - 1, 1), yMax: 1, yLabel: "share (0–1)",
     xLabel: "day (UTC)", xTicks: days.map((_, j) => j), xTick: (j) => (days[j] ? days[j].day.slice(5) : ""),
     yTick: (y) => y.toFixed(2) });
   const psi = [];

@@ -56,7 +56,7 @@ def feature_views(settings: Settings, client: Any, project: str, now: float | No
                 "stale": stamp is not None and bool(ttl) and moment - stamp > (ttl or 0)}  # fmt: skip
 
     views = [
-        view(w.view, w.join_key, w.ttl.total_seconds() or None, "stream windows", len(w.features))
+        view(w.view, w.join_key, w.ttl.total_seconds() or None, "windows", len(w.features))
         for w in catalog.window_views
     ]
     views += [

@@ -31,6 +31,7 @@ SECURITY_HEADERS = {
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "unauthorized"},
     403: {"model": ErrorResponse, "description": "forbidden"},
+    422: {"model": ErrorResponse, "description": "invalid_request"},
 }
 
 pages = APIRouter(tags=["console"], include_in_schema=False)

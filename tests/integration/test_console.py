@@ -146,6 +146,10 @@ def test_models_traffic_features_and_quality(deployment: Deployment, api: str, c
     assert "scores;" in version.inner_text()
     assert version.locator("svg").count() >= 1
 
+    # A narrow window: one column, nothing wider than the window (wide tables scroll inside their panel).
+    page.set_viewport_size({"width": 400, "height": 800})
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 400
+
 
 def test_promote_and_rollback_by_clicks(deployment: Deployment, api: str, console: Page) -> None:
     candidate = deployment.registry.register(deployment.packages[0], name="fraud", feature_service="fraud_v2")
