@@ -27,6 +27,7 @@ from core.models.manifest import (
     Thresholds,
     TrainingWindow,
 )
+from core.models.reference import reference_of
 from core.models.runtime import load_runtime
 from core.registry import ModelVersion, RegistrationError
 from core.settings import Settings
@@ -214,7 +215,17 @@ def save_package(
                 baseline=metrics(labels, baseline_scores(validation, rules)),
                 baseline_rules=[str(r) for r in rules],
             )
+        reference = None
+        rows = training if training is not None else validation
+        if rows is not None:  # the drift reference `fraudserve monitor report` compares served traffic with
+            columns = _matrix(rows, native.features, "training" if training is not None else "validation")
+            reference = reference_of(
+                {n: columns[:, j] for j, n in enumerate(native.features)},
+                scores if scores is not None else runtime.predict(columns),
+                f"{'training' if training is not None else 'validation'} frame given to save_package",
+            )
         manifest = Manifest(
+            reference=reference,
             flavor=native.flavor,
             model_file=native.model_file,
             feature_service=feature_service,

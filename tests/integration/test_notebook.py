@@ -115,6 +115,7 @@ def test_an_xgbclassifier_on_a_subset_in_another_order_registers_and_serves_exac
     assert sorted(p.name for p in (tmp_path / "pkg").iterdir()) == ["manifest.json", "model.json"]
     assert manifest.evaluation is not None and manifest.evaluation.model.rows == len(valid)
     assert manifest.training is not None and manifest.training.train_rows == len(train)
+    assert manifest.reference is not None and set(manifest.reference.features) == set(SUBSET)
     assert {f.name: f.dtype for f in manifest.features}["card_txn_count_1h"] == "int64"
     registered = open_registry(home.settings).register(tmp_path / "pkg", name="subset", feature_service="fraud_v1")
 
