@@ -8,9 +8,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 from core.connections import redis_client
+from core.errors import RedisUnavailable
 from core.keys import Scope
 from core.settings import Settings
 from inference_api.auth import require
@@ -32,6 +34,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "unauthorized"},
     403: {"model": ErrorResponse, "description": "forbidden"},
     422: {"model": ErrorResponse, "description": "invalid_request"},
+    503: {"model": ErrorResponse, "description": "features_unavailable (the online store did not answer)"},
 }
 
 pages = APIRouter(tags=["console"], include_in_schema=False)
@@ -103,7 +106,11 @@ async def features(request: Request) -> dict[str, Any]:
     manager: ModelManager = request.app.state.models
 
     def compute() -> dict[str, Any]:
-        out: dict[str, Any] = {"views": feature_views(settings, state.client, manager.store.project)}
+        try:
+            views = feature_views(settings, state.client, manager.store.project)
+        except RedisError as exc:
+            raise RedisUnavailable(f"the online store did not answer the freshness scan: {exc}") from exc
+        out: dict[str, Any] = {"views": views}
         try:
             found = stream(settings, state.client)
             found["per_second"] = state.stream_rate.update(found["counters"].get("processed", 0))

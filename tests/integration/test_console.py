@@ -21,7 +21,7 @@ from tests.deployment import Deployment, deploy
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python (pip install -e '.[dev]')")
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium: apt-get install chromium (Debian)")
-WAIT_MS = 20_000
+WAIT_MS = 30_000  # a loaded CI machine: the traffic chart needs four looks, 3 s apart
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,15 @@ def test_histogram_difference_and_restart() -> None:
 
 def test_rates_percentiles_and_label_mix_per_version_from_metrics() -> None:
     metrics = Metrics()
-    metrics.scored("fraud", 1, "not_fraud")
+    # Every series the test counts exists before the first look: with PROMETHEUS_MULTIPROC_DIR set (Feast sets it
+    # on import) a series starts from what earlier apps of this process counted in it, as a restarted counter would.
+    for label in ("not_fraud", "suspicious"):
+        metrics.scored("fraud", 1, label)
+    metrics.scored("fraud", 2, "highly_suspicious")
     metrics.answered("fraud", 1, 0.004)
+    metrics.answered("fraud", 2, 0.004)
+    metrics.error("transaction_not_found")
+    metrics.request("/v1/fraud/score", 200)
     earlier = take(metrics, at=100.0)
     for i in range(30):  # production: 30 scores in 10 s, 3 ms each; 3 of them suspicious
         metrics.scored("fraud", 1, "suspicious" if i % 10 == 0 else "not_fraud")
