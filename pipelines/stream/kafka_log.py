@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,10 +32,22 @@ if TYPE_CHECKING:
     from pipelines.features.catalog import KafkaEventSource
 
 log = logging.getLogger("fraudserve.stream")
+OUTAGE_S = 120  # how long a worker waits for the brokers to come back before it gives up (as for Redis)
+STALL_S = 20  # idle, lag above 0 and not moving this long: the consumer is replaced by a new one
+RESET_AFTER_FAILURES = 3  # idle lag queries in a row unanswered: the consumer is replaced by a new one
 
 # Broker errors after which a commit is dropped, not raised: the partition moved to another worker (a rebalance),
 # which reads again from the last committed offset; the events it re-applies change nothing online.
 _REBALANCE_ERRORS = ("ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "REBALANCE_IN_PROGRESS", "_NO_OFFSET", "FENCED")
+
+
+def _transient_codes(kafka: Any) -> tuple[int, ...]:
+    """Errors of a broker that is away for a while (restarting): commits are kept and tried again."""
+    error = kafka.KafkaError
+    return (
+        error._TRANSPORT, error._ALL_BROKERS_DOWN, error._TIMED_OUT, error._WAIT_COORD, error.COORDINATOR_NOT_AVAILABLE,
+        error.NOT_COORDINATOR, error.COORDINATOR_LOAD_IN_PROGRESS, error.REQUEST_TIMED_OUT,
+    )  # fmt: skip
 
 
 class KafkaUnavailable(RuntimeError):
@@ -149,10 +162,13 @@ class KafkaLog:
         self._consumer: Any = None
         self._read_up_to: dict[tuple[str, int], int] = {}  # next offset per partition of what was read, not acked
         self._ensured = False
+        self._failures = 0  # consecutive lag queries the brokers did not answer
+        self._stall_lag, self._stall_since = 0, 0.0  # the lag seen while idle, and since when it has not moved
 
     # ----------------------------------------------------------------------------------------------- topics
-    def ensure_group(self) -> None:
-        """Create the three topics when missing (`partitions` each, the brokers' replication)."""
+    def ensure_group(self, wait_s: float = OUTAGE_S) -> None:
+        """Create the three topics when missing (`partitions` each, the brokers' replication). Brokers that do not
+        answer (restarting) are waited for up to `wait_s`."""
         if self._ensured:
             return
         kafka = _rdkafka()
@@ -160,12 +176,18 @@ class KafkaLog:
 
         admin = AdminClient(self.config.client_config())
         wanted = [self.config.transactions_topic, self.config.labels_topic, self.config.dead_letter_topic]
-        try:
-            existing = set(admin.list_topics(timeout=15).topics)
-        except kafka.KafkaException as exc:
-            raise KafkaUnavailable(
-                f"Kafka at {self.config.bootstrap} did not answer ({self.config.source}): {exc}"
-            ) from exc
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                existing = set(admin.list_topics(timeout=10).topics)
+                break
+            except kafka.KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise KafkaUnavailable(
+                        f"Kafka at {self.config.bootstrap} did not answer ({self.config.source}): {exc}"
+                    ) from exc
+                log.warning("Kafka unavailable; waiting", extra={"error": str(exc)})
+                time.sleep(1)
         missing = [NewTopic(t, num_partitions=self.config.partitions) for t in wanted if t not in existing]
         for topic, future in (admin.create_topics(missing, operation_timeout=15) if missing else {}).items():
             try:
@@ -348,15 +370,42 @@ class KafkaLog:
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except kafka.KafkaException as exc:
-            name = exc.args[0].name() if exc.args else ""
-            if not any(marker in name for marker in _REBALANCE_ERRORS):
+            error = exc.args[0] if exc.args else None
+            name = error.name() if error is not None else ""
+            retriable = error is not None and (error.retriable() or error.code() in _transient_codes(kafka))
+            if not (retriable or any(marker in name for marker in _REBALANCE_ERRORS)):
                 raise
             for key, offset in attempted.items():  # newer reads of the same partition win
                 self._read_up_to[key] = max(offset, self._read_up_to.get(key, offset))
             owned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
             for key in set(self._read_up_to) - owned:
                 del self._read_up_to[key]
-            log.warning("commit refused during a rebalance; retried", extra={"error": name})
+            log.warning("commit refused (a rebalance, or the brokers unreachable); retried", extra={"error": name})
+
+    def _watch_stall(self, lag: int) -> None:
+        """Idle with the group's lag above 0 and unchanged for STALL_S (or 3 session timeouts): no worker is
+        reading, as seen here after a broker restart; replace this consumer (it rejoins, the group rebalances)."""
+        now = time.monotonic()
+        if lag == 0 or lag != self._stall_lag:
+            self._stall_lag, self._stall_since = lag, now
+            return
+        if now - self._stall_since > max(STALL_S, 3 * self.config.session_timeout_ms / 1000):
+            self._stall_since = now
+            self._reset_consumer()
+
+    def _reset_consumer(self) -> None:
+        """A new consumer in place of one that cannot reach the group after the brokers came back (seen here after
+        a broker restart: a fresh client joins at once, the old one never recovers). The new one rejoins the group
+        and reads from the committed offsets; what was read and not committed is read again (a no-op online)."""
+        log.warning("Kafka consumer reset after repeated failures; it rejoins the group")
+        consumer, self._consumer = self._consumer, None
+        self._read_up_to.clear()
+        self._failures = 0
+        if consumer is not None:
+            try:
+                consumer.close()
+            except Exception as exc:  # a consumer that cannot leave cleanly is dropped all the same
+                log.warning("closing the old Kafka consumer failed", extra={"error": str(exc)})
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -399,8 +448,18 @@ class KafkaLog:
 
     def lag(self) -> dict[str, int]:
         """As `RedisStreamLog.lag`: events not yet committed by the group (`pending` is always 0 on Kafka)."""
-        self.commit()  # one refused by a rebalance, again
-        rows = self.partition_lag()
+        try:
+            self.commit()  # one refused by a rebalance or an outage, again
+            rows = self.partition_lag(timeout_s=5)
+        except KafkaUnavailable as exc:  # the brokers are away (restarting): not idle, try again later
+            self._failures += 1
+            log.warning("Kafka unavailable; lag unknown", extra={"error": str(exc), "failures": self._failures})
+            if self._failures >= RESET_AFTER_FAILURES:
+                self._reset_consumer()
+            return {"lag": -1, "pending": 0, "length": -1}
+        self._failures = 0
+        total = sum(r["lag"] for r in rows)
+        self._watch_stall(total)
         return {"lag": sum(r["lag"] for r in rows), "pending": 0, "length": sum(r["end"] for r in rows)}
 
     def dead_letter_count(self, timeout_s: float = 10) -> int:
@@ -444,8 +503,6 @@ def read_dead_letters(
         consumer.assign(assignment)
         rows: list[dict[str, Any]] = []
         remaining = dict(ends)
-        import time
-
         deadline = time.monotonic() + timeout_s
         while remaining and time.monotonic() < deadline and not stop():
             for message in consumer.consume(num_messages=500, timeout=0.5):

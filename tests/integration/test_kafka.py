@@ -237,3 +237,46 @@ def test_a_feast_kafka_source_in_the_repo_is_consumed_with_its_servers_and_topic
     assert run.returncode == 0, run.stderr
     assert f"Kafka {kafka.bootstrap}" in run.stderr + run.stdout
     assert assert_parity(home, redis_server, monkeypatch) > 1000
+
+
+@pytest.mark.timeout(400)
+def test_a_broker_restart_mid_stream_loses_nothing(
+    offline: tuple[Path, dict[str, Path]], redis_server: RedisProcess, kafka: KafkaProcess,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The broker killed (SIGKILL) and started again on the same port and log: the workers wait, reconnect and go on
+    from the committed offsets; none of them dies, and the values are exactly the backfill's."""
+    from pipelines.stream.kafka_log import KafkaLog, KafkaUnavailable
+
+    home, files = offline
+    environment = kafka_env(home, redis_server, kafka)
+    produce(environment, files["transactions_jsonl"])
+    produce(environment, files["labels_jsonl"], "--labels")
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "fraudserve", "stream", "run", "--workers", "2"], env=environment, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    client: Any = redis.Redis(port=redis_server.port)
+    try:
+        deadline = time.monotonic() + 120
+        while int(client.hget("fraudserve:stream:stats", "processed") or 0) < 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kafka.kill()
+        time.sleep(3)
+        kafka.start()
+        log = KafkaLog(config_of(environment))
+        deadline = time.monotonic() + 180
+        lag = -1
+        while time.monotonic() < deadline and lag != 0:
+            time.sleep(0.5)
+            try:
+                lag = sum(r["lag"] for r in log.partition_lag(timeout_s=2))
+            except KafkaUnavailable:
+                continue
+        running = supervisor.poll() is None
+    finally:
+        supervisor.terminate()
+        output, _ = supervisor.communicate(timeout=60)
+    assert lag == 0 and running, output
+    assert "died" not in output, output
+    assert assert_parity(home, redis_server, monkeypatch) > 1000
