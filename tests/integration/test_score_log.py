@@ -162,11 +162,15 @@ def _serve(deployment: Deployment, workers: int, flush_s: float) -> tuple[subpro
     raise RuntimeError("the API did not become ready within 90 s")
 
 
-async def _load(url: str, ids: list[str], prefix: str, seconds: float, connections: int = 12) -> list[str]:
-    """Score by id from `connections` clients for `seconds`; the request ids of the 200 answers."""
+async def _load(
+    url: str, ids: list[str], prefix: str, seconds: float, connections: int = 12, keepalive: bool = True
+) -> list[str]:
+    """Score by id from `connections` clients for `seconds`; the request ids of the 200 answers. Without
+    `keepalive` each request opens its own connection, so that every worker process accepts some of them."""
     answered: list[str] = []
     stop = time.monotonic() + seconds
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+    limits = httpx.Limits() if keepalive else httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
 
         async def one(worker: int) -> None:
             n = 0
@@ -192,7 +196,7 @@ def test_two_workers_under_load_log_every_response_once(deployment: Deployment) 
     prefix = f"load-{uuid.uuid4().hex[:8]}-"
     server, url = _serve(deployment, workers=2, flush_s=0.5)
     try:
-        answered = asyncio.run(_load(url, deployment.recent, prefix, seconds=4))
+        answered = asyncio.run(_load(url, deployment.recent, prefix, seconds=4, keepalive=False))
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
