@@ -39,6 +39,8 @@ from core.models.manifest import Flavor
 from tests.api_server import ApiServer
 from tests.deployment import Deployment, deploy
 
+# A model package is a gzipped tar: sent as raw bytes, like any binary body (random bytes, and refused as such).
+schemathesis.serializer.alias("application/gzip", "application/octet-stream")
 EXAMPLES = 25  # per operation and generation mode
 AUTH_EXAMPLES = 5  # per operation, with and without an API key
 CHECKS = [
