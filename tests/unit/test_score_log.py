@@ -82,3 +82,28 @@ def test_the_background_thread_flushes_and_close_writes_the_rest(tmp_path: Path)
     log.close()
     table = read_log([tmp_path])
     assert sorted(table.column("transaction_id").to_pylist()) == sorted(f"t{i}" for i in range(100))
+
+
+def test_a_feature_services_feast_logging_config_sets_rate_and_folder(tmp_path: Path) -> None:
+    from feast import FeatureService
+    from feast.feature_logging import LoggingConfig
+    from feast.infra.offline_stores.file_source import FileLoggingDestination
+
+    from inference_api.domain.score_log import feast_sampling
+
+    services = {
+        "logged": FeatureService(
+            name="logged", features=[],
+            logging_config=LoggingConfig(FileLoggingDestination(path=str(tmp_path / "own")), sample_rate=0.25),
+        ),
+        "plain": FeatureService(name="plain", features=[]),
+    }  # fmt: skip
+
+    class Store:
+        def get_feature_service(self, name: str, allow_cache: bool = False) -> FeatureService:
+            return services[name]
+
+    default = Sampling(1.0, tmp_path / "default")
+    resolve = feast_sampling(Store(), default)  # type: ignore[arg-type]
+    assert resolve("logged") == Sampling(0.25, tmp_path / "own")
+    assert resolve("plain") == default and resolve("unknown") == default
