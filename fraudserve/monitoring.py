@@ -9,12 +9,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core.errors import ModelNotFound
-from core.models.manifest import Manifest
 from core.registry import ModelRegistry
 from core.score_log import log_files
 from core.settings import Settings
-from pipelines.monitoring import load_labels, report_from_files
+from pipelines.monitoring import registry_report
 
 
 def report(
@@ -28,16 +26,8 @@ def report(
     service's own Feast logging destination), with the offline store's labels known `now`."""
     moment = now or datetime.now(UTC)
     registry = ModelRegistry.at(settings.models_dir, None, None)
-
-    def manifest_of(name: str, version: int) -> Manifest | None:
-        try:
-            return registry.get(name, version).manifest
-        except ModelNotFound:
-            return None
-
     files = log_files([settings.score_log_dir, *log_dirs], days=days, today=moment.date())
-    labels = load_labels(settings.offline.labels_file, moment)
-    return report_from_files(files, labels, manifest_of, days=days, model=model, now=moment)
+    return registry_report(registry, settings.offline.labels_file, files, days=days, model=model, now=moment)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

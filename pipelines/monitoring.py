@@ -25,8 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.errors import ModelNotFound
 from core.models.manifest import Manifest
 from core.models.reference import FLAG, DriftReference, bin_counts, psi, psi_of_counts
+from core.registry import ModelRegistry
 from core.score_log import SCHEMA
 
 REPORT_SCHEMA = "fraudserve.monitor.report/1"
@@ -280,3 +282,24 @@ def reference_for(name: str, version: int, manifest: Manifest | None) -> tuple[D
             "measured (rebuilding one from the offline store is not implemented yet); retrain to get one"
         )
     return manifest.reference, "kept in the model package at training time"
+
+
+def registry_report(
+    registry: ModelRegistry,
+    labels_file: Path,
+    files: Sequence[Path],
+    days: int,
+    model: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The report over the score log's `files`, each version judged against its manifest in `registry` and the
+    labels of `labels_file` known `now` (what `fraudserve monitor report` and the console show)."""
+    moment = now or datetime.now(UTC)
+
+    def manifest_of(name: str, version: int) -> Manifest | None:
+        try:
+            return registry.get(name, version).manifest
+        except ModelNotFound:
+            return None
+
+    return report_from_files(files, load_labels(labels_file, moment), manifest_of, days=days, model=model, now=moment)

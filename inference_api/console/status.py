@@ -11,8 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from core.errors import ModelNotFound
-from core.models.manifest import Manifest
 from core.registry import ModelRegistry
 from core.score_log import log_files
 from core.settings import Settings
@@ -114,15 +112,6 @@ def quality_report(
     settings: Settings, registry: ModelRegistry, files: Sequence[Path], days: int, model: str | None
 ) -> dict[str, Any]:
     """`fraudserve monitor report --json` over `files` (`log_window`) with the labels known now."""
-    from pipelines.monitoring import load_labels, report_from_files
+    from pipelines.monitoring import registry_report
 
-    now = datetime.now(UTC)
-
-    def manifest_of(name: str, version: int) -> Manifest | None:
-        try:
-            return registry.get(name, version).manifest
-        except ModelNotFound:
-            return None
-
-    labels = load_labels(settings.offline.labels_file, now)
-    return report_from_files(files, labels, manifest_of, days=days, model=model, now=now)
+    return registry_report(registry, settings.offline.labels_file, files, days=days, model=model)
