@@ -309,3 +309,49 @@ def test_mlflow_models_that_are_not_native_or_disagree_are_refused_and_leave_not
             registry.register(info.model_uri, name="refused", feature_service="fraud_v1", thresholds=(0.3, 0.8))
         assert expected in str(caught.value), str(caught.value)
     assert "refused" not in registry.names()
+
+
+# ---------------------------------------------------------------------------------------------- examples/notebook
+NOTEBOOK = Path(__file__).resolve().parents[2] / "examples" / "notebook.ipynb"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_example_notebook_runs_registers_from_mlflow_and_scores_through_the_api(
+    tracking: Deployment, mlflow_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import json
+
+    import httpx
+    import nbformat
+    from nbclient import NotebookClient
+
+    from fraudserve.registry import open_registry
+    from tests.api_server import ApiServer
+
+    name, transaction_id = "notebook", tracking.recent[0]
+    settings = tracking.settings.model_copy(update={"model_name": name, "model_poll_seconds": 0.5})
+    with ApiServer(settings) as server:  # serves `name` once the notebook has registered and promoted it
+        for variable, value in {
+            "FRAUDSERVE_API": server.url, "MLFLOW_TRACKING_URI": mlflow_server, "FRAUDSERVE_MODEL_NAME": name,
+            "FRAUDSERVE_NOTEBOOK_TRANSACTION": transaction_id, "FRAUDSERVE_NOTEBOOK_ROWS": "8000",
+        }.items():  # fmt: skip
+            monkeypatch.setenv(variable, value)  # the kernel inherits the environment
+        notebook = nbformat.read(NOTEBOOK, as_version=4)
+        # the kernel is this interpreter (ipykernel's own "python3"), so the project's venv
+        NotebookClient(
+            notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        ).execute()  # raises CellExecutionError on any failing cell
+        outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        assert not [o for o in outputs if o.output_type == "error"]
+        printed = json.loads(notebook.cells[-1].outputs[-1]["text"].strip().splitlines()[-1])
+        body = httpx.post(f"{server.url}/v1/fraud/score", json={"transaction_id": transaction_id}).json()
+
+    registered = open_registry(tracking.settings).get(name)
+    assert registered.version == 1 and registered.manifest.feature_service == "fraud_v1"
+    source = registered.manifest.params["source"]
+    assert source["uri"] == f"models:/{name}/1" and source["run_id"]
+    assert (registered.manifest.thresholds.suspicious, registered.manifest.thresholds.highly_suspicious) == (0.3, 0.8)
+    assert printed["transaction_id"] == transaction_id
+    assert printed["model"] == body["model"] == {"name": name, "version": 1}
+    assert printed["score"] == body["score"]
