@@ -90,7 +90,8 @@ def score(api: str, transaction_id: str, headers: dict[str, str] | None = None) 
 
 
 def served_version(api: str, deployment: Deployment, wanted: int) -> int:
-    deadline = time.monotonic() + 15
+    # The API follows the registry by notice (or its poll); a loaded CI machine once needed more than 15 s.
+    deadline = time.monotonic() + 60
     version = score(api, deployment.recent[0])["model"]["version"]
     while version != wanted and time.monotonic() < deadline:
         time.sleep(0.2)
