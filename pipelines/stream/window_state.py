@@ -271,6 +271,14 @@ local function fold(wi, vals, ts, sign, f)
   if f ~= nil then fr[wi] = fr[wi] + sign * f end
 end
 
+-- a transaction's verdict at t1 changed by d: every fraud window still holding its event (time ets) follows
+local function reverdict(ets, d)
+  if d == 0 then return end
+  for _, wi in ipairs(fraudw) do
+    if ets > t1 - W[wi] then fr[wi] = fr[wi] + d end
+  end
+end
+
 -- 1. t moves from t0 to t1: evict what leaves each window (verdicts as they stood at t0)
 if t0 and t1 > t0 then
   for wi = 1, NW do
@@ -304,14 +312,7 @@ if t0 and t1 > t0 then
         seen[tid] = true
         local rec = redis.call('HGET', L, tid)
         local ets = event_time(rec)
-        if ets then
-          local d = flag(rec, t1) - flag(rec, t0)
-          if d ~= 0 then
-            for _, wi in ipairs(fraudw) do
-              if ets > t1 - W[wi] then fr[wi] = fr[wi] + d end
-            end
-          end
-        end
+        if ets then reverdict(ets, flag(rec, t1) - flag(rec, t0)) end
       end
     end
   end
@@ -370,12 +371,7 @@ if ARGV[5] ~= '[]' then
         redis.call('ZADD', P, fmt(ts), tid .. '|' .. string.format('%d', ts) .. '|' .. string.format('%d', f))
       else
         local ets = event_time(rec2)
-        local d = flag(rec2, t1) - before
-        if ets and d ~= 0 then
-          for _, wi in ipairs(fraudw) do
-            if ets > t1 - W[wi] then fr[wi] = fr[wi] + d end
-          end
-        end
+        if ets then reverdict(ets, flag(rec2, t1) - before) end
       end
     end
   end
