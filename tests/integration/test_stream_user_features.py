@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pipelines.stream.updater import OnlineUpdater
 from pipelines.stream.window_state import state_of
 from tests.features_harness import MINUTE, T0
 from tests.redis_process import RedisProcess
+from tests.user_repo import user_repo as user_repo_at
 
 PROJECT = "fraudserve"
 REPO = Path(__file__).resolve().parents[2] / "feature_repo"
@@ -127,15 +127,8 @@ customer_features = StreamFeatureView(
 @pytest.fixture(scope="module")
 def user_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """feature_repo/ with the user's views and an extra event field, `customer_id`."""
-    repo = tmp_path_factory.mktemp("user-repo") / "feature_repo"
-    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns("__pycache__", "data", "*.db"))
-    definitions = repo / "definitions.py"
-    source = definitions.read_text()
-    anchor = '        Field(name="event_time_ms", dtype=Int64),\n'
-    assert anchor in source
-    definitions.write_text(source.replace(anchor, anchor + '        Field(name="customer_id", dtype=String),\n'))
-    (repo / "user_views.py").write_text(USER_VIEWS)
-    yield repo
+    target = tmp_path_factory.mktemp("user-repo") / "feature_repo"
+    yield user_repo_at(target, files={"user_views.py": USER_VIEWS}, extra_fields={"customer_id": "String"})
 
 
 @pytest.fixture
