@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,40 +43,13 @@ from pipelines.generate import GenerateConfig, generate
 from pipelines.stream.log import EVENTS, RedisStreamLog
 from pipelines.stream.producer import encode_events, normalized, produce
 from pipelines.validation import check
+from tests.producer_reference import per_line_batches
 from tests.redis_process import RedisProcess
 
 TARGET = 20_000  # events/s, issue 14
 
 
 # ------------------------------------------------------------------------ the per-row path (worker.py at 9fd4c84)
-Batch = tuple[np.ndarray, dict[str, Any], dict[int, str]]
-
-
-def _per_line_batches(path: Path, fields: list[str], batch_rows: int) -> Iterator[Batch]:
-    line_no = 0
-    with path.open("rb") as handle:
-        while lines := handle.readlines(batch_rows * 200):
-            records: list[dict[str, Any]] = []
-            numbers: list[int] = []
-            unreadable: dict[int, str] = {}
-            for line in lines:
-                line_no += 1
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    unreadable[len(records)] = f"line is not valid JSON ({exc})"
-                    record = {}
-                if not isinstance(record, dict):
-                    unreadable[len(records)] = "line is not a JSON object"
-                    record = {}
-                records.append(record)
-                numbers.append(line_no)
-            columns = {f: [r.get(f) for r in records] for f in fields}
-            yield np.array(numbers, dtype=np.int64), columns, unreadable
-
-
 def per_row_produce(client: Any, path: Path, kind: EventKind) -> int:
     with mock.patch.object(validation, "_exactly", lambda *args: None):  # every value typed on its own, as before
         return _per_row_produce(client, path, kind)
@@ -84,7 +57,7 @@ def per_row_produce(client: Any, path: Path, kind: EventKind) -> int:
 
 def _per_row_produce(client: Any, path: Path, kind: EventKind) -> int:
     appended = 0
-    for rows, columns, unreadable in _per_line_batches(path, kind.schema.names, 20_000):
+    for rows, columns, unreadable in per_line_batches(path, kind.schema.names, 20_000):
         checked = validation.check(kind, columns, rows, unreadable)
         pipe = client.pipeline(transaction=False)
         for event in normalized(kind, checked.valid):

@@ -28,6 +28,7 @@ from pipelines.stream.producer import (
     normalized,
 )
 from pipelines.validation import Checked, check
+from tests.producer_reference import per_line_batches
 from tests.user_repo import user_repo
 
 T0 = 1_793_232_004_409
@@ -51,33 +52,6 @@ def event(transaction_id: str = "t1", **fields: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- the reader
-def per_line_batches(path: Path, fields: list[str], batch_rows: int) -> list[tuple[list[int], Any, Any]]:
-    """The JSONL reader as it was (json.loads line by line): the reference the fast one must equal."""
-    out = []
-    line_no = 0
-    with path.open("rb") as handle:
-        while lines := handle.readlines(batch_rows * 200):
-            records: list[dict[str, Any]] = []
-            numbers: list[int] = []
-            unreadable: dict[int, str] = {}
-            for line in lines:
-                line_no += 1
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    unreadable[len(records)] = f"line is not valid JSON ({exc})"
-                    record = {}
-                if not isinstance(record, dict):
-                    unreadable[len(records)] = "line is not a JSON object"
-                    record = {}
-                records.append(record)
-                numbers.append(line_no)
-            out.append((numbers, {f: [r.get(f) for r in records] for f in fields}, unreadable))
-    return out
-
-
 HOSTILE_LINES = [
     b'{"a": 1, "b": "x"}', b'{"a":2}', b"", b"   ", b"\t", b"{oops", b"[1]", b"3", b"null", b'"s"', b"}", b"{",
     b'{"a": 1} {"b": 2}', b'{"a": [{}', b"{}]}", b' {"a": 5}', b'{"a": 6}  ', b'{"a": 7}\r', b'\xef\xbb\xbf{"a": 8}',
@@ -97,7 +71,7 @@ def test_the_jsonl_reader_reads_every_line_as_json_loads_does(tmp_path: Path) ->
         path.write_bytes(b"\n".join(lines) + (b"\n" if rng.random() < 0.5 else b""))
         batch_rows = rng.choice([1, 3, 1000])
         fast = [(b.rows.tolist(), b.columns, b.unreadable) for b in read_batches(path, ["a", "b", "c"], batch_rows)]
-        expected = per_line_batches(path, ["a", "b", "c"], batch_rows)
+        expected = [(n.tolist(), c, r) for n, c, r in per_line_batches(path, ["a", "b", "c"], batch_rows)]
         assert json.dumps(fast, default=str) == json.dumps(expected, default=str), path.read_bytes()
 
 
