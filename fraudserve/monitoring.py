@@ -12,6 +12,7 @@ from typing import Any
 from core.registry import ModelRegistry
 from core.score_log import log_files
 from core.settings import Settings
+from pipelines.label_log import copy_label_stream, label_log_dir
 from pipelines.monitoring import registry_report
 
 
@@ -23,11 +24,18 @@ def report(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """The report over the last `days` days of the score log (FRAUDSERVE_HOME's and any `log_dirs`: a feature
-    service's own Feast logging destination), with the offline store's labels known `now`."""
+    service's own Feast logging destination), with the labels known `now`: the offline store's, and the label
+    stream's (its new labels copied first, `copy_label_stream`)."""
     moment = now or datetime.now(UTC)
+    stream = copy_label_stream(settings)
     registry = ModelRegistry.at(settings.models_dir, None, None)
     files = log_files([settings.score_log_dir, *log_dirs], days=days, today=moment.date())
-    return registry_report(registry, settings.offline.labels_file, files, days=days, model=model, now=moment)
+    data = registry_report(
+        registry, settings.offline.labels_file, files, days=days, model=model, now=moment,
+        label_log=label_log_dir(settings.home_dir),
+    )  # fmt: skip
+    data["label_stream"] = stream
+    return data
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -52,6 +60,11 @@ def _bars(values: list[tuple[str, float]], flag: float | None = None, width: int
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _stream_note(data: dict[str, Any]) -> str:
+    stream = data.get("label_stream")
+    return "" if stream is None else f"<p>label stream: {html.escape(stream['note'])}</p>"
 
 
 def render_html(data: dict[str, Any]) -> str:
@@ -87,5 +100,5 @@ def render_html(data: dict[str, Any]) -> str:
         "td,th{border:1px solid #ccc;padding:2px 8px}</style></head><body>"
         f"<h1>fraudserve monitoring</h1><p>last {data['days']} day(s), generated {html.escape(data['generated_at'])};"
         f" {data['rows']} logged scores; {data['labels_known']} transactions labelled; PSI &ge; {data['psi_flag']}"
-        f" flagged</p>{body}</body></html>"
+        f" flagged</p>{_stream_note(data)}{body}</body></html>"
     )

@@ -1,8 +1,9 @@
 """The drift and quality gauges of /metrics, recomputed from the score log by a background task.
 
 Every `interval_s` a thread (never a request) reads the newest logged scores of the last `DAYS` days (at most
-`MAX_ROWS`, from every worker's files), the labels known now and each version's manifest, runs the monitoring
-report (pipelines/monitoring.py) and sets `fraudserve_feature_psi{model,version,feature}`,
+`MAX_ROWS`, from every worker's files), the labels known now (the offline file's, and the label stream's, whose new
+labels it copies first unless another process is at it: pipelines/label_log.py) and each version's manifest, runs
+the monitoring report (pipelines/monitoring.py) and sets `fraudserve_feature_psi{model,version,feature}`,
 `fraudserve_score_psi{model,version}` and `fraudserve_labelled_quality{model,version,metric}` (roc_auc, pr_auc,
 labelled, and precision and recall at each threshold). A failed refresh is logged and keeps the last values.
 """
@@ -31,6 +32,7 @@ def refresh(
     settings: Settings, registry: ModelRegistry, metrics: Metrics, now: datetime | None = None
 ) -> dict[str, Any]:
     """Recompute the report over the recent log and set the gauges; returns the report."""
+    from pipelines.label_log import copy_label_stream, label_log_dir
     from pipelines.monitoring import load_labels, report_from_files
 
     now = now or datetime.now(UTC)
@@ -42,8 +44,10 @@ def refresh(
             return None
 
     files = recent_files([settings.score_log_dir], DAYS, MAX_ROWS, now.date())
-    labels = load_labels(settings.offline.labels_file, now)
+    stream = copy_label_stream(settings, wait=False) if settings.redis else None
+    labels = load_labels(settings.offline.labels_file, now, label_log_dir(settings.home_dir))
     report = report_from_files(files, labels, manifest_of, days=DAYS, now=now)
+    report["label_stream"] = stream
     with warnings.catch_warnings():  # several workers: each sets what it computed; nothing else to clear
         warnings.simplefilter("ignore", UserWarning)
         for gauge in (metrics.feature_psi, metrics.score_psi, metrics.quality):

@@ -1,7 +1,8 @@
 """The monitoring report: served scores judged once labels arrive, and drift against the training reference.
 
-Input: the score log (core/score_log.py), the labels known now (the offline store's labels file: the latest verdict
-per transaction whose label time has passed) and each version's manifest (thresholds, drift reference). Output: a
+Input: the score log (core/score_log.py), the labels known now (the offline store's labels file and the label
+stream's labels copied by pipelines/label_log.py: the latest verdict per transaction whose label time has passed) and
+each version's manifest (thresholds, drift reference). Output: a
 plain dict, the stable `--json` form (`REPORT_SCHEMA`, documented in README "Monitoring"):
 
 - per model version: scores served, label mix, `uncertain` share, roles; quality on the labelled transactions
@@ -30,21 +31,32 @@ from core.models.manifest import Manifest
 from core.models.reference import FLAG, DriftReference, bin_counts, psi, psi_of_counts
 from core.registry import ModelRegistry
 from core.score_log import SCHEMA
+from pipelines.label_log import read as read_label_log
 
 REPORT_SCHEMA = "fraudserve.monitor.report/1"
 UNCERTAIN = "uncertain"
 LABELS = ("not_fraud", "suspicious", "highly_suspicious", UNCERTAIN)
 
 
-def load_labels(path: Path, now: datetime | None = None) -> pd.DataFrame:
-    """The verdict in force now per transaction (`transaction_id`, `is_fraud`): the latest label at or before now."""
-    if not path.exists():
+def load_labels(path: Path, now: datetime | None = None, label_log: Path | None = None) -> pd.DataFrame:
+    """The verdict in force now per transaction (`transaction_id`, `is_fraud`): the latest label at or before now,
+    of the offline labels file at `path` and the label stream's copied labels under `label_log`
+    (pipelines/label_log.py); at equal label times a fraud verdict wins, as in training (`labeled_entity_rows`)."""
+    frames = []
+    if path.exists():
+        frames.append(pq.read_table(path, columns=["transaction_id", "is_fraud", "label_timestamp"]).to_pandas())
+    if label_log is not None:
+        frames.append(read_label_log(label_log))
+    if not frames:
         return pd.DataFrame({"transaction_id": pd.Series(dtype=str), "is_fraud": pd.Series(dtype=bool)})
-    table = pq.read_table(path, columns=["transaction_id", "is_fraud", "label_timestamp"]).to_pandas()
+    table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     moment = pd.Timestamp(now or datetime.now(UTC))
     stamps = pd.to_datetime(table["label_timestamp"], utc=True)
     known = table[stamps <= moment].assign(label_timestamp=stamps[stamps <= moment])
-    latest = known.sort_values("label_timestamp", kind="stable").drop_duplicates("transaction_id", keep="last")
+    known = known.astype({"is_fraud": bool})
+    latest = known.sort_values(["label_timestamp", "is_fraud"], kind="stable").drop_duplicates(
+        "transaction_id", keep="last"
+    )
     result: pd.DataFrame = latest[["transaction_id", "is_fraud"]].reset_index(drop=True)
     return result
 
@@ -291,9 +303,11 @@ def registry_report(
     days: int,
     model: str | None = None,
     now: datetime | None = None,
+    label_log: Path | None = None,
 ) -> dict[str, Any]:
     """The report over the score log's `files`, each version judged against its manifest in `registry` and the
-    labels of `labels_file` known `now` (what `fraudserve monitor report` and the console show)."""
+    labels of `labels_file` and of the label stream's copy in `label_log` known `now` (what `fraudserve monitor
+    report` and the console show)."""
     moment = now or datetime.now(UTC)
 
     def manifest_of(name: str, version: int) -> Manifest | None:
@@ -302,4 +316,5 @@ def registry_report(
         except ModelNotFound:
             return None
 
-    return report_from_files(files, load_labels(labels_file, moment), manifest_of, days=days, model=model, now=moment)
+    labels = load_labels(labels_file, moment, label_log)
+    return report_from_files(files, labels, manifest_of, days=days, model=model, now=moment)

@@ -45,6 +45,8 @@ def report_command(
 
 
 def _print(data: dict[str, Any]) -> None:
+    stream = data.get("label_stream")
+    out.print(f"labels known: {data['labels_known']} transaction(s)" + (f"; {stream['note']}" if stream else ""))
     if not data["versions"]:
         console.print(f"no scores logged in the last {data['days']} day(s)")
         return

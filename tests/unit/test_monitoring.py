@@ -21,7 +21,9 @@ from core.registry import ModelRegistry
 from core.score_log import SCHEMA, write_part
 from core.settings import Settings
 from fraudserve.monitoring import render_html, report
+from pipelines.events import TRANSACTIONS
 from tests.model_packages import make_package
+from tests.redis_process import RedisProcess
 
 NOW = datetime(2026, 12, 1, 18, 0, tzinfo=UTC)
 
@@ -213,3 +215,80 @@ def test_the_api_gauges_follow_the_report(home: dict[str, Any]) -> None:
     labelled = metrics.quality.labels("fraud", str(home["version"]), "labelled")._value.get()
     assert labelled == version["quality"]["labelled"] > 0
     assert "fraudserve_labelled_quality" in text and 'metric="precision_at_suspicious"' in text
+
+
+def test_labels_of_the_label_stream_count_each_copied_once(
+    home: dict[str, Any], redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Labels sent through the stream (a real Redis, the producer's own encoding, transactions in between) judge the
+    scores as the offline file's do: new verdicts, a later verdict overriding the file's, a future one not yet."""
+    from pipelines.label_log import label_log_dir
+    from pipelines.monitoring import load_labels
+    from pipelines.stream.producer import Producer
+
+    monkeypatch.setenv("FRAUDSERVE_REDIS", redis_server.connection_string)
+    settings = Settings()
+    n, fraud, scores = home["n"], home["fraud"], home["scores"]
+    before = report(settings, days=3, now=NOW)
+    assert before["label_stream"]["copied"] == 0
+    assert before["versions"][0]["quality"] == report(home["settings"], days=3, now=NOW)["versions"][0]["quality"]
+
+    unlabelled = [i for i in range(2, n - 2, 3)][:60]  # no offline label
+    producer = Producer(redis_server.client())
+    stamp = int((NOW - timedelta(minutes=10)).timestamp() * 1000)
+    sent = [{"transaction_id": f"t{i}", "is_fraud": bool(fraud[i]), "label_timestamp": stamp} for i in unlabelled]
+    sent.append({"transaction_id": "t0", "is_fraud": not fraud[0], "label_timestamp": stamp})  # overrides the file
+    future = f"t{next(i for i in unlabelled if not fraud[i])}"  # genuine now, fraud from 2026-12-09 on
+    sent.append({"transaction_id": future, "is_fraud": True, "label_timestamp": "2026-12-09T00:00:00Z"})
+    transaction = {"transaction_id": "x1", "card_id": "c", "merchant_id": "m", "device_id": None, "ip_address": None,
+                   "amount": 5.0, "currency": "EUR", "merchant_category": "5411", "country": "FR",
+                   "event_timestamp": stamp}  # fmt: skip
+    assert Producer(redis_server.client(), transactions=TRANSACTIONS).send_transactions([transaction]).ok
+    assert producer.send_labels(sent[:30]).ok
+    assert Producer(redis_server.client(), transactions=TRANSACTIONS).send_transactions([transaction]).ok
+    assert producer.send_labels(sent[30:]).ok
+    assert producer.send_labels([{"transaction_id": "t7", "is_fraud": "yes", "label_timestamp": stamp}]).errors
+
+    data = report(settings, days=3, now=NOW)
+    assert data["label_stream"]["copied"] == len(sent)
+    truth = {f"t{i}": bool(fraud[i]) for i in home["known"]}
+    truth["t1"] = not fraud[1]
+    truth[f"t{n - 2}"] = True
+    truth |= {f"t{i}": bool(fraud[i]) for i in unlabelled}
+    truth["t0"] = not fraud[0]
+    ids = sorted(truth)
+    s = np.array([scores[int(t[1:])] for t in ids])
+    y = np.array([truth[t] for t in ids])
+    quality = data["versions"][0]["quality"]
+    assert data["labels_known"] == len(ids)
+    assert quality["labelled"] == len(ids) and quality["positives"] == int(y.sum())
+    assert quality["roc_auc"] == pytest.approx(hand_auc(s, y), rel=1e-12)
+
+    again = report(settings, days=3, now=NOW)  # nothing new on the stream: nothing copied, the same figures
+    assert again["label_stream"]["copied"] == 0 and again["versions"][0]["quality"] == quality
+    copied = sorted(label_log_dir(settings.home_dir).glob("part-*.parquet"))
+    assert sum(pq.ParquetFile(p).metadata.num_rows for p in copied) == len(sent)
+    later = load_labels(settings.offline.labels_file, NOW + timedelta(days=8), label_log_dir(settings.home_dir))
+    assert not truth[future] and later.set_index("transaction_id")["is_fraud"][future]  # known by then
+
+
+def test_label_copies_follow_every_partition_and_resume_from_the_checkpoint(
+    redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    from pipelines.label_log import read, sync
+    from pipelines.stream.log import RedisStreamLog
+
+    stream = RedisStreamLog(redis_server.client(), partitions=3)
+    labels = [{"transaction_id": f"t{i}", "is_fraud": i % 4 == 0, "ts_ms": 1_764_000_000_000 + i} for i in range(50)]
+    stream.append("label", labels[:20])
+    stream.append("transaction", [{"transaction_id": "x", "card_id": "c", "ts_ms": 1_764_000_000_000}])
+    root = tmp_path / "labels"
+    assert sync(redis_server.client(), root, partitions=3) == 20
+    assert sync(redis_server.client(), root, partitions=1) == 0  # one key of that name: nothing there
+    stream.append("label", labels[20:])
+    assert sync(redis_server.client(), root, partitions=3) == 30
+    assert sync(redis_server.client(), root, partitions=3) == 0
+    copied = read(root).sort_values("transaction_id", key=lambda s: s.str[1:].astype(int)).reset_index(drop=True)
+    assert copied["transaction_id"].tolist() == [label["transaction_id"] for label in labels]
+    assert copied["is_fraud"].tolist() == [label["is_fraud"] for label in labels]
+    assert copied["label_timestamp"].dt.as_unit("ms").astype("int64").tolist() == [label["ts_ms"] for label in labels]

@@ -1,0 +1,158 @@
+"""The label stream's verdicts kept as files, so that the monitoring report judges scores with them too.
+
+Label events reach fraudserve two ways: the offline labels file (`features backfill --labels`) and the stream
+(`stream produce --labels`, `Producer.send_labels`). The stream workers fold a stream label into the window state
+of the entities whose features need labels (`...:lab` hashes), but that is no place to read verdicts from: only
+entities with a `fraud_rate` feature keep them, only while the transaction is inside the window, spread over one key
+per entity. The stream itself holds every label, but in between every transaction (the same stream), so reading it
+whole for each report would cost the online store a pass over millions of entries every few minutes.
+
+So the report's readers copy the stream's label entries they have not seen yet into Parquet files under
+`FRAUDSERVE_HOME/logs/labels/` (`sync`): a checkpoint keeps the last entry id read of each partition, each entry is
+read once, and the files outlive a trimmed stream. A file is written under a temporary name and renamed, then the
+checkpoint moves on; a crash in between copies the same entries again, which is harmless (the verdict in force per
+transaction is the latest, `pipelines/monitoring.py` `load_labels`). A file lock lets one process copy at a time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.events import LABELS
+from pipelines.stream.log import EVENTS, partition_keys
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+
+SCHEMA = pa.schema(
+    [
+        pa.field("transaction_id", pa.string(), nullable=False),
+        pa.field("is_fraud", pa.bool_(), nullable=False),
+        pa.field("label_timestamp", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("stream_id", pa.string(), nullable=False),  # the entry's id in its partition
+    ]
+)
+CHECKPOINT = "checkpoint.json"
+READ_CHUNK = 10_000  # stream entries per XRANGE
+FILE_ROWS = 200_000  # labels per file at most (a first copy of a long stream writes several)
+
+
+def label_log_dir(home: Path) -> Path:
+    return home / "logs" / "labels"
+
+
+@contextmanager
+def _locked(root: Path, wait: bool) -> Iterator[bool]:
+    """The copy lock of `root`: True when held (`wait` False: False at once when another process holds it)."""
+    with (root / ".lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _write(root: Path, rows: dict[str, list[Any]], checkpoint: dict[str, str]) -> None:
+    """One file of labels, then the checkpoint that says they are copied (each renamed into place)."""
+    if rows["transaction_id"]:
+        table = pa.Table.from_pydict(rows, schema=SCHEMA)
+        name = f"part-{time.time_ns()}-{os.getpid()}.parquet"
+        pq.write_table(table, root / f".{name}.tmp", compression="zstd")
+        os.replace(root / f".{name}.tmp", root / name)
+    (root / f".{CHECKPOINT}.tmp").write_text(json.dumps(checkpoint))
+    os.replace(root / f".{CHECKPOINT}.tmp", root / CHECKPOINT)
+
+
+def sync(client: Any, root: Path, partitions: int = 1, stream: str = EVENTS, wait: bool = True) -> int | None:
+    """Copy the label entries of the Redis stream (`partitions` keys, as the workers read them) that earlier copies
+    have not, into files under `root`; returns how many labels were copied, or None when another process is copying
+    and `wait` is False. Redis errors are raised (redis-py's)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root, wait) as held:
+        if not held:
+            return None
+        path = root / CHECKPOINT
+        checkpoint: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        copied = 0
+        rows: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
+        for key in partition_keys(stream, partitions):
+            start = checkpoint.get(key, "0-0")
+            while True:
+                entries = client.xrange(key, min=f"({start}", max="+", count=READ_CHUNK)
+                for entry_id, fields in entries:
+                    if _text(fields.get(b"kind", b"")) != LABELS.name:
+                        continue
+                    event = json.loads(fields[b"event"])
+                    rows["transaction_id"].append(str(event["transaction_id"]))
+                    rows["is_fraud"].append(bool(event["is_fraud"]))
+                    rows["label_timestamp"].append(int(event["ts_ms"]))
+                    rows["stream_id"].append(_text(entry_id))
+                if entries:
+                    start = checkpoint[key] = _text(entries[-1][0])
+                if len(rows["transaction_id"]) >= FILE_ROWS or (len(entries) < READ_CHUNK and rows["stream_id"]):
+                    copied += len(rows["transaction_id"])
+                    _write(root, rows, checkpoint)
+                    rows = {name: [] for name in SCHEMA.names}
+                if len(entries) < READ_CHUNK:
+                    break
+        _write(root, rows, checkpoint)  # the checkpoint past entries that held no label
+        return copied
+
+
+def copy_label_stream(settings: Settings, wait: bool = True) -> dict[str, Any]:
+    """Copy the label stream's labels not copied yet (pipelines/label_log.py) from the online store's Redis: the one
+    of FRAUDSERVE_REDIS, or the embedded redis-server when FRAUDSERVE_HOME has one. Returns `{"copied": N or None,
+    "note"}`: what was read, or why the stream was not (the labels copied before still count)."""
+    import redis
+
+    from core.connections import redis_client
+    from core.embedded_redis import online_store
+    from core.errors import FraudserveError
+
+    if settings.kafka_bootstrap:
+        return {"copied": None, "note": "the label stream is on Kafka, which the report does not read yet: "
+                "only the offline labels file counts"}  # fmt: skip
+    if not settings.redis and not settings.embedded_redis_dir.exists():
+        return {"copied": None, "note": "no online store (FRAUDSERVE_REDIS unset and no embedded redis-server under "
+                "FRAUDSERVE_HOME): no label stream to read"}  # fmt: skip
+    try:
+        with online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
+            copied = sync(
+                redis_client(settings, connection, timeout_s=30),
+                label_log_dir(settings.home_dir),
+                settings.stream_partitions,
+                wait=wait,
+            )
+    except (redis.RedisError, FraudserveError, OSError) as exc:
+        return {"copied": None, "note": f"the label stream was not read ({exc}); the labels copied before count"}
+    if copied is None:
+        return {"copied": None, "note": "another process was copying the label stream; its copy so far counts"}
+    return {"copied": copied, "note": f"{copied} new label(s) copied from the label stream"}
+
+
+def read(root: Path) -> pd.DataFrame:
+    """Every copied label (`transaction_id`, `is_fraud`, `label_timestamp`), in copy order; empty without any."""
+    files = sorted(root.glob("part-*.parquet")) if root.is_dir() else []
+    tables = [pq.read_table(path, schema=SCHEMA) for path in files]
+    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    frame: pd.DataFrame = table.select(["transaction_id", "is_fraud", "label_timestamp"]).to_pandas()
+    return frame
