@@ -1,23 +1,32 @@
-"""Live traffic for the console: snapshots of the app's own counters, kept in a small rolling window.
+"""Live traffic for the console: snapshots of the service's counters, kept in a small rolling window.
 
 A `Snapshot` copies the cumulative counters of `Metrics` (scores by version and label, request latency by version,
 errors by code, HTTP statuses); the rates and percentiles are differences between two snapshots divided by the
 time between them, as Prometheus's `rate()` and `histogram_quantile()` compute them. Snapshots are taken when the
 console asks (at most one a second), never on the scoring path.
+
+Whole service, not the one process that answers: under `fraudserve serve --workers N` every worker's counters live
+in prometheus_client's multiprocess files (one file per process and metric type, under FRAUDSERVE_HOME/run/), and a
+snapshot sums them all, as `/metrics` does; with one process its own registry is the whole service.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from inference_api.observability import Metrics
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from inference_api.observability import MULTIPROCESS_FLAG, Metrics
 
 Version = tuple[str, int]  # (model, version)
 
@@ -63,6 +72,7 @@ class Snapshot:
     latency: Mapping[Version, Histogram] = field(default_factory=dict)
     errors: Mapping[str, float] = field(default_factory=dict)
     statuses: Mapping[int, float] = field(default_factory=dict)  # HTTP status -> requests (every route)
+    processes: int = 1  # API processes whose counters are summed (the workers of `fraudserve serve --workers N`)
 
 
 def _increase(now: Mapping[Any, float], before: Mapping[Any, float]) -> dict[Any, float]:
@@ -74,38 +84,73 @@ def _increase(now: Mapping[Any, float], before: Mapping[Any, float]) -> dict[Any
     return out
 
 
-def _samples(metric: Any, suffix: str) -> Iterable[tuple[dict[str, str], float]]:
-    for family in metric.collect():
-        for sample in family.samples:
-            if sample.name.endswith(suffix):
-                yield sample.labels, float(sample.value)
+def shared_metrics_dir() -> Path | None:
+    """The folder of prometheus_client's multiprocess files when `fraudserve serve --workers N` set it up (the rule
+    `Metrics.render` follows: Feast sets PROMETHEUS_MULTIPROC_DIR on import even for one process); else None."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if os.environ.get(MULTIPROCESS_FLAG) and directory and os.path.isdir(directory):
+        return Path(directory)
+    return None
+
+
+def _families(metrics: Metrics) -> tuple[dict[str, Metric], int]:
+    """The counter and histogram families by name, every worker's summed when there are several, and how many
+    processes they come from."""
+    directory = shared_metrics_dir()
+    if directory is None:
+        return {family.name: family for family in metrics.registry.collect()}, 1
+    # Only the counter and histogram files: gauges (and their per-process modes) are not read here.
+    files = sorted(str(p) for p in (*directory.glob("counter_*.db"), *directory.glob("histogram_*.db")))
+    pids = {Path(f).stem.rsplit("_", 1)[-1] for f in files}
+    merged: Iterable[Metric] = MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+    return {family.name: family for family in merged}, max(len(pids), 1)
+
+
+def _name(metric: Any) -> str:
+    name: str = metric.describe()[0].name
+    return name
+
+
+def _samples(families: Mapping[str, Metric], metric: Any, suffix: str) -> Iterable[tuple[dict[str, str], float]]:
+    family = families.get(_name(metric))
+    for sample in family.samples if family is not None else ():
+        if sample.name.endswith(suffix):
+            yield sample.labels, float(sample.value)
+
+
+def _histogram(families: Mapping[str, Metric], metric: Any) -> Iterable[tuple[dict[str, str], float, str]]:
+    family = families.get(_name(metric))
+    if family is None:
+        return
+    for sample in family.samples:
+        yield sample.labels, float(sample.value), sample.name.removeprefix(family.name)
 
 
 def take(metrics: Metrics, at: float | None = None) -> Snapshot:
-    """The counters of `metrics` now."""
+    """The counters of `metrics` now: the whole service's (every worker's, summed)."""
+    families, processes = _families(metrics)
     scores = {
         (labels["model"], int(labels["version"]), labels["label"]): value
-        for labels, value in _samples(metrics.labels, "_total")
+        for labels, value in _samples(families, metrics.labels, "_total")
     }
     buckets: dict[Version, list[tuple[float, float]]] = {}
     counts: dict[Version, float] = {}
     sums: dict[Version, float] = {}
-    for family in metrics.version_latency.collect():
-        for sample in family.samples:
-            key = (sample.labels["model"], int(sample.labels["version"]))
-            if sample.name.endswith("_bucket"):
-                buckets.setdefault(key, []).append((float(sample.labels["le"]), float(sample.value)))
-            elif sample.name.endswith("_count"):
-                counts[key] = float(sample.value)
-            elif sample.name.endswith("_sum"):
-                sums[key] = float(sample.value)
+    for labels, value, suffix in _histogram(families, metrics.version_latency):
+        key = (labels["model"], int(labels["version"]))
+        if suffix == "_bucket":
+            buckets.setdefault(key, []).append((float(labels["le"]), value))
+        elif suffix == "_count":
+            counts[key] = value
+        elif suffix == "_sum":
+            sums[key] = value
     latency = {key: Histogram(tuple(sorted(b)), counts.get(key, 0.0), sums.get(key, 0.0)) for key, b in buckets.items()}
-    errors = {labels["code"]: value for labels, value in _samples(metrics.errors, "_total")}
+    errors = {labels["code"]: value for labels, value in _samples(families, metrics.errors, "_total")}
     statuses: dict[int, float] = {}
-    for labels, value in _samples(metrics.requests, "_total"):
+    for labels, value in _samples(families, metrics.requests, "_total"):
         status = int(labels["status"])
         statuses[status] = statuses.get(status, 0.0) + value
-    return Snapshot(time.monotonic() if at is None else at, scores, latency, errors, statuses)
+    return Snapshot(time.monotonic() if at is None else at, scores, latency, errors, statuses, processes)
 
 
 def compare(earlier: Snapshot, later: Snapshot) -> dict[str, Any]:
@@ -165,8 +210,9 @@ class TrafficWindow:
         scores a second per version between consecutive snapshots (seconds before the newest, oldest first)."""
         with self._lock:
             kept = list(self.snapshots)
+        processes = kept[-1].processes if kept else 1
         if len(kept) < 2:
-            return {"seconds": 0.0, "versions": [], "errors": [], "statuses": [], "series": []}
+            return {"seconds": 0.0, "versions": [], "errors": [], "statuses": [], "series": [], "processes": processes}
         newest = kept[-1]
         # From the newest snapshot at least `rate_s` old (the oldest kept while none is that old).
         start = next((s for s in reversed(kept) if newest.at - s.at >= self.rate_s), kept[0])
@@ -179,4 +225,5 @@ class TrafficWindow:
                  "per_second": {f"{v['model']}:{v['version']}": v["per_second"] for v in step["versions"]}}
             )  # fmt: skip
         summary["series"] = series
+        summary["processes"] = processes
         return summary

@@ -4,6 +4,7 @@ from the app's own metrics, feature freshness and the stream, the monitoring rep
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -74,8 +75,9 @@ def _state(request: Request) -> ConsoleState:
 @router.get("/traffic", responses=ERRORS)
 async def traffic(request: Request, response: Response) -> dict[str, Any]:
     """Scores a second, label mix and latency p50/p99 per model version, errors and HTTP statuses by code, over the
-    last 30 s of the app's own counters (rates need two looks: the first answer after a start has none), with what
-    serves: production and candidate versions, the canary share and shadow mode."""
+    last 30 s of the whole service's counters (every worker's, summed: `processes`; rates need two looks by the
+    process that answers, `process`: the first answers after a start have none), with what serves: production and
+    candidate versions, the canary share and shadow mode."""
     state = _state(request)
     state.traffic.add(take(request.app.state.metrics))
     settings: Settings = request.app.state.settings
@@ -85,6 +87,7 @@ async def traffic(request: Request, response: Response) -> dict[str, Any]:
     response.headers["Cache-Control"] = "no-store"
     return {
         **state.traffic.summary(),
+        "process": os.getpid(),
         "serving": {
             "model": settings.model_name,
             "production": production.version if production else None,

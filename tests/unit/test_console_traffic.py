@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from inference_api.console.traffic import Histogram, Snapshot, TrafficWindow, compare, take
-from inference_api.observability import Metrics
+from inference_api.observability import MULTIPROCESS_FLAG, Metrics
 
 
 def test_quantile_interpolates_within_the_bucket_as_prometheus_does() -> None:
@@ -78,3 +83,34 @@ def test_the_window_keeps_spaced_snapshots_and_rates_over_its_last_seconds() -> 
     assert len(summary["series"]) == len(window.snapshots) - 1
     assert summary["series"][0] == {"ago_s": 50.5, "per_second": {"fraud:1": pytest.approx(2.0)}}  # t=45 to 50
     assert summary["series"][-1] == {"ago_s": 0.0, "per_second": {"fraud:1": pytest.approx(10.0)}}
+
+
+WORKER = """
+from inference_api.observability import Metrics
+metrics = Metrics()
+for i in range({n}):
+    metrics.scored("fraud", 1, "not_fraud")
+    metrics.answered("fraud", 1, {seconds})
+metrics.error("transaction_not_found")
+metrics.request("/v1/fraud/score", 200)
+"""
+
+
+def test_with_several_workers_a_snapshot_sums_every_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two real processes count in prometheus_client's multiprocess files, as `fraudserve serve --workers 2` does.
+    environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for n, seconds in ((3, 0.002), (5, 0.02)):
+        subprocess.run([sys.executable, "-c", WORKER.format(n=n, seconds=seconds)], env=environment, check=True)
+    metrics = Metrics()  # this process counted nothing: it only reads
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.delenv(MULTIPROCESS_FLAG, raising=False)
+    assert take(metrics).scores == {}  # without `--workers N` only this process's own counters
+    monkeypatch.setenv(MULTIPROCESS_FLAG, "1")
+    snapshot = take(metrics, at=1.0)
+    assert snapshot.processes == 2
+    assert snapshot.scores == {("fraud", 1, "not_fraud"): 8.0}
+    assert snapshot.errors == {"transaction_not_found": 2.0} and snapshot.statuses == {200: 2.0}
+    latency = snapshot.latency[("fraud", 1)]
+    assert latency.count == 8.0 and latency.total == pytest.approx(3 * 0.002 + 5 * 0.02)
+    assert dict(latency.buckets)[0.002] == 3.0 and dict(latency.buckets)[float("inf")] == 8.0
+    assert compare(Snapshot(0.0), snapshot)["versions"][0]["requests"] == 8.0
