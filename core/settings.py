@@ -214,6 +214,13 @@ class Settings(BaseSettings):
         description="Dynamic batching: how long a batch waits for more requests. 0: none; requests that arrive "
         "while a batch is being scored still share the next one.",
     )
+    batch_max_items_in_flight: int = Field(
+        default=512,
+        ge=1,
+        description="score:batch admission: most batch items one API process scores at once (a batch larger than "
+        "this still runs alone); a batch that does not fit is refused with 503 overloaded and Retry-After before "
+        "any work, rather than queued until its feature fetch runs out of budget.",
+    )
 
     score_log_sample: float = Field(
         default=1.0,
