@@ -98,6 +98,17 @@ class RequestContext:
         await send({"type": "http.response.body", "body": body})  # fmt: skip
         self.metrics.error("payload_too_large")
 
+    def _answered(self, served: Any, seconds: float) -> None:
+        """Latency by the model version that answered (the console's canary against production): a route sets
+        `request.state.served` to the version of a single score, or to one per scored item of a batch (score:batch,
+        models predict, OIP infer). Counted per request: each version that answered any item of it observes the
+        request's whole latency once (a batch split by the canary share counts for both versions)."""
+        if hasattr(served, "version"):  # one version (the single score: the hot path)
+            self.metrics.answered(served.name, served.version, seconds)
+            return
+        for name, version in dict.fromkeys((ref.name, ref.version) for ref in served):
+            self.metrics.answered(name, version, seconds)
+
     def _done(self, scope: Scope, request_id: str, status: int, started: float) -> None:
         seconds = time.perf_counter() - started
         route = scope.get("route")
@@ -105,9 +116,9 @@ class RequestContext:
         self.metrics.request(path, status)
         if path.startswith("/v1/fraud/score"):
             self.metrics.stage("total", seconds)
-            served = scope["state"].get("served")  # the version that answered a single score (routes/fraud.py)
-            if served is not None:
-                self.metrics.answered(served.name, served.version, seconds)
+        served = scope["state"].get("served")
+        if served is not None:
+            self._answered(served, seconds)
         if not self.log_all and status < 400 and seconds < self.slow_s:
             return
         log.info(

@@ -8,9 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
 
 from inference_api.console.traffic import Histogram, Snapshot, TrafficWindow, compare, take
+from inference_api.middleware import RequestContext
 from inference_api.observability import MULTIPROCESS_FLAG, Metrics
+from inference_api.schemas import ModelRef
 
 
 def test_quantile_interpolates_within_the_bucket_as_prometheus_does() -> None:
@@ -114,3 +118,32 @@ def test_with_several_workers_a_snapshot_sums_every_process(tmp_path: Path, monk
     assert latency.count == 8.0 and latency.total == pytest.approx(3 * 0.002 + 5 * 0.02)
     assert dict(latency.buckets)[0.002] == 3.0 and dict(latency.buckets)[float("inf")] == 8.0
     assert compare(Snapshot(0.0), snapshot)["versions"][0]["requests"] == 8.0
+
+
+def test_every_scoring_route_counts_its_latency_by_the_versions_that_answered() -> None:
+    metrics = Metrics()
+    app = FastAPI()
+    app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=1 << 20)
+    one, two = ModelRef(name="fraud", version=1), ModelRef(name="fraud", version=2)
+
+    @app.post("/single")
+    async def single(request: Request) -> dict[str, str]:
+        request.state.served = one  # a single score: its version
+        return {}
+
+    @app.post("/batch")
+    async def batch(request: Request) -> dict[str, str]:
+        request.state.served = [one, two, one, one]  # per item: a batch split by the canary share
+        return {}
+
+    @app.post("/nothing")
+    async def nothing() -> dict[str, str]:
+        return {}
+
+    earlier = take(metrics, at=0.0)
+    with TestClient(app) as client:
+        for path in ("/single", "/batch", "/batch", "/nothing"):
+            assert client.post(path).status_code == 200
+    versions = {v["version"]: v for v in compare(earlier, take(metrics, at=1.0))["versions"]}
+    # Per request: version 1 answered the single and both batches, version 2 both batches; none for /nothing.
+    assert versions[1]["requests"] == 3.0 and versions[2]["requests"] == 2.0
