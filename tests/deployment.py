@@ -6,6 +6,9 @@ with FRAUDSERVE_REDIS_TYPE=redis_cluster; `Deployment.redis` is then that `Redis
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,10 +25,30 @@ from fraudserve.registry import ModelRegistry, open_registry
 from pipelines.generate import GenerateConfig, generate
 from pipelines.materialize import materialize
 from pipelines.offline.backfill import backfill
-from pipelines.training.dataset import build_training_set
+from pipelines.training.dataset import TrainingSet, build_training_set
 from pipelines.training.train import TrainConfig, train
 from tests.redis_cluster import RedisCluster
 from tests.redis_process import RedisProcess
+
+# One data set per seed for the whole test session: every deployment's data ends at the same minute (the session's
+# start: days before any view's TTL runs out), so a model trained for one module is the model every other module
+# would train on the same seed. Training is most of a deployment's set-up time; each package is trained once per
+# session and copied into each deployment's own folder (tests may tamper with their copy).
+SESSION_END = datetime.now(UTC).replace(second=0, microsecond=0)
+_trained: dict[tuple[int, Flavor], Path] = {}
+_cache_root = Path(tempfile.mkdtemp(prefix="fraudserve-test-packages-"))
+atexit.register(shutil.rmtree, _cache_root, ignore_errors=True)
+
+
+def _package(training_set: TrainingSet, seed: int, flavor: Flavor, out: Path) -> Path:
+    """The package trained on this seed's training set: trained on first use, then copied from the session cache."""
+    key = (seed, flavor)
+    if key not in _trained:
+        _trained[key] = train(
+            training_set, TrainConfig(flavor=flavor, seed=1), _cache_root / f"{seed}-{flavor.value}"
+        ).package
+    shutil.copytree(_trained[key], out)
+    return out
 
 
 @dataclass
@@ -69,16 +92,12 @@ def deploy(
             monkeypatch.setenv("FRAUDSERVE_REDIS_TYPE", "redis_cluster" if cluster else "redis")
             monkeypatch.setenv("FRAUDSERVE_MODEL_POLL_SECONDS", "0.2")
             settings = Settings()
-            end = datetime.now(UTC).replace(second=0, microsecond=0)  # fresh features: within every TTL
-            generated = generate(root / "raw", GenerateConfig(seed=seed, cards=700, days=32, end=end))
+            generated = generate(root / "raw", GenerateConfig(seed=seed, cards=700, days=32, end=SESSION_END))
             feature_store.apply(settings, redis.connection_string)
             backfill(generated.files["transactions_parquet"], generated.files["labels_parquet"], settings.offline)
             store = feature_store.open_store(settings, redis.connection_string)
             training_set = build_training_set(store, "fraud_v2", settings.offline)
-            packages = [
-                train(training_set, TrainConfig(flavor=flavor, seed=1), root / f"pkg-{flavor.value}").package
-                for flavor in flavors
-            ]
+            packages = [_package(training_set, seed, flavor, root / f"pkg-{flavor.value}") for flavor in flavors]
             registry = open_registry(settings)
             registry.register(packages[0], name="fraud", feature_service="fraud_v2")
             materialize(store, settings.offline)
