@@ -4,16 +4,22 @@ small self-contained HTML page (inline SVG, no scripts, no network) of the repor
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from core.models.manifest import Manifest
+from core.models.reference import DriftReference
 from core.registry import ModelRegistry
 from core.score_log import log_files
 from core.settings import Settings
+from pipelines.drift_reference import cache_dir, rebuild, resolver
 from pipelines.label_log import copy_label_stream, label_log_dir
 from pipelines.monitoring import registry_report
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 
 def report(
@@ -30,12 +36,34 @@ def report(
     stream = copy_label_stream(settings)
     registry = ModelRegistry.at(settings.models_dir, None, None)
     files = log_files([settings.score_log_dir, *log_dirs], days=days, today=moment.date())
+    references = resolver(cache_dir(settings.home_dir), rebuilder(settings, registry))
     data = registry_report(
         registry, settings.offline.labels_file, files, days=days, model=model, now=moment,
-        label_log=label_log_dir(settings.home_dir),
+        label_log=label_log_dir(settings.home_dir), references=references,
     )  # fmt: skip
     data["label_stream"] = stream
     return data
+
+
+def rebuilder(settings: Settings, registry: ModelRegistry) -> Callable[[str, int, Manifest], DriftReference]:
+    """Rebuild a version's drift reference from the offline store (pipelines/drift_reference.py); Feast's errors
+    (no feature repo applied, the service gone) as ValueError naming the version."""
+    stores: list[FeatureStore] = []
+
+    def build(name: str, version: int, manifest: Manifest) -> DriftReference:
+        from feast.errors import FeastError
+
+        from core.errors import FraudserveError
+        from fraudserve.feature_store import open_offline_store
+
+        try:
+            if not stores:
+                stores.append(open_offline_store(settings))
+            return rebuild(stores[0], settings.offline, manifest, registry.model_path(name, version))
+        except (FeastError, FraudserveError) as exc:
+            raise ValueError(f"Feast could not give the training set of {manifest.feature_service}: {exc}") from exc
+
+    return build
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

@@ -32,6 +32,7 @@ def refresh(
     settings: Settings, registry: ModelRegistry, metrics: Metrics, now: datetime | None = None
 ) -> dict[str, Any]:
     """Recompute the report over the recent log and set the gauges; returns the report."""
+    from pipelines.drift_reference import cache_dir, resolver
     from pipelines.label_log import copy_label_stream, label_log_dir
     from pipelines.monitoring import load_labels, report_from_files
 
@@ -46,7 +47,8 @@ def refresh(
     files = recent_files([settings.score_log_dir], DAYS, MAX_ROWS, now.date())
     stream = copy_label_stream(settings, wait=False) if settings.redis else None
     labels = load_labels(settings.offline.labels_file, now, label_log_dir(settings.home_dir))
-    report = report_from_files(files, labels, manifest_of, days=DAYS, now=now)
+    references = resolver(cache_dir(settings.home_dir))  # a rebuilt reference only if kept: no Feast retrieval here
+    report = report_from_files(files, labels, manifest_of, days=DAYS, now=now, references=references)
     report["label_stream"] = stream
     with warnings.catch_warnings():  # several workers: each sets what it computed; nothing else to clear
         warnings.simplefilter("ignore", UserWarning)

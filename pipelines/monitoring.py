@@ -36,6 +36,8 @@ from pipelines.label_log import read as read_label_log
 REPORT_SCHEMA = "fraudserve.monitor.report/1"
 UNCERTAIN = "uncertain"
 LABELS = ("not_fraud", "suspicious", "highly_suspicious", UNCERTAIN)
+# A version's drift reference and a note on where it came from (or why there is none).
+References = Callable[[str, int, Manifest | None], tuple[DriftReference | None, str]]
 
 
 def load_labels(path: Path, now: datetime | None = None, label_log: Path | None = None) -> pd.DataFrame:
@@ -193,16 +195,24 @@ def report_from_files(
     days: int,
     model: str | None = None,
     now: datetime | None = None,
+    references: References | None = None,
 ) -> dict[str, Any]:
-    """The report over log files, read one at a time (their vectors binned, the rest kept)."""
+    """The report over log files, read one at a time (their vectors binned, the rest kept). `references`: each
+    version's drift reference and its note (default `reference_for`: the package's own only)."""
     manifests: dict[tuple[str, int], Manifest | None] = {}
+    resolved: dict[tuple[str, int], tuple[DriftReference | None, str]] = {}
 
     def manifest(name: str, version: int) -> Manifest | None:
         if (name, version) not in manifests:
             manifests[(name, version)] = manifest_of(name, version)
         return manifests[(name, version)]
 
-    bins = FeatureBins(lambda name, version: reference_for(name, version, manifest(name, version))[0])
+    def reference(name: str, version: int, found: Manifest | None) -> tuple[DriftReference | None, str]:
+        if (name, version) not in resolved:
+            resolved[(name, version)] = (references or reference_for)(name, version, found)
+        return resolved[(name, version)]
+
+    bins = FeatureBins(lambda name, version: reference(name, version, manifest(name, version))[0])
     tables = []
     for path in paths:
         table = pq.read_table(path, schema=SCHEMA)
@@ -211,7 +221,7 @@ def report_from_files(
         bins.add(table)
         tables.append(_kept(table))
     rows = pa.concat_tables(tables) if tables else _kept(SCHEMA.empty_table())
-    return build_report(rows, labels, manifest, bins, days=days, model=model, now=now)
+    return build_report(rows, labels, manifest, bins, days=days, model=model, now=now, references=reference)
 
 
 _KEPT = ("time", "transaction_id", "model", "version", "role", "feature_service", "score", "label")
@@ -235,6 +245,7 @@ def build_report(
     days: int,
     model: str | None = None,
     now: datetime | None = None,
+    references: References | None = None,
 ) -> dict[str, Any]:
     """The report over `log`'s rows (the days asked for; the vectors already counted in `bins`)."""
     kept = log.select([c for c in log.column_names if c in _KEPT])
@@ -248,7 +259,7 @@ def build_report(
     for (name, version), part in frame.groupby(["model", "version"], sort=True, observed=True):
         manifest = manifest_of(str(name), int(version))
         scores = part["score"].to_numpy(dtype=np.float64)
-        reference, note = reference_for(str(name), int(version), manifest)
+        reference, note = (references or reference_for)(str(name), int(version), manifest)
         entry: dict[str, Any] = {
             "model": str(name),
             "version": int(version),
@@ -285,13 +296,14 @@ def _day(days_since_epoch: int) -> str:
 
 
 def reference_for(name: str, version: int, manifest: Manifest | None) -> tuple[DriftReference | None, str]:
-    """A version's drift reference and where it came from (or why there is none)."""
+    """A version's drift reference and where it came from (or why there is none): the package's own only (the
+    rebuilt ones of older packages: pipelines/drift_reference.py `resolver`)."""
     if manifest is None:
         return None, f"{name} version {version} is not in the registry: no reference to compare with"
     if manifest.reference is None:
         return None, (
             f"{name} version {version} was trained before packages kept a drift reference, so its drift is not "
-            "measured (rebuilding one from the offline store is not implemented yet); retrain to get one"
+            "measured here; `fraudserve monitor report` rebuilds one from the offline store"
         )
     return manifest.reference, "kept in the model package at training time"
 
@@ -304,6 +316,7 @@ def registry_report(
     model: str | None = None,
     now: datetime | None = None,
     label_log: Path | None = None,
+    references: References | None = None,
 ) -> dict[str, Any]:
     """The report over the score log's `files`, each version judged against its manifest in `registry` and the
     labels of `labels_file` and of the label stream's copy in `label_log` known `now` (what `fraudserve monitor
@@ -317,4 +330,4 @@ def registry_report(
             return None
 
     labels = load_labels(labels_file, moment, label_log)
-    return report_from_files(files, labels, manifest_of, days=days, model=model, now=moment)
+    return report_from_files(files, labels, manifest_of, days=days, model=model, now=moment, references=references)

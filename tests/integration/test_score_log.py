@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from core.score_log import log_files, read_log
 from core.settings import Settings
 from fraudserve import feature_store
 from tests.api_server import ApiServer
-from tests.deployment import Deployment, deploy
+from tests.deployment import SESSION_END, Deployment, deploy
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +258,62 @@ def test_metrics_carry_drift_and_quality_gauges_refreshed_in_the_background(depl
     assert f'fraudserve_score_psi{{model="fraud",version="{version}"}}' in text
     assert f'fraudserve_feature_psi{{feature="amount",model="fraud",version="{version}"}}' in text
     assert f'fraudserve_labelled_quality{{metric="labelled",model="fraud",version="{version}"}}' in text
+
+
+def test_an_older_package_gets_its_drift_reference_rebuilt_from_the_offline_store(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """A package without a reference (as trained before references were kept): `monitor report` rebuilds it from
+    the offline store over the training window, equal to the one training kept, and keeps it for the next report
+    and the API's gauges."""
+    import numpy as np
+    import pyarrow as pa
+
+    from core.models.manifest import MANIFEST_FILE
+    from core.score_log import SCHEMA, write_part
+    from fraudserve.monitoring import report
+    from pipelines.drift_reference import cache_dir, resolver
+
+    original = deployment.registry.get("fraud")
+    assert original.manifest.reference is not None
+    package = tmp_path / "old-package"
+    shutil.copytree(deployment.packages[0], package)
+    old_manifest = original.manifest.model_copy(update={"reference": None, "name": None, "version": None})
+    (package / MANIFEST_FILE).write_text(old_manifest.model_dump_json())
+    old = deployment.registry.register(package, name="old-fraud", feature_service="fraud_v2")
+
+    names = original.manifest.feature_names
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(300):
+        values = rng.gamma(2.0, 3.0, size=len(names))
+        features = [{"name": n, "value": None if i % 7 == 0 and j == 0 else float(v)}
+                    for j, (n, v) in enumerate(zip(names, values, strict=True))]  # fmt: skip
+        for name, version in (("fraud", original.version), ("old-fraud", old.version)):
+            rows.append({"request_id": f"rebuild-{i}", "time": SESSION_END, "transaction_id": f"rebuild-{i}",
+                         "model": name, "version": version, "role": "direct", "feature_service": "fraud_v2",
+                         "score": float(rng.uniform()), "label": "not_fraud", "feature_freshness_seconds": 1.0,
+                         "features": features})  # fmt: skip
+    root = tmp_path / "log"
+    write_part(root, SESSION_END.date(), pa.Table.from_pylist(rows, schema=SCHEMA), 1)
+    settings = deployment.settings
+    data = report(settings, days=1, log_dirs=[root], now=SESSION_END)
+    by_model = {(v["model"], v["version"]): v for v in data["versions"] if v["model"] in ("fraud", "old-fraud")}
+    kept, rebuilt = by_model[("fraud", original.version)]["drift"], by_model[("old-fraud", old.version)]["drift"]
+    assert rebuilt["reference"].startswith("rebuilt from the offline store over the training window"), rebuilt
+    assert "trained before packages kept a drift reference" in rebuilt["note"]
+
+    reference = resolver(cache_dir(settings.home_dir))("old-fraud", old.version, old.manifest)[0]
+    assert reference is not None  # kept: the API's gauges (no rebuild of their own) find it
+    assert reference.features == original.manifest.reference.features
+    assert reference.score == original.manifest.reference.score
+    assert rebuilt["features"] == kept["features"] and rebuilt["score"] == kept["score"]
+
+    (kept_file,) = cache_dir(settings.home_dir).glob("old-fraud-v*.json")
+    written = kept_file.stat().st_mtime_ns
+    again = report(settings, days=1, log_dirs=[root], now=SESSION_END)
+    assert kept_file.stat().st_mtime_ns == written  # read, not rebuilt
+    (entry,) = [v for v in again["versions"] if v["model"] == "old-fraud"]
+    assert entry["drift"]["features"] == rebuilt["features"] and "kept in" in entry["drift"]["note"]
+    another = old.manifest.model_copy(update={"created_at": old.manifest.created_at.replace(year=2020)})
+    assert resolver(cache_dir(settings.home_dir))("old-fraud", old.version, another)[0] is None  # not its manifest
