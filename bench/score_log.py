@@ -1,12 +1,20 @@
 """The cost of the score log: score-by-id requests/s and p99 with the log on (sample 1.0) against off, same run;
 and the monitoring report's time and peak memory over a large log.
 
-    python -m bench.score_log [--seconds 15] [--workers 2] [--rounds 2] [--report-rows 10000000]
+    python -m bench.score_log [--seconds 4] [--workers 1] [--rounds 8] [--report-rows 10000000]
 
-Builds (or reuses, `--home`) bench.api's deployment on an embedded redis-server, then alternates `fraudserve serve`
-with FRAUDSERVE_SCORE_LOG_SAMPLE=0 (off) and =1 (on) for `--rounds` rounds, each loaded by bench.load at 8
-connections for `--seconds` (alternating so that other load on the machine hits both alike). With the log on it
-also reads the written and dropped counts back from /metrics, and checks the rows on disk.
+Builds (or reuses, `--home`) bench.api's deployment on an embedded redis-server, then starts two `fraudserve serve`
+processes side by side, one with FRAUDSERVE_SCORE_LOG_SAMPLE=1 (on) and one with =0 (off), and loads them in turn,
+on, off, on, off, ... for `--rounds` pairs of `--seconds` each (bench.load, 8 connections), the order flipped every
+other pair. Both servers live through the whole run, so neither pays start-up or warm-up inside a round, and short
+alternating rounds make other load on the machine hit both settings alike. The cost is the median of the pairs'
+ratios (on / off, each pair measured seconds apart) and, as a check, the ratio of the total requests. Since the
+machine's other load moves requests/s far more than the log does, each round also takes the CPU seconds the
+server's processes spent per request (psutil), which other load changes far less; the figure compared is each
+server's whole CPU time from after the warm-up to after the last flush (the writer thread's work included) over
+its requests: the log's cost in CPU. With the log
+on it also reads the written and dropped counts back from /metrics, and checks the rows on disk. `uptime`'s load
+average is recorded before and after.
 
 Then it writes a synthetic log of `--report-rows` scores with the deployment model's feature names (files of
 100,000 rows, as a busy API's flushes would leave them) and runs `fraudserve monitor report --json` on it in a
@@ -31,6 +39,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
@@ -46,6 +55,7 @@ from core.score_log import FEATURE, SCHEMA, log_files, write_part
 from core.settings import Settings
 
 FILE_ROWS = 100_000
+FLUSH_S = 5.0  # the score log's flush interval (the default)
 
 
 def _counter(text: str, name: str) -> float:
@@ -53,29 +63,89 @@ def _counter(text: str, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def measure(
-    env: dict[str, str], sample: str, bodies: list[dict[str, object]], workers: int, seconds: float, root: Path
-) -> dict[str, float]:
-    port = free_port()
-    log = (root / f"serve-sample-{sample}.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fraudserve", "serve", "--workers", str(workers), "--port", str(port)],
-        env={**env, "FRAUDSERVE_SCORE_LOG_SAMPLE": sample, "FRAUDSERVE_TOP_REASONS": "3"},
-        stdout=log,
-        stderr=log,
-    )
+class Server:
+    """One `fraudserve serve` with a given score log sample rate, kept up for the whole run."""
+
+    def __init__(self, env: dict[str, str], sample: str, workers: int, root: Path) -> None:
+        self.port = free_port()
+        self.output = (root / f"serve-sample-{sample}.log").open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fraudserve", "serve", "--workers", str(workers), "--port", str(self.port)],
+            env={
+                **env,
+                "FRAUDSERVE_SCORE_LOG_SAMPLE": sample,
+                "FRAUDSERVE_TOP_REASONS": "3",
+                "FRAUDSERVE_SCORE_LOG_FLUSH_SECONDS": str(FLUSH_S),
+            },
+            stdout=self.output,
+            stderr=self.output,
+        )
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU seconds of the server and its worker processes so far."""
+        root = psutil.Process(self.process.pid)
+        total = 0.0
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def metrics(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10).text
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+        self.output.close()
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def compare(
+    env: dict[str, str], bodies: list[dict[str, object]], workers: int, seconds: float, rounds: int, root: Path,
+    console: Console,
+) -> dict[str, Any]:  # fmt: skip
+    """Both servers up at once; rounds of load alternated between them (on, off, off, on, on, off, ...)."""
+    servers = {"on": Server(env, "1", workers, root), "off": Server(env, "0", workers, root)}
+    runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
     try:
-        wait_ready(f"http://127.0.0.1:{port}/v1/fraud/score", bodies[0])
-        run_load("127.0.0.1", port, "/v1/fraud/score", bodies, 1, 2)  # warm-up
-        load = run_load("127.0.0.1", port, "/v1/fraud/score", bodies, 8, seconds)
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        for server in servers.values():
+            wait_ready(f"http://127.0.0.1:{server.port}/v1/fraud/score", bodies[0])
+            run_load("127.0.0.1", server.port, "/v1/fraud/score", bodies, 8, 2)  # warm-up
+        time.sleep(FLUSH_S + 1)  # the warm-up's scores written
+        first = {mode: server.cpu_seconds() for mode, server in servers.items()}
+        for n in range(rounds):
+            for mode in ("on", "off") if n % 2 == 0 else ("off", "on"):
+                spent = servers[mode].cpu_seconds()
+                run = run_load("127.0.0.1", servers[mode].port, "/v1/fraud/score", bodies, 8, seconds).summary()
+                run["cpu_ms_per_request"] = (servers[mode].cpu_seconds() - spent) * 1000 / max(run["requests"], 1)
+                runs[mode].append({**run, "round": n, "load_average_1m": os.getloadavg()[0]})
+                console.print(f"round {n + 1}, log {mode}: {run['rps']:,.0f} req/s, p99 {run['p99_ms']:.2f} ms, "
+                              f"server CPU {run['cpu_ms_per_request']:.2f} ms per request")  # fmt: skip
+        time.sleep(FLUSH_S + 1)  # the last round's scores written, so the whole run's writing is counted
+        whole = {mode: (server.cpu_seconds() - first[mode]) * 1000 for mode, server in servers.items()}
+        counted = {mode: server.metrics() for mode, server in servers.items()}
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        for server in servers.values():
+            server.stop()
+    ratios = [on["rps"] / off["rps"] for on, off in zip(runs["on"], runs["off"], strict=True)]
+    total = {mode: sum(r["requests"] for r in rs) / sum(r["requests"] / r["rps"] for r in rs)
+             for mode, rs in runs.items()}  # fmt: skip
+    cpu = {mode: whole[mode] / sum(r["requests"] for r in rs) for mode, rs in runs.items()}
     return {
-        **load.summary(),
-        "dropped": _counter(metrics, "fraudserve_score_log_dropped_total"),
-        "written_before_stop": _counter(metrics, "fraudserve_score_log_rows_total"),
+        "runs": runs,
+        "cpu_ms_per_request": cpu,
+        "cpu_ratio": cpu["on"] / cpu["off"],
+        "pair_ratios": ratios,
+        "ratio_median": float(np.median(ratios)),
+        "ratio_total": total["on"] / total["off"],
+        "rps": total,
+        "p99_ms": {mode: float(np.median([r["p99_ms"] for r in rs])) for mode, rs in runs.items()},
+        "dropped": _counter(counted["on"], "fraudserve_score_log_dropped_total"),
+        "written_before_stop": _counter(counted["on"], "fraudserve_score_log_rows_total"),
     }
 
 
@@ -139,9 +209,9 @@ def synthetic_log(root: Path, names: list[str], rows: int, version: int, days: i
 def main() -> None:
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2, help="off/on pairs, alternated")
+    parser.add_argument("--seconds", type=float, default=4, help="length of each round")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of each server")
+    parser.add_argument("--rounds", type=int, default=8, help="on/off pairs, alternated")
     parser.add_argument("--cards", type=int, default=2000)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--report-rows", type=int, default=10_000_000, help="0: skip the report measurement")
@@ -164,28 +234,19 @@ def main() -> None:
         shutil.rmtree(root / "cpu-log", ignore_errors=True)
         console.print(f"CPU per logged score: record {cpu['record_us']:.1f} us (request side), "
                       f"flush {cpu['flush_us']:.1f} us (writer thread)")  # fmt: skip
-        runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
-        for _ in range(args.rounds):
-            for mode, sample in (("off", "0"), ("on", "1")):
-                files_before = set(log_files([settings.score_log_dir]))
-                run = measure(env, sample, bodies, args.workers, args.seconds, root)
-                new = [p for p in log_files([settings.score_log_dir]) if p not in files_before]
-                run["log_bytes"] = sum(p.stat().st_size for p in new)
-                run["log_files"] = len(new)
-                run["log_rows"] = sum(pq.ParquetFile(p).metadata.num_rows for p in new)
-                runs[mode].append(run)
-                console.print(f"log {mode}: {run['rps']:,.0f} req/s, p99 {run['p99_ms']:.2f} ms")
-        result["runs"] = runs
+        compared: dict[str, Any] = {}
         if args.rounds:
-            summary = {
-                mode: {"rps": float(np.mean([r["rps"] for r in rs])),
-                       "p99_ms": float(np.mean([r["p99_ms"] for r in rs]))}
-                for mode, rs in runs.items()
-            }  # fmt: skip
-            result["summary"] = summary
-            result["rps_cost_percent"] = 100 * (1 - summary["on"]["rps"] / summary["off"]["rps"])
-        on_requests = sum(r["requests"] for r in runs["on"])
-        result["logged_bytes_per_score"] = sum(r["log_bytes"] for r in runs["on"]) / max(on_requests, 1)
+            files_before = set(log_files([settings.score_log_dir]))
+            result["load_average_before"] = load_average()
+            compared = compare(env, bodies, args.workers, args.seconds, args.rounds, root, console)
+            result["load_average_after"] = load_average()
+            new = [p for p in log_files([settings.score_log_dir]) if p not in files_before]
+            compared["log_bytes"] = sum(p.stat().st_size for p in new)
+            compared["log_files"] = len(new)
+            compared["log_rows"] = sum(pq.ParquetFile(p).metadata.num_rows for p in new)
+            compared["logged_bytes_per_score"] = compared["log_bytes"] / max(compared["log_rows"], 1)
+            result.update(compared)
+            result["rps_cost_percent"] = 100 * (1 - compared["ratio_median"])
 
         if args.report_rows:
             synthetic = root / "synthetic-home"
@@ -211,17 +272,32 @@ def main() -> None:
                                 "log_bytes": size, "write_seconds": written,
                                 "features": len(model.manifest.feature_names)}  # fmt: skip
 
-    if not runs["off"] or not runs["on"]:
+    if not compared:
         write_result(console, "score_log", result)
         return
-    table = Table(title=f"score by id, log off vs on, {args.workers} worker(s), 8 connections, {os.cpu_count()} cores")
-    for column in ("score log", "requests/s", "p99 ms", "dropped"):
+    table = Table(title=f"score by id, log on vs off, {args.workers} worker(s) each, 8 connections, "
+                        f"{os.cpu_count()} cores, {args.seconds:g} s rounds")  # fmt: skip
+    for column in ("round", "on req/s", "off req/s", "on / off", "on p99 ms", "off p99 ms", "on CPU ms/req",
+                   "off CPU ms/req"):  # fmt: skip
         table.add_column(column, justify="right")
-    for mode, rs in runs.items():
-        for r in rs:
-            table.add_row(mode, f"{r['rps']:,.0f}", f"{r['p99_ms']:.2f}", f"{r['dropped']:.0f}")
+    for n, (on, off) in enumerate(zip(compared["runs"]["on"], compared["runs"]["off"], strict=True)):
+        table.add_row(str(n + 1), f"{on['rps']:,.0f}", f"{off['rps']:,.0f}", f"{on['rps'] / off['rps']:.3f}",
+                      f"{on['p99_ms']:.1f}", f"{off['p99_ms']:.1f}", f"{on['cpu_ms_per_request']:.2f}",
+                      f"{off['cpu_ms_per_request']:.2f}")  # fmt: skip
     console.print(table)
-    console.print(f"cost of logging: {result['rps_cost_percent']:.1f} % of requests/s (target < 10 %)")
+    console.print(
+        f"requests/s with the log on / off: median of pairs {compared['ratio_median']:.3f}, all requests "
+        f"{compared['ratio_total']:.3f} ({compared['rps']['on']:,.0f} vs {compared['rps']['off']:,.0f}); cost "
+        f"{result['rps_cost_percent']:.1f} % (target < 10 %); p99 {compared['p99_ms']['on']:.1f} vs "
+        f"{compared['p99_ms']['off']:.1f} ms; {compared['log_rows']:,} rows logged, {compared['dropped']:.0f} dropped;"
+        f" load average {result['load_average_before']} before, {result['load_average_after']} after"
+    )
+    console.print(
+        f"server CPU per request (the servers' whole CPU time over the run, writer thread included, over their "
+        f"requests; what the machine's other load changes little): log on "
+        f"{compared['cpu_ms_per_request']['on']:.3f} ms, off {compared['cpu_ms_per_request']['off']:.3f} ms, on / off "
+        f"{compared['cpu_ratio']:.3f}"
+    )
     if "report" in result:
         report = result["report"]
         assert isinstance(report, dict)
