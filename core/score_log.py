@@ -4,13 +4,23 @@ Each API process writes its own files (`<root>/day=YYYY-MM-DD/part-<pid>-<ns>-<n
 hidden temporary name and then renamed, so that several uvicorn workers never share a file and a reader (or a
 killed writer) never sees half a file. The feature vector is a list of (name, value) pairs: any feature service
 fits the one schema, and a null value is a feature the model saw as missing.
+
+Compaction (`compact_day`, `fraudserve monitor compact`) merges a finished day's files into one
+`compacted-<ns>.parquet` whose Parquet metadata lists the files it holds and where their rows are (`sources`:
+name, first row, rows). It is written under a temporary name and renamed, and only then are its sources removed.
+Readers list a day as its compacted files plus the files no compacted file lists (`log_files`), so a listing taken
+at any moment holds each row once; a listed file removed before it is read is read from the compacted file that
+lists it (`read_file`), the same rows.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -34,6 +44,9 @@ SCHEMA = pa.schema(
     ]
 )
 ROLES = ("production", "canary", "shadow", "direct")
+COMPACTED = "compacted-"
+SOURCES_KEY = b"fraudserve.sources"  # JSON [[file name, first row, rows], ...] of a compacted file
+COMPACT_ROW_GROUP = 500_000
 
 
 def day_dir(root: Path, day: date) -> Path:
@@ -51,27 +64,128 @@ def write_part(root: Path, day: date, table: pa.Table, sequence: int) -> Path:
     return folder / name
 
 
+def _sources(path: Path) -> list[tuple[str, int, int]]:
+    """The files a compacted file holds, with the first row and count of each."""
+    metadata = pq.read_schema(path).metadata or {}
+    return [(str(n), int(first), int(rows)) for n, first, rows in json.loads(metadata.get(SOURCES_KEY, b"[]"))]
+
+
+def day_files(folder: Path) -> list[Path]:
+    """A day's complete files, each row in exactly one: the compacted files, and the parts none of them lists."""
+    compacted = sorted(folder.glob(f"{COMPACTED}*.parquet"))
+    covered: set[str] = set()
+    for path in compacted:
+        try:
+            covered.update(name for name, _, _ in _sources(path))
+        except FileNotFoundError:  # itself compacted since the listing: a newer one lists its rows
+            continue
+    return [p for p in [*compacted, *sorted(folder.glob("part-*.parquet"))] if p.name not in covered and p.exists()]
+
+
 def log_files(roots: Iterable[Path], days: int | None = None, today: date | None = None) -> list[Path]:
     """The complete files of the log under `roots` (the last `days` days only, when given)."""
     first = None if days is None else (today or datetime.now(UTC).date()) - timedelta(days=days - 1)
     files: list[Path] = []
     for root in roots:
-        if not root.is_dir():
-            continue
-        for folder in sorted(root.glob("day=*")):
-            try:
-                day = date.fromisoformat(folder.name.removeprefix("day="))
-            except ValueError:
-                continue
+        for day, folder in day_folders(root):
             if first is None or day >= first:
-                files.extend(sorted(folder.glob("part-*.parquet")))
+                files.extend(day_files(folder))
     return files
+
+
+def day_folders(root: Path) -> list[tuple[date, Path]]:
+    if not root.is_dir():
+        return []
+    folders = []
+    for folder in sorted(root.glob("day=*")):
+        try:
+            folders.append((date.fromisoformat(folder.name.removeprefix("day=")), folder))
+        except ValueError:
+            continue
+    return folders
+
+
+def read_file(path: Path) -> pa.Table:
+    """One file of the log as `SCHEMA`; a file compacted since it was listed is read from the compacted file."""
+    try:
+        return pq.read_table(path, schema=SCHEMA)
+    except FileNotFoundError:
+        for compacted in sorted(path.parent.glob(f"{COMPACTED}*.parquet"), reverse=True):
+            try:
+                found = [(first, rows) for name, first, rows in _sources(compacted) if name == path.name]
+                if found:
+                    return pq.read_table(compacted, schema=SCHEMA).slice(*found[0])
+            except FileNotFoundError:
+                continue
+        raise
 
 
 def read_log(roots: Iterable[Path], days: int | None = None, today: date | None = None) -> pa.Table:
     """Every logged score under `roots` (the last `days` days), as one table of `SCHEMA`."""
-    tables = [pq.read_table(path, schema=SCHEMA) for path in log_files(roots, days, today)]
+    tables = [read_file(path) for path in log_files(roots, days, today)]
     return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+
+@contextmanager
+def _compaction_lock(root: Path) -> Iterator[None]:
+    """One compaction of a log root at a time (two would each list the same parts)."""
+    with (root / ".compact.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def compact_day(folder: Path) -> Path | None:
+    """Merge the day's files into one compacted file (None when it has one file or none): written under a temporary
+    name, renamed into place, then its sources removed. Only for a finished day: parts written after the listing
+    stay as they are (the next compaction takes them)."""
+    with _compaction_lock(folder.parent):
+        files = day_files(folder)
+        if len(files) < 2:
+            return None
+        sources: list[list[object]] = []
+        first = 0
+        for path in files:
+            if path.name.startswith(COMPACTED):  # its own sources stay findable through the new file
+                sources.extend([name, first + start, rows] for name, start, rows in _sources(path))
+            rows = pq.ParquetFile(path).metadata.num_rows
+            sources.append([path.name, first, rows])
+            first += rows
+        name = f"{COMPACTED}{time.time_ns()}.parquet"
+        temporary = folder / f".{name}.tmp"
+        schema = SCHEMA.with_metadata({SOURCES_KEY: json.dumps(sources).encode()})
+        with pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
+            pending: list[pa.Table] = []
+            waiting = 0
+            for path in files:
+                table = pq.read_table(path, schema=SCHEMA)
+                pending.append(table)
+                waiting += table.num_rows
+                if waiting >= COMPACT_ROW_GROUP:
+                    writer.write_table(pa.concat_tables(pending).cast(schema), row_group_size=COMPACT_ROW_GROUP)
+                    pending, waiting = [], 0
+            if pending:
+                writer.write_table(pa.concat_tables(pending).cast(schema), row_group_size=COMPACT_ROW_GROUP)
+        os.replace(temporary, folder / name)
+        for path in files:
+            path.unlink()
+        return folder / name
+
+
+def compact(roots: Iterable[Path], days: int | None = None, today: date | None = None) -> list[Path]:
+    """Compact every finished day (before `today`, UTC; of the last `days` days when given) under `roots`."""
+    today = today or datetime.now(UTC).date()
+    first = None if days is None else today - timedelta(days=days)
+    written = []
+    for root in roots:
+        for day, folder in day_folders(root):
+            if day < today and (first is None or day >= first):
+                made = compact_day(folder)
+                if made is not None:
+                    written.append(made)
+    return written
 
 
 def recent_files(roots: Iterable[Path], days: int, max_rows: int, today: date | None = None) -> list[Path]:
@@ -86,6 +200,7 @@ def recent_files(roots: Iterable[Path], days: int, max_rows: int, today: date | 
     for path in sorted(log_files(roots, days, today), key=written, reverse=True):
         if rows >= max_rows:
             break
+        with suppress(FileNotFoundError):  # compacted since the listing: `read_file` reads it from the compacted file
+            rows += pq.ParquetFile(path).metadata.num_rows
         chosen.append(path)
-        rows += pq.ParquetFile(path).metadata.num_rows
     return chosen

@@ -30,7 +30,7 @@ from core.errors import ModelNotFound
 from core.models.manifest import Manifest
 from core.models.reference import FLAG, DriftReference, bin_counts, psi, psi_of_counts
 from core.registry import ModelRegistry
-from core.score_log import SCHEMA
+from core.score_log import SCHEMA, read_file
 from pipelines.label_log import read as read_label_log
 
 REPORT_SCHEMA = "fraudserve.monitor.report/1"
@@ -215,7 +215,7 @@ def report_from_files(
     bins = FeatureBins(lambda name, version: reference(name, version, manifest(name, version))[0])
     tables = []
     for path in paths:
-        table = pq.read_table(path, schema=SCHEMA)
+        table = read_file(path)
         if model is not None:
             table = table.filter(pc.equal(table.column("model"), model))
         bins.add(table)

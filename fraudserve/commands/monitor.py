@@ -44,6 +44,29 @@ def report_command(
     _print(data)
 
 
+@app.command("compact")
+def compact_command(
+    days: Annotated[
+        int | None, typer.Option(min=1, help="Only the finished days among the last N (UTC). Default: every one.")
+    ] = None,
+    log_dir: Annotated[
+        list[Path] | None, typer.Option(help="Another score log root (a feature service's Feast logging path).")
+    ] = None,
+) -> None:
+    """Merge each finished day's score log files into one (readers meanwhile see every row once)."""
+    from core.score_log import compact
+
+    settings = load_settings()
+    try:
+        written = compact([settings.score_log_dir, *(log_dir or [])], days=days)
+    except OSError as exc:
+        raise fail(exc) from exc
+    for path in written:
+        out.print(f"compacted {path.parent.name}: {path}")
+    if not written:
+        console.print("nothing to compact: every finished day has one file at most")
+
+
 def _print(data: dict[str, Any]) -> None:
     stream = data.get("label_stream")
     out.print(f"labels known: {data['labels_known']} transaction(s)" + (f"; {stream['note']}" if stream else ""))

@@ -8,7 +8,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from core.models.manifest import FeatureField, Flavor, Manifest, Thresholds
 from core.score_log import SCHEMA, log_files, read_log
@@ -107,3 +109,74 @@ def test_a_feature_services_feast_logging_config_sets_rate_and_folder(tmp_path: 
     resolve = feast_sampling(Store(), default)  # type: ignore[arg-type]
     assert resolve("logged") == Sampling(0.25, tmp_path / "own")
     assert resolve("plain") == default and resolve("unknown") == default
+
+
+def _rows(table: Any) -> list[tuple[Any, ...]]:
+    return sorted((r["request_id"], r["score"], str(r["features"])) for r in table.to_pylist())
+
+
+def test_compaction_merges_finished_days_and_readers_see_each_row_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from typer.testing import CliRunner
+
+    from core.score_log import COMPACTED, compact, day_dir, read_file
+    from fraudserve.cli import app
+
+    monkeypatch.setenv("FRAUDSERVE_HOME", str(tmp_path / "home"))
+    root = tmp_path / "home" / "logs" / "scores"
+    model = fake_model()
+    today = datetime.now(UTC).date()
+    n = 0
+    for back, parts in ((0, 2), (1, 3), (2, 2), (3, 1)):
+        for _ in range(parts):
+            log = ScoreLog(Sampling(1.0, root))
+            for _ in range(5):
+                n += 1
+                log.record(f"r{n}", [score(model, f"t{n}", n / 100, [float(n), math.nan if n % 3 else 1.0])])
+            stamp = datetime(today.year, today.month, today.day, 12, tzinfo=UTC) - timedelta(days=back)
+            log._pending = [(*row[:1], stamp.timestamp(), *row[2:]) for row in log._pending]
+            assert log.flush() == 5
+    everything = _rows(read_log([root]))
+    assert len(everything) == n == 40
+    listed_before = log_files([root])
+
+    # Every state a reader can meet while a day is compacted (after the rename, between two removals) holds each
+    # row once.
+    seen: list[list[tuple[Any, ...]]] = []
+    unlink = Path.unlink
+
+    def watched(self: Path, missing_ok: bool = False) -> None:
+        seen.append(_rows(read_log([root])))
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", watched)
+    result = CliRunner().invoke(app, ["monitor", "compact"])
+    monkeypatch.setattr(Path, "unlink", unlink)
+    assert result.exit_code == 0, result.output
+    assert len(seen) == 5 and all(state == everything for state in seen)  # 3 + 2 parts removed
+    assert _rows(read_log([root])) == everything
+    files = {d: [p.name for p in log_files([root]) if p.parent == day_dir(root, d)] for d in
+             (today - timedelta(days=k) for k in range(4))}  # fmt: skip
+    assert len(files[today]) == 2 and all(not name.startswith(COMPACTED) for name in files[today])  # not finished
+    assert [name.startswith(COMPACTED) for name in files[today - timedelta(days=1)]] == [True]
+    assert [name.startswith(COMPACTED) for name in files[today - timedelta(days=2)]] == [True]
+    assert [name.startswith("part-") for name in files[today - timedelta(days=3)]] == [True]  # one file: left
+    # A reader that listed the parts before the compaction reads the same rows from the compacted file.
+    assert _rows(pa.concat_tables([read_file(p) for p in listed_before])) == everything
+
+    # A late part of a compacted day: the next compaction merges it with the compacted file; the first listing is
+    # still readable through the newest compacted file.
+    late = ScoreLog(Sampling(1.0, root))
+    late.record("r-late", [score(model, "t-late", 0.5, [1.0, 2.0])])
+    stamp = datetime(today.year, today.month, today.day, tzinfo=UTC) - timedelta(days=1)
+    late._pending = [(*row[:1], stamp.timestamp(), *row[2:]) for row in late._pending]
+    late.flush()
+    assert compact([root], days=1) != [] and compact([root]) == []
+    assert len([p for p in log_files([root]) if p.parent == day_dir(root, today - timedelta(days=1))]) == 1
+    after = _rows(read_log([root]))
+    assert len(after) == n + 1 and [r for r in after if r[0] != "r-late"] == everything
+    assert _rows(pa.concat_tables([read_file(p) for p in listed_before])) == everything
+    assert pq.read_schema(log_files([root])[0]).remove_metadata() == SCHEMA
