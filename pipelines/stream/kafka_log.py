@@ -10,6 +10,12 @@ Workers are one consumer group: the broker spreads the partitions over them and 
 the others. A worker commits a partition's offsets only after the online writes of the events it read are done
 (`ack`), so a worker killed mid-batch leaves those events to the next owner of the partition, and applying an event
 twice changes nothing online (the updater's versioned writes).
+
+Lateness is measured per partition, as Kafka Streams measures its stream time: Kafka orders events only within a
+partition, and each partition is read at its own pace (librdkafka fetches a partition in chunks, and another worker
+may own it), so a time shared by every partition would call the slower partitions' events late. A partition's stream
+time (the newest event time read from it) is committed with its offsets (the commit's metadata), so the next owner
+of the partition, after a rebalance or a restart, goes on from it.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ log = logging.getLogger("fraudserve.stream")
 OUTAGE_S = 120  # how long a worker waits for the brokers to come back before it gives up (as for Redis)
 STALL_S = 20  # idle, lag above 0 and not moving this long: the consumer is replaced by a new one
 RESET_AFTER_FAILURES = 3  # idle lag queries in a row unanswered: the consumer is replaced by a new one
+STREAM_TIME = "stream_time_ms="  # the commit metadata of a transaction partition: its stream time
 
 # Broker errors after which a commit is dropped, not raised: the partition moved to another worker (a rebalance),
 # which reads again from the last committed offset; the events it re-applies change nothing online.
@@ -132,6 +139,7 @@ class KafkaEntry(Entry):
     partition: int = 0
     offset: int = 0
     timestamp_ms: int = 0
+    behind_ms: int = 0  # how far the event is older than the newest one read before it from its partition
 
     @property
     def appended_ms(self) -> int:
@@ -161,6 +169,7 @@ class KafkaLog:
         self._producer: Any = None
         self._consumer: Any = None
         self._read_up_to: dict[tuple[str, int], int] = {}  # next offset per partition of what was read, not acked
+        self._stream_time: dict[tuple[str, int], int | None] = {}  # newest event time read, per transaction partition
         self._ensured = False
         self._failures = 0  # consecutive lag queries the brokers did not answer
         self._stall_lag, self._stall_since = 0, 0.0  # the lag seen while idle, and since when it has not moved
@@ -275,6 +284,7 @@ class KafkaLog:
         """Partitions taken away: forget what was read of them (their next owner reads it from the commit)."""
         for tp in partitions:
             self._read_up_to.pop((tp.topic, tp.partition), None)
+            self._stream_time.pop((tp.topic, tp.partition), None)
 
     def read(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
         """Up to `count` valid events of the partitions this worker owns; invalid ones go to the dead-letter topic
@@ -321,17 +331,48 @@ class KafkaLog:
         from pipelines.stream.producer import normalized
 
         events = normalized(kind, checked.valid) if checked.valid.num_rows else []
+        timed = topic == self.config.transactions_topic
+        if timed and events:
+            self._load_stream_times({message.partition() for message in messages})
         entries: list[Entry] = []
         for event, row in zip(events, checked.valid_rows.tolist(), strict=True):
             message = messages[row]
             _, timestamp_ms = message.timestamp()
+            behind = 0
+            if timed:  # messages of one partition come in offset order: the stream time as each one arrived
+                key = (topic, message.partition())
+                newest = self._stream_time.get(key)
+                behind = max(newest - event["ts_ms"], 0) if newest is not None else 0
+                self._stream_time[key] = event["ts_ms"] if newest is None else max(newest, event["ts_ms"])
             entries.append(
                 KafkaEntry(
                     f"{topic}/{message.partition()}/{message.offset()}", kind.name, event, topic,
-                    message.partition(), message.offset(), max(int(timestamp_ms), 0),
+                    message.partition(), message.offset(), max(int(timestamp_ms), 0), behind,
                 )
             )  # fmt: skip
         return entries
+
+    def _load_stream_times(self, partitions: set[int]) -> None:
+        """The stream time of transaction partitions read for the first time since they were assigned: what their
+        last commit carries (its metadata), or none (a partition never committed, or committed by another tool)."""
+        topic = self.config.transactions_topic
+        unknown = [p for p in sorted(partitions) if (topic, p) not in self._stream_time]
+        if not unknown or self._consumer is None:
+            return
+        kafka = _rdkafka()
+        try:
+            committed = self._consumer.committed([kafka.TopicPartition(topic, p) for p in unknown], timeout=10)
+        except kafka.KafkaException as exc:  # reporting only: the partition's time starts again from what is read
+            log.warning("Kafka did not give the partitions' stream time", extra={"error": str(exc)})
+            committed = [kafka.TopicPartition(topic, p) for p in unknown]
+        for tp in committed:
+            self._stream_time[(topic, tp.partition)] = stream_time_of(tp.metadata)
+
+    @staticmethod
+    def late(entries: Sequence[Entry], lateness_ms: int) -> int:
+        """Transactions that reached their partition more than `lateness_ms` after a newer event of the same
+        partition (the stream time when each was read): folded into their windows all the same, but reported."""
+        return sum(1 for e in entries if isinstance(e, KafkaEntry) and e.behind_ms > lateness_ms)
 
     @staticmethod
     def _dead(kind: EventKind, message: Any, rejected: Mapping[str, Any]) -> dict[str, Any]:
@@ -365,7 +406,7 @@ class KafkaLog:
             return
         kafka = _rdkafka()
         attempted = dict(self._read_up_to)
-        offsets = [kafka.TopicPartition(t, p, o) for (t, p), o in attempted.items()]
+        offsets = [kafka.TopicPartition(t, p, o, self._commit_metadata(t, p)) for (t, p), o in attempted.items()]
         self._read_up_to.clear()
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
@@ -381,6 +422,11 @@ class KafkaLog:
             for key in set(self._read_up_to) - owned:
                 del self._read_up_to[key]
             log.warning("commit refused (a rebalance, or the brokers unreachable); retried", extra={"error": name})
+
+    def _commit_metadata(self, topic: str, partition: int) -> str:
+        """What a commit of a transaction partition carries: its stream time (every event read is committed)."""
+        newest = self._stream_time.get((topic, partition))
+        return "" if newest is None else f"{STREAM_TIME}{newest}"
 
     def _watch_stall(self, lag: int) -> None:
         """Idle with the group's lag above 0 and unchanged for STALL_S (or 3 session timeouts): no worker is
@@ -400,6 +446,7 @@ class KafkaLog:
         log.warning("Kafka consumer reset after repeated failures; it rejoins the group")
         consumer, self._consumer = self._consumer, None
         self._read_up_to.clear()
+        self._stream_time.clear()
         self._failures = 0
         if consumer is not None:
             try:
@@ -480,6 +527,16 @@ class KafkaLog:
             return total
         finally:
             probe.close()
+
+
+def stream_time_of(metadata: str | None) -> int | None:
+    """A partition's stream time from its commit's metadata (`STREAM_TIME`), or None when it carries none."""
+    if metadata and metadata.startswith(STREAM_TIME):
+        try:
+            return int(metadata[len(STREAM_TIME) :])
+        except ValueError:
+            return None
+    return None
 
 
 def read_dead_letters(

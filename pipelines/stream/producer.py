@@ -2,8 +2,8 @@
 
 Both validate with `pipelines.validation.check`, the rules the offline pipeline applies, and append each valid event
 as the stream's entry (`RedisStreamLog.append`: the event's fields, its time as epoch milliseconds `ts_ms`, as
-compact JSON). Each invalid event goes to the dead-letter stream with the field and the rule it broke, and is counted
-in the stream's stats: none is dropped silently.
+compact JSON), or on Kafka as one message keyed by card (`KafkaLog.append_encoded`). Each invalid event goes to the
+dead-letter stream (topic) with the field and the rule it broke, and is counted: none is dropped silently.
 
 A file is read in batches (`pipelines.offline.inputs.read_batches`) and each batch is validated column-wise, encoded
 column-wise (`encode_events`) and appended in pipelined chunks. This module imports neither Feast nor the worker, so
@@ -34,7 +34,7 @@ from pipelines.validation import Checked, check
 
 if TYPE_CHECKING:
     from pipelines.features.catalog import KafkaEventSource
-    from pipelines.stream.kafka_log import KafkaLog
+    from pipelines.stream.kafka_log import KafkaConfig, KafkaLog
 
 STATS = "fraudserve:stream:stats"  # the stream's counters (pipelines.stream.worker.STATS): dead letters added here
 FILE_BATCH_ROWS = 20_000  # events read, validated and appended together by `produce`
@@ -199,21 +199,40 @@ class Producer:
     """Append a service's events to the stream as they happen, one or a few at a time, validated as the files
     `fraudserve stream produce` appends.
 
-        producer = Producer(redis.Redis(...))
+        producer = Producer(redis.Redis(...))                       # Redis Streams (the embedded default)
+        producer = Producer(kafka=kafka_config(Settings()))         # or Kafka: FRAUDSERVE_KAFKA_* / the KafkaSource
         sent = producer.send_transactions([{"transaction_id": "t1", "card_id": "c1", ..., "event_timestamp": ...}])
-        for error in sent.errors:  # the invalid events, also in the dead-letter stream with the reason
+        for error in sent.errors:  # the invalid events, also in the dead-letter stream (topic) with the reason
             log.warning("event %d rejected: %s %s", error.index, error.field, error.reason)
 
     Event times are RFC 3339 text with a zone or epoch milliseconds. `transactions` is the transaction event kind
     with the extra fields the Feast repo declares (default: `pipelines.events.transaction_kind()`, read on the first
-    transaction sent); `partitions` must match the workers' (FRAUDSERVE_STREAM_PARTITIONS); `source` names this
-    producer in dead letters. Redis errors are raised: then none of the events of that call is known to be appended.
+    transaction sent); `partitions` must match the workers' (FRAUDSERVE_STREAM_PARTITIONS, Redis only); `source`
+    names this producer in dead letters.
+
+    On Kafka (`kafka`, a `pipelines.stream.kafka_log.KafkaConfig`) each valid event is one message, the SPEC event as
+    JSON with its time in epoch milliseconds, keyed by card id (labels by transaction id) so that one card's events
+    keep their order in one partition; the topics are created when missing. `send` returns once the brokers have
+    every message of the call (`close` when done). Redis or Kafka errors are raised: then none of the events of that
+    call is known to be appended.
     """
 
     def __init__(
-        self, client: redis.Redis, transactions: EventKind | None = None, partitions: int = 1, source: str = "producer"
-    ) -> None:
-        self.stream = RedisStreamLog(client, partitions=partitions)
+        self, client: redis.Redis | None = None, transactions: EventKind | None = None, partitions: int = 1,
+        source: str = "producer", kafka: KafkaConfig | None = None,
+    ) -> None:  # fmt: skip
+        self.stream: RedisStreamLog | KafkaLog
+        if kafka is not None:
+            from pipelines.stream.kafka_log import KafkaLog
+
+            self.stream = KafkaLog(kafka, transactions)
+        elif client is not None:
+            self.stream = RedisStreamLog(client, partitions=partitions)
+        else:
+            raise ValueError(
+                "Producer needs a target: a Redis client for Redis Streams (Producer(redis.Redis(...))), or "
+                "kafka=KafkaConfig(...) for Kafka (pipelines.stream.kafka_log.kafka_config(settings))"
+            )
         self.source = source
         self._transactions = transactions
 
@@ -246,8 +265,24 @@ class Producer:
              "value": e.value, "event": json.dumps(events[e.index], default=str)}
             for e in errors
         ]  # fmt: skip
-        appended, _ = _write(self.stream, kind, _encoded(kind, checked, self.stream.partitions), dead)
+        if isinstance(self.stream, RedisStreamLog):
+            encoded: tuple[list[str], Any] = _encoded(kind, checked, self.stream.partitions)
+        else:
+            self.stream.ensure_group()  # once: the topics exist after the first call
+            encoded = _kafka_encoded(kind, checked)
+        appended, _ = _write(self.stream, kind, encoded, dead)
         return Sent(appended, errors)
+
+    def close(self) -> None:
+        """Send what is still buffered (Kafka) and let go of the client."""
+        if not isinstance(self.stream, RedisStreamLog):
+            self.stream.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # ------------------------------------------------------------------------------------------ the declared fields

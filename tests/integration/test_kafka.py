@@ -285,3 +285,126 @@ def test_a_broker_restart_mid_stream_loses_nothing(
     assert lag == 0 and running, output
     assert "died" not in output, output
     assert assert_parity(home, redis_server, monkeypatch) > 1000
+
+
+def card_events(cards: int, per_card: int, start_ms: int, seed: int) -> list[dict[str, Any]]:
+    """Valid transactions of `cards` cards, one a minute per card, disordered by up to 4 minutes (within the
+    5-minute lateness): none of them is late in any partition."""
+    rnd = random.Random(seed)
+    events = [
+        {"transaction_id": f"t{card}-{n}", "card_id": f"c{card}", "merchant_id": f"m{n % 7}", "device_id": None,
+         "ip_address": None, "amount": float(n % 50), "currency": "EUR", "merchant_category": "5411",
+         "country": "FR", "event_timestamp": start_ms + n * 60_000 + card * 7}
+        for n in range(per_card)
+        for card in range(cards)
+    ]  # fmt: skip
+    return sorted(events, key=lambda e: e["event_timestamp"] + rnd.uniform(0, 240_000))
+
+
+def read_all(log: Any, expected: int, batch: int = 200, deadline_s: float = 60) -> list[Any]:
+    """Read (and commit) until `expected` events have come, as a worker does."""
+    entries: list[Any] = []
+    deadline = time.monotonic() + deadline_s
+    while len(entries) < expected and time.monotonic() < deadline:
+        read = log.read("test", batch, block_ms=500)
+        entries += read
+        log.ack(read)
+    return entries
+
+
+@pytest.mark.timeout(120)
+def test_a_service_producer_writes_to_kafka_keyed_by_card_in_order(kafka: KafkaProcess) -> None:
+    """`Producer(kafka=...)`: each valid event one message keyed by its card (labels by transaction), a card's
+    events in one partition in the order sent; invalid ones to the dead-letter topic and back in `errors`."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from pipelines.events import TRANSACTIONS
+    from pipelines.stream.kafka_log import KafkaConfig, read_dead_letters
+    from pipelines.stream.producer import Producer
+
+    run = uuid.uuid4().hex[:8]
+    config = KafkaConfig(kafka.bootstrap, f"tx-{run}", f"labels-{run}", f"dead-{run}", group=f"g-{run}", partitions=3)
+    events = card_events(cards=12, per_card=20, start_ms=1_793_534_400_000, seed=3)
+    with Producer(transactions=TRANSACTIONS, source="checkout", kafka=config) as producer:
+        sent = [producer.send_transactions(events[i : i + 25]) for i in range(0, len(events), 25)]
+        bad = producer.send_transactions([{**events[0], "transaction_id": "bad", "currency": "euro"}, "oops"])  # type: ignore[list-item]
+        label = {"transaction_id": "t1-0", "is_fraud": True, "label_timestamp": "2026-11-02T00:00:00Z"}
+        labels = producer.send_labels([label])
+    assert sum(s.appended for s in sent) == len(events) and all(s.ok for s in sent) and labels.ok
+    assert bad.appended == 0 and [(e.index, e.field) for e in bad.errors] == [(0, "currency"), (1, "(event)")]
+
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"reader-{run}"})
+    try:
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(config.transactions_topic, p))[1] for p in range(3)}
+        assert sum(ends.values()) == len(events) and all(ends.values())  # spread over the 3 partitions
+        consumer.assign([TopicPartition(config.transactions_topic, p, 0) for p in range(3)])
+        messages: list[Any] = []
+        while len(messages) < len(events):
+            messages += [m for m in consumer.consume(500, timeout=5) if m.error() is None]
+        consumer.assign([TopicPartition(config.labels_topic, p, 0) for p in range(3)])
+        label_messages: list[Any] = []
+        while not label_messages:
+            label_messages += [m for m in consumer.consume(10, timeout=5) if m.error() is None]
+    finally:
+        consumer.close()
+    partition_of_card: dict[str, int] = {}
+    by_card: dict[str, list[str]] = {}
+    for message in messages:
+        event = json.loads(message.value())
+        assert message.key().decode() == event["card_id"]
+        assert partition_of_card.setdefault(event["card_id"], message.partition()) == message.partition()
+        by_card.setdefault(event["card_id"], []).append(event["transaction_id"])
+        # the SPEC event as any producer writes it: its fields, the time in epoch milliseconds
+        assert set(event) == set(TRANSACTIONS.schema.names) and isinstance(event["event_timestamp"], int)
+    for card, ids in by_card.items():
+        assert ids == [e["transaction_id"] for e in events if e["card_id"] == card]  # the order sent
+    (label,) = label_messages
+    assert label.key() == b"t1-0" and json.loads(label.value())["label_timestamp"] == 1_793_577_600_000
+    dead = read_dead_letters(config)
+    assert [(d["source"], d["index"], d["field"]) for d in dead] == [
+        ("checkout", 0, "currency"),
+        ("checkout", 1, "(event)"),
+    ]
+    assert json.loads(dead[0]["event"])["transaction_id"] == "bad"
+
+
+@pytest.mark.timeout(120)
+def test_lateness_is_measured_per_partition_and_carried_by_the_commits(kafka: KafkaProcess) -> None:
+    """Events disordered within the lateness are not late in any partition, however far one partition is read
+    ahead of the others; events older than the lateness are, counted once each, also by the partition's next
+    owner (the stream time goes with the committed offsets)."""
+    from pipelines.events import TRANSACTIONS
+    from pipelines.stream.kafka_log import KafkaConfig, KafkaLog
+    from pipelines.stream.producer import Producer
+
+    run = uuid.uuid4().hex[:8]
+    config = KafkaConfig(kafka.bootstrap, f"tx-{run}", f"labels-{run}", f"dead-{run}", group=f"g-{run}", partitions=3)
+    lateness_ms = 5 * 60_000
+    start = 1_793_534_400_000
+    events = card_events(cards=40, per_card=120, start_ms=start, seed=11)
+    with Producer(transactions=TRANSACTIONS, kafka=config) as producer:
+        assert producer.send_transactions(events).ok
+    first = KafkaLog(config, TRANSACTIONS)
+    try:
+        entries = read_all(first, len(events))
+        assert len(entries) == len(events)
+        assert first.late(entries, lateness_ms) == 0
+        assert max(e.behind_ms for e in entries) > 60_000  # disordered, within the lateness
+    finally:
+        first.close()  # leaves the group: its partitions go to the next reader with their commits
+    # 3 events of 3 cards 10 minutes older than their cards' newest, 2 only 4 minutes older: 3 late
+    newest = {f"c{i}": max(e["event_timestamp"] for e in events if e["card_id"] == f"c{i}") for i in range(5)}
+    stragglers = [
+        {**events[0], "transaction_id": f"late-{i}", "card_id": f"c{i}",
+         "event_timestamp": newest[f"c{i}"] - minutes * 60_000}
+        for i, minutes in enumerate([10, 10, 10, 4, 4])
+    ]  # fmt: skip
+    with Producer(transactions=TRANSACTIONS, kafka=config) as producer:
+        assert producer.send_transactions(stragglers).ok
+    second = KafkaLog(config, TRANSACTIONS)
+    try:
+        entries = read_all(second, len(stragglers))
+        assert sorted(e.event["transaction_id"] for e in entries) == sorted(s["transaction_id"] for s in stragglers)
+        assert second.late(entries, lateness_ms) == 3
+    finally:
+        second.close()
