@@ -4,7 +4,7 @@ small self-contained HTML page (inline SVG, no scripts, no network) of the repor
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +19,7 @@ from pipelines.label_log import copy_label_stream, label_log_dir
 from pipelines.monitoring import registry_report
 
 if TYPE_CHECKING:
-    from feast import FeatureStore
+    from feast import FeatureService, FeatureStore
 
 
 def report(
@@ -29,13 +29,14 @@ def report(
     log_dirs: Sequence[Path] = (),
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """The report over the last `days` days of the score log (FRAUDSERVE_HOME's and any `log_dirs`: a feature
-    service's own Feast logging destination), with the labels known `now`: the offline store's, and the label
+    """The report over the last `days` days of the score log (FRAUDSERVE_HOME's, the folders of feature services'
+    own Feast `logging_config`, and any `log_dirs`), with the labels known `now`: the offline store's, and the label
     stream's (its new labels copied first, `copy_label_stream`)."""
     moment = now or datetime.now(UTC)
     stream = copy_label_stream(settings)
     registry = ModelRegistry.at(settings.models_dir, None, None)
-    files = log_files([settings.score_log_dir, *log_dirs], days=days, today=moment.date())
+    roots = list(dict.fromkeys(p.resolve() for p in [settings.score_log_dir, *feast_log_dirs(settings), *log_dirs]))
+    files = log_files(roots, days=days, today=moment.date())
     references = resolver(cache_dir(settings.home_dir), rebuilder(settings, registry))
     data = registry_report(
         registry, settings.offline.labels_file, files, days=days, model=model, now=moment,
@@ -43,6 +44,31 @@ def report(
     )  # fmt: skip
     data["label_stream"] = stream
     return data
+
+
+def logging_dirs(services: Iterable[FeatureService]) -> list[Path]:
+    """The score log folders that feature services' Feast `logging_config` name (a `FileLoggingDestination`'s path,
+    where the API writes their models' scores: inference_api/domain/score_log.py `feast_sampling`)."""
+    found = []
+    for service in services:
+        config = service.logging_config
+        path = getattr(config.destination, "path", None) if config is not None else None
+        if path:
+            found.append(Path(path))
+    return found
+
+
+def feast_log_dirs(settings: Settings) -> list[Path]:
+    """`logging_dirs` of the Feast registry's feature services; none when there is no applied registry."""
+    from feast.errors import FeastError
+
+    from core.errors import FraudserveError
+    from fraudserve.feature_store import open_offline_store
+
+    try:
+        return logging_dirs(open_offline_store(settings).list_feature_services())
+    except (FeastError, FraudserveError, OSError):
+        return []
 
 
 def rebuilder(settings: Settings, registry: ModelRegistry) -> Callable[[str, int, Manifest], DriftReference]:

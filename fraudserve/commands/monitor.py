@@ -25,7 +25,8 @@ def report_command(
     as_json: Annotated[bool, typer.Option("--json", help="The stable JSON form (README, Monitoring).")] = False,
     html_path: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")] = None,
     log_dir: Annotated[
-        list[Path] | None, typer.Option(help="Another score log root (a feature service's Feast logging path).")
+        list[Path] | None,
+        typer.Option(help="Another score log root (Feast logging_config's are found)."),
     ] = None,
 ) -> None:
     """Per model version and day: scores, label mix, uncertain share; labelled quality; PSI of score and features."""
@@ -50,15 +51,20 @@ def compact_command(
         int | None, typer.Option(min=1, help="Only the finished days among the last N (UTC). Default: every one.")
     ] = None,
     log_dir: Annotated[
-        list[Path] | None, typer.Option(help="Another score log root (a feature service's Feast logging path).")
+        list[Path] | None,
+        typer.Option(help="Another score log root (Feast logging_config's are found)."),
     ] = None,
 ) -> None:
     """Merge each finished day's score log files into one (readers meanwhile see every row once)."""
     from core.score_log import compact
+    from fraudserve.monitoring import feast_log_dirs
 
     settings = load_settings()
     try:
-        written = compact([settings.score_log_dir, *(log_dir or [])], days=days)
+        roots = dict.fromkeys(
+            p.resolve() for p in [settings.score_log_dir, *feast_log_dirs(settings), *(log_dir or [])]
+        )
+        written = compact(list(roots), days=days)
     except OSError as exc:
         raise fail(exc) from exc
     for path in written:

@@ -292,3 +292,31 @@ def test_label_copies_follow_every_partition_and_resume_from_the_checkpoint(
     assert copied["transaction_id"].tolist() == [label["transaction_id"] for label in labels]
     assert copied["is_fraud"].tolist() == [label["is_fraud"] for label in labels]
     assert copied["label_timestamp"].dt.as_unit("ms").astype("int64").tolist() == [label["ts_ms"] for label in labels]
+
+
+def test_a_feature_services_own_logging_folder_is_read_without_log_dir(
+    home: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from feast import FeatureService
+    from feast.feature_logging import LoggingConfig
+    from feast.infra.offline_stores.file_source import FileLoggingDestination
+
+    import fraudserve.feature_store
+
+    own = tmp_path / "own-log"
+    services = [
+        FeatureService(name="svc", features=[], logging_config=LoggingConfig(FileLoggingDestination(path=str(own)))),
+        FeatureService(name="plain", features=[]),
+    ]
+
+    class Registry:  # what report() asks of Feast: the registry's feature services
+        def list_feature_services(self) -> list[FeatureService]:
+            return services
+
+    monkeypatch.setattr(fraudserve.feature_store, "open_offline_store", lambda settings: Registry())
+    row = {"request_id": "own", "time": NOW, "transaction_id": "t-own", "model": "fraud", "version": home["version"],
+           "role": "production", "feature_service": "svc", "score": 0.5, "label": "suspicious",
+           "feature_freshness_seconds": None, "features": [{"name": "amount_z", "value": 1.0}]}  # fmt: skip
+    write_part(own, NOW.date(), pa.Table.from_pylist([row, row], schema=SCHEMA), 1)
+    assert report(home["settings"], days=3, now=NOW)["versions"][0]["scores"] == home["n"] + 2
+    assert report(home["settings"], days=3, log_dirs=[own], now=NOW)["versions"][0]["scores"] == home["n"] + 2
