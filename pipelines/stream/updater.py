@@ -2,16 +2,18 @@
 
 The catalog (`pipelines.features.catalog.load_catalog`) says what to compute: each entity with window views
 (built-in or a data engineer's) keeps incremental window state in Redis under a Cluster hash tag
-(`fraudserve:{card:c1}:st`, `...:win`, see `pipelines.stream.window_state`). A batch is one round trip of per-entity
-script calls that fold the new events and labels into that state and answer each feature at the entity's latest
-event time, then one round trip of row writes in Feast's Redis layout. The cost per event does not grow with the
-entity's history: what leaves a window is read by time range, what stays is never re-read. Each script call runs
-atomically on its entity's slot and a redelivered event is already a member of its window set, so duplicates change
-nothing and two workers on one entity need no lock; each row write (a one-key script) keeps only the newest state
-version, so the last row standing reflects every event folded. Labels reach every entity of their transaction
-that has a fraud_rate feature. Every command touches one key or keys of one hash tag, so the same code runs on a
-single Redis and on a Redis Cluster. Histories kept by the previous (recomputing) updater are folded into the new
-state on the entity's first batch.
+(`fraudserve:{card:c1}:st`, `...:win`, see `pipelines.stream.window_state`). A batch costs a few round trips: one
+HSET of its transactions' label routes, and one pipelined round trip of FOLD calls that fold the new events and
+labels into every touched entity's state, answer each feature at the entity's latest event time, and write Feast's
+rows. On a single Redis one FOLD call takes up to FOLD_CHUNK entities and writes their rows itself, in the same
+atomic call, and the transactions' own rows go in WRITE_ROWS calls of up to ROW_CHUNK rows; on a Redis Cluster a call's
+keys must share a slot, so each entity is its own call and its rows (another slot) are written after it with a
+one-key script that keeps only a newer state version (`_v:<view>`), so the last row standing reflects every event
+folded. The cost per event does not grow with the entity's history: what leaves a window is read by time range,
+what stays is never re-read. Each call runs atomically and a redelivered event is already a member of its window
+set, so duplicates change nothing and two workers on one entity need no lock. Labels reach every entity of their
+transaction that has a fraud_rate feature. Histories kept by the previous (recomputing) updater are folded into the
+new state on the entity's first batch.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import msgpack
 import redis
 from redis.crc import key_slot
 
 from pipelines.features.catalog import TRANSACTION_VIEW, Catalog, WindowView, load_catalog
 from pipelines.features.semantics import Event
 from pipelines.online_layout import encode_ts, encode_value, entity_key, feature_field, ts_field
-from pipelines.stream.window_state import FOLD, EntityPlan, decode, plan_entity, state_of
+from pipelines.stream.window_state import FOLD, EntityPlan, compact_json, decode, plan_entity, state_of
 
 # Transaction id -> JSON {entity name: key} for the entities whose views need labels (fraud_rate): where a label goes.
 TXN_KEYS = "fraudserve:txn-label-keys"
@@ -46,13 +49,34 @@ def version_field(view: str) -> str:
     return f"_v:{view}"
 
 
-# KEYS[1] Feast's row hash; ARGV: version field, version, then field, value, ... Writes only a newer computation.
-GUARDED_WRITE = """
-local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-if stored >= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], unpack(ARGV, 3))
-return 1
+# KEYS: Feast row hashes. ARGV, per key: mode ("v" versioned, "h" plain), n, then for "v" the version field and the
+# version, then n field, value pairs. A versioned row is written only from a newer computation than the one stored
+# (the last row standing is the newest state). Returns how many versioned rows were not written (superseded).
+WRITE_ROWS = """
+local a, superseded = 1, 0
+for i = 1, #KEYS do
+  local mode, n = ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
+  if mode == 'v' then
+    local stored = tonumber(redis.call('HGET', KEYS[i], ARGV[a]) or '0')
+    if stored >= tonumber(ARGV[a + 1]) then
+      superseded = superseded + 1
+    else
+      redis.call('HSET', KEYS[i], ARGV[a], ARGV[a + 1], unpack(ARGV, a + 2, a + 1 + 2 * n))
+    end
+    a = a + 2
+  else
+    redis.call('HSET', KEYS[i], unpack(ARGV, a, a - 1 + 2 * n))
+  end
+  a = a + 2 * n
+end
+return superseded
 """
+# On a single Redis a batch's entities are folded, and its rows written, by a few script calls of at most this
+# many entities (rows), pipelined in one round trip: the per-call cost is paid once per chunk, and one call holds
+# Redis (which answers the API meanwhile) for about a millisecond, not for the whole batch.
+FOLD_CHUNK = 48
+ROW_CHUNK = 256
 
 
 class KeyedPipeline:
@@ -158,8 +182,17 @@ def _sha(script: str) -> str:
     return hashlib.sha1(script.encode()).hexdigest()
 
 
-def _flat(mapping: dict[bytes | str, bytes]) -> list[bytes | str]:
-    return [item for pair in mapping.items() for item in pair]
+_KEY_CACHE = 200_000  # Feast row keys remembered per updater (about 100 bytes each)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _encoded_cached(value: Any, kind: str, dtype: str) -> bytes:
+    return encode_value(value, dtype)
+
+
+def _encoded(value: Any, dtype: str) -> bytes:
+    """Feast's ValueProto bytes of a value, remembered: counts, currencies, countries and ids repeat."""
+    return _encoded_cached(value, type(value).__name__, dtype)
 
 
 @dataclass
@@ -189,9 +222,16 @@ class OnlineUpdater:
         project: str,
         lateness: timedelta = timedelta(minutes=5),
         catalog: Catalog | None = None,
+        rows_in_script: bool | None = None,
     ) -> None:
+        """`rows_in_script`: the fold script writes Feast's rows (default: on a single Redis; on a cluster they are
+        in another slot, so they are written here, with their version)."""
         # redis-py's sync methods are typed as `Awaitable[T] | T`; this module uses the sync client only.
         self.client: Any = client
+        self.cluster = isinstance(client, redis.RedisCluster)
+        self.rows_in_script = not self.cluster if rows_in_script is None else rows_in_script
+        if self.cluster and self.rows_in_script:
+            raise ValueError("on a Redis Cluster the fold script cannot write Feast's rows (another slot)")
         self.project = project.encode()
         self.lateness_ms = int(lateness.total_seconds() * 1000)
         self.catalog = catalog if catalog is not None else load_catalog()
@@ -202,50 +242,82 @@ class OnlineUpdater:
         self.label_entities = tuple(
             e for name, e in self.entities.items() if any(view.needs_labels for view in self.views[name])
         )
+        # Per entity, per view: (version field, timestamp field, [(feature field, dtype), ...]), resolved once.
+        self._rows: dict[str, list[tuple[str, str, list[tuple[bytes, str]]]]] = {
+            name: [
+                (
+                    version_field(view.view),
+                    ts_field(view.view),
+                    [(feature_field(view.view, f.name), f.dtype) for f in view.features],
+                )
+                for view in views
+            ]
+            for name, views in self.views.items()
+        }
+        self._transaction_fields = [
+            (feature_field(TRANSACTION_VIEW, name), name, dtype)
+            for name, dtype in self.catalog.transaction_fields.items()
+        ]
+        self._transaction_ts = ts_field(TRANSACTION_VIEW)
+        self._keys: dict[tuple[str, str], bytes] = {}
         self._known_layouts: dict[str, tuple[str, ...] | None] = {}
         self._load_scripts()
 
     def _load_scripts(self) -> None:
         """Load the scripts once, so that the first batch's EVALSHAs find them (each miss would be sent again)."""
         try:
-            for script in (FOLD, GUARDED_WRITE):
+            for script in (FOLD, WRITE_ROWS):
                 self.client.script_load(script)
         except redis.RedisError:  # not reachable yet: the first batch loads them through its NOSCRIPT fallback
             pass
+
+    def _row_key(self, join_key: str, value: str) -> bytes:
+        """Feast's row key of an entity, remembered: Feast's serializer costs more than the rest of an event's row."""
+        key = self._keys.get((join_key, value))
+        if key is None:
+            if len(self._keys) >= _KEY_CACHE:
+                self._keys.clear()
+            key = self._keys[join_key, value] = entity_key(self.project, join_key, value)
+        return key
 
     # ---------------------------------------------------------------------------------------------- ingest
     def apply(self, transactions: Sequence[dict[str, Any]], labels: Sequence[dict[str, Any]]) -> BatchResult:
         """Fold a batch of validated events into every touched entity's state and write its online rows."""
         result = BatchResult(transactions=len(transactions), labels=len(labels))
         pending: dict[tuple[str, str], _Pending] = {}
-        pipe = KeyedPipeline(self.client)
+        rows: list[list[Any]] = []  # [row key, "h", n, field, value, ...] for WRITE_ROWS
+        label_keys_of: list[bytes | str] = []
+        plans = list(self.plans.items())
+        label_names = [e.name for e in self.label_entities]
         for event in transactions:
             tid = event[self.transaction_key]
             ts_ms = int(event["ts_ms"])
             record = {**event, "event_time_ms": ts_ms}
-            label_keys: dict[str, str] = {}
-            for name, plan in self.plans.items():
+            for name, plan in plans:
                 key = record.get(plan.entity.join_key)
                 if key is None:
                     continue
-                pending.setdefault((name, key), _Pending()).events.extend(plan.event_args(tid, ts_ms, record))
-                label_keys[name] = key
-            if self.label_entities:
-                keys = {e.name: label_keys[e.name] for e in self.label_entities if e.name in label_keys}
-                pipe.add("HSET", TXN_KEYS, tid, json.dumps(keys, separators=(",", ":")))
-            mapping: dict[bytes | str, bytes] = {
-                feature_field(TRANSACTION_VIEW, name): encode_value(record.get(name), dtype)
-                for name, dtype in self.catalog.transaction_fields.items()
-            }
-            mapping[ts_field(TRANSACTION_VIEW)] = encode_ts(ts_ms)
-            pipe.add("HSET", entity_key(self.project, self.transaction_key, tid), *_flat(mapping))
-        pipe.execute()
+                work = pending.get((name, key))
+                if work is None:
+                    work = pending[name, key] = _Pending()
+                work.events.extend(plan.event_args(tid, ts_ms, record))
+            if label_names:
+                keys = {n: record.get(self.entities[n].join_key) for n in label_names}
+                found = {n: k for n, k in keys.items() if k is not None}
+                label_keys_of += [tid, compact_json(found)]
+            row: list[Any] = [self._row_key(self.transaction_key, tid), "h", len(self._transaction_fields) + 1]
+            for field_name, name, dtype in self._transaction_fields:
+                row += [field_name, _encoded(record.get(name), dtype)]
+            row += [self._transaction_ts, encode_ts(ts_ms)]
+            rows.append(row)
+        if label_keys_of:
+            self.client.execute_command("HSET", TXN_KEYS, *label_keys_of)
         if self.label_entities:
             self._attach_pending([e[self.transaction_key] for e in transactions], pending)
             for label in labels:
                 self._store_label(label, pending)
         result.touched = set(pending)
-        self._fold(pending, result)
+        self._fold(pending, rows, result)
         return result
 
     def _store_label(self, label: dict[str, Any], pending: dict[tuple[str, str], _Pending]) -> None:
@@ -270,6 +342,12 @@ class OnlineUpdater:
         return None if merchant is None else json.dumps({"merchant": merchant.decode()})
 
     def _attach_pending(self, transaction_ids: Sequence[str], pending: dict[tuple[str, str], _Pending]) -> None:
+        """Labels that arrived before their transaction, filed to its entities (usually none: on a single Redis one
+        EXISTS over the batch's keys says so)."""
+        if not transaction_ids:
+            return
+        if not self.cluster and not self.client.exists(*[pending_labels_key(tid) for tid in transaction_ids]):
+            return
         reads = KeyedPipeline(self.client)
         for tid in transaction_ids:
             reads.add("SMEMBERS", pending_labels_key(tid))
@@ -292,48 +370,75 @@ class OnlineUpdater:
                 pending.setdefault((entity.name, key), _Pending()).labels.extend(parsed)
 
     # ----------------------------------------------------------------------------------------------- compute
-    def _fold(self, pending: dict[tuple[str, str], _Pending], result: BatchResult) -> None:
-        """One script call per touched entity (one round trip), then its rows (a second one)."""
-        if not pending:
-            return
+    def _fold(self, pending: dict[tuple[str, str], _Pending], rows: list[list[Any]], result: BatchResult) -> None:
+        """Fold every touched entity (one round trip of FOLD calls), then write its rows and the batch's transaction
+        rows (a second one)."""
         order = sorted(pending)
-        calls = KeyedPipeline(self.client)
-        for name, key in order:
-            self._call(calls, self.plans[name], key, pending[name, key])
-        replies = calls.execute()
-        for index, ((name, key), reply) in enumerate(zip(order, replies, strict=True)):
-            if isinstance(reply, list) and reply[0] in (b"legacy", b"respec"):
-                self._rebuild(self.plans[name], key, reply[0] == b"legacy")
-                again = KeyedPipeline(self.client)
-                self._call(again, self.plans[name], key, pending[name, key])
-                replies[index] = again.execute()[0]
-        writes = KeyedPipeline(self.client)
-        guarded: list[int] = []
-        for (name, key), reply in zip(order, replies, strict=True):
-            if not isinstance(reply, bytes):  # {"none"}: labels only, no event yet
+        answers = self._fold_calls([(self.plans[name], key, pending[name, key], "", None) for name, key in order])
+        for index, ((name, key), answer) in enumerate(zip(order, answers, strict=True)):
+            if isinstance(answer[0], str) and answer[0] in ("legacy", "respec"):
+                self._rebuild(self.plans[name], key, answer[0] == "legacy")
+                answers[index] = self._fold_calls([(self.plans[name], key, pending[name, key], "", None)])[0]
+        for (name, key), answer in zip(order, answers, strict=True):
+            if isinstance(answer[0], str):  # ["none"]: labels only, no event yet
                 continue
-            plan = self.plans[name]
-            version, latest, decoded = decode(plan, reply)
-            values = iter(zip(plan.features, decoded, strict=True))
-            row = entity_key(self.project, plan.entity.join_key, key)
-            for view in self.views[name]:
-                mapping: dict[bytes | str, bytes] = {}
-                for feature in view.features:
-                    _, value = next(values)
-                    mapping[feature_field(view.view, feature.name)] = encode_value(value, feature.dtype)
-                mapping[ts_field(view.view)] = encode_ts(latest)
-                guarded.append(writes.script(GUARDED_WRITE, row, version_field(view.view), version, *_flat(mapping)))
             result.recomputed += 1
-        written = writes.execute()
-        result.superseded += sum(1 for index in guarded if written[index] == 0)
+            if len(answer) == 2:  # the script wrote the entity's rows
+                continue
+            version, latest, decoded = decode(self.plans[name], answer)
+            row_key = self._row_key(self.plans[name].entity.join_key, key)
+            stamp = encode_ts(latest)
+            position = 0
+            for version_name, ts_name, features in self._rows[name]:
+                row: list[Any] = [row_key, "v", len(features) + 1, version_name, version]
+                for field_name, dtype in features:
+                    row += [field_name, _encoded(decoded[position], dtype)]
+                    position += 1
+                row += [ts_name, stamp]
+                rows.append(row)
+        result.superseded += self._write(rows)
 
-    @staticmethod
-    def _call(
-        pipe: KeyedPipeline, plan: EntityPlan, key: str, work: _Pending, mode: str = "", prev: int | None = None
-    ) -> int:
-        labels = json.dumps(work.labels, separators=(",", ":")) if work.labels else "[]"
-        args = [plan.spec, plan.spec_id, mode, "" if prev is None else prev, labels, *work.events]
-        return pipe.script_keys(FOLD, plan.keys(key), *args)
+    def _fold_calls(self, items: Sequence[tuple[EntityPlan, str, _Pending, str, int | None]]) -> list[list[Any]]:
+        """FOLD over entities (plan, key, work, mode, previous-time hint): a few calls of up to FOLD_CHUNK entities
+        on a single Redis, one call per entity on a cluster (a call's keys must share a slot), one round trip.
+
+        On a single Redis the script also writes each entity's Feast rows (its row key follows its keys), in the
+        same atomic call; on a cluster the row is in another slot, so `_fold` writes it with its version."""
+        pipe = KeyedPipeline(self.client)
+        chunk = 1 if self.cluster else FOLD_CHUNK
+        for start in range(0, len(items), chunk):
+            specs: dict[str, int] = {}
+            spec_list: list[list[Any]] = []
+            keys: list[str | bytes] = []
+            work: list[list[Any]] = []
+            for plan, key, pending, mode, prev in items[start : start + chunk]:
+                index = specs.get(plan.spec_id)
+                if index is None:
+                    index = specs[plan.spec_id] = len(spec_list) + 1
+                    spec_list.append([plan.spec, plan.spec_id])
+                entity_keys = plan.keys(key)
+                labels = compact_json(pending.labels) if pending.labels else "[]"
+                row = self.rows_in_script and mode == ""
+                work.append([index, len(keys) + 1, len(entity_keys), mode, "" if prev is None else str(prev), labels,
+                             pending.events, int(row)])  # fmt: skip
+                keys += entity_keys
+                if row:
+                    keys.append(self._row_key(plan.entity.join_key, key))
+            pipe.script_keys(FOLD, keys, msgpack.packb(spec_list, use_bin_type=False), msgpack.packb(work))
+        answers: list[list[Any]] = []
+        for reply in pipe.execute():
+            answers += msgpack.unpackb(reply)
+        return answers
+
+    def _write(self, rows: Sequence[list[Any]]) -> int:
+        """WRITE_ROWS over rows ([key, mode, n, ...]): calls of up to ROW_CHUNK rows on a single Redis, one row per
+        call on a cluster; one round trip. Returns how many versioned rows were superseded."""
+        pipe = KeyedPipeline(self.client)
+        chunk = 1 if self.cluster else ROW_CHUNK
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            pipe.script_keys(WRITE_ROWS, [row[0] for row in part], *[item for row in part for item in row[1:]])
+        return sum(int(reply) for reply in pipe.execute())
 
     def _rebuild(self, plan: EntityPlan, key: str, legacy: bool) -> None:
         """Fold an entity's stored history into fresh state: the previous updater's (`legacy`), or this one's
@@ -358,17 +463,13 @@ class OnlineUpdater:
             self.client.delete(state, window)
         events.sort(key=lambda e: e.ts_ms)
         if members:
-            seed = KeyedPipeline(self.client)
-            self._call(seed, plan, key, _Pending(labels=[_label(m) for m in members]), "seed", prev)
-            seed.execute()
+            self._fold_calls([(plan, key, _Pending(labels=[_label(m) for m in members]), "seed", prev)])
         for start in range(0, len(events), 2000):
             chunk = _Pending()
             for event in events[start : start + 2000]:
                 record = {**event.fields, "event_time_ms": event.ts_ms}
                 chunk.events.extend(plan.event_args(event.transaction_id, event.ts_ms, record))
-            seed = KeyedPipeline(self.client)
-            self._call(seed, plan, key, chunk, "seed", prev)
-            seed.execute()
+            self._fold_calls([(plan, key, chunk, "seed", prev)])
 
     def _layout_fields(self, layout: str) -> tuple[str, ...]:
         if layout not in self._known_layouts:

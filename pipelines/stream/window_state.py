@@ -1,8 +1,11 @@
 """Incremental window state: each entity's aggregates kept in Redis and updated by the events, not recomputed.
 
-Per entity (one Redis Cluster hash tag, `{card:c1}`), one server-side script call per batch folds the new events and
-labels into running state and returns every feature of the entity's window views at its latest event time t, the
-values `pipelines.features.semantics.evaluate` gives over the whole history:
+Per entity (one Redis Cluster hash tag, `{card:c1}`), the server-side script FOLD folds a batch's new events and
+labels into running state and answers every feature of the entity's window views at its latest event time t, the
+values `pipelines.features.semantics.evaluate` gives over the whole history. One call takes any number of entities
+(a chunk of a batch on a single Redis, one entity on a cluster), decodes each plan's description once, and on a
+single Redis writes each entity's Feast rows itself (ValueProto and Timestamp bytes, as `pipelines.online_layout`
+encodes them). Per entity:
 
 - `...:st` (hash): the declaration's id, and the state as one MessagePack array: t, the previous distinct event time
   (seconds_since_prev), per window the event count and fraud count and, per column, the non-null count, the sum as
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import json.encoder
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +38,7 @@ from typing import Any
 import msgpack
 
 from pipelines.features.catalog import NO_COLUMN, Agg, EntitySpec, WindowFeature, WindowView
+from pipelines.online_layout import feature_field, ts_field
 
 # Slot codes the script understands, by function.
 _CODES = {
@@ -45,6 +50,24 @@ _CODES = {
     Agg.FRAUD_RATE: "fraud",
     Agg.SECONDS_SINCE_PREV: "prev",
 }
+
+
+# Compact JSON, the text json.dumps(obj, separators=(",", ":")) writes, from one C encoder made once: json.dumps and
+# JSONEncoder.encode build a new one on every call, which cost more than the encoding of a short member.
+_JSON = json.JSONEncoder(separators=(",", ":"))
+_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)  # CPython's C encoder (absent from typeshed)
+_C_ENCODER = (
+    _MAKE_ENCODER(None, _JSON.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+    if _MAKE_ENCODER is not None
+    else None
+)
+
+
+def compact_json(obj: list[Any] | dict[str, Any]) -> str:
+    """`json.dumps(obj, separators=(",", ":"))` of a flat list or dict (no cycle check: nothing here nests)."""
+    if _C_ENCODER is None:
+        return _JSON.encode(obj)
+    return "".join(_C_ENCODER(obj, 0))
 
 
 def _column(feature: WindowFeature) -> str | None:
@@ -73,8 +96,8 @@ class EntityPlan:
 
     def event_args(self, transaction_id: str, ts_ms: int, record: dict[str, Any]) -> tuple[int, str, str]:
         """An event as the script reads it: its time, its window member and its distinct-counted values."""
-        member = json.dumps([transaction_id, *(record.get(c) for c in self.columns)], separators=(",", ":"))
-        distinct = json.dumps([record.get(c) for c in self.distinct], separators=(",", ":")) if self.distinct else ""
+        member = compact_json([transaction_id, *[record.get(c) for c in self.columns]])
+        distinct = compact_json([record.get(c) for c in self.distinct]) if self.distinct else ""
         return ts_ms, member, distinct
 
 
@@ -119,13 +142,25 @@ def plan_entity(entity: EntitySpec, views: Sequence[WindowView]) -> EntityPlan:
         "c": list(columns),
     }
     spec_id = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    packed = msgpack.packb(spec)
+    # Feast's rows, written by the script on a single Redis (not part of the state's id: the state is the same):
+    # per view [version field, timestamp field, [feature field...], kinds ("i" int64, "d" float64, one a feature)].
+    spec["v"] = [
+        [
+            f"_v:{view.view}",
+            ts_field(view.view),
+            [feature_field(view.view, f.name) for f in view.features],
+            "".join("i" if f.dtype == "int64" else "d" for f in view.features),
+        ]
+        for view in views
+    ]
+    packed = msgpack.packb(spec, use_bin_type=False)  # field names as plain strings: the script's cmsgpack has no bin
     return EntityPlan(entity, features, windows, columns, distinct, packed, spec_id, bool(evicted))
 
 
-def decode(plan: EntityPlan, reply: bytes) -> tuple[int, int, list[int | float | None]]:
-    """The script's answer: the state version, t, and each feature's value (counts as ints, the rest as floats)."""
-    version, latest, *values = msgpack.unpackb(reply)
+def decode(plan: EntityPlan, answer: Sequence[Any]) -> tuple[int, int, list[int | float | None]]:
+    """An entity's answer from FOLD: the state version, t, and each feature's value (counts as ints, the rest as
+    floats)."""
+    version, latest, *values = answer
     out: list[int | float | None] = []
     for feature, value in zip(plan.features, values, strict=True):
         if value is None or value is False:
@@ -143,62 +178,15 @@ def state_of(blob: bytes) -> dict[str, Any]:
     return {"t": state[0] or None, "previous": state[1] or None, "version": state[9]}
 
 
-# KEYS: 1 state, 2 window events, 3 labels, 4 pending labels, 5 legacy history, 6 legacy labels, 7.. seen sets.
-# ARGV: 1 spec (MessagePack), 2 spec id, 3 mode ("" normal, "seed": ignore legacy keys), 4 previous-time hint ("" none),
-#       5 labels as JSON [[tid, ts, fraud 0|1], ...], then triples (event time, member, distinct values as a JSON
-#       array in the order of `EntityPlan.distinct`) of the new events.
-# Returns MessagePack [version, t, value...] (false for null), or {"legacy"} / {"respec"} / {"none"} (nothing to write).
 # The state is one MessagePack array in the state hash's field `b`:
 #   [t, previous time, [events per window], [fraud per window], [non-null per accumulator], [sum hi], [sum lo],
 #    [max deque per accumulator: [[ts...], [value...]]], [min deque], version]
-FOLD = r"""
-local spec = cmsgpack.unpack(ARGV[1])
-local H, R, L, P = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local head = redis.call('HMGET', H, 'spec', 'b')
-local stored_spec, blob = head[1], head[2]
-if stored_spec and stored_spec ~= ARGV[2] then return {'respec'} end
-if (not stored_spec) and ARGV[3] ~= 'seed' then
-  if redis.call('EXISTS', KEYS[5], KEYS[6]) > 0 then return {'legacy'} end
-end
-
+# An entity's keys (`EntityPlan.keys`): 1 state, 2 window events, 3 labels, 4 pending labels, 5 legacy history,
+# 6 legacy labels, 7.. seen sets.
+_ENTITY = r"""
 local function fmt(x) return string.format('%.17g', x) end
-local W, accs, slots = spec.w, spec.a, spec.s
-local NW, NA, ND = #W, #accs, spec.d
-local wmax = W[NW] or 0
-local raw = spec.r == 1
-local fraudw = spec.f
-local is_fraud_window = {}
-for _, wi in ipairs(fraudw) do is_fraud_window[wi] = true end
-
-local S
-if blob then S = cmsgpack.unpack(blob) else S = {false, false, {}, {}, {}, {}, {}, {}, {}, 0} end
-local n, fr, cnt, hi, lo, dmax, dmin = S[3], S[4], S[5], S[6], S[7], S[8], S[9]
-for wi = 1, NW do n[wi] = n[wi] or 0; fr[wi] = fr[wi] or 0 end
-for a = 1, NA do
-  cnt[a] = cnt[a] or 0; hi[a] = hi[a] or 0; lo[a] = lo[a] or 0
-  dmax[a] = dmax[a] or {{}, {}}; dmin[a] = dmin[a] or {{}, {}}
-end
-
-local t0 = S[1] or nil
-local p = S[2] or nil
-if p == nil and ARGV[4] ~= '' then p = tonumber(ARGV[4]) end
-
--- new events: triples (ts, member, distinct values) from ARGV[6]
-local events = {}
-local t1 = t0
-for i = 6, #ARGV, 3 do
-  local ts = tonumber(ARGV[i])
-  events[#events + 1] = {ts, ARGV[i + 1], ARGV[i + 2]}
-  if t1 == nil or ts > t1 then t1 = ts end
-end
--- the previous distinct event time: the latest one before t1
-if t1 then
-  if t0 and t0 < t1 and (p == nil or t0 > p) then p = t0 end
-  for _, e in ipairs(events) do
-    if e[1] < t1 and (p == nil or e[1] > p) then p = e[1] end
-  end
-end
-
+-- times (integer milliseconds) as text: %d is several times cheaper than %.17g and writes the same digits
+local function ms(x) return string.format('%d', x) end
 -- labels: "ets;,ts:f,ts:f"
 local function flag(rec, t)
   if not rec or t == nil then return 0 end
@@ -213,6 +201,27 @@ end
 local function event_time(rec)
   if not rec then return nil end
   return tonumber(rec:match('^([^;]*)'))
+end
+
+-- Feast's bytes (pipelines.online_layout.encode_value / encode_ts): ValueProto int64_val (field 4, varint) of a
+-- count, double_val (field 5, little-endian) of anything else, b"" for null; a Timestamp (seconds, nanos).
+local function varint(v)
+  local out = {}
+  while v >= 128 do out[#out + 1] = string.char(v % 128 + 128); v = math.floor(v / 128) end
+  out[#out + 1] = string.char(v)
+  return table.concat(out)
+end
+local function encode_value(v, kind)
+  if v == false or v == nil then return '' end
+  if kind == 'i' then return '\32' .. varint(v) end
+  return '\41' .. struct.pack('<d', v)
+end
+local function encode_ts(t)
+  local seconds, nanos = math.floor(t / 1000), (t % 1000) * 1000000
+  local out = ''
+  if seconds ~= 0 then out = '\8' .. varint(seconds) end
+  if nanos ~= 0 then out = out .. '\16' .. varint(nanos) end
+  return out
 end
 
 -- monotonic deques: ascending ts, values strictly decreasing in sgn order
@@ -235,6 +244,57 @@ local function dq_evict(d, bound)
     local ts, v = {}, {}
     for i = m + 1, #dts do ts[#ts + 1] = dts[i]; v[#v + 1] = d[2][i] end
     d[1], d[2] = ts, v
+  end
+end
+
+
+-- One entity: K its keys (state, window, labels, pending labels, legacy history, legacy labels, seen sets...),
+-- spec_id, mode, prevhint, labels_json, ev: flat (time, member, distinct) triples; row: Feast's row key of the entity
+-- (nil: the caller writes the row). Returns {version, t} when it wrote the row, else {version, t, value...}; or
+-- {status} ('respec', 'legacy', 'none') with nothing written.
+local function fold_entity(spec, K, spec_id, mode, prevhint, labels_json, ev, row)
+local H, R, L, P = K[1], K[2], K[3], K[4]
+local head = redis.call('HMGET', H, 'spec', 'b')
+local stored_spec, blob = head[1], head[2]
+if stored_spec and stored_spec ~= spec_id then return {'respec'} end
+if (not stored_spec) and mode ~= 'seed' then
+  if redis.call('EXISTS', K[5], K[6]) > 0 then return {'legacy'} end
+end
+
+local W, accs, slots = spec.w, spec.a, spec.s
+local NW, NA, ND = #W, #accs, spec.d
+local wmax = W[NW] or 0
+local raw = spec.r == 1
+local fraudw = spec.f
+local is_fraud_window = {}
+for _, wi in ipairs(fraudw) do is_fraud_window[wi] = true end
+
+local S
+if blob then S = cmsgpack.unpack(blob) else S = {false, false, {}, {}, {}, {}, {}, {}, {}, 0} end
+local n, fr, cnt, hi, lo, dmax, dmin = S[3], S[4], S[5], S[6], S[7], S[8], S[9]
+for wi = 1, NW do n[wi] = n[wi] or 0; fr[wi] = fr[wi] or 0 end
+for a = 1, NA do
+  cnt[a] = cnt[a] or 0; hi[a] = hi[a] or 0; lo[a] = lo[a] or 0
+  dmax[a] = dmax[a] or {{}, {}}; dmin[a] = dmin[a] or {{}, {}}
+end
+
+local t0 = S[1] or nil
+local p = S[2] or nil
+if p == nil and prevhint ~= '' then p = tonumber(prevhint) end
+
+-- new events: triples (ts, member, distinct values)
+local events = {}
+local t1 = t0
+for i = 1, #ev, 3 do
+  local ts = tonumber(ev[i])
+  events[#events + 1] = {ts, ev[i + 1], ev[i + 2]}
+  if t1 == nil or ts > t1 then t1 = ts end
+end
+-- the previous distinct event time: the latest one before t1
+if t1 then
+  if t0 and t0 < t1 and (p == nil or t0 > p) then p = t0 end
+  for _, e in ipairs(events) do
+    if e[1] < t1 and (p == nil or e[1] > p) then p = e[1] end
   end
 end
 
@@ -281,10 +341,13 @@ end
 
 -- 1. t moves from t0 to t1: evict what leaves each window (verdicts as they stood at t0)
 if t0 and t1 > t0 then
+  local left = false
   for wi = 1, NW do
     local lo0, lo1 = t0 - W[wi], t1 - W[wi]
-    if raw then
-      local gone = redis.call('ZRANGEBYSCORE', R, '(' .. fmt(lo0), fmt(lo1), 'WITHSCORES')
+    -- a window that holds no event has nothing to evict (most entities' short windows, most of the time)
+    if raw and n[wi] > 0 then
+      local gone = redis.call('ZRANGEBYSCORE', R, '(' .. ms(lo0), ms(lo1), 'WITHSCORES')
+      if wi == NW and #gone > 0 then left = true end
       for i = 1, #gone, 2 do
         local vals = cjson.decode(gone[i])
         local f = nil
@@ -300,11 +363,12 @@ if t0 and t1 > t0 then
       end
     end
   end
-  if raw then redis.call('ZREMRANGEBYSCORE', R, '-inf', fmt(t1 - wmax)) end
-  for i = 1, ND do redis.call('ZREMRANGEBYSCORE', KEYS[6 + i], '-inf', fmt(t1 - wmax)) end
+  -- every kept member is counted in the longest window, so nothing is older unless something just left it
+  if left then redis.call('ZREMRANGEBYSCORE', R, '-inf', ms(t1 - wmax)) end
+  for i = 1, ND do redis.call('ZREMRANGEBYSCORE', K[6 + i], '-inf', ms(t1 - wmax)) end
   -- 2. labels due in (t0, t1]: events already in a window may change their verdict
   if #fraudw > 0 then
-    local due = redis.call('ZRANGEBYSCORE', P, '(' .. fmt(t0), fmt(t1))
+    local due = redis.call('ZRANGEBYSCORE', P, '(' .. ms(t0), ms(t1))
     local seen = {}
     for _, m in ipairs(due) do
       local tid = m:match('^(.*)|[^|]*|[^|]*$')
@@ -317,14 +381,14 @@ if t0 and t1 > t0 then
     end
   end
 end
-if #fraudw > 0 and t1 and (t0 == nil or t1 > t0) then redis.call('ZREMRANGEBYSCORE', P, '-inf', fmt(t1)) end
+if #fraudw > 0 and t1 and (t0 == nil or t1 > t0) then redis.call('ZREMRANGEBYSCORE', P, '-inf', ms(t1)) end
 
 -- 3. new events join the windows they fall in; a member already stored is a redelivery
 for _, e in ipairs(events) do
   local ts, member, distinct = e[1], e[2], e[3]
   if ts > t1 - wmax or NW == 0 then
     local fresh = true
-    if raw then fresh = redis.call('ZADD', R, 'NX', fmt(ts), member) == 1 end
+    if raw then fresh = redis.call('ZADD', R, 'NX', ms(ts), member) == 1 end
     if fresh then
       if ND > 0 then
         local dv = cjson.decode(distinct)
@@ -332,7 +396,7 @@ for _, e in ipairs(events) do
           local v = dv[i]
           if v ~= nil and v ~= cjson.null then
             if type(v) == 'number' then v = fmt(v) end
-            redis.call('ZADD', KEYS[6 + i], 'GT', fmt(ts), v)
+            redis.call('ZADD', K[6 + i], 'GT', ms(ts), v)
           end
         end
       end
@@ -341,7 +405,7 @@ for _, e in ipairs(events) do
         local rec = nil
         if #fraudw > 0 then
           rec = redis.call('HGET', L, vals[1])
-          if rec then rec = fmt(ts) .. rec:sub(rec:find(';', 1, true)) else rec = fmt(ts) .. ';' end
+          if rec then rec = ms(ts) .. rec:sub(rec:find(';', 1, true)) else rec = ms(ts) .. ';' end
           redis.call('HSET', L, vals[1], rec)
         end
         for wi = 1, NW do
@@ -357,8 +421,8 @@ for _, e in ipairs(events) do
 end
 
 -- 4. new labels: in force now (ts <= t1) or pending until t passes them
-if ARGV[5] ~= '[]' then
-  for _, lab in ipairs(cjson.decode(ARGV[5])) do
+if labels_json ~= '[]' then
+  for _, lab in ipairs(cjson.decode(labels_json)) do
     local tid, ts, f = lab[1], lab[2], lab[3]
     local key = ',' .. string.format('%d', ts) .. ':' .. string.format('%d', f)
     local rec = redis.call('HGET', L, tid) or ';'
@@ -368,7 +432,7 @@ if ARGV[5] ~= '[]' then
       local rec2 = rec .. key
       redis.call('HSET', L, tid, rec2)
       if t1 == nil or ts > t1 then
-        redis.call('ZADD', P, fmt(ts), tid .. '|' .. string.format('%d', ts) .. '|' .. string.format('%d', f))
+        redis.call('ZADD', P, ms(ts), tid .. '|' .. string.format('%d', ts) .. '|' .. string.format('%d', f))
       else
         local ets = event_time(rec2)
         if ets then reverdict(ets, flag(rec2, t1) - before) end
@@ -386,7 +450,7 @@ S[10] = S[10] + 1
 if stored_spec then
   redis.call('HSET', H, 'b', cmsgpack.pack(S))
 else
-  redis.call('HSET', H, 'b', cmsgpack.pack(S), 'spec', ARGV[2], 'cols', cjson.encode(spec.c))
+  redis.call('HSET', H, 'b', cmsgpack.pack(S), 'spec', spec_id, 'cols', cjson.encode(spec.c))
 end
 local out = {S[10], t1}
 for i = 1, #slots do
@@ -403,7 +467,7 @@ for i = 1, #slots do
   elseif code == 'min' then
     if #dmin[a][2] > 0 then value = dmin[a][2][1] end
   elseif code == 'dist' then
-    value = redis.call('ZCOUNT', KEYS[6 + ci], '(' .. fmt(t1 - W[wi]), '+inf')
+    value = redis.call('ZCOUNT', K[6 + ci], '(' .. ms(t1 - W[wi]), '+inf')
   elseif code == 'fraud' then
     if n[wi] > 0 then value = fr[wi] / n[wi] else value = 0 end
   elseif code == 'prev' then
@@ -411,5 +475,55 @@ for i = 1, #slots do
   end
   out[2 + i] = value
 end
-return cmsgpack.pack(out)
+if row and t1 >= 0 then
+  -- Feast's rows, in this same atomic call: no other worker can write an older state after it
+  local version, stamp, position = string.format('%d', S[10]), encode_ts(t1), 3
+  for _, view in ipairs(spec.v) do
+    local fields, kinds = view[3], view[4]
+    local args = {view[1], version}
+    for j = 1, #fields do
+      args[#args + 1] = fields[j]
+      args[#args + 1] = encode_value(out[position], kinds:sub(j, j))
+      position = position + 1
+    end
+    args[#args + 1] = view[2]
+    args[#args + 1] = stamp
+    redis.call('HSET', row, unpack(args))
+  end
+  return {S[10], t1}
+end
+return out
+end
 """
+
+# FOLD: any number of entities in one call (one call per batch chunk on a single Redis; one entity per call on a
+# cluster, where a call's keys must share a slot).
+# KEYS: the entities' keys, one after the other.
+# ARGV[1]: MessagePack [[spec (MessagePack), spec id], ...] of the plans the call uses.
+# ARGV[2]: MessagePack [[spec index (1-based), first key index, key count, mode ("" or "seed": ignore legacy keys),
+#   previous-time hint ("" none), labels as JSON [[tid, ts, fraud 0|1], ...], [event time, member, distinct values
+#   as a JSON array in the order of `EntityPlan.distinct`, ...], 1: Feast's row key follows the entity's keys (the
+#   script writes the entity's rows; a single Redis) or 0 (the caller writes them; a cluster)], ...].
+# Returns MessagePack: per entity [version, t] (it wrote the rows) or [version, t, value...] (false for null), or
+# ["legacy"] / ["respec"] (nothing written: fold the stored history first) / ["none"] (labels only, no event yet).
+FOLD = (
+    _ENTITY
+    + r"""
+local specs = cmsgpack.unpack(ARGV[1])
+local work = cmsgpack.unpack(ARGV[2])
+local decoded = {}
+local answers = {}
+for i = 1, #work do
+  local w = work[i]
+  local si = w[1]
+  local sp = decoded[si]
+  if not sp then sp = cmsgpack.unpack(specs[si][1]); decoded[si] = sp end
+  local K = {}
+  for j = 1, w[3] do K[j] = KEYS[w[2] + j - 1] end
+  local row = nil
+  if w[8] == 1 then row = KEYS[w[2] + w[3]] end
+  answers[i] = fold_entity(sp, K, specs[si][2], w[4], w[5], w[6], w[7], row)
+end
+return cmsgpack.pack(answers)
+"""
+)

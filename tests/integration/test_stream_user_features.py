@@ -255,6 +255,28 @@ def test_the_updater_computes_every_declared_view(catalog: Catalog, redis_server
     assert raw.zcard("fraudserve:{merchant_category:5411}:seen:card_id") <= len(cards)
 
 
+def test_rows_the_script_writes_are_the_bytes_feast_writes(catalog: Catalog, redis_server: RedisProcess) -> None:
+    """On a single Redis the fold script encodes Feast's rows itself (ValueProto, Timestamp); a cluster's updater
+    writes them from Python with Feast's own protobuf classes. The same events, both ways: every row byte-equal."""
+    transactions, labels = make_events(seed=11, count=300)
+    stream = shuffled_within(transactions, seed=12, jitter_ms=4 * MINUTE)
+    clients: list[Any] = [redis_server.client(), redis.Redis(port=redis_server.port, db=1)]
+    for client, in_script in zip(clients, (True, False), strict=True):
+        updater = OnlineUpdater(client, PROJECT, timedelta(minutes=5), catalog=catalog, rows_in_script=in_script)
+        for start in range(0, len(stream), 60):
+            updater.apply(stream[start : start + 60], labels[start // 5 : (start + 60) // 5])
+    rows = [
+        {key: client.hgetall(key) for key in client.scan_iter(count=1000) if not key.startswith(b"fraudserve")}
+        for client in clients
+    ]
+    assert len(rows[0]) > 100
+    assert rows[0].keys() == rows[1].keys()
+    differ = [key for key in rows[0] if rows[0][key] != rows[1][key]]
+    assert differ == []
+    nulls = sum(1 for row in rows[0].values() for value in row.values() if value == b"")
+    assert nulls > 0  # null features (a first event's seconds_since_prev, nullable columns) are Feast's empty Value
+
+
 def test_an_entity_with_only_a_windowless_feature_keeps_its_previous_event(
     catalog: Catalog, redis_server: RedisProcess
 ) -> None:
