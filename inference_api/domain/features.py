@@ -9,10 +9,11 @@ stream worker, read in one round trip) can replace it without touching the scori
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import numpy as np
 import redis
 from redis.exceptions import RedisClusterException
 
@@ -61,6 +62,24 @@ class TransactionRecord:
 class ViewValues:
     values: dict[str, Any]
     timestamp: float | None  # epoch seconds of the entity's row; None when the entity is not in the online store
+
+
+@dataclass(frozen=True)
+class FeatureColumns:
+    """A batch's transactions and their entity features column-wise, one entry per requested id in order: what the
+    batch path builds its model matrix from, without an object per transaction or per value.
+
+    `numbers` holds "view:feature" (the transaction's own fields as "transaction_features:field") as float64 arrays,
+    NaN where missing, with the values `decode_value` gives (a boolean is 1.0); `stamps` each view's row timestamp in
+    epoch seconds (NaN: no row); `present` whether each transaction has a value of a join key; `text(field, i)` a
+    transaction field of row i as `TransactionRecord.fields` would hold it (for messages, decoded on demand)."""
+
+    ids: Sequence[str]
+    found: np.ndarray
+    numbers: dict[str, np.ndarray]
+    stamps: dict[str, np.ndarray]
+    present: dict[str, np.ndarray]
+    text: Callable[[str, int], Any] = field(compare=False, repr=False)
 
 
 async def within_budget(call: Awaitable[T], budget_s: float) -> T:

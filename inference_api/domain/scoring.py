@@ -9,6 +9,7 @@ trusted: a required feature group missing, or older than its feature view's TTL)
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import FraudserveError
-from inference_api.domain.features import FeatureSource, TransactionRecord, ViewValues
+from inference_api.domain.features import FeatureColumns, FeatureSource, TransactionRecord, ViewValues
 from inference_api.domain.models import LoadedModel, ModelManager
 from inference_api.domain.plan import FeaturePlan, OnDemandRead
 from inference_api.observability import Metrics
@@ -125,6 +126,60 @@ def _number(value: Any) -> float:
     return np.nan if value is None else float(value)
 
 
+def build_matrix(
+    plan: FeaturePlan, columns: FeatureColumns, rows: np.ndarray, now: float
+) -> tuple[np.ndarray, list[list[str]], list[float | None]]:
+    """`build_rows` column-wise, for the `rows` (indices) of a batch read by `FeatureSource.columns`: the same model
+    matrix, uncertain reasons and freshness, with numpy over whole columns. Only a row that is uncertain costs
+    Python of its own (its reasons name keys and ages, as `build_rows` words them)."""
+    columns_of: dict[str, np.ndarray] = {}
+    for view in plan.views:
+        for name in view.served:
+            columns_of[name] = columns.numbers[f"{view.view}:{name}"][rows]
+    for name in plan.transaction_fields:
+        columns_of[name] = columns.numbers[f"{TRANSACTION_VIEW}:{name}"][rows]
+    if plan.request_time:
+        extra = request_time_arrays(
+            columns.numbers[f"{TRANSACTION_VIEW}:amount"][rows],
+            columns.numbers[f"{TRANSACTION_VIEW}:event_time_ms"][rows],
+            columns.numbers["card_features:card_amount_mean_7d"][rows],
+        )
+        for name in plan.request_time:
+            columns_of[name] = np.asarray(extra[name], dtype=np.float64)
+    matrix = np.empty((len(rows), len(plan.features)), dtype=np.float64)
+    for j, name in enumerate(plan.features):
+        matrix[:, j] = columns_of[name]
+
+    ages = np.full((len(rows), len(plan.views)), np.nan)
+    doubtful = np.zeros(len(rows), dtype=bool)
+    for v, view in enumerate(plan.views):
+        required = columns.present[view.join_key][rows]
+        stamp = columns.stamps[view.view][rows]
+        age = np.maximum(now - stamp, 0.0)
+        known = required & ~np.isnan(stamp)
+        ages[:, v] = np.where(known, age, np.nan)
+        doubtful |= required & np.isnan(stamp)
+        if view.ttl is not None:
+            doubtful |= known & (age > view.ttl.total_seconds())
+    uncertain: list[list[str]] = [[] for _ in rows]
+    for i in np.flatnonzero(doubtful):
+        row = int(rows[i])
+        for v, view in enumerate(plan.views):
+            if not columns.present[view.join_key][row]:
+                continue
+            key = str(columns.text(view.join_key, row))
+            if np.isnan(columns.stamps[view.view][row]):
+                uncertain[i].append(f"no {view.subject} features for {view.join_key} {key!r}")
+            elif view.ttl is not None and ages[i, v] > (ttl := view.ttl.total_seconds()):
+                uncertain[i].append(
+                    f"{view.subject} features for {key!r} are {_age_text(float(ages[i, v]))} old, older than the "
+                    f"{view.view} TTL of {_age_text(ttl)}"
+                )
+    freshest = np.fmax.reduce(ages, axis=1) if len(plan.views) else np.full(len(rows), np.nan)
+    freshness = [None if math.isnan(f) else f for f in freshest.tolist()]
+    return matrix, uncertain, freshness
+
+
 def on_demand_values(
     read: OnDemandRead, records: Sequence[TransactionRecord], fetched: Sequence[dict[str, ViewValues]]
 ) -> dict[str, list[Any]]:
@@ -184,6 +239,14 @@ class ScoringService:
         self.canary_percent = canary_percent
         self.shadow = shadow
 
+    def choose(self) -> tuple[LoadedModel, str]:
+        """The version that scores one request, and why (production, or candidate for the canary share)."""
+        production = self.models.production()
+        candidate = self.models.candidate()
+        if candidate is not None and self.canary_percent > 0 and random.random() * 100 < self.canary_percent:
+            return candidate, "canary"
+        return production, "production"
+
     def _choose(self) -> LoadedModel:
         production = self.models.production()
         candidate = self.models.candidate()
@@ -221,7 +284,7 @@ class ScoringService:
         return [results[i] for i in range(len(records))]
 
     async def _score(
-        self, records: Sequence[TransactionRecord], model: LoadedModel, serving_default: bool
+        self, records: Sequence[TransactionRecord], model: LoadedModel, serving_default: bool, role: str | None = None
     ) -> list[Score]:
         if all(r.views is not None and r.views_plan is model.plan for r in records):
             fetched = [r.views for r in records if r.views is not None]  # read with the transactions
@@ -236,7 +299,9 @@ class ScoringService:
         contributions = model.explainer.contributions(matrix) if self.top_reasons else None
         self.metrics.stage("predict", time.perf_counter() - started)
         shadows = self._shadow(records, fetched, scores) if self.shadow and serving_default else None
-        role = "direct" if not serving_default else "production" if model is self.models.state.production else "canary"
+        if role is None:
+            production = model is self.models.state.production
+            role = "direct" if not serving_default else "production" if production else "canary"
 
         results = []
         for i, record in enumerate(records):
@@ -256,6 +321,55 @@ class ScoringService:
             )  # fmt: skip
             self.metrics.scored(model.name, model.version, label)
         return results
+
+    async def score_columns(self, ids: Sequence[str], model: LoadedModel, role: str) -> list[Score | FraudserveError]:
+        """Score transactions by id column-wise with one version: one round trip (`FeatureSource.columns`), one
+        model matrix, one prediction, one explanation and one reasons pass for the whole batch; each item equal to
+        what `_score` gives for its id, unknown ids as `TransactionNotFound`, in the order of `ids`."""
+        plan = model.plan
+        numeric = tuple(dict.fromkeys([*plan.transaction_fields, *(("amount", "event_time_ms") if plan.request_time
+                                                                     else ())]))  # fmt: skip
+        started = time.perf_counter()
+        columns = await self.source.columns(ids, plan, numeric)  # type: ignore[attr-defined]
+        self.metrics.stage("transaction_lookup", time.perf_counter() - started)
+
+        started = time.perf_counter()
+        rows = np.flatnonzero(columns.found)
+        matrix, uncertain, freshness = build_matrix(plan, columns, rows, time.time())
+        if len(rows):
+            scores = model.predict(matrix)
+            contributions = model.explainer.contributions(matrix) if self.top_reasons else None
+        else:
+            scores, contributions = np.empty(0), None
+        self.metrics.stage("predict", time.perf_counter() - started)
+
+        names = plan.features
+        values: list[list[Any]] = [[] for _ in rows]
+        gains: list[list[float]] = [[] for _ in rows]
+        order: list[list[int]] = [[] for _ in rows]
+        if contributions is not None:
+            width = len(names)
+            top = np.argsort(-contributions[:, :width], axis=1, kind="stable")[:, : self.top_reasons]
+            order = top.tolist()
+            gains = np.take_along_axis(contributions[:, :width], top, axis=1).tolist()
+            picked = np.take_along_axis(matrix, top, axis=1)
+            values = np.where(np.isnan(picked), np.array(None), picked).tolist()
+        label = model.manifest.thresholds.label
+        missing = len(rows) < len(ids)  # then each scored item replaces its id's TransactionNotFound
+        outcomes: list[Score | FraudserveError] = [TransactionNotFound(t) for t in ids] if missing else []
+        counts: dict[str, int] = {}
+        for i, (row, score) in enumerate(zip(rows.tolist(), scores.tolist(), strict=True)):
+            verdict = UNCERTAIN if uncertain[i] else label(score)
+            counts[verdict] = counts.get(verdict, 0) + 1
+            reasons = [Reason(names[j], v, c) for j, v, c in zip(order[i], values[i], gains[i], strict=True)]
+            scored = Score(ids[row], score, verdict, model, reasons, freshness[i], uncertain[i], matrix[i], role)
+            if missing:
+                outcomes[row] = scored
+            else:
+                outcomes.append(scored)
+        for verdict, count in counts.items():
+            self.metrics.labels.labels(model.name, str(model.version), verdict).inc(count)
+        return outcomes
 
     def _shadow(
         self, records: Sequence[TransactionRecord], fetched: Sequence[dict[str, ViewValues]], served: np.ndarray
@@ -336,6 +450,44 @@ async def score_requests(
     ready = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, TransactionRecord)]
     if ready:
         scores = await service.score([o for _, o in ready], model)
+        for (i, _), score in zip(ready, scores, strict=True):
+            outcomes[i] = score
+    return [o for o in outcomes if isinstance(o, Score | FraudserveError)]
+
+
+async def score_batch(service: ScoringService, requests: Sequence[Request]) -> list[Score | FraudserveError]:
+    """A `score:batch` request: every item scored by one version, chosen once (production, or candidate for the
+    canary share), so that a promotion during the batch never splits it between two versions.
+
+    Ids only, on a source that reads column-wise, with no generic on-demand view and no shadow scoring: the columnar
+    path (`ScoringService.score_columns`). Otherwise (inline transactions, Feast's SDK, a Redis Cluster, on-demand
+    views, shadow) `score_requests`' path, pinned to the same version."""
+    model, role = service.choose()
+    ids = [tid for tid, event in requests if event is None and tid is not None]
+    source = service.source
+    if (
+        len(ids) == len(requests)
+        and getattr(source, "columnar", False)
+        and not model.plan.on_demand
+        and not service.shadow
+    ):
+        return await service.score_columns(ids, model, role)
+    plan = model.plan
+    outcomes: list[Score | FraudserveError | TransactionRecord | None] = [None] * len(requests)
+    wanted = [(i, tid) for i, (tid, event) in enumerate(requests) if event is None and tid is not None]
+    if wanted:
+        found = await service.lookup([tid for _, tid in wanted], plan)
+        for (i, tid), record in zip(wanted, found, strict=True):
+            outcomes[i] = record if record is not None else TransactionNotFound(tid)
+    for i, (_, event) in enumerate(requests):
+        if event is not None:
+            try:
+                outcomes[i] = record_from_event(event, plan.record_fields, plan.extra_fields)
+            except FraudserveError as exc:
+                outcomes[i] = exc
+    ready = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, TransactionRecord)]
+    if ready:
+        scores = await service._score([o for _, o in ready], model, serving_default=True, role=role)
         for (i, _), score in zip(ready, scores, strict=True):
             outcomes[i] = score
     return [o for o in outcomes if isinstance(o, Score | FraudserveError)]

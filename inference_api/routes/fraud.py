@@ -6,22 +6,17 @@ import json
 from collections.abc import Sequence
 from typing import Annotated, Any
 
+import pydantic_core
 from fastapi import APIRouter, Depends, Request, Response
 
 from core.errors import FraudserveError, InvalidInput
 from core.keys import Scope
 from inference_api.auth import require
+from inference_api.domain.admission import Admission
 from inference_api.domain.batching import DynamicBatcher
-from inference_api.domain.scoring import Score, ScoringService, score_requests
-from inference_api.schemas import (
-    BatchItem,
-    BatchRequest,
-    BatchResponse,
-    ErrorBody,
-    ErrorResponse,
-    ScoreRequest,
-    ScoreResponse,
-)
+from inference_api.domain.scoring import Score, ScoringService
+from inference_api.domain.scoring import score_batch as score_items
+from inference_api.schemas import BatchRequest, BatchResponse, ErrorResponse, ScoreRequest, ScoreResponse
 
 router = APIRouter(prefix="/v1/fraud", tags=["fraud"], dependencies=[require(Scope.score)])
 
@@ -63,10 +58,6 @@ def score_body(score: Score) -> dict[str, Any]:
     }
 
 
-def to_response(score: Score) -> ScoreResponse:
-    return ScoreResponse.model_validate(score_body(score))
-
-
 def _as_request(body: ScoreRequest) -> tuple[str | None, dict[str, object] | None]:
     return body.transaction_id, body.transaction.model_dump() if body.transaction else None
 
@@ -88,24 +79,40 @@ async def score(body: ScoreRequest, request: Request) -> Response:
     return Response(json.dumps(score_body(outcome), allow_nan=False), media_type="application/json")
 
 
+def admission(request: Request) -> Admission:
+    """The process's admission bound for batch items (created with the first batch, from the settings)."""
+    state = request.app.state
+    found: Admission | None = getattr(state, "batch_admission", None)
+    if found is None:
+        found = state.batch_admission = Admission(state.settings.batch_max_items_in_flight)
+    return found
+
+
 @router.post("/score:batch", response_model=BatchResponse, responses=ERRORS)
-async def score_batch(body: BatchRequest, request: Request, service: ScoringDep) -> BatchResponse:
-    """Score up to the configured number of transactions; each item gets its result or its own error."""
+async def score_batch(body: BatchRequest, request: Request, service: ScoringDep) -> Response:
+    """Score up to the configured number of transactions; each item gets its result or its own error.
+
+    One version scores the whole batch; ids are looked up, fetched, predicted and explained column-wise in one pass.
+    When the process already scores as many batch items as it may, 503 `overloaded` with Retry-After, at once."""
     limit = request.app.state.settings.max_batch
     if len(body.items) > limit:
         raise InvalidInput(
             f"items: {len(body.items)} items is more than the limit of {limit} per batch; split the batch",
             {"field": "items", "limit": limit, "items": len(body.items)},
         )
-    outcomes = await score_requests(service, [_as_request(item) for item in body.items])
+    with admission(request).admit(len(body.items)):
+        outcomes = await score_items(service, [_as_request(item) for item in body.items])
     log_scores(request, outcomes)
-    results = []
+    metrics = request.app.state.metrics
+    results: list[dict[str, Any]] = []
     for item, outcome in zip(body.items, outcomes, strict=True):
-        tid = item.transaction_id or (item.transaction.transaction_id if item.transaction else None)
         if isinstance(outcome, FraudserveError):
-            request.app.state.metrics.error(outcome.code)
-            error = ErrorBody(code=outcome.code, message=outcome.message, details=outcome.details)
-            results.append(BatchItem(transaction_id=tid, error=error))
+            metrics.error(outcome.code)
+            tid = item.transaction_id or (item.transaction.transaction_id if item.transaction else None)
+            error = {"code": outcome.code, "message": outcome.message, "details": outcome.details}
+            results.append({"transaction_id": tid, "result": None, "error": error})
         else:
-            results.append(BatchItem(transaction_id=tid, result=to_response(outcome)))
-    return BatchResponse(results=results)
+            results.append({"transaction_id": outcome.transaction_id, "result": score_body(outcome), "error": None})
+    # The documented BatchResponse, built once as plain values and serialized once by pydantic's own serializer
+    # (the bytes FastAPI wrote through the response model, without a model object per item and a second validation).
+    return Response(pydantic_core.to_json({"results": results}, inf_nan_mode="null"), media_type="application/json")

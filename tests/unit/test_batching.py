@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 
+import numpy as np
 import pytest
 
 from core.errors import FraudserveError, RedisUnavailable
@@ -137,3 +139,54 @@ def test_close_answers_what_is_still_waiting() -> None:
         assert scorer.batches == [["tx0"], ["tx1"], ["tx2"]]
 
     asyncio.run(main())
+
+
+# ------------------------------------------------------------------------------ the batch path's columnar decoding
+def _cells(values: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lengths = np.array([len(v) for v in values], dtype=np.int64)
+    starts = np.cumsum(lengths) - lengths
+    return np.frombuffer(b"".join(values) + bytes(32), dtype=np.uint8), starts, lengths
+
+
+def test_feast_values_decode_column_wise_as_decode_value_decodes_each() -> None:
+    """Every kind of numeric ValueProto Feast or the stream writes, decoded for a whole column at once, equals
+    `decode_value` per value (a boolean is 1.0, null and empty are NaN), through int64's two's complement."""
+    from feast.protos.feast.types.Value_pb2 import Null, Value
+
+    from inference_api.domain.redis_source import decode_numbers
+    from pipelines.online_layout import decode_value
+
+    protos = [Value(double_val=v) for v in (0.0, -0.0, 1.5, -2.25e-300, 1e308, math.inf, -math.inf, math.nan)]
+    protos += [Value(float_val=v) for v in (0.0, 3.1415927, -1e-38)]
+    protos += [Value(int64_val=v) for v in (0, 1, 127, 128, 300, -1, -(2**40), 2**53 + 1, 2**63 - 1, -(2**63))]
+    protos += [Value(int32_val=v) for v in (0, 5, -7, 2**31 - 1, -(2**31))]
+    protos += [Value(bool_val=True), Value(bool_val=False), Value(unix_timestamp_val=1_764_633_600)]
+    protos += [Value(null_val=Null.NULL), Value()]
+    raw = [p.SerializeToString() for p in protos] + [b""]
+    buf, starts, lengths = _cells(raw)
+    values, odd = decode_numbers(buf, starts, lengths)
+    assert not odd.any()
+    for cell, got in zip(raw, values, strict=True):
+        want = decode_value(cell)
+        expected = np.nan if want is None else float(want)
+        same_sign = math.copysign(1, got) == math.copysign(1, expected)
+        assert (math.isnan(got) and math.isnan(expected)) or (got == expected and same_sign), (cell, got, want)
+    text, _, _ = _cells([Value(string_val="m_1").SerializeToString()])
+    assert decode_numbers(text, np.array([0]), np.array([5]))[1].all()  # not a number: left to decode_value
+
+
+def test_feast_timestamps_decode_column_wise_as_decode_ts_decodes_each() -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from inference_api.domain.redis_source import decode_stamps
+    from pipelines.online_layout import decode_ts
+
+    pairs = ((1_764_633_600, 0), (1_764_633_600, 123_000_000), (0, 5), (0, 0), (1, 999_999_999), (-5, 0))
+    stamps = [Timestamp(seconds=s, nanos=n) for s, n in pairs]
+    raw = [t.SerializeToString() for t in stamps] + [b""]
+    buf, starts, lengths = _cells(raw)
+    values, odd = decode_stamps(buf, starts, lengths)
+    assert not odd.any()
+    for cell, got in zip(raw, values, strict=True):
+        want = decode_ts(cell)
+        assert (want is None and math.isnan(got)) or got == want, (cell, got, want)

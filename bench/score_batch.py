@@ -1,0 +1,215 @@
+"""`POST /v1/fraud/score:batch` by id against the same model on the same rows sent over OIP v2, in one run.
+
+    flock /tmp/fraudserve-bench.lock python -m bench.score_batch [--home DIR] [--seconds 3] [--rounds 3]
+
+Builds (or reuses, with `--home`) bench.api's deployment (synthetic data, backfill, a trained LightGBM model on
+fraud_v2, materialized features, an embedded redis-server) and starts `fraudserve serve` with one worker and
+FRAUDSERVE_MAX_BATCH=1000. Then, one closed-loop connection at a time:
+- by id: `score:batch` with 256 (and 1,000) random ingested ids per request, a new sample each request; the API
+  looks up the transactions, fetches their features, predicts, explains and labels;
+- the baseline: `/v2/models/fraud/infer` with the same model on 256 (and 1,000) feature rows sent in the request
+  (Feast's online features of those ids, read once before), which only parses the tensor and predicts.
+The two alternate in `--rounds` rounds of `--seconds` each, so that other work on the machine weighs on both; the
+ratio is by-id p50 / OIP p50 (the target: at most 1.5x at 256 ids, and cost growing linearly to 1,000).
+It also checks that every item of a 256-id batch equals the single score of its id (score, label, reasons), and
+runs the saturation case: `--clients` concurrent clients sending 256-id batches for `--saturation-seconds`,
+counting the answers by status and error code (the target: only 200 and 503 `overloaded` with Retry-After).
+Writes bench/results/score_batch-<date>.json with the load average at start and end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from rich.console import Console
+
+from bench.api import prepare, wait_ready
+from bench.load import run_load
+from bench.report import machine, print_table, write_result
+from core.embedded_redis import free_port, online_store
+from core.settings import Settings
+from fraudserve import feature_store
+
+SIZES = (256, 1000)
+
+
+def feature_rows(
+    settings: Settings, connection: str, ids: list[str], names: list[str]
+) -> dict[str, list[float | None]]:
+    """Each id's model row as Feast's SDK reads it (the OIP baseline's input): id -> values in manifest order."""
+    store = feature_store.open_store(settings, connection)
+    keys = ("card_id", "merchant_id", "device_id", "ip_address")
+    found = store.get_online_features(
+        features=[f"transaction_features:{k}" for k in keys], entity_rows=[{"transaction_id": t} for t in ids]
+    ).to_dict()
+    rows = [{"transaction_id": t, **{k: found[k][i] or "" for k in keys}} for i, t in enumerate(ids)]
+    online = store.get_online_features(features=store.get_feature_service("fraud_v2"), entity_rows=rows).to_dict()
+    return {t: [online[n][i] for n in names] for i, t in enumerate(ids)}
+
+
+def oip_body(rows: list[list[float | None]]) -> dict[str, object]:
+    flat = [v for row in rows for v in row]
+    return {"inputs": [{"name": "features", "shape": [len(rows), len(rows[0])], "datatype": "FP32", "data": flat}]}
+
+
+def exactness(url: str, ids: list[str]) -> dict[str, int]:
+    """Items of one batch against the single score of each id: equal (score, label, reasons, version) and in order."""
+    with httpx.Client(base_url=url, timeout=60) as http:
+        batch = http.post("/v1/fraud/score:batch", json={"items": [{"transaction_id": t} for t in ids]})
+        batch.raise_for_status()
+        results = batch.json()["results"]
+        equal = 0
+        for transaction_id, item in zip(ids, results, strict=True):
+            single = http.post("/v1/fraud/score", json={"transaction_id": transaction_id}).json()
+            mine = item["result"]
+            if (
+                item["transaction_id"] == transaction_id
+                and mine is not None
+                and all(mine[k] == single[k] for k in ("score", "label", "reasons", "model", "uncertain_reasons"))
+            ):
+                equal += 1
+    return {"items": len(ids), "equal_to_single": equal}
+
+
+def saturation(url: str, ids: list[str], clients: int, seconds: float) -> dict[str, Any]:
+    """`clients` concurrent clients, each sending 256-id batches back to back: answers by status and code."""
+    counts: collections.Counter[str] = collections.Counter()
+    retry_after: list[int] = []
+    latencies: list[float] = []
+
+    async def client(seed: int) -> None:
+        rng = random.Random(seed)
+        limits = httpx.Limits(max_connections=1)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+            until = time.perf_counter() + seconds
+            while time.perf_counter() < until:
+                body = {"items": [{"transaction_id": t} for t in rng.sample(ids, 256)]}
+                started = time.perf_counter()
+                response = await http.post("/v1/fraud/score:batch", json=body)
+                latencies.append((time.perf_counter() - started) * 1000)
+                if response.status_code == 200:
+                    counts["200"] += 1
+                    continue
+                code = response.json().get("error", {}).get("code", "?")
+                counts[f"{response.status_code} {code}"] += 1
+                if "retry-after" in response.headers:
+                    retry_after.append(int(response.headers["retry-after"]))
+
+    async def main() -> None:
+        await asyncio.gather(*(client(i) for i in range(clients)))
+
+    asyncio.run(main())
+    refused = sum(n for k, n in counts.items() if k != "200")
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "answers": dict(counts),
+        "refused_with_retry_after": len(retry_after),
+        "refused": refused,
+        "p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
+        "p99_ms": float(np.percentile(latencies, 99)) if latencies else None,
+    }
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3, help="per measurement and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cards", type=int, default=2000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients of the saturation run")
+    parser.add_argument("--saturation-seconds", type=float, default=10)
+    parser.add_argument("--home", type=Path, help="keep the deployment here and reuse it on the next run")
+    args = parser.parse_args()
+    console = Console(width=150)
+    result: dict[str, Any] = {"machine": machine(), "started": datetime.now(UTC).isoformat(), "args": vars(args)}
+    result["load_average_at_start"] = os.getloadavg()
+    with contextlib.ExitStack() as stack:
+        root = args.home or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fraudserve-bench-")))
+        os.environ["FRAUDSERVE_HOME"] = str(root / "home")
+        os.environ.pop("FRAUDSERVE_REDIS", None)
+        settings = Settings()
+        connection = stack.enter_context(online_store(None, settings.embedded_redis_dir, settings.redis_server_bin))
+        recent = prepare(root, settings, connection, args.cards, args.days, console)
+        ids = [r[0] for r in recent]
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        log = (root / "score_batch-api.log").open("w")
+        env = {**os.environ, **settings.feast_environment(connection), "FRAUDSERVE_REDIS": connection,
+               "FRAUDSERVE_MAX_BATCH": "1000"}  # fmt: skip
+        command = [sys.executable, "-m", "fraudserve", "serve", "--workers", "1", "--port", str(port)]
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        stack.callback(process.wait, 30)
+        stack.callback(process.terminate)
+        wait_ready(f"{url}/v1/fraud/score", {"transaction_id": ids[0]})
+        names = httpx.get(f"{url}/v2/models/fraud").json()["parameters"]["features"]
+        rows = feature_rows(settings, connection, ids, names)
+        rng = random.Random(7)
+        bodies: dict[str, list[dict[str, object]]] = {}
+        for size in SIZES:
+            samples = [rng.sample(ids, size) for _ in range(40)]
+            bodies[f"by id {size}"] = [{"items": [{"transaction_id": t} for t in s]} for s in samples]
+            bodies[f"oip {size}"] = [oip_body([rows[t] for t in s]) for s in samples]
+        paths = {"by id": "/v1/fraud/score:batch", "oip": "/v2/models/fraud/infer"}
+        latencies: dict[str, list[np.ndarray]] = {name: [] for name in bodies}
+        errors: dict[str, int] = dict.fromkeys(bodies, 0)
+        for name, sample in bodies.items():  # warm-up
+            run_load("127.0.0.1", port, paths[name.rsplit(" ", 1)[0]], sample, 1, 1)
+        for _ in range(args.rounds):
+            for name, sample in bodies.items():
+                load = run_load("127.0.0.1", port, paths[name.rsplit(" ", 1)[0]], sample, 1, args.seconds)
+                latencies[name].append(load.latencies_ms)
+                errors[name] += load.errors
+        table = []
+        for size in SIZES:
+            mine = np.concatenate(latencies[f"by id {size}"])
+            base = np.concatenate(latencies[f"oip {size}"])
+            p50, base50 = float(np.percentile(mine, 50)), float(np.percentile(base, 50))
+            result[f"by id {size}"] = {
+                "requests": len(mine),
+                "errors": errors[f"by id {size}"],
+                "p50_ms": p50,
+                "p99_ms": float(np.percentile(mine, 99)),
+                "us_per_id": p50 * 1000 / size,
+            }
+            result[f"oip {size}"] = {
+                "requests": len(base),
+                "errors": errors[f"oip {size}"],
+                "p50_ms": base50,
+                "p99_ms": float(np.percentile(base, 99)),
+            }
+            result[f"ratio p50 by id / oip {size}"] = p50 / base50
+            table.append((str(size), f"{base50:.2f} ms", f"{p50:.2f} ms", f"{p50 * 1000 / size:.1f} us",
+                          f"{p50 / base50:.2f}x", f"{errors[f'by id {size}']} / {errors[f'oip {size}']}"))  # fmt: skip
+        result["growth p50 1000 / 256"] = result["by id 1000"]["p50_ms"] / result["by id 256"]["p50_ms"]
+        print_table(console, "score:batch by id against OIP v2 infer on the same rows, 1 worker, 1 connection",
+                    ("ids", "OIP p50", "by id p50", "per id", "ratio", "errors"), table)  # fmt: skip
+        console.print(f"p50 growth from 256 to 1,000 ids: {result['growth p50 1000 / 256']:.2f}x (linear: 3.91x)")
+        result["exactness"] = exactness(url, rng.sample(ids, 256))
+        console.print(f"items equal to the single score: {result['exactness']}")
+        result["saturation"] = saturation(url, ids, args.clients, args.saturation_seconds)
+        console.print(f"saturation: {json.dumps(result['saturation'])}")
+    result["load_average_at_end"] = os.getloadavg()
+    console.print(f"load average: start {result['load_average_at_start']}, end {result['load_average_at_end']}")
+    write_result(console, "score_batch", result)
+
+
+if __name__ == "__main__":
+    main()
