@@ -340,6 +340,7 @@ local function reverdict(ets, d)
 end
 
 -- 1. t moves from t0 to t1: evict what leaves each window (verdicts as they stood at t0)
+local due_any = false
 if t0 and t1 > t0 then
   local left = false
   for wi = 1, NW do
@@ -365,10 +366,15 @@ if t0 and t1 > t0 then
   end
   -- every kept member is counted in the longest window, so nothing is older unless something just left it
   if left then redis.call('ZREMRANGEBYSCORE', R, '-inf', ms(t1 - wmax)) end
-  for i = 1, ND do redis.call('ZREMRANGEBYSCORE', K[6 + i], '-inf', ms(t1 - wmax)) end
+  -- last-seen times older than the longest window count nowhere (a ZCOUNT reads inside it): trimmed when events
+  -- leave it (an entity that keeps events), else on every move
+  if left or not raw then
+    for i = 1, ND do redis.call('ZREMRANGEBYSCORE', K[6 + i], '-inf', ms(t1 - wmax)) end
+  end
   -- 2. labels due in (t0, t1]: events already in a window may change their verdict
   if #fraudw > 0 then
     local due = redis.call('ZRANGEBYSCORE', P, '(' .. ms(t0), ms(t1))
+    due_any = #due > 0
     local seen = {}
     for _, m in ipairs(due) do
       local tid = m:match('^(.*)|[^|]*|[^|]*$')
@@ -381,7 +387,8 @@ if t0 and t1 > t0 then
     end
   end
 end
-if #fraudw > 0 and t1 and (t0 == nil or t1 > t0) then redis.call('ZREMRANGEBYSCORE', P, '-inf', ms(t1)) end
+-- pending labels up to t1 are in force now (those up to t0 were removed when t reached t0)
+if #fraudw > 0 and t1 and (t0 == nil or due_any) then redis.call('ZREMRANGEBYSCORE', P, '-inf', ms(t1)) end
 
 -- 3. new events join the windows they fall in; a member already stored is a redelivery
 for _, e in ipairs(events) do

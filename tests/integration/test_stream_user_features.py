@@ -275,6 +275,9 @@ def test_rows_the_script_writes_are_the_bytes_feast_writes(catalog: Catalog, red
     assert differ == []
     nulls = sum(1 for row in rows[0].values() for value in row.values() if value == b"")
     assert nulls > 0  # null features (a first event's seconds_since_prev, nullable columns) are Feast's empty Value
+    # Row keys are built from the key's prefix, not by Feast's serializer: the same bytes.
+    for join_key, value in [("card_id", "c1"), ("merchant_category", "5411"), ("customer_id", "u-\u00e9\u4e2d" * 40)]:
+        assert updater._row_key(join_key, value) == entity_key(PROJECT.encode(), join_key, value)
 
 
 def test_an_entity_with_only_a_windowless_feature_keeps_its_previous_event(
