@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -309,3 +311,31 @@ def test_an_unreachable_cluster_neither_fails_the_change_nor_is_contacted_before
     assert calls == []  # opening the registry (as the API does) does not touch Redis
     registry.register(make_package(tmp_path / "p", SERVICE, seed=1), name="fraud", feature_service="svc")
     assert registry.get("fraud").version == 1 and calls == [1]
+
+
+CHECKED_ELSEWHERE = """
+import sys, typeguard
+sys.path.insert(0, sys.argv[1])
+from fraudserve.commands.models import feast_as_optimized
+checked = typeguard.typechecked
+with feast_as_optimized():
+    import decorated  # as Feast's modules: `from typeguard import typechecked` at import
+assert typeguard.typechecked is checked, "typeguard is restored after the block"
+assert decorated.double("not a number") == "not a numbernot a number"  # imported meanwhile: not instrumented
+import later
+try:
+    later.double("x")
+except typeguard.TypeCheckError:
+    print("checked after the block")
+"""
+
+
+def test_the_register_command_imports_feast_as_python_O_would(tmp_path: Path) -> None:
+    # What typeguard's @typechecked does under `python -O` (nothing) for what the command imports meanwhile; only then.
+    source = "from typeguard import typechecked\n\n@typechecked\ndef double(x: int) -> int:\n    return x * 2\n"
+    (tmp_path / "decorated.py").write_text(source)
+    (tmp_path / "later.py").write_text(source)
+    command = [sys.executable, "-c", CHECKED_ELSEWHERE, str(tmp_path)]
+    ran = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "checked after the block"
