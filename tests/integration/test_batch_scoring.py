@@ -1,15 +1,22 @@
-"""Batch scoring of a real Parquet file with a real registered model: same scores as the runtime, streamed in chunks."""
+"""Batch scoring: a real Parquet file with a real registered model (same scores as the runtime, streamed in chunks),
+and the API's `score:batch` on a real Redis (each item equal to its single score, one version per batch, saturation
+answered with 503 overloaded and Retry-After)."""
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -27,6 +34,7 @@ from fraudserve.cli import app
 from fraudserve.registry import ModelRegistry, open_registry
 from pipelines.offline.backfill import backfill
 from pipelines.training.dataset import LabelPolicy, build_training_set, service_features
+from tests.api_server import ApiServer
 from tests.features_harness import DAY, HOUR, T0, label, txn, write_jsonl
 from tests.model_packages import make_package
 from tests.redis_process import RedisProcess
@@ -264,3 +272,189 @@ def test_point_in_time_features_from_feast_score_like_the_training_set(
     pd.DataFrame({"transaction_id": ["t1", "nope-1", "nope-2"]}).to_parquet(requests)
     with pytest.raises(BatchScoringError, match=r"2 transaction ids are not in the offline store .*: nope-1, nope-2"):
         scorer.score_transactions(store, settings.offline, requests, tmp_path / "out2.parquet")
+
+
+# ------------------------------------------------------------------------------ POST /v1/fraud/score:batch (the API)
+@dataclass
+class Online:
+    settings: Settings
+    redis: RedisProcess
+    registry: ModelRegistry
+    package: Path
+    ids: list[str]
+
+
+@pytest.fixture(scope="module")
+def online(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Online]:
+    """A small real deployment for the batch API: Feast applied, ~300 fresh transactions (some without device or
+    IP, two cards whose rows are older than the card view's TTL), backfilled and materialized into a real Redis,
+    a tiny LightGBM model on fraud_v2 registered as production."""
+    from fraudserve.feature_store import open_store
+    from pipelines.materialize import materialize
+
+    root = tmp_path_factory.mktemp("batch-api")
+    redis = RedisProcess(root / "redis").start()
+    try:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            monkeypatch.setenv("FRAUDSERVE_HOME", str(root / "home"))
+            monkeypatch.setenv("FRAUDSERVE_REDIS", redis.connection_string)
+            monkeypatch.setenv("FRAUDSERVE_MODEL_POLL_SECONDS", "0.2")
+            settings = Settings()
+            feature_store.apply(settings, redis.connection_string)
+            now = int(datetime.now(UTC).timestamp() * 1000)
+            events = [
+                txn(f"b{i:03d}", now - (300 - i) * 30_000, card=f"c{i % 37}", merchant=f"m{i % 7}",
+                    amount=5.0 + (i * 7.3) % 400, device=None if i % 5 == 0 else f"d{i % 11}",
+                    ip=None if i % 7 == 0 else f"10.0.0.{i % 13}")
+                for i in range(300)
+            ]  # fmt: skip
+            events += [txn(f"old{i}", now - 40 * DAY + i * HOUR, card=f"old-card-{i}", merchant="m1") for i in range(2)]
+            labels = [label("b010", now - 60 * 60_000), label("b044", now - 30 * 60_000)]
+            backfill(
+                write_jsonl(root / "tx.jsonl", events), write_jsonl(root / "labels.jsonl", labels), settings.offline
+            )
+            store = open_store(settings, redis.connection_string)
+            features = [(f.name, f.dtype) for f in service_features(store, "fraud_v2")]
+            package = make_package(root / "package", features, feature_service="fraud_v2", seed=4)
+            registry = open_registry(settings)
+            registry.register(package, name="fraud")
+            materialize(store, settings.offline)
+            yield Online(settings, redis, registry, package, [e["transaction_id"] for e in events])
+    finally:
+        redis.stop()
+
+
+def _same_as_single(item: dict[str, Any], single: httpx.Response) -> None:
+    if item["error"] is not None:
+        assert single.status_code == 404 and item["result"] is None
+        assert item["error"] == single.json()["error"]
+        return
+    assert single.status_code == 200, single.text
+    expected = single.json()
+    for key in ("transaction_id", "score", "label", "reasons", "model", "uncertain_reasons"):
+        assert item["result"][key] == expected[key], (key, item["result"][key], expected[key])
+
+
+def test_batch_items_equal_their_single_scores_in_request_order(online: Online) -> None:
+    """Every item of a batch by id (columnar path) equals the single score of its id: score, label, reasons,
+    version, uncertain reasons; unknown ids keep their own 404 error, repeats and order are kept. A batch with an
+    inline transaction (the record path) too. The bodies are the documented BatchResponse."""
+    from inference_api.schemas import BatchResponse
+
+    ids = [*online.ids[:-3][::-1][:240], "nope-1", online.ids[5], "old0", "old1", online.ids[5], "nope-2"]
+    with ApiServer(online.settings) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        batch = http.post("/v1/fraud/score:batch", json={"items": [{"transaction_id": t} for t in ids]})
+        assert batch.status_code == 200, batch.text
+        results = batch.json()["results"]
+        BatchResponse.model_validate(batch.json())
+        assert [r["transaction_id"] for r in results] == ids
+        labels = set()
+        for transaction_id, item in zip(ids, results, strict=True):
+            _same_as_single(item, http.post("/v1/fraud/score", json={"transaction_id": transaction_id}))
+            labels.add(item["result"]["label"] if item["result"] else item["error"]["code"])
+        assert {"uncertain", "transaction_not_found"} < labels and len(labels) >= 3  # scored, uncertain, unknown
+        old = results[ids.index("old0")]["result"]
+        assert any("older than the card_features TTL" in r for r in old["uncertain_reasons"]), old
+
+        event = {"transaction_id": "inline-1", "card_id": "c3", "merchant_id": "m2", "amount": 42.5,
+                 "currency": "USD", "merchant_category": "5411", "country": "US",
+                 "event_timestamp": datetime.now(UTC).isoformat()}  # fmt: skip
+        mixed = [{"transaction_id": online.ids[7]}, {"transaction": event}, {"transaction_id": "nope-3"}]
+        answer = http.post("/v1/fraud/score:batch", json={"items": mixed})
+        assert answer.status_code == 200, answer.text
+        BatchResponse.model_validate(answer.json())
+        for item, request in zip(answer.json()["results"], mixed, strict=True):
+            _same_as_single(item, http.post("/v1/fraud/score", json=request))
+
+
+def test_a_batch_is_scored_by_one_version_when_production_changes_during_it(online: Online) -> None:
+    """Production is swapped while the batch's features are being read: every item is still scored by the version
+    the batch started with (the columnar path and the record path), equal to that version's single scores."""
+    from fastapi.testclient import TestClient
+
+    from inference_api.app import create_app
+
+    second = online.registry.register(online.package, name="fraud")  # candidate: same model, another version
+    ids = online.ids[100:164]
+    app = create_app(online.settings)
+    with TestClient(app) as client:
+        manager = app.state.models
+        first = manager.production()
+        before = {t: client.post("/v1/fraud/score", json={"transaction_id": t}).json() for t in ids}
+        source = app.state.source
+        read_columns, read_transactions = source.columns, source.transactions
+        swapped: list[int] = []
+
+        def swap() -> None:
+            manager.state.production = manager.load("fraud", second.version)
+            swapped.append(second.version)
+
+        async def columns(*args: Any, **kwargs: Any) -> Any:
+            swap()
+            return await read_columns(*args, **kwargs)
+
+        async def transactions(*args: Any, **kwargs: Any) -> Any:
+            swap()
+            return await read_transactions(*args, **kwargs)
+
+        source.columns, source.transactions = columns, transactions
+        try:
+            by_id = client.post("/v1/fraud/score:batch", json={"items": [{"transaction_id": t} for t in ids]})
+            manager.state.production = first
+            inline = {"transaction_id": "inline-2", "card_id": "c4", "merchant_id": "m3", "amount": 7.5,
+                      "currency": "USD", "merchant_category": "5411", "country": "US",
+                      "event_timestamp": datetime.now(UTC).isoformat()}  # fmt: skip
+            mixed = client.post(
+                "/v1/fraud/score:batch", json={"items": [{"transaction_id": ids[0]}, {"transaction": inline}]}
+            )
+        finally:
+            source.columns, source.transactions = read_columns, read_transactions
+            manager.state.production = first
+        assert swapped == [second.version, second.version]  # production did change during each batch
+        for response in (by_id, mixed):
+            assert response.status_code == 200, response.text
+            versions = {r["result"]["model"]["version"] for r in response.json()["results"]}
+            assert versions == {first.version}, versions
+        for transaction_id, item in zip(ids, by_id.json()["results"], strict=True):
+            assert item["result"]["score"] == before[transaction_id]["score"]
+            assert item["result"]["reasons"] == before[transaction_id]["reasons"]
+
+
+def test_saturation_is_answered_200_or_overloaded_with_retry_after(online: Online) -> None:
+    """16 concurrent clients sending 256-id batches to one API process on a healthy Redis: each answer is 200 or
+    503 `overloaded` with Retry-After (never features_unavailable: the store is fine); some are shed, some scored.
+    With Redis stopped, a batch is 503 features_unavailable: the two causes stay apart."""
+    import asyncio
+    import signal
+
+    ids = online.ids
+    body = {"items": [{"transaction_id": ids[(i * 7) % len(ids)]} for i in range(256)]}
+
+    async def burst(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=16)) as http:
+
+            async def client() -> list[httpx.Response]:
+                return [await http.post("/v1/fraud/score:batch", json=body) for _ in range(3)]
+
+            answers = await asyncio.gather(*(client() for _ in range(16)))
+            return [a for answer in answers for a in answer]
+
+    with ApiServer(online.settings) as server:
+        responses = asyncio.run(burst(server.url))
+        process = online.redis.process
+        assert process is not None
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            down = httpx.post(f"{server.url}/v1/fraud/score:batch", json=body, timeout=30)
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+    codes = collections.Counter(
+        "200" if r.status_code == 200 else f"{r.status_code} {r.json()['error']['code']}" for r in responses
+    )
+    print(f"\n16 clients x 3 batches of 256 ids: {dict(codes)}")
+    assert set(codes) == {"200", "503 overloaded"}, codes
+    for response in responses:
+        if response.status_code == 503:
+            assert int(response.headers["retry-after"]) >= 1
+            assert "FRAUDSERVE_BATCH_MAX_ITEMS_IN_FLIGHT" in response.json()["error"]["message"]
+    assert down.status_code == 503 and down.json()["error"]["code"] == "features_unavailable", down.text
