@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,7 +125,7 @@ def copy_label_stream(settings: Settings, wait: bool = True) -> dict[str, Any]:
     "note"}`: what was read, or why the stream was not (the labels copied before still count)."""
     import redis
 
-    from core.connections import redis_client
+    from core.connections import parse_connection_string, redis_client
     from core.embedded_redis import online_store
     from core.errors import FraudserveError
 
@@ -136,12 +137,13 @@ def copy_label_stream(settings: Settings, wait: bool = True) -> dict[str, Any]:
                 "FRAUDSERVE_HOME): no label stream to read"}  # fmt: skip
     try:
         with online_store(settings.redis, settings.embedded_redis_dir, settings.redis_server_bin) as connection:
-            copied = sync(
-                redis_client(settings, connection, timeout_s=30),
-                label_log_dir(settings.home_dir),
-                settings.stream_partitions,
-                wait=wait,
-            )
+            node = parse_connection_string(connection)[0][0]
+            socket.create_connection((node["host"], int(node["port"])), timeout=5).close()  # no client retries then
+            client = redis_client(settings, connection, timeout_s=30)
+            try:
+                copied = sync(client, label_log_dir(settings.home_dir), settings.stream_partitions, wait=wait)
+            finally:
+                client.close()
     except (redis.RedisError, FraudserveError, OSError) as exc:
         return {"copied": None, "note": f"the label stream was not read ({exc}); the labels copied before count"}
     if copied is None:

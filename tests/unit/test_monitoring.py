@@ -320,3 +320,14 @@ def test_a_feature_services_own_logging_folder_is_read_without_log_dir(
     write_part(own, NOW.date(), pa.Table.from_pylist([row, row], schema=SCHEMA), 1)
     assert report(home["settings"], days=3, now=NOW)["versions"][0]["scores"] == home["n"] + 2
     assert report(home["settings"], days=3, log_dirs=[own], now=NOW)["versions"][0]["scores"] == home["n"] + 2
+
+
+def test_an_unreachable_label_stream_is_said_and_the_offline_labels_still_count(
+    home: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.embedded_redis import free_port
+
+    monkeypatch.setenv("FRAUDSERVE_REDIS", f"127.0.0.1:{free_port()}")  # nothing listens there
+    data = report(Settings(), days=3, now=NOW)
+    assert data["label_stream"]["copied"] is None and "the label stream was not read" in data["label_stream"]["note"]
+    assert data["versions"][0]["quality"] == report(home["settings"], days=3, now=NOW)["versions"][0]["quality"]
