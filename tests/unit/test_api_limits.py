@@ -125,3 +125,16 @@ def test_declared_extra_fields_of_an_inline_event_are_checked_and_kept() -> None
     assert missing.fields["customer_id"] is None and missing.fields["loyalty_points"] is None
     with pytest.raises(InvalidInput, match=r"transaction\.loyalty_points"):
         record_from_event({**EVENT, "loyalty_points": "many"}, fields, extra)
+
+
+def test_a_batch_past_the_admission_bound_is_shed_before_any_work(client: TestClient) -> None:
+    """No scoring service at all here: the refusal happens before the batch reaches it."""
+    from inference_api.domain.admission import Admission
+
+    admission = Admission(limit=4)
+    client.app.state.batch_admission = admission  # type: ignore[attr-defined]
+    with admission.admit(3):
+        response = client.post("/v1/fraud/score:batch", json={"items": [{"transaction_id": "t"}] * 2})
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "overloaded"
+    assert int(response.headers["retry-after"]) >= 1

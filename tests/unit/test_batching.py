@@ -190,3 +190,21 @@ def test_feast_timestamps_decode_column_wise_as_decode_ts_decodes_each() -> None
     for cell, got in zip(raw, values, strict=True):
         want = decode_ts(cell)
         assert (want is None and math.isnan(got)) or got == want, (cell, got, want)
+
+
+def test_batch_admission_bounds_items_in_flight_and_refuses_with_overloaded() -> None:
+    from inference_api.domain.admission import Admission, BatchOverloaded
+
+    admission = Admission(limit=512)
+    with admission.admit(1000), pytest.raises(BatchOverloaded), admission.admit(1):  # 1000 > limit, but alone: in
+        pass
+    with admission.admit(256), admission.admit(256):
+        assert admission.in_flight == 512
+        with pytest.raises(Overloaded) as refused, admission.admit(256):  # the batcher's error class
+            pass
+        assert (refused.value.code, refused.value.status, refused.value.retry_after_s) == ("overloaded", 503, 1)
+        assert refused.value.details == {"in_flight": 512, "limit": 512, "items": 256, "retry_after_s": 1}
+    assert admission.in_flight == 0 and admission.refused == 2
+    with pytest.raises(RuntimeError), admission.admit(10):
+        raise RuntimeError("a failed batch gives its items back")
+    assert admission.in_flight == 0
