@@ -32,6 +32,11 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 
+# A batch's read may wait this long in all, beyond the budget, for an event loop busy with other batches (up to
+# FRAUDSERVE_BATCH_MAX_ITEMS_IN_FLIGHT items); the store's own time still answers within the budget.
+BATCH_LOOP_LAG_S = 2.0
+
+
 def _fields(view: str, features: tuple[str, ...]) -> tuple[bytes | str, ...]:
     return (*(feature_field(view, f) for f in features), ts_field(view))
 
@@ -192,6 +197,8 @@ class RedisFeatureSource:
             socket_connect_timeout=budget_s,
             retry=Retry(NoBackoff(), 1),
         )
+        self._connection = config.connection_string
+        self._batch: aioredis.Redis | None = None  # the batch path's client (`_batch_client`)
         self.project = store.config.project.encode()
         self.version = store.config.entity_key_serialization_version
         self.budget_s = budget_s
@@ -262,14 +269,29 @@ class RedisFeatureSource:
         not a protobuf message per value (`decode_columns`)."""
         cached = self._flat.get(id(plan))
         if cached is None or cached[1] is not plan.views:
-            assert isinstance(self.client, aioredis.Redis), "columns() needs a single Redis (see columnar)"
             body = _lookup_script(self.project, self.fields, plan.views, _FLAT_BODY)
-            cached = (self.client.register_script(body), plan.views, FlatLayout.of(self.fields, plan))
+            cached = (self._batch_client().register_script(body), plan.views, FlatLayout.of(self.fields, plan))
             self._flat[id(plan)] = cached
         script, _, layout = cached
         keys = [self._key(self.join_key, i) for i in ids]
-        cells: list[bytes] = await within_budget(script(keys=keys), self.budget_s) if keys else []
+        if not keys:
+            return decode_columns(layout, ids, [], numeric)
+        cells: list[bytes] = await within_budget(script(keys=keys), self.budget_s, BATCH_LOOP_LAG_S)
         return decode_columns(layout, ids, cells, numeric)
+
+    def _batch_client(self) -> aioredis.Redis:
+        """A client of its own for batches: its socket timeout leaves room for `BATCH_LOOP_LAG_S`, so that only
+        `within_budget` decides (redis-py's read timeout also runs on the loop's clock)."""
+        assert isinstance(self.client, aioredis.Redis), "columns() needs a single Redis (see columnar)"
+        if self._batch is None:
+            timeout = self.budget_s + BATCH_LOOP_LAG_S
+            client = async_redis_client(
+                self._connection, False, socket_timeout=timeout, socket_connect_timeout=self.budget_s,
+                retry=Retry(NoBackoff(), 1),
+            )  # fmt: skip
+            assert isinstance(client, aioredis.Redis)
+            self._batch = client
+        return self._batch
 
     async def views(self, plan: FeaturePlan, records: Sequence[TransactionRecord]) -> list[dict[str, ViewValues]]:
         groups = key_groups(plan.views)
@@ -302,6 +324,8 @@ class RedisFeatureSource:
 
     async def close(self) -> None:
         await self.client.aclose()
+        if self._batch is not None:
+            await self._batch.aclose()
 
 
 def _pad(replies: list[Any], count: int) -> list[Any]:

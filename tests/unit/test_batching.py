@@ -208,3 +208,38 @@ def test_batch_admission_bounds_items_in_flight_and_refuses_with_overloaded() ->
     with pytest.raises(RuntimeError), admission.admit(10):
         raise RuntimeError("a failed batch gives its items back")
     assert admission.in_flight == 0
+
+
+def test_a_busy_event_loop_does_not_count_against_the_store_budget() -> None:
+    """The batch read's budget: a reply that came while other work held the loop past the deadline is still read;
+    a store that does not answer while the loop is free times out at the budget; lag beyond the allowance does too."""
+    import time
+
+    from inference_api.domain.features import within_budget
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def reply_at(seconds: float) -> str:
+            await asyncio.sleep(seconds)
+            return "answer"
+
+        def hog(seconds: float) -> None:  # another request's CPU work on the loop
+            time.sleep(seconds)
+
+        loop.call_later(0.01, hog, 0.3)  # busy from 10 ms to 310 ms; the reply comes at 50 ms, the budget is 100 ms
+        assert await within_budget(reply_at(0.05), 0.1, loop_lag_s=2.0) == "answer"
+        with pytest.raises(RedisUnavailable):  # the same without the allowance: the old behaviour
+            loop.call_later(0.01, hog, 0.3)
+            await within_budget(reply_at(0.05), 0.1)
+        started = loop.time()
+        with pytest.raises(RedisUnavailable, match="did not answer within 100 ms"):
+            await within_budget(asyncio.sleep(10), 0.1, loop_lag_s=2.0)  # a free loop, a store that never answers
+        assert loop.time() - started < 0.3
+        started = loop.time()
+        loop.call_later(0.01, hog, 0.4)
+        with pytest.raises(RedisUnavailable):  # the loop lags by 0.3 s past the deadline; only 0.1 s is allowed
+            await within_budget(asyncio.sleep(10), 0.1, loop_lag_s=0.1)
+        assert loop.time() - started < 0.8
+
+    asyncio.run(main())
