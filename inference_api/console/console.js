@@ -254,6 +254,7 @@ function drawModel(name, detail, loaded) {
       m.feature_service,
       training ? `${day(training.data_start)} → ${day(training.data_end)} (${training.train_rows.toLocaleString()} rows)` : "–",
       held ? `ROC-AUC ${num(held.roc_auc)} · PR-AUC ${num(held.pr_auc)} · recall@1% FPR ${num(held.recall_at_1pct_fpr)}` : "–",
+      source(m.params && m.params.source),
       h("span", { class: v.integrity === "ok" ? "ok" : "bad" }, v.integrity),
       h("span", { class: state === "serving" ? "ok" : null }, state),
       production ? "" : h("button", { type: "button", "data-action": "promote", "data-model": name,
@@ -265,8 +266,17 @@ function drawModel(name, detail, loaded) {
       h("button", { type: "button", "data-action": "rollback", "data-model": name,
         disabled: busy, on: { click: () => rollback(name) } }, "Roll back production")),
     detail.load_error ? h("p", { class: "error" }, `load error: ${detail.load_error}`) : null,
-    table(["version", "aliases", "flavor", "feature service", "training data", "held-out metrics", "integrity",
-      "state", ""], rows));
+    table(["version", "aliases", "flavor", "feature service", "training data", "held-out metrics", "source",
+      "integrity", "state", ""], rows));
+}
+
+// Where a version came from (the manifest keeps it for MLflow registrations): the URI, run and MLflow version.
+function source(found) {
+  if (!found || !found.uri) return "package";
+  const details = [found.run_id ? `run ${found.run_id}` : null,
+    found.mlflow_version ? `MLflow ${found.mlflow_version}` : null].filter(Boolean);
+  return h("span", { class: "source", title: [found.uri, ...details].join(" · ") },
+    h("code", {}, found.uri), details.length ? h("small", {}, ` (${details.join(", ")})`) : null);
 }
 
 function confirmAction(text) {

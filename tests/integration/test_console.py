@@ -4,17 +4,26 @@ nothing of any host but the API's."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import yaml
 
-from core.models.manifest import Flavor
+from core.embedded_redis import free_port
+from core.models.manifest import MANIFEST_FILE, Flavor, Manifest
+from fraudserve.mlflow_models import register_mlflow
 from tests.api_server import ApiServer
 from tests.deployment import Deployment, deploy
 
@@ -152,11 +161,33 @@ def test_models_traffic_features_and_quality(deployment: Deployment, api: str, c
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 400
 
 
-def test_promote_and_rollback_by_clicks(deployment: Deployment, api: str, console: Page) -> None:
-    candidate = deployment.registry.register(deployment.packages[0], name="fraud", feature_service="fraud_v2")
+def mlflow_folder(package: Path, into: Path) -> Path:
+    """A local MLflow model folder (what `mlflow.lightgbm.save_model` writes: MLmodel and the native file) holding
+    the package's LightGBM model."""
+    manifest = Manifest.model_validate_json((package / MANIFEST_FILE).read_text())
+    into.mkdir()
+    shutil.copy(package / manifest.model_file, into / manifest.model_file)
+    document = {"flavors": {"lightgbm": {"data": manifest.model_file, "model_class": "lightgbm.basic.Booster"}},
+                "run_id": "5f0c1a2b3d4e4f60718293a4b5c6d7e8", "mlflow_version": "3.17.2"}  # fmt: skip
+    (into / "MLmodel").write_text(yaml.safe_dump(document))
+    return into
+
+
+def test_promote_and_rollback_by_clicks(deployment: Deployment, api: str, console: Page, tmp_path: Path) -> None:
+    # Version 2 comes from MLflow: the models table shows where from.
+    folder = mlflow_folder(deployment.packages[0], tmp_path / "mlflow-model")
+    candidate = register_mlflow(
+        str(folder), name="fraud", feature_service="fraud_v2", thresholds=(0.3, 0.8), settings=deployment.settings,
+        registry=deployment.registry,
+    )  # fmt: skip
     assert candidate.version == 2 and "candidate" in candidate.aliases
     assert served_version(api, deployment, 1) == 1
     page = console.open()
+    row = page.locator('[data-model="fraud"] tr', has_text="v2").filter(has_text="candidate")
+    row.wait_for()
+    source = row.locator(".source").inner_text()
+    assert str(folder) in source and "run 5f0c1a2b3d4e4f60718293a4b5c6d7e8" in source and "MLflow 3.17.2" in source
+    assert "package" in page.locator('[data-model="fraud"] tr', has_text="v1").first.inner_text()
     promote = page.locator('button[data-action="promote"][data-version="2"]')
     promote.click()
     assert "Promote fraud version 2" in page.locator("#confirm-text").inner_text()
@@ -211,3 +242,71 @@ def test_an_admin_key_is_asked_once_and_a_wrong_one_refused(deployment: Deployme
         assert httpx.get(f"{api}/console/../app.py").status_code == 404
     finally:
         deployment.settings.keys_file.unlink(missing_ok=True)
+
+
+def serve_workers(deployment: Deployment, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    """`fraudserve serve --workers N` on the deployment, ready (the way an operator runs it)."""
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSERVE_")}
+    environment.update(
+        FRAUDSERVE_HOME=str(deployment.settings.home_dir), FRAUDSERVE_REDIS=deployment.redis.connection_string
+    )
+    output = deployment.settings.home_dir / f"serve-{port}.log"
+    with output.open("wb") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "fraudserve", "serve", "--port", str(port), "--workers", str(workers)],
+            env=environment, stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 150  # each worker imports Feast: a minute on a loaded 2-core machine
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.kill()
+    raise RuntimeError(f"`fraudserve serve --workers {workers}` did not become ready: {output.read_text()[-3000:]}")
+
+
+def test_with_two_workers_each_one_shows_the_whole_services_traffic(deployment: Deployment) -> None:
+    server, url = serve_workers(deployment, workers=2)
+    try:
+        # A connection per request, so that both worker processes answer (each keeps its own traffic window).
+        with httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+
+            def looks(until: set[int]) -> dict[int, dict[str, Any]]:
+                """Traffic answers by process, 4 at a time (one idle worker would take every sequential one), until
+                the processes `until` answered (a second worker may still be starting), for 60 s at most."""
+                seen: dict[int, dict[str, Any]] = {}
+                deadline = time.monotonic() + 60
+                with ThreadPoolExecutor(4) as pool:
+                    while not (until and until <= set(seen)) and time.monotonic() < deadline:
+                        for body in pool.map(lambda _: client.get("/v1/admin/console/traffic").json(), range(4)):
+                            seen[body["process"]] = body
+                        if not until and len(seen) == 2:
+                            break
+                return seen
+
+            first = looks(until=set())
+            assert len(first) == 2, f"only process {set(first)} answered the console for 60 s"
+            time.sleep(1.1)  # the next look is a second snapshot, not a replacement of the first
+            sent: dict[tuple[str, int], int] = {}
+            for transaction_id in deployment.recent[:30]:
+                response = client.post("/v1/fraud/score", json={"transaction_id": transaction_id})
+                assert response.status_code == 200, response.text
+                model = response.json()["model"]
+                sent[(model["name"], model["version"])] = sent.get((model["name"], model["version"]), 0) + 1
+            time.sleep(1.1)
+            after = looks(until=set(first))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    assert set(after) == set(first)
+    for pid, body in after.items():
+        assert body["processes"] == 2, body
+        versions = {(v["model"], v["version"]): v for v in body["versions"]}
+        # Every score of the service, whichever worker answered it: the scores and the latency observations.
+        got = {key: (versions[key]["scores"], versions[key]["requests"]) for key in sent if key in versions}
+        assert got == {key: (float(n), float(n)) for key, n in sent.items()}, f"process {pid}: {body['versions']}"
