@@ -108,6 +108,28 @@ class CachedFeatureServices:
             old.rmdir()
 
 
+def fill(settings: Settings, services: FeatureServices) -> list[str]:
+    """Ask `services` (Feast, already open in the command that calls this) everything a registration asks, for every
+    feature service, and keep the answers: the next registration, in a fresh process, then finds them all and
+    imports no Feast. For the end of `features apply` and of a backfill, the two commands that change what the
+    cache is keyed by. The answers are the ones a registration would compute itself (same calls, same keys); a
+    service the API cannot serve keeps only that answer, since a registration on it stops there. The services
+    filled."""
+    from core.registry.registry import SMOKE_ROWS
+
+    cached = CachedFeatureServices(settings, lambda: services)
+    if cached.digest is None:  # no Feast registry yet: nothing a registration could use
+        return []
+    cached.prune()
+    names = cached.service_names()
+    for name in names:
+        if cached.serving_problems(name):
+            continue
+        cached.service_fields(name)
+        cached.sample_matrix(name, SMOKE_ROWS)
+    return names
+
+
 def _safe(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:16]
 

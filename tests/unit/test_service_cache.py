@@ -78,3 +78,30 @@ def test_without_a_feast_registry_nothing_is_kept(tmp_path: Path, monkeypatch: p
     answers(CachedFeatureServices(Settings(), CountingServices))
     answers(CachedFeatureServices(Settings(), CountingServices))
     assert CountingServices.opened == 2 and not (tmp_path / "empty" / "cache").exists()
+
+
+class ServableServices(CountingServices):
+    def serving_problems(self, name: str) -> list[str]:
+        return []
+
+
+def test_filled_by_the_command_that_has_feast_open_a_registration_opens_nothing(settings: Settings) -> None:
+    from core.registry.registry import SMOKE_ROWS
+    from fraudserve.service_cache import fill
+
+    CountingServices.opened = 0
+    assert fill(settings, ServableServices()) == ["svc"]  # `features apply` or a backfill, with Feast open
+    assert CountingServices.opened == 1
+
+    def refuse() -> CountingServices:
+        raise AssertionError("a registration after fill() opened Feast")
+
+    later = CachedFeatureServices(settings, refuse)  # the next registration, in a fresh process
+    assert later.service_names() == ["svc"] and later.serving_problems("svc") == []
+    assert later.service_fields("svc") == ServableServices().service_fields("svc")
+    assert (
+        later.sample_matrix("svc", SMOKE_ROWS).tolist() == ServableServices().sample_matrix("svc", SMOKE_ROWS).tolist()
+    )
+    (settings.home_dir / "feast" / "registry.db").write_bytes(b"registry two")  # applied again: asked again
+    with pytest.raises(AssertionError, match="opened Feast"):
+        CachedFeatureServices(settings, refuse).service_names()
