@@ -283,3 +283,8 @@ def test_the_declared_fields_are_read_once_per_version_of_the_repo(
     monkeypatch.setattr(catalog, "load_catalog", no_feast)
     with pytest.raises(AssertionError, match="read again"):
         declared_transaction_kind(home, repo)
+
+
+def test_a_producer_without_a_target_says_how_to_give_one() -> None:
+    with pytest.raises(ValueError, match=r"Redis client .* or kafka=KafkaConfig"):
+        Producer(transactions=TRANSACTIONS)
