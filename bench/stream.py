@@ -33,9 +33,8 @@ import redis
 from rich.console import Console
 
 from bench.report import machine, write_result
-from bench.user_features import extra_views, tree_cpu_seconds
 from pipelines.generate import GenerateConfig, generate
-from pipelines.stream.log import RedisStreamLog
+from pipelines.stream.log import GROUP, RedisStreamLog
 from tests.redis_cluster import RedisCluster
 from tests.redis_process import RedisProcess
 from tests.user_repo import user_repo
@@ -70,6 +69,8 @@ def drain(tmp: Path, files: dict[str, Path], workers: int, cluster: bool, code: 
     `code`, default this one; the Feast repo `repo`, default feature_repo/)."""
     import resource
 
+    from bench.user_features import tree_cpu_seconds  # imports this module: not at the top
+
     name = f"{'cluster' if cluster else 'redis'}-{workers}-{time.monotonic_ns()}"
     server: RedisProcess | RedisCluster = (
         RedisCluster(tmp / name).start() if cluster else RedisProcess(tmp / name).start()
@@ -102,7 +103,9 @@ def drain(tmp: Path, files: dict[str, Path], workers: int, cluster: bool, code: 
         lag = log.lag()
         left = lag["lag"] + lag["pending"]
         if (not marks and left < events) or (marks and left == 0):
-            marks.append((time.perf_counter(), left, tree_cpu_seconds(worker.pid), redis_usec(nodes)))
+            marks.append((time.perf_counter(), left, tree_cpu_seconds(worker.pid), redis_usec(nodes) | {
+                "cpu": sum(float(c.info("cpu")["used_cpu_user"]) + float(c.info("cpu")["used_cpu_sys"]) for c in nodes)
+            }))  # fmt: skip
         time.sleep(0.05)
     if worker.wait() != 0:
         raise RuntimeError(f"stream run failed: {output.read_text()[-2000:]}")
@@ -114,6 +117,7 @@ def drain(tmp: Path, files: dict[str, Path], workers: int, cluster: bool, code: 
     if len(marks) < 2:
         raise RuntimeError("the workers did not drain the stream while they were watched")
     (t0, steady_events, cpu0, redis0), (t1, _, cpu1, redis1) = marks
+    redis_cpu = redis1.pop("cpu") - redis0.pop("cpu")  # Redis's own CPU seconds (commandstats count wall time)
     steady_spent = {k: v - redis0.get(k, 0.0) for k, v in redis1.items()}
     stream_usec = sum(v for k, v in spent.items() if k in STREAM_COMMANDS)
     worker_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -134,6 +138,7 @@ def drain(tmp: Path, files: dict[str, Path], workers: int, cluster: bool, code: 
             "events_per_second": steady_events / (t1 - t0),
             "worker_cpu_us_per_event": (cpu1 - cpu0) * 1e6 / steady_events,
             "redis_us_per_event": sum(steady_spent.values()) / steady_events,
+            "redis_cpu_us_per_event": redis_cpu * 1e6 / steady_events,
         },
     }
 
@@ -158,7 +163,19 @@ def steady(tmp: Path, lines: list[str], rate: int, seconds: float, workers: int 
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               cwd=str(code) if code is not None else None)  # fmt: skip
     client: Any = redis.Redis(port=server.port)
-    time.sleep(8)  # worker start-up (imports), so that freshness measures steady state
+    # Freshness measures the steady state: wait until every worker has started (imports, the catalog) and read once.
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if len(client.xinfo_consumers("fraudserve:events", GROUP)) >= workers:
+                break
+        except redis.ResponseError:  # no stream or group yet
+            pass
+        if worker.poll() is not None:
+            raise RuntimeError(f"stream run exited with {worker.returncode} before reading")
+        time.sleep(0.2)
+    else:
+        raise RuntimeError("the workers did not start reading within 180 s")
     rows = [json.loads(line) for line in lines]
     columns: dict[str, Any] = {name: [r.get(name) for r in rows] for name in TRANSACTIONS.schema.names}
     events = normalized(TRANSACTIONS, check(TRANSACTIONS, columns, np.arange(1, len(rows) + 1)).valid)
@@ -205,6 +222,8 @@ def main() -> None:
         )
         repo = None
         if args.user_features:
+            from bench.user_features import extra_views  # imports this module: not at the top
+
             repo = user_repo(Path(tmp) / "repo" / "feature_repo", {"bench_windows.py": extra_views(60)}, {})
             result["extra_views"] = extra_views(60)
         codes: list[tuple[str, Path | None]] = [("", None)]
@@ -221,8 +240,9 @@ def main() -> None:
                     print(f"{prefix or 'current '}{where}, {workers} worker(s): {figures['events']:,} events in "
                           f"{figures['seconds']:.1f} s = {figures['events_per_second']:,.0f} events/s with start-up; "
                           f"once started {started['events_per_second']:,.0f} events/s, worker CPU "
-                          f"{started['worker_cpu_us_per_event']:.0f} us/event, Redis "
-                          f"{started['redis_us_per_event']:.1f} us/event", flush=True)  # fmt: skip
+                          f"{started['worker_cpu_us_per_event']:.0f} us/event, Redis CPU "
+                          f"{started['redis_cpu_us_per_event']:.0f} us/event (commands "
+                          f"{started['redis_us_per_event']:.0f})", flush=True)  # fmt: skip
                 if args.baseline:
                     base = result[f"baseline_{'cluster_' if cluster else ''}workers_{workers}"]
                     assert isinstance(base, dict)
