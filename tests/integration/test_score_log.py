@@ -270,6 +270,7 @@ def test_an_older_package_gets_its_drift_reference_rebuilt_from_the_offline_stor
     import pyarrow as pa
 
     from core.models.manifest import MANIFEST_FILE
+    from core.models.reference import psi
     from core.score_log import SCHEMA, write_part
     from fraudserve.monitoring import report
     from pipelines.drift_reference import cache_dir, resolver
@@ -284,22 +285,20 @@ def test_an_older_package_gets_its_drift_reference_rebuilt_from_the_offline_stor
 
     names = original.manifest.feature_names
     rng = np.random.default_rng(3)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i in range(300):
         values = rng.gamma(2.0, 3.0, size=len(names))
         features = [{"name": n, "value": None if i % 7 == 0 and j == 0 else float(v)}
                     for j, (n, v) in enumerate(zip(names, values, strict=True))]  # fmt: skip
-        for name, version in (("fraud", original.version), ("old-fraud", old.version)):
-            rows.append({"request_id": f"rebuild-{i}", "time": SESSION_END, "transaction_id": f"rebuild-{i}",
-                         "model": name, "version": version, "role": "direct", "feature_service": "fraud_v2",
-                         "score": float(rng.uniform()), "label": "not_fraud", "feature_freshness_seconds": 1.0,
-                         "features": features})  # fmt: skip
+        rows.append({"request_id": f"rebuild-{i}", "time": SESSION_END, "transaction_id": f"rebuild-{i}",
+                     "model": "old-fraud", "version": old.version, "role": "direct", "feature_service": "fraud_v2",
+                     "score": float(rng.uniform()), "label": "not_fraud", "feature_freshness_seconds": 1.0,
+                     "features": features})  # fmt: skip
     root = tmp_path / "log"
     write_part(root, SESSION_END.date(), pa.Table.from_pylist(rows, schema=SCHEMA), 1)
     settings = deployment.settings
     data = report(settings, days=1, log_dirs=[root], now=SESSION_END)
-    by_model = {(v["model"], v["version"]): v for v in data["versions"] if v["model"] in ("fraud", "old-fraud")}
-    kept, rebuilt = by_model[("fraud", original.version)]["drift"], by_model[("old-fraud", old.version)]["drift"]
+    (rebuilt,) = [v["drift"] for v in data["versions"] if v["model"] == "old-fraud"]
     assert rebuilt["reference"].startswith("rebuilt from the offline store over the training window"), rebuilt
     assert "trained before packages kept a drift reference" in rebuilt["note"]
 
@@ -307,7 +306,15 @@ def test_an_older_package_gets_its_drift_reference_rebuilt_from_the_offline_stor
     assert reference is not None  # kept: the API's gauges (no rebuild of their own) find it
     assert reference.features == original.manifest.reference.features
     assert reference.score == original.manifest.reference.score
-    assert rebuilt["features"] == kept["features"] and rebuilt["score"] == kept["score"]
+    # The served rows' PSI against the reference training kept, computed apart, is the report's.
+    kept = original.manifest.reference
+    assert kept.score is not None
+    served = {n: np.array([next(f["value"] for f in r["features"] if f["name"] == n) for r in rows], dtype=float)
+              for n in names}  # fmt: skip
+    assert {f["feature"]: f["psi"] for f in rebuilt["features"]} == pytest.approx(
+        {n: psi(kept.features[n], served[n]) for n in names}, rel=1e-12
+    )
+    assert rebuilt["score"]["psi"] == pytest.approx(psi(kept.score, np.array([r["score"] for r in rows])), rel=1e-12)
 
     (kept_file,) = cache_dir(settings.home_dir).glob("old-fraud-v*.json")
     written = kept_file.stat().st_mtime_ns
