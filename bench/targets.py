@@ -2,9 +2,9 @@
 
     python -m bench.targets
 
-Reads the newest api-, model-, pipeline- and soak-*.json (each measured a baseline in its own run) and prints,
-per target, the baseline, fraudserve's figure, the ratio, the target and whether it is met. Rerun a benchmark
-(bench/README.md) to refresh its rows; a benchmark never run shows as not measured.
+Reads the newest api-, score_batch-, model-, pipeline- and soak-*.json (each measured a baseline in its own run)
+and prints, per target, the baseline, fraudserve's figure, the ratio, the target and whether it is met. Rerun a
+benchmark (bench/README.md) to refresh its rows; a benchmark never run shows as not measured.
 """
 
 from __future__ import annotations
@@ -105,6 +105,48 @@ def _pipeline_rows() -> list[Row]:
     return rows
 
 
+def _score_batch_rows() -> list[Row]:
+    found = latest("score_batch")
+    if found is None:
+        return [("score:batch by id", "", "not measured", "", "", "", "python -m bench.score_batch")]
+    name, batch = found
+    rows: list[Row] = []
+    for size in (256, 1000):
+        mine, base = batch.get(f"by id {size}"), batch.get(f"oip {size}")
+        if not mine or not base:
+            continue
+        ratio = mine["p50_ms"] / base["p50_ms"]
+        rows.append((
+            f"score:batch, {size} ids by id", f"OIP v2 infer, {size} rows: p50 {base['p50_ms']:.1f} ms",
+            f"p50 {mine['p50_ms']:.1f} ms ({mine['us_per_id']:.0f} us/id)", f"{ratio:.1f}x", "p50 <= 1.5x",
+            "met" if ratio <= 1.5 else "NOT met", name,
+        ))  # fmt: skip
+    growth = batch.get("growth p50 1000 / 256")
+    if growth is not None:
+        rows.append((
+            "score:batch, 256 -> 1,000 ids", "linear: 3.9x", f"p50 x{growth:.2f}", "", "linear or better",
+            "met" if growth <= 3.91 * 1.1 else "NOT met", name,
+        ))  # fmt: skip
+    exact = batch.get("exactness", {})
+    if exact:
+        rows.append((
+            "score:batch items = single scores", "", f"{exact['equal_to_single']}/{exact['items']} equal", "",
+            "all equal", "met" if exact["equal_to_single"] == exact["items"] else "NOT met", name,
+        ))  # fmt: skip
+    saturation = batch.get("saturation")
+    if saturation:
+        answers = saturation["answers"]
+        honest = set(answers) <= {"200", "503 overloaded"} and saturation["refused_with_retry_after"] == sum(
+            n for k, n in answers.items() if k != "200"
+        )
+        counts = ", ".join(f"{k}: {n}" for k, n in sorted(answers.items()))
+        rows.append((
+            f"score:batch saturation, {saturation['clients']} clients x 256 ids", "", counts, "",
+            "200 or 503 overloaded + Retry-After", "met" if honest else "NOT met", name,
+        ))  # fmt: skip
+    return rows
+
+
 def _soak_rows() -> list[Row]:
     found = latest("soak")
     if found is None:
@@ -125,7 +167,7 @@ def main() -> None:
     table = Table(title="fraudserve performance targets (latest bench/results/)")
     for column in ("what", "baseline (same run)", "fraudserve", "ratio", "target", "status", "from"):
         table.add_column(column)
-    for row in (*_api_rows(), *_model_rows(), *_pipeline_rows(), *_soak_rows()):
+    for row in (*_api_rows(), *_score_batch_rows(), *_model_rows(), *_pipeline_rows(), *_soak_rows()):
         table.add_row(*row)
     Console().print(table)
 
