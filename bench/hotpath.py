@@ -5,8 +5,14 @@
 Builds (or reuses, with --home) the deployment of bench.api and times, with the process's CPU clock, each stage of
 `score_requests` on real transactions: the one-round-trip lookup (transaction + entity features), the two-round-trip
 lookup it replaced, building the model matrix, predicting (compiled and native engines), the reasons (decision path
-and TreeSHAP), the whole `score_requests` call and the response body. The HTTP layer's own cost is what
-bench.api's constant FastAPI endpoint measures. Writes bench/results/hotpath-<date>.json.
+and TreeSHAP), the whole `score_requests` call and the response body.
+
+Then the HTTP framework's own share (`--only http` for just this part): the real app (`create_app`, its lifespan run)
+driven in-process through ASGI with its batcher replaced by one that answers a fixed score at once, so what is timed
+is everything between the ASGI call and the scoring (middlewares, routing, auth, body parsing and validation, the
+score log hand-off, the response body), in alternating rounds for: the lean route (routes/fast_score.py), the same
+app without it (FastAPI's route, as before) and bench/constant_app.py. uvicorn's HTTP parsing and the socket calls
+are not in it; bench.api measures those end to end. Writes bench/results/hotpath-<date>.json.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -51,6 +58,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--cards", type=int, default=2000)
     parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--only", choices=("http",), help="only the HTTP framework's share")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of the HTTP part")
     args = parser.parse_args()
     console = Console()
     result: dict[str, object] = {"machine": machine(), "started": datetime.now(UTC).isoformat()}
@@ -62,7 +71,19 @@ def main() -> None:
         connection = stack.enter_context(online_store(None, settings.embedded_redis_dir, settings.redis_server_bin))
         ids = [r[0] for r in prepare(root, settings, connection, args.cards, args.days, console)]
         settings.export_feast_environment(connection)
-        rows = asyncio.run(_measure(settings, ids, args.iterations))
+        os.environ["FRAUDSERVE_REDIS"] = connection
+        http = asyncio.run(_http_layer(Settings(), ids, args.iterations, args.rounds))
+        rows = [] if args.only == "http" else asyncio.run(_measure(settings, ids, args.iterations))
+    result["http_layer_us_per_request"] = http
+    print_table(
+        console,
+        f"HTTP framework CPU per score request, in-process ASGI, fixed score, median of {args.rounds} rounds",
+        ("app", "us/request", "vs FastAPI route"),
+        [(name, f"{us:,.1f}", f"{us / http['FastAPI route (before)']:.2f}x") for name, us in http.items()],
+    )
+    if not rows:
+        write_result(console, "hotpath", result)
+        return
     result["stages_us_per_request"] = {f"{stage} (batch {batch})": us for stage, batch, us in rows}
     print_table(
         console,
@@ -75,6 +96,80 @@ def main() -> None:
         ],
     )  # fmt: skip
     write_result(console, "hotpath", result)
+
+
+def _scope(path: str, body: bytes) -> dict[str, Any]:
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2), "state": {},
+        "headers": [(b"host", b"bench"), (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+    }  # fmt: skip
+
+
+async def _asgi_call(app: Any, body: bytes) -> int:
+    """One POST /v1/fraud/score through the app's ASGI interface; its status."""
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await app(_scope("/v1/fraud/score", body), receive, send)
+    return int(sent[0]["status"])
+
+
+def _call_nth(app: Any, bodies: list[bytes], i: int) -> Any:
+    return _asgi_call(app, bodies[i % len(bodies)])
+
+
+class _FixedScore:
+    """A batcher that answers one precomputed score at once: the scoring is out of the HTTP layer's figure."""
+
+    def __init__(self, score: Any) -> None:
+        self.score = score
+
+    async def submit(self, request: Any) -> Any:
+        return self.score
+
+
+async def _http_layer(settings: Settings, ids: list[str], calls: int, rounds: int) -> dict[str, float]:
+    import statistics
+
+    from bench.constant_app import app as constant
+    from inference_api.app import create_app
+    from inference_api.routes.fast_score import FastScore
+
+    lean = create_app(settings)
+    plain = create_app(settings)
+    plain.user_middleware = [m for m in plain.user_middleware if getattr(m, "cls", None) is not FastScore]
+    lifespans = [lean.router.lifespan_context(lean), plain.router.lifespan_context(plain)]
+    for context in lifespans:
+        await context.__aenter__()
+    try:
+        bodies = [json.dumps({"transaction_id": t}).encode() for t in ids]
+        answers = await lean.state.batcher.submit((ids[0], None)), await plain.state.batcher.submit((ids[0], None))
+        lean.state.batcher, plain.state.batcher = _FixedScore(answers[0]), _FixedScore(answers[1])
+        apps = {
+            "lean route (routes/fast_score.py)": lean,
+            "FastAPI route (before)": plain,
+            "constant FastAPI": constant,
+        }
+        for app in apps.values():  # warm-up, and every app answers 200
+            statuses = {await _asgi_call(app, bodies[i % len(bodies)]) for i in range(200)}
+            if statuses != {200}:
+                raise RuntimeError(f"the app answered {statuses} to score requests")
+        figures: dict[str, list[float]] = {name: [] for name in apps}
+        for _ in range(rounds):
+            for name, app in apps.items():
+                figures[name].append(await _acpu_us(calls, functools.partial(_call_nth, app, bodies)))
+        return {name: statistics.median(values) for name, values in figures.items()}
+    finally:
+        for context in lifespans:
+            await context.__aexit__(None, None, None)
 
 
 async def _measure(settings: Settings, ids: list[str], calls: int) -> list[tuple[str, int, float]]:

@@ -30,6 +30,7 @@ from inference_api.middleware import RequestContext
 from inference_api.monitoring import keep_refreshed
 from inference_api.observability import Metrics
 from inference_api.routes import admin, console, fraud, models, oip
+from inference_api.routes.fast_score import FastScore
 
 log = logging.getLogger("fraudserve.api")
 NOTICE_BLOCK_S = 5.0  # one blocking read of the registry's change notices
@@ -135,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.keys = KeyStore(settings.keys_file)
     errors.install(app)
+    app.add_middleware(FastScore)  # inside RequestContext: POST /v1/fraud/score without FastAPI's per-request work
     app.add_middleware(
         RequestContext,
         metrics=metrics,

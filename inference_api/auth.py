@@ -9,11 +9,21 @@ from fastapi import Depends, Request
 from core.keys import KeyStore, Scope
 
 
+def key_of(authorization: str | None, api_key: str | None) -> str | None:
+    """The key a request presents: `Authorization: Bearer KEY`, else `X-API-Key: KEY`."""
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return api_key
+
+
 def presented_key(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if header and header[:7].lower() == "bearer ":
-        return header[7:].strip()
-    return request.headers.get("x-api-key")
+    return key_of(request.headers.get("authorization"), request.headers.get("x-api-key"))
+
+
+def check_key(keys: KeyStore, authorization: str | None, api_key: str | None, scope: Scope) -> None:
+    """Unauthorized or Forbidden unless no key exists or the presented one has `scope` (routes/fast_score.py)."""
+    if keys.any():
+        keys.authenticate(key_of(authorization, api_key), scope)
 
 
 def require(scope: Scope) -> Any:

@@ -32,6 +32,20 @@ def _metrics_error(request: Request, code: str) -> None:
         metrics.error(code)
 
 
+def render(exc: FraudserveError, state: Any) -> JSONResponse:
+    """One of our errors as its response (with Retry-After where it has one), counted in the app's metrics.
+
+    `state`: the app's state. The exception handler and the lean score route (routes/fast_score.py) both use it."""
+    metrics = getattr(state, "metrics", None)
+    if metrics is not None:
+        metrics.error(exc.code)
+    response = error_response(exc.status, exc.code, exc.message, exc.details)
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
 def _where(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body",)]
     return ".".join(parts) or "body"
@@ -40,12 +54,7 @@ def _where(loc: tuple[Any, ...]) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(FraudserveError)
     async def _ours(request: Request, exc: FraudserveError) -> JSONResponse:
-        _metrics_error(request, exc.code)
-        response = error_response(exc.status, exc.code, exc.message, exc.details)
-        retry_after = getattr(exc, "retry_after_s", None)
-        if retry_after is not None:
-            response.headers["Retry-After"] = str(retry_after)
-        return response
+        return render(exc, request.app.state)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

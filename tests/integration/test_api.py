@@ -8,6 +8,7 @@ import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import lightgbm
@@ -593,3 +594,69 @@ def test_every_api_query_of_the_dashboard_and_the_alerts_names_a_metric_that_met
     }
     assert len(api_queries) >= 10
     assert {where: names - served for where, names in api_queries.items() if names - served} == {}
+
+
+def test_the_lean_score_route_answers_as_fastapis_route(deployment: Deployment, tmp_path: Path) -> None:
+    """POST /v1/fraud/score through the lean route (routes/fast_score.py) and through FastAPI's route (the same app
+    without it) give the same status, headers and body for scores, errors, keys and every malformed body; only
+    well-formed requests take the lean path, and the OpenAPI document is the same."""
+    from fastapi.testclient import TestClient
+
+    from core.keys import KeyStore, Scope
+    from inference_api.app import create_app
+    from inference_api.routes.fast_score import FastScore
+
+    lean, plain = create_app(deployment.settings), create_app(deployment.settings)
+    plain.user_middleware = [m for m in plain.user_middleware if getattr(m, "cls", None) is not FastScore]
+    event = {"transaction_id": "inline-lean", "card_id": "card_never_seen", "merchant_id": "m_00001", "amount": 3.5,
+             "currency": "USD", "merchant_category": "5411", "country": "US",
+             "event_timestamp": datetime.now(UTC).isoformat()}  # fmt: skip
+    json_type = {"content-type": "application/json"}
+    requests: list[tuple[bytes, dict[str, str]]] = [
+        *((json.dumps(body).encode(), json_type) for body in (
+            {"transaction_id": deployment.recent[0]}, {"transaction_id": deployment.recent[1]},
+            {"transaction_id": "tx_missing"}, {"transaction": event}, {"transaction_id": ""}, {},
+            {"transaction_id": 5}, {"transaction_id": "x", "extra": 1}, {"transaction": {**event, "amount": -1}},
+            {"transaction_id": "x", "transaction": event}, [], None, "tx",
+        )),
+        (b"{not json", json_type), (b"\xff\xfe", json_type), (b"", json_type),
+        *((json.dumps({"transaction_id": deployment.recent[0]}).encode(), headers) for headers in (
+            {"content-type": "text/plain"}, {}, {"content-type": "application/json; charset=utf-8"})),
+    ]  # fmt: skip
+
+    def answers(client: TestClient) -> list[tuple[int, str | None, str | None, Any]]:
+        out = []
+        for content, headers in requests:
+            response = client.post("/v1/fraud/score", content=content, headers={**headers, **extra})
+            body = response.json()
+            if response.status_code == 200:  # seconds since the features' time: not the same a moment later
+                body["feature_freshness_seconds"] = type(body["feature_freshness_seconds"]).__name__
+            out.append((response.status_code, response.headers.get("content-type"),
+                        response.headers.get("retry-after"), body))  # fmt: skip
+        out.append((client.get("/v1/fraud/score").status_code, None, None, None))
+        return out
+
+    fallbacks: list[bytes] = []
+    with TestClient(lean) as lean_client, TestClient(plain) as plain_client:
+        stage = lean.middleware_stack
+        while not isinstance(stage, FastScore):
+            stage = stage.app  # type: ignore[union-attr]
+        fastapi_route = stage.app
+
+        async def counted(scope: Any, receive: Any, send: Any) -> None:
+            fallbacks.append(scope["method"].encode())
+            await fastapi_route(scope, receive, send)
+
+        stage.app = counted
+        extra: dict[str, str] = {}
+        assert answers(lean_client) == answers(plain_client)
+        assert len(fallbacks) == len(requests) + 1 - 5  # all but the 5 well-formed JSON requests (2 ids, 1 unknown,
+        # 1 inline, 1 with a charset) went to FastAPI's route; the GET too
+        assert lean.openapi() == plain.openapi()
+        keys = KeyStore(tmp_path / "keys.json")
+        _, score_key = keys.create("fraud-service", [Scope.score])
+        _, predict_key = keys.create("notebook", [Scope.predict])
+        lean.state.keys = plain.state.keys = keys
+        for extra in ({}, {"Authorization": "Bearer fs_0000_nope"}, {"X-API-Key": predict_key},
+                      {"Authorization": f"Bearer {score_key}"}, {"X-API-Key": score_key}):  # fmt: skip
+            assert answers(lean_client) == answers(plain_client), extra
