@@ -72,7 +72,7 @@ class Snapshot:
     latency: Mapping[Version, Histogram] = field(default_factory=dict)
     errors: Mapping[str, float] = field(default_factory=dict)
     statuses: Mapping[int, float] = field(default_factory=dict)  # HTTP status -> requests (every route)
-    processes: int = 1  # API processes whose counters are summed (the workers of `fraudserve serve --workers N`)
+    processes: int = 1  # API processes whose counters are summed (workers of `serve --workers N`, dead ones too)
 
 
 def _increase(now: Mapping[Any, float], before: Mapping[Any, float]) -> dict[Any, float]:
