@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 # A batch's read may wait this long in all, beyond the budget, for an event loop busy with other batches (up to
 # FRAUDSERVE_BATCH_MAX_ITEMS_IN_FLIGHT items); the store's own time still answers within the budget.
 BATCH_LOOP_LAG_S = 2.0
+BATCH_CHUNK = 256  # ids per script call of a batch read; the read's budget is the request budget per chunk
 
 
 def _fields(view: str, features: tuple[str, ...]) -> tuple[bytes | str, ...]:
@@ -274,10 +276,17 @@ class RedisFeatureSource:
             self._flat[id(plan)] = cached
         script, _, layout = cached
         keys = [self._key(self.join_key, i) for i in ids]
-        if not keys:
-            return decode_columns(layout, ids, [], numeric)
-        cells: list[bytes] = await within_budget(script(keys=keys), self.budget_s, BATCH_LOOP_LAG_S)
-        return decode_columns(layout, ids, cells, numeric)
+        if len(keys) <= BATCH_CHUNK:
+            cells: list[bytes] = await within_budget(script(keys=keys), self.budget_s, BATCH_LOOP_LAG_S) if keys else []
+            return decode_columns(layout, ids, cells, numeric)
+        # Larger batches: one pipelined round trip of script calls of BATCH_CHUNK ids each, so that Redis serves other
+        # clients between them (a script blocks the server while it runs), with the budget of each chunk.
+        pipe = self._batch_client().pipeline(transaction=False)
+        for start in range(0, len(keys), BATCH_CHUNK):
+            await script(keys=keys[start : start + BATCH_CHUNK], client=pipe)  # queued, sent by execute
+        chunks = -(-len(keys) // BATCH_CHUNK)
+        replies: list[list[bytes]] = await within_budget(pipe.execute(), self.budget_s * chunks, BATCH_LOOP_LAG_S)
+        return decode_columns(layout, ids, list(itertools.chain.from_iterable(replies)), numeric)
 
     def _batch_client(self) -> aioredis.Redis:
         """A client of its own for batches: its socket timeout leaves room for `BATCH_LOOP_LAG_S`, so that only

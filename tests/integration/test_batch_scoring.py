@@ -337,21 +337,29 @@ def _same_as_single(item: dict[str, Any], single: httpx.Response) -> None:
 
 def test_batch_items_equal_their_single_scores_in_request_order(online: Online) -> None:
     """Every item of a batch by id (columnar path) equals the single score of its id: score, label, reasons,
-    version, uncertain reasons; unknown ids keep their own 404 error, repeats and order are kept. A batch with an
-    inline transaction (the record path) too. The bodies are the documented BatchResponse."""
+    version, uncertain reasons; unknown ids keep their own 404 error, repeats and order are kept; the same for 700
+    ids (several script calls) and for a batch with an inline transaction (the record path). The bodies are the
+    documented BatchResponse."""
     from inference_api.schemas import BatchResponse
 
     ids = [*online.ids[:-3][::-1][:240], "nope-1", online.ids[5], "old0", "old1", online.ids[5], "nope-2"]
-    with ApiServer(online.settings) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+    settings = online.settings.model_copy(update={"max_batch": 1000})
+    with ApiServer(settings) as server, httpx.Client(base_url=server.url, timeout=60) as http:
         batch = http.post("/v1/fraud/score:batch", json={"items": [{"transaction_id": t} for t in ids]})
         assert batch.status_code == 200, batch.text
         results = batch.json()["results"]
         BatchResponse.model_validate(batch.json())
         assert [r["transaction_id"] for r in results] == ids
         labels = set()
+        singles = {t: http.post("/v1/fraud/score", json={"transaction_id": t}) for t in dict.fromkeys(ids)}
         for transaction_id, item in zip(ids, results, strict=True):
-            _same_as_single(item, http.post("/v1/fraud/score", json={"transaction_id": transaction_id}))
+            _same_as_single(item, singles[transaction_id])
             labels.add(item["result"]["label"] if item["result"] else item["error"]["code"])
+        large = (ids * 3)[:700]  # more than one script call's worth of ids: pipelined chunks, still in order
+        answer = http.post("/v1/fraud/score:batch", json={"items": [{"transaction_id": t} for t in large]})
+        assert answer.status_code == 200, answer.text
+        for transaction_id, item in zip(large, answer.json()["results"], strict=True):
+            _same_as_single(item, singles[transaction_id])
         assert {"uncertain", "transaction_not_found"} < labels and len(labels) >= 3  # scored, uncertain, unknown
         old = results[ids.index("old0")]["result"]
         assert any("older than the card_features TTL" in r for r in old["uncertain_reasons"]), old
