@@ -38,9 +38,10 @@ if TYPE_CHECKING:
     from pipelines.features.catalog import KafkaEventSource
 
 log = logging.getLogger("fraudserve.stream")
+# librdkafka's own log lines (a broker unreachable: one line per connection attempt) go through Python logging, served
+# by the thread that polls the client, so that its threads never write to stderr themselves.
+client_log = logging.getLogger("fraudserve.stream.kafka")
 OUTAGE_S = 120  # how long a worker waits for the brokers to come back before it gives up (as for Redis)
-STALL_S = 20  # idle, lag above 0 and not moving this long: the consumer is replaced by a new one
-RESET_AFTER_FAILURES = 3  # idle lag queries in a row unanswered: the consumer is replaced by a new one
 STREAM_TIME = "stream_time_ms="  # the commit metadata of a transaction partition: its stream time
 
 # Broker errors after which a commit is dropped, not raised: the partition moved to another worker (a rebalance),
@@ -76,7 +77,7 @@ class KafkaConfig:
     source: str = "FRAUDSERVE_KAFKA_BOOTSTRAP"  # where the servers and the topic came from, for messages
 
     def client_config(self, **extra: Any) -> dict[str, Any]:
-        return {"bootstrap.servers": self.bootstrap, **self.security, **extra}
+        return {"bootstrap.servers": self.bootstrap, "logger": client_log, **self.security, **extra}
 
     @property
     def topics(self) -> tuple[str, str]:
@@ -171,8 +172,6 @@ class KafkaLog:
         self._read_up_to: dict[tuple[str, int], int] = {}  # next offset per partition of what was read, not acked
         self._stream_time: dict[tuple[str, int], int | None] = {}  # newest event time read, per transaction partition
         self._ensured = False
-        self._failures = 0  # consecutive lag queries the brokers did not answer
-        self._stall_lag, self._stall_since = 0, 0.0  # the lag seen while idle, and since when it has not moved
 
     # ----------------------------------------------------------------------------------------------- topics
     def ensure_group(self, wait_s: float = OUTAGE_S) -> None:
@@ -428,32 +427,6 @@ class KafkaLog:
         newest = self._stream_time.get((topic, partition))
         return "" if newest is None else f"{STREAM_TIME}{newest}"
 
-    def _watch_stall(self, lag: int) -> None:
-        """Idle with the group's lag above 0 and unchanged for STALL_S (or 3 session timeouts): no worker is
-        reading, as seen here after a broker restart; replace this consumer (it rejoins, the group rebalances)."""
-        now = time.monotonic()
-        if lag == 0 or lag != self._stall_lag:
-            self._stall_lag, self._stall_since = lag, now
-            return
-        if now - self._stall_since > max(STALL_S, 3 * self.config.session_timeout_ms / 1000):
-            self._stall_since = now
-            self._reset_consumer()
-
-    def _reset_consumer(self) -> None:
-        """A new consumer in place of one that cannot reach the group after the brokers came back (seen here after
-        a broker restart: a fresh client joins at once, the old one never recovers). The new one rejoins the group
-        and reads from the committed offsets; what was read and not committed is read again (a no-op online)."""
-        log.warning("Kafka consumer reset after repeated failures; it rejoins the group")
-        consumer, self._consumer = self._consumer, None
-        self._read_up_to.clear()
-        self._stream_time.clear()
-        self._failures = 0
-        if consumer is not None:
-            try:
-                consumer.close()
-            except Exception as exc:  # a consumer that cannot leave cleanly is dropped all the same
-                log.warning("closing the old Kafka consumer failed", extra={"error": str(exc)})
-
     def close(self) -> None:
         if self._consumer is not None:
             self._consumer.close()  # leaves the group now: its partitions move without waiting for the timeout
@@ -498,15 +471,9 @@ class KafkaLog:
         try:
             self.commit()  # one refused by a rebalance or an outage, again
             rows = self.partition_lag(timeout_s=5)
-        except KafkaUnavailable as exc:  # the brokers are away (restarting): not idle, try again later
-            self._failures += 1
-            log.warning("Kafka unavailable; lag unknown", extra={"error": str(exc), "failures": self._failures})
-            if self._failures >= RESET_AFTER_FAILURES:
-                self._reset_consumer()
+        except KafkaUnavailable as exc:  # the brokers are away (restarting): not idle; the client reconnects itself
+            log.warning("Kafka unavailable; lag unknown", extra={"error": str(exc)})
             return {"lag": -1, "pending": 0, "length": -1}
-        self._failures = 0
-        total = sum(r["lag"] for r in rows)
-        self._watch_stall(total)
         return {"lag": sum(r["lag"] for r in rows), "pending": 0, "length": sum(r["end"] for r in rows)}
 
     def dead_letter_count(self, timeout_s: float = 10) -> int:
