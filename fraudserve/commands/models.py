@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.abc
 import json
 import sys
 from collections.abc import Iterator
@@ -41,22 +42,36 @@ def feast_as_optimized() -> Iterator[None]:
     them (about 4.3 of the 5.7 s of CPU that importing Feast takes, most of a registration that misses the cache
     of fraudserve.service_cache). typeguard itself makes the decorator a no-op under `-O` ("checks not meant to be
     run in production"); this short-lived command only reads what `features apply` stored and checked, so it takes
-    the same choice for the imports made meanwhile. Nothing changes once Feast is already imported."""
+    the same choice for the imports made meanwhile. The decorator is swapped only when Feast is about to be imported
+    (a registration that finds the cache imports neither), and restored after; nothing changes once Feast is
+    imported."""
     if "feast" in sys.modules:
         yield
         return
-    import typeguard
-
-    checked = typeguard.typechecked
+    swapped: dict[str, Any] = {}
 
     def as_optimized(target: Any = None, **_: Any) -> Any:
         return (lambda found: found) if target is None else target
 
-    typeguard.typechecked = as_optimized
+    class BeforeFeast(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: Any, target: Any = None) -> None:
+            """Finds nothing (the usual finders import Feast): swaps the decorator first."""
+            if name == "feast" and not swapped:
+                import typeguard
+
+                swapped["typechecked"] = typeguard.typechecked
+                typeguard.typechecked = as_optimized
+
+    finder = BeforeFeast()
+    sys.meta_path.insert(0, finder)
     try:
         yield
     finally:
-        typeguard.typechecked = checked
+        sys.meta_path.remove(finder)
+        if swapped:
+            import typeguard
+
+            typeguard.typechecked = swapped["typechecked"]
 
 
 # --------------------------------------------------------------------------------------------------------- models

@@ -319,9 +319,17 @@ sys.path.insert(0, sys.argv[1])
 from fraudserve.commands.models import feast_as_optimized
 checked = typeguard.typechecked
 with feast_as_optimized():
-    import decorated  # as Feast's modules: `from typeguard import typechecked` at import
+    import decorated  # imported before Feast: checked
+    import feast  # a stand-in on sys.path: `from typeguard import typechecked` at import, as Feast's modules
+    import later_in_block  # as Feast's own modules, imported meanwhile
+try:
+    decorated.double("x")
+    raise SystemExit("imported before Feast, yet not checked")
+except typeguard.TypeCheckError:
+    pass
+assert feast.double("not a number") == "not a numbernot a number"  # as under python -O: not instrumented
 assert typeguard.typechecked is checked, "typeguard is restored after the block"
-assert decorated.double("not a number") == "not a numbernot a number"  # imported meanwhile: not instrumented
+assert later_in_block.double("not a number") == "not a numbernot a number"  # not instrumented
 import later
 try:
     later.double("x")
@@ -331,10 +339,11 @@ except typeguard.TypeCheckError:
 
 
 def test_the_register_command_imports_feast_as_python_O_would(tmp_path: Path) -> None:
-    # What typeguard's @typechecked does under `python -O` (nothing) for what the command imports meanwhile; only then.
+    # What typeguard's @typechecked does under `python -O` (nothing) for what is imported from Feast's import on
+    # (a stand-in module named feast, first on sys.path), and only in the block.
     source = "from typeguard import typechecked\n\n@typechecked\ndef double(x: int) -> int:\n    return x * 2\n"
-    (tmp_path / "decorated.py").write_text(source)
-    (tmp_path / "later.py").write_text(source)
+    for name in ("decorated", "feast", "later_in_block", "later"):
+        (tmp_path / f"{name}.py").write_text(source)
     command = [sys.executable, "-c", CHECKED_ELSEWHERE, str(tmp_path)]
     ran = subprocess.run(command, capture_output=True, text=True, check=False)
     assert ran.returncode == 0, ran.stderr
