@@ -80,13 +80,19 @@ class KafkaProcess:
     """Start, stop and restart one KRaft broker+controller with its data in `directory`.
 
     The ports are chosen once: `stop()` (or `kill()`) then `start()` brings the broker back on the same port and
-    log directory, as a restarted broker looks to its clients."""
+    log directory, as a restarted broker looks to its clients. Besides the PLAINTEXT listener (`bootstrap`) it has a
+    SASL_PLAINTEXT one (`sasl_bootstrap`, mechanism PLAIN, user `SASL_USER` with `SASL_PASSWORD`), for the clients'
+    security settings."""
+
+    SASL_USER = "fraudserve"
+    SASL_PASSWORD = "fraudserve-secret"
 
     def __init__(self, directory: Path, heap_mb: int = 512) -> None:
         self.directory = directory
         self.heap_mb = heap_mb
         self.port = free_port()
         self.controller_port = free_port()
+        self.sasl_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self._formatted = False
 
@@ -94,17 +100,26 @@ class KafkaProcess:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def sasl_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.sasl_port}"
+
     def _properties(self) -> Path:
         data = self.directory / "data"
         text = "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port},"
+            f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port},SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms=PLAIN",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'user_{self.SASL_USER}="{self.SASL_PASSWORD}";',
             f"log.dirs={data}",
             "num.partitions=1",
             "offsets.topic.replication.factor=1",

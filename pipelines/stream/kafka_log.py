@@ -182,7 +182,13 @@ class KafkaLog:
         kafka = _rdkafka()
         from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-        admin = AdminClient(self.config.client_config())
+        refused: list[str] = []  # authentication errors: credentials, not an outage, so no waiting
+
+        def errors(error: Any) -> None:
+            if error.code() == kafka.KafkaError._AUTHENTICATION:
+                refused.append(error.str())
+
+        admin = AdminClient(self.config.client_config(error_cb=errors))
         wanted = [self.config.transactions_topic, self.config.labels_topic, self.config.dead_letter_topic]
         deadline = time.monotonic() + wait_s
         while True:
@@ -190,6 +196,13 @@ class KafkaLog:
                 existing = set(admin.list_topics(timeout=10).topics)
                 break
             except kafka.KafkaException as exc:
+                admin.poll(0)  # serves the client's error events (an authentication refused is one)
+                if refused:
+                    raise KafkaUnavailable(
+                        f"Kafka at {self.config.bootstrap} refused this client's credentials ({refused[-1]}): check "
+                        "FRAUDSERVE_KAFKA_SECURITY_PROTOCOL, FRAUDSERVE_KAFKA_SASL_MECHANISM, "
+                        "FRAUDSERVE_KAFKA_SASL_USERNAME and FRAUDSERVE_KAFKA_SASL_PASSWORD"
+                    ) from exc
                 if time.monotonic() > deadline:
                     raise KafkaUnavailable(
                         f"Kafka at {self.config.bootstrap} did not answer ({self.config.source}): {exc}"

@@ -410,3 +410,42 @@ def test_lateness_is_measured_per_partition_and_carried_by_the_commits(kafka: Ka
         assert second.late(entries, lateness_ms) == 3
     finally:
         second.close()
+
+
+@pytest.mark.timeout(120)
+def test_sasl_credentials_come_from_the_settings_and_wrong_ones_are_named(
+    kafka: KafkaProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker's SASL_PLAINTEXT listener (PLAIN): FRAUDSERVE_KAFKA_* settings reach every client (producer,
+    admin, consumer); wrong credentials fail at once with the settings to check, not after the outage wait."""
+    from core.settings import Settings
+    from pipelines.events import TRANSACTIONS
+    from pipelines.stream.kafka_log import KafkaLog, KafkaUnavailable, kafka_config
+    from pipelines.stream.producer import Producer
+
+    run = uuid.uuid4().hex[:8]
+    for name, value in {
+        "BOOTSTRAP": kafka.sasl_bootstrap, "TRANSACTIONS_TOPIC": f"tx-{run}", "LABELS_TOPIC": f"labels-{run}",
+        "DEAD_LETTER_TOPIC": f"dead-{run}", "GROUP": f"g-{run}", "SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "SASL_MECHANISM": "PLAIN", "SASL_USERNAME": kafka.SASL_USER, "SASL_PASSWORD": kafka.SASL_PASSWORD,
+    }.items():  # fmt: skip
+        monkeypatch.setenv(f"FRAUDSERVE_KAFKA_{name}", value)
+    config = kafka_config(Settings())
+    assert config is not None and config.security["sasl.username"] == kafka.SASL_USER
+    events = card_events(cards=3, per_card=10, start_ms=1_793_534_400_000, seed=5)
+    with Producer(transactions=TRANSACTIONS, kafka=config) as producer:
+        assert producer.send_transactions(events).appended == len(events)
+    log = KafkaLog(config, TRANSACTIONS)
+    try:
+        read = read_all(log, len(events))
+    finally:
+        log.close()
+    assert sorted(e.event["transaction_id"] for e in read) == sorted(e["transaction_id"] for e in events)
+
+    monkeypatch.setenv("FRAUDSERVE_KAFKA_SASL_PASSWORD", "not-the-password")
+    wrong = kafka_config(Settings())
+    assert wrong is not None
+    started = time.monotonic()
+    with pytest.raises(KafkaUnavailable, match=r"refused this client's credentials.*FRAUDSERVE_KAFKA_SASL_PASSWORD"):
+        KafkaLog(wrong).ensure_group()
+    assert time.monotonic() - started < 30
