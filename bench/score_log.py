@@ -55,7 +55,7 @@ from core.score_log import FEATURE, SCHEMA, log_files, write_part
 from core.settings import Settings
 
 FILE_ROWS = 100_000
-FLUSH_S = 5.0  # the score log's flush interval (the default)
+FLUSH_S = 5.0  # the score log's flush interval (the default; --flush-seconds)
 
 
 def _counter(text: str, name: str) -> float:
@@ -66,7 +66,7 @@ def _counter(text: str, name: str) -> float:
 class Server:
     """One `fraudserve serve` with a given score log sample rate, kept up for the whole run."""
 
-    def __init__(self, env: dict[str, str], sample: str, workers: int, root: Path) -> None:
+    def __init__(self, env: dict[str, str], sample: str, workers: int, root: Path, flush_s: float = FLUSH_S) -> None:
         self.port = free_port()
         self.output = (root / f"serve-sample-{sample}.log").open("w")
         self.process = subprocess.Popen(
@@ -75,7 +75,7 @@ class Server:
                 **env,
                 "FRAUDSERVE_SCORE_LOG_SAMPLE": sample,
                 "FRAUDSERVE_TOP_REASONS": "3",
-                "FRAUDSERVE_SCORE_LOG_FLUSH_SECONDS": str(FLUSH_S),
+                "FRAUDSERVE_SCORE_LOG_FLUSH_SECONDS": str(flush_s),
             },
             stdout=self.output,
             stderr=self.output,
@@ -106,16 +106,16 @@ def load_average() -> list[float]:
 
 def compare(
     env: dict[str, str], bodies: list[dict[str, object]], workers: int, seconds: float, rounds: int, root: Path,
-    console: Console,
+    console: Console, flush_s: float = FLUSH_S,
 ) -> dict[str, Any]:  # fmt: skip
     """Both servers up at once; rounds of load alternated between them (on, off, off, on, on, off, ...)."""
-    servers = {"on": Server(env, "1", workers, root), "off": Server(env, "0", workers, root)}
+    servers = {"on": Server(env, "1", workers, root, flush_s), "off": Server(env, "0", workers, root, flush_s)}
     runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
     try:
         for server in servers.values():
-            wait_ready(f"http://127.0.0.1:{server.port}/v1/fraud/score", bodies[0])
+            wait_ready(f"http://127.0.0.1:{server.port}/v1/fraud/score", bodies[0], seconds=600)
             run_load("127.0.0.1", server.port, "/v1/fraud/score", bodies, 8, 2)  # warm-up
-        time.sleep(FLUSH_S + 1)  # the warm-up's scores written
+        time.sleep(min(flush_s, 30) + 1)  # the warm-up's scores written
         first = {mode: server.cpu_seconds() for mode, server in servers.items()}
         for n in range(rounds):
             for mode in ("on", "off") if n % 2 == 0 else ("off", "on"):
@@ -125,7 +125,7 @@ def compare(
                 runs[mode].append({**run, "round": n, "load_average_1m": os.getloadavg()[0]})
                 console.print(f"round {n + 1}, log {mode}: {run['rps']:,.0f} req/s, p99 {run['p99_ms']:.2f} ms, "
                               f"server CPU {run['cpu_ms_per_request']:.2f} ms per request")  # fmt: skip
-        time.sleep(FLUSH_S + 1)  # the last round's scores written, so the whole run's writing is counted
+        time.sleep(min(flush_s, 30) + 1)  # the last round's scores written, so the whole run's writing is counted
         whole = {mode: (server.cpu_seconds() - first[mode]) * 1000 for mode, server in servers.items()}
         counted = {mode: server.metrics() for mode, server in servers.items()}
     finally:
@@ -212,6 +212,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4, help="length of each round")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of each server")
     parser.add_argument("--rounds", type=int, default=8, help="on/off pairs, alternated")
+    parser.add_argument(
+        "--flush-seconds", type=float, default=FLUSH_S,
+        help="the log's flush interval; a long one (600) keeps the writer idle in the rounds: the request side alone",
+    )  # fmt: skip
     parser.add_argument("--cards", type=int, default=2000)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--report-rows", type=int, default=10_000_000, help="0: skip the report measurement")
@@ -238,7 +242,7 @@ def main() -> None:
         if args.rounds:
             files_before = set(log_files([settings.score_log_dir]))
             result["load_average_before"] = load_average()
-            compared = compare(env, bodies, args.workers, args.seconds, args.rounds, root, console)
+            compared = compare(env, bodies, args.workers, args.seconds, args.rounds, root, console, args.flush_seconds)
             result["load_average_after"] = load_average()
             new = [p for p in log_files([settings.score_log_dir]) if p not in files_before]
             compared["log_bytes"] = sum(p.stat().st_size for p in new)
@@ -297,6 +301,14 @@ def main() -> None:
         f"requests; what the machine's other load changes little): log on "
         f"{compared['cpu_ms_per_request']['on']:.3f} ms, off {compared['cpu_ms_per_request']['off']:.3f} ms, on / off "
         f"{compared['cpu_ratio']:.3f}"
+    )
+    own = result["cpu_per_score"]
+    assert isinstance(own, dict)
+    share = (own["record_us"] + own["flush_us"]) / 1000 / compared["cpu_ms_per_request"]["off"]
+    result["log_cpu_share"] = share
+    console.print(
+        f"the log's own CPU per score (record {own['record_us']:.1f} us + write {own['flush_us']:.1f} us, measured "
+        f"in-process above) is {100 * share:.1f} % of a request's server CPU with the log off"
     )
     if "report" in result:
         report = result["report"]
