@@ -173,6 +173,21 @@ class ScoreLog:
             self.flush()
         self.flush()
 
+    def _groups(self, rows: list[_Row]) -> dict[tuple[Path, Any], list[_Row]]:
+        """Rows by log root (their feature service's) and UTC day; a flush's rows nearly always share both, which is
+        checked without a per-row date."""
+        roots: dict[int, Path] = {}
+        for row in rows:
+            if id(row[3]) not in roots:
+                roots[id(row[3])] = self.sampling(row[3].manifest.feature_service).root
+        first, last = min(row[1] for row in rows), max(row[1] for row in rows)
+        if len(set(roots.values())) == 1 and int(first // 86_400) == int(last // 86_400):
+            return {(next(iter(roots.values())), datetime.fromtimestamp(first, UTC).date()): rows}
+        groups: dict[tuple[Path, Any], list[_Row]] = {}
+        for row in rows:
+            groups.setdefault((roots[id(row[3])], datetime.fromtimestamp(row[1], UTC).date()), []).append(row)
+        return groups
+
     def flush(self) -> int:
         """Write the waiting scores now (one file per root and day); returns how many were written."""
         with self._lock:
@@ -180,12 +195,7 @@ class ScoreLog:
         if not rows:
             return 0
         try:
-            groups: dict[tuple[Path, Any], list[_Row]] = {}
-            for row in rows:
-                root = self.sampling(row[3].manifest.feature_service).root
-                day = datetime.fromtimestamp(row[1], UTC).date()
-                groups.setdefault((root, day), []).append(row)
-            for (root, day), part in groups.items():
+            for (root, day), part in self._groups(rows).items():
                 self._sequence += 1
                 write_part(root, day, to_table(part), self._sequence)
         except Exception as exc:

@@ -180,3 +180,24 @@ def test_compaction_merges_finished_days_and_readers_see_each_row_once(
     assert len(after) == n + 1 and [r for r in after if r[0] != "r-late"] == everything
     assert _rows(pa.concat_tables([read_file(p) for p in listed_before])) == everything
     assert pq.read_schema(log_files([root])[0]).remove_metadata() == SCHEMA
+
+
+def test_a_flush_across_midnight_and_two_roots_writes_each_row_to_its_own_day_and_root(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    own, model = fake_model(service="own_service"), fake_model()
+    default, elsewhere = Sampling(1.0, tmp_path / "default"), Sampling(1.0, tmp_path / "own")
+    log = ScoreLog(default, lambda service: elsewhere if service == "own_service" else default)
+    log.record("a", [score(model, "t1", 0.1, [1.0, 2.0])])
+    log.record("b", [score(own, "t2", 0.2, [3.0, 4.0])])
+    log.record("c", [score(model, "t3", 0.3, [5.0, 6.0])])
+    before = datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC).timestamp()
+    log._pending = [(*row[:1], before if row[0] == "a" else before + 2, *row[2:]) for row in log._pending]
+    assert log.flush() == 3
+    where = {}
+    for path in log_files([tmp_path / "default", tmp_path / "own"]):
+        for row in pq.read_table(path).to_pylist():
+            where[row["request_id"]] = (path.parent.parent.name, path.parent.name)
+    assert where == {
+        "a": ("default", "day=2026-11-30"), "b": ("own", "day=2026-12-01"), "c": ("default", "day=2026-12-01"),
+    }  # fmt: skip
