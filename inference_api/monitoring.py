@@ -26,6 +26,7 @@ from inference_api.observability import Metrics
 log = logging.getLogger("fraudserve.monitoring")
 DAYS = 2
 MAX_ROWS = 500_000
+LABEL_ENTRIES = 50_000
 
 
 def refresh(
@@ -45,7 +46,9 @@ def refresh(
             return None
 
     files = recent_files([settings.score_log_dir], DAYS, MAX_ROWS, now.date())
-    stream = copy_label_stream(settings, wait=False) if settings.redis else None
+    # At most LABEL_ENTRIES stream entries a refresh: a long backlog (the stream holds every transaction too) is
+    # caught up over several refreshes rather than in one long read beside the requests.
+    stream = copy_label_stream(settings, wait=False, max_entries=LABEL_ENTRIES) if settings.redis else None
     labels = load_labels(settings.offline.labels_file, now, label_log_dir(settings.home_dir))
     references = resolver(cache_dir(settings.home_dir))  # a rebuilt reference only if kept: no Feast retrieval here
     report = report_from_files(files, labels, manifest_of, days=DAYS, now=now, references=references)

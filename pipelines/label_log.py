@@ -83,10 +83,14 @@ def _write(root: Path, rows: dict[str, list[Any]], checkpoint: dict[str, str]) -
     os.replace(root / f".{CHECKPOINT}.tmp", root / CHECKPOINT)
 
 
-def sync(client: Any, root: Path, partitions: int = 1, stream: str = EVENTS, wait: bool = True) -> int | None:
+def sync(
+    client: Any, root: Path, partitions: int = 1, stream: str = EVENTS, wait: bool = True,
+    max_entries: int | None = None,
+) -> int | None:  # fmt: skip
     """Copy the label entries of the Redis stream (`partitions` keys, as the workers read them) that earlier copies
     have not, into files under `root`; returns how many labels were copied, or None when another process is copying
-    and `wait` is False. Redis errors are raised (redis-py's)."""
+    and `wait` is False. `max_entries`: read at most that many stream entries of each partition this time
+    (the rest on the next call), so that a long backlog is caught up in bounded steps. Redis errors are raised."""
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root, wait) as held:
         if not held:
@@ -97,8 +101,10 @@ def sync(client: Any, root: Path, partitions: int = 1, stream: str = EVENTS, wai
         rows: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
         for key in partition_keys(stream, partitions):
             start = checkpoint.get(key, "0-0")
+            read = 0
             while True:
-                entries = client.xrange(key, min=f"({start}", max="+", count=READ_CHUNK)
+                count = READ_CHUNK if max_entries is None else max(1, min(READ_CHUNK, max_entries - read))
+                entries = client.xrange(key, min=f"({start}", max="+", count=count)
                 for entry_id, fields in entries:
                     if _text(fields.get(b"kind", b"")) != LABELS.name:
                         continue
@@ -109,17 +115,19 @@ def sync(client: Any, root: Path, partitions: int = 1, stream: str = EVENTS, wai
                     rows["stream_id"].append(_text(entry_id))
                 if entries:
                     start = checkpoint[key] = _text(entries[-1][0])
-                if len(rows["transaction_id"]) >= FILE_ROWS or (len(entries) < READ_CHUNK and rows["stream_id"]):
+                read += len(entries)
+                last = len(entries) < count or (max_entries is not None and read >= max_entries)
+                if len(rows["transaction_id"]) >= FILE_ROWS or (last and rows["stream_id"]):
                     copied += len(rows["transaction_id"])
                     _write(root, rows, checkpoint)
                     rows = {name: [] for name in SCHEMA.names}
-                if len(entries) < READ_CHUNK:
+                if last:
                     break
         _write(root, rows, checkpoint)  # the checkpoint past entries that held no label
         return copied
 
 
-def copy_label_stream(settings: Settings, wait: bool = True) -> dict[str, Any]:
+def copy_label_stream(settings: Settings, wait: bool = True, max_entries: int | None = None) -> dict[str, Any]:
     """Copy the label stream's labels not copied yet (pipelines/label_log.py) from the online store's Redis: the one
     of FRAUDSERVE_REDIS, or the embedded redis-server when FRAUDSERVE_HOME has one. Returns `{"copied": N or None,
     "note"}`: what was read, or why the stream was not (the labels copied before still count)."""
@@ -141,7 +149,10 @@ def copy_label_stream(settings: Settings, wait: bool = True) -> dict[str, Any]:
             socket.create_connection((node["host"], int(node["port"])), timeout=5).close()  # no client retries then
             client = redis_client(settings, connection, timeout_s=30)
             try:
-                copied = sync(client, label_log_dir(settings.home_dir), settings.stream_partitions, wait=wait)
+                copied = sync(
+                    client, label_log_dir(settings.home_dir), settings.stream_partitions, wait=wait,
+                    max_entries=max_entries,
+                )  # fmt: skip
             finally:
                 client.close()
     except (redis.RedisError, FraudserveError, OSError) as exc:
