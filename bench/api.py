@@ -302,9 +302,9 @@ def main() -> None:
                     cpu = server.cpu_seconds(extra)
                     outcome = load(args.client, server.port, row, args.seconds, root)
                     used = server.cpu_seconds(extra) - cpu
-                    figures[row].append(
-                        {**outcome.summary(), "cpu_ms_per_request": used * 1000 / max(outcome.requests, 1)}
-                    )
+                    # negative: a worker was replaced during the load (gunicorn's, feast serve), its CPU lost: no figure
+                    per_request = used * 1000 / max(outcome.requests, 1) if used >= 0 else float("nan")
+                    figures[row].append({**outcome.summary(), "cpu_ms_per_request": per_request})
                     console.print(f"round {round_ + 1}: {row.server}, {row.sample}, c{row.connections}: "
                                   f"{outcome.rps:,.0f} req/s, p99 {outcome.pct(99):.2f} ms")  # fmt: skip
         finally:
