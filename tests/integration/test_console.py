@@ -287,6 +287,7 @@ def test_with_two_workers_each_one_shows_the_whole_services_traffic(deployment: 
                             seen[body["process"]] = body
                         if not until and len(seen) == 2:
                             break
+                        time.sleep(0.2)  # the CPU to a worker still starting, not to polling the ready one
                 return seen
 
             first = looks(until=set())
