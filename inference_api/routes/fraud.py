@@ -103,6 +103,7 @@ async def score_batch(body: BatchRequest, request: Request, service: ScoringDep)
     with admission(request).admit(len(body.items)):
         outcomes = await score_items(service, [_as_request(item) for item in body.items])
     log_scores(request, outcomes)
+    request.state.served = [o.model for o in outcomes if isinstance(o, Score)]  # latency by version (middleware.py)
     metrics = request.app.state.metrics
     results: list[dict[str, Any]] = []
     for item, outcome in zip(body.items, outcomes, strict=True):

@@ -10,7 +10,7 @@ from core.errors import FraudserveError, InvalidInput
 from core.keys import Scope
 from inference_api.auth import require
 from inference_api.domain.models import LoadedModel, ModelManager
-from inference_api.domain.scoring import score_requests
+from inference_api.domain.scoring import Score, score_requests
 from inference_api.routes.fraud import ERRORS, ScoringDep, _as_request, log_scores
 from inference_api.schemas import ErrorBody, ModelName, ModelRef, ModelVersion, PredictRequest, PredictResponse
 
@@ -36,6 +36,7 @@ def check_size(request: Request, field: str, count: int) -> None:
 async def _predict(body: PredictRequest, request: Request, service: ScoringDep, model: LoadedModel) -> PredictResponse:
     outcomes = await score_requests(service, [_as_request(row) for row in body.rows], model)
     log_scores(request, outcomes)
+    request.state.served = [o.model for o in outcomes if isinstance(o, Score)]  # latency by version (middleware.py)
     scores: list[float | None] = []
     errors: list[ErrorBody | None] = []
     for outcome in outcomes:

@@ -140,6 +140,7 @@ def _infer(model: LoadedModel, body: InferRequest, request: Request) -> InferRes
     except (TypeError, ValueError) as exc:
         raise InvalidInput("inputs[0].data must hold numbers (null for a missing feature)") from exc
     scores = model.predict(matrix)
+    request.state.served = model  # latency by version (middleware.py)
     score_log = getattr(request.app.state, "score_log", None)
     if score_log is not None:
         score_log.record_matrix(getattr(request.state, "request_id", None), model, matrix, scores)
