@@ -103,6 +103,28 @@ def features_backfill(
         out.print(f"[yellow]{rejected:,} invalid events quarantined in {summary.quarantine}[/]")
     if summary.labels_without_transaction:
         out.print(f"[yellow]{summary.labels_without_transaction:,} labels name no known transaction[/]")
+    _fill_registration_cache(settings)
+
+
+def _fill_registration_cache(settings: Any) -> None:
+    """Keep what a model registration asks Feast about every feature service (fraudserve/service_cache.py), now that
+    the offline store changed: the next `models register` then imports no Feast. Best effort: a failure costs only
+    that speed-up, never the backfill, and says why."""
+    from fraudserve import service_cache
+    from fraudserve.commands.models import feast_as_optimized
+
+    try:
+        with feast_as_optimized():
+            from fraudserve.feature_store import open_offline_store
+            from inference_api.domain.feature_services import FeastFeatureServices
+
+            services = FeastFeatureServices(open_offline_store(settings), settings.offline)
+            filled = service_cache.fill(settings, services)
+    except Exception as exc:  # the cache is an optimisation: the backfill itself succeeded
+        out.print(f"[yellow]registration cache not refreshed ({exc}); the next registration reads Feast itself[/]")
+        return
+    if filled:
+        out.print(f"registration cache refreshed for {len(filled)} feature services")
 
 
 def _settings_error(exc: Any) -> str:

@@ -76,6 +76,32 @@ def test_models_commands_on_the_demo_registry(demo_home: tuple[Path, subprocess.
     assert missing.returncode == 1 and "model 'nope' is not registered (known: fraud)" in missing.stderr
 
 
+@pytest.mark.timeout(300)
+def test_after_a_cli_backfill_a_registration_imports_no_feast(
+    demo_home: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    """A backfill changes what registration learns from Feast; the backfill command (Feast open anyway) keeps the
+    answers, so the next `models register`, in a fresh process, imports no Feast at all (it took most of its time)."""
+    home, demo = demo_home
+    assert demo.returncode == 0, demo.stderr
+    data = home / "data"
+    backfilled = run(
+        home, "features", "backfill", "--transactions", str(data / "history_transactions.parquet"),
+        "--labels", str(data / "history_labels.parquet"),
+    )  # fmt: skip
+    assert backfilled.returncode == 0, backfilled.stderr
+    assert "registration cache refreshed for" in backfilled.stdout, backfilled.stdout
+    package = sorted((home / "packages").iterdir())[-1]
+    registered = run(
+        home, "models", "register", str(package), "--name", "fraud", "--feature-service", "fraud_v2",
+        PYTHONPROFILEIMPORTTIME="1",
+    )  # fmt: skip
+    assert registered.returncode == 0, registered.stderr
+    assert "registered fraud version" in registered.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in registered.stderr.splitlines() if "import time:" in line}
+    assert "typer" in imported and "feast" not in imported
+
+
 def test_redis_start_env_and_stop(tmp_path: Path) -> None:
     home = tmp_path / "home"
     started = run(home, "redis", "start")
