@@ -181,6 +181,12 @@ def test_open_inference_protocol(deployment: Deployment, api: str) -> None:
 
 
 def test_metrics_and_request_ids(api: str) -> None:
+    # An inline transaction's features are fetched apart from its lookup (the feature_fetch stage), so that this test
+    # does not depend on an earlier one having scored one.
+    event = {"transaction_id": "inline-metrics", "card_id": "c_metrics", "merchant_id": "m_00001", "amount": 2.0,
+             "currency": "USD", "merchant_category": "5411", "country": "US",
+             "event_timestamp": datetime.now(UTC).isoformat()}  # fmt: skip
+    assert post(f"{api}/v1/fraud/score", {"transaction": event}).status_code == 200
     response = post(f"{api}/v1/fraud/score", {"transaction_id": "tx_nope"}, **{"X-Request-ID": "abc-123"})
     assert response.headers["x-request-id"] == "abc-123"
     text = httpx.get(f"{api}/metrics").text
