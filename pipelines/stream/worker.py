@@ -69,7 +69,12 @@ class Worker:
     def process(self, entries: list[Entry]) -> None:
         transactions = [e.event for e in entries if e.kind == TRANSACTIONS.name]
         labels = [e.event for e in entries if e.kind == LABELS.name]
-        late = self._late(transactions)
+        # A log that knows each event's own partition time (Kafka: partitions are read at their own pace) says which
+        # are late; otherwise one watermark shared by all workers (Redis Streams: every worker reads every partition).
+        per_partition = getattr(self.stream, "late", None)
+        late = per_partition(entries, self.lateness_ms) if per_partition is not None else self._late(transactions)
+        if late and per_partition is not None:
+            log.warning("late events", extra={"late": late, "lateness_ms": self.lateness_ms})
         applied = self.updater.apply(transactions, labels)
         self.stream.ack(entries)
         now_ms = int(time.time() * 1000)
