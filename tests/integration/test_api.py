@@ -618,13 +618,14 @@ def test_the_lean_score_route_answers_as_fastapis_route(deployment: Deployment, 
              "currency": "USD", "merchant_category": "5411", "country": "US",
              "event_timestamp": datetime.now(UTC).isoformat()}  # fmt: skip
     json_type = {"content-type": "application/json"}
+    bodies: tuple[object, ...] = (
+        {"transaction_id": deployment.recent[0]}, {"transaction_id": deployment.recent[1]},
+        {"transaction_id": "tx_missing"}, {"transaction": event}, {"transaction_id": ""}, {},
+        {"transaction_id": 5}, {"transaction_id": "x", "extra": 1}, {"transaction": {**event, "amount": -1}},
+        {"transaction_id": "x", "transaction": event}, [], None, "tx",
+    )  # fmt: skip
     requests: list[tuple[bytes, dict[str, str]]] = [
-        *((json.dumps(body).encode(), json_type) for body in (
-            {"transaction_id": deployment.recent[0]}, {"transaction_id": deployment.recent[1]},
-            {"transaction_id": "tx_missing"}, {"transaction": event}, {"transaction_id": ""}, {},
-            {"transaction_id": 5}, {"transaction_id": "x", "extra": 1}, {"transaction": {**event, "amount": -1}},
-            {"transaction_id": "x", "transaction": event}, [], None, "tx",
-        )),
+        *((json.dumps(body).encode(), json_type) for body in bodies),
         (b"{not json", json_type), (b"\xff\xfe", json_type), (b"", json_type),
         *((json.dumps({"transaction_id": deployment.recent[0]}).encode(), headers) for headers in (
             {"content-type": "text/plain"}, {}, {"content-type": "application/json; charset=utf-8"})),
