@@ -27,7 +27,10 @@ def logged_training_set(
     cutoff: datetime | None = None,
     maturity: timedelta = timedelta(days=10),
 ) -> TrainingSet:
+    from pipelines.label_log import copy_label_stream, label_log_dir
+
     target = ModelRegistry.at(settings.models_dir, None, None).get(model).manifest
+    copy_label_stream(settings)  # the label stream's new labels count too; unreachable: those copied before count
     return training_set_from_logs(
         log_files([settings.score_log_dir]),
         settings.offline.labels_file,
@@ -37,6 +40,7 @@ def logged_training_set(
         cutoff=cutoff,
         maturity=maturity,
         since=since,
+        label_log=label_log_dir(settings.home_dir),
     )
 
 

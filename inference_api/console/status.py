@@ -112,6 +112,13 @@ def quality_report(
     settings: Settings, registry: ModelRegistry, files: Sequence[Path], days: int, model: str | None
 ) -> dict[str, Any]:
     """`fraudserve monitor report --json` over `files` (`log_window`) with the labels known now."""
+    from pipelines.drift_reference import cache_dir, resolver
+    from pipelines.label_log import label_log_dir
     from pipelines.monitoring import registry_report
 
-    return registry_report(registry, settings.offline.labels_file, files, days=days, model=model)
+    # The label stream's copy and the kept drift references, as the CLI's report reads them; the API never rebuilds
+    # a reference (that reads the offline store): `fraudserve monitor report` does, once, and keeps it.
+    return registry_report(
+        registry, settings.offline.labels_file, files, days=days, model=model,
+        label_log=label_log_dir(settings.home_dir), references=resolver(cache_dir(settings.home_dir)),
+    )  # fmt: skip

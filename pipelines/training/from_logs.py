@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.models.manifest import FeatureField
-from core.score_log import SCHEMA
+from core.score_log import read_file
 from pipelines.training.dataset import LABEL, ServiceFeature, TrainingDataError, TrainingSet
 
 MIN_LABELLED_ROWS = 500
@@ -40,13 +40,14 @@ def training_set_from_logs(
     cutoff: datetime | None = None,
     maturity: timedelta = timedelta(days=10),
     since: datetime | None = None,
+    label_log: Path | None = None,
 ) -> TrainingSet:
     started = time.perf_counter()
     names = [f.name for f in features]
     width = len(names)
     frames: list[pd.DataFrame] = []
     for path in files:
-        table = pq.read_table(path, schema=SCHEMA)
+        table = read_file(path)  # a part compacted since it was listed is read from the compacted file
         table = table.filter(
             pc.and_(pc.equal(table.column("model"), model), pc.equal(table.column("feature_service"), feature_service))
         )
@@ -77,7 +78,7 @@ def training_set_from_logs(
     logged = logged.sort_values(["_order", "event_timestamp", "transaction_id"], kind="stable")
     logged = logged.drop_duplicates("transaction_id", keep="first").drop(columns=["_role", "_order"])
 
-    verdicts = _verdicts(labels_file)
+    verdicts = _verdicts(labels_file, label_log)
     if cutoff is None:
         moment = max(pd.Timestamp(logged["event_timestamp"].max()), pd.Timestamp(verdicts["label_timestamp"].max()))
     else:
@@ -109,10 +110,18 @@ def training_set_from_logs(
     )
 
 
-def _verdicts(path: Path) -> pd.DataFrame:
+def _verdicts(path: Path, label_log: Path | None = None) -> pd.DataFrame:
+    """Every label with its time: the offline labels file's, and the label stream's copied ones under `label_log`
+    (pipelines/label_log.py)."""
+    from pipelines.label_log import read as read_label_log
+
     if not path.exists():
         raise TrainingDataError(f"{path} does not exist: the labels file is needed to train from the score log")
     table: pd.DataFrame = pq.read_table(path, columns=["transaction_id", "is_fraud", "label_timestamp"]).to_pandas()
+    if label_log is not None:
+        streamed = read_label_log(label_log)
+        if len(streamed):
+            table = pd.concat([table, streamed], ignore_index=True)
     table["label_timestamp"] = pd.to_datetime(table["label_timestamp"], utc=True)
     table["is_fraud"] = table["is_fraud"].astype(bool)
     return table

@@ -108,3 +108,33 @@ def test_too_few_labelled_rows_are_refused_with_a_clear_message(settings: Settin
 def test_without_any_logged_vector_it_says_so(settings: Settings, tmp_path: Path) -> None:
     code, output = train_from_logs(tmp_path / "pkg-none")
     assert code == 1 and "holds no vector of model 'fraud'" in " ".join(output.split())
+
+
+def test_labels_of_the_label_stream_count_too(settings: Settings) -> None:
+    """A verdict that reached only the label stream (copied under FRAUDSERVE_HOME/logs/labels) changes the training
+    label of its transaction: a later chargeback on a transaction the offline labels call legitimate."""
+    import pyarrow.parquet as pq
+
+    from fraudserve.log_training import logged_training_set
+    from pipelines.label_log import SCHEMA as LABEL_LOG_SCHEMA
+    from pipelines.label_log import label_log_dir
+    from pipelines.training.dataset import LABEL
+
+    served(settings, 3000)
+    before = logged_training_set(settings, "fraud").frame
+    legit = before.loc[~before[LABEL].astype(bool), "transaction_id"].head(25).tolist()
+    assert len(legit) == 25
+    when = END - timedelta(days=5)
+    streamed = pa.Table.from_pylist(
+        [{"transaction_id": t, "is_fraud": True, "label_timestamp": when, "stream_id": f"1-{i}"}
+         for i, t in enumerate(legit)],
+        schema=LABEL_LOG_SCHEMA,
+    )  # fmt: skip
+    folder = label_log_dir(settings.home_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(streamed, folder / "part-00000001.parquet")
+
+    after = logged_training_set(settings, "fraud").frame.set_index("transaction_id")
+    assert after.loc[legit, LABEL].astype(bool).all()
+    others = before.loc[~before["transaction_id"].isin(legit)].set_index("transaction_id")[LABEL]
+    assert (after.loc[others.index, LABEL].astype(bool) == others.astype(bool)).all()
