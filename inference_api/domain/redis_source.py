@@ -43,14 +43,8 @@ def _fields(view: str, features: tuple[str, ...]) -> tuple[bytes | str, ...]:
     return (*(feature_field(view, f) for f in features), ts_field(view))
 
 
-# One round trip for a transaction and its views' features: HMGET the transaction's hash, take each join key's value
-# from its stored ValueProto (field 2, string_val: 0x12, varint length, bytes), build Feast's v3 entity key and HMGET
-# the fields of every view keyed by it (several views may share a join key, e.g. a window view and a batch view of
-# merchant_id: Feast keeps them in one hash, read by one HMGET). The plan (project, field names, key prefixes) is
-# written into the script as literals (`_lookup_script`), one script per feature plan, so a call carries only the
-# transaction keys. Keys are derived inside the script, so it runs on a single Redis only; on a cluster the reader
-# makes two round trips.
-_LOOKUP_BODY = """
+# A stored ValueProto's string_val (field 2: 0x12, varint length, bytes), or nil: a join key's value.
+_STRING_VAL = """
 local function string_val(raw)
   if not raw or #raw < 2 or string.byte(raw, 1) ~= 18 then return nil end
   local length, shift, i = 0, 1, 2
@@ -64,6 +58,18 @@ local function string_val(raw)
   if length == 0 then return nil end
   return string.sub(raw, i, i + length - 1)
 end
+"""
+
+# One round trip for a transaction and its views' features: HMGET the transaction's hash, take each join key's value
+# from its stored ValueProto (field 2, string_val: 0x12, varint length, bytes), build Feast's v3 entity key and HMGET
+# the fields of every view keyed by it (several views may share a join key, e.g. a window view and a batch view of
+# merchant_id: Feast keeps them in one hash, read by one HMGET). The plan (project, field names, key prefixes) is
+# written into the script as literals (`_lookup_script`), one script per feature plan, so a call carries only the
+# transaction keys. Keys are derived inside the script, so it runs on a single Redis only; on a cluster the reader
+# makes two round trips.
+_LOOKUP_BODY = (
+    _STRING_VAL
+    + """
 local out = {}
 for k = 1, #KEYS do
   local txn = redis.call('HMGET', KEYS[k], unpack(tfields))
@@ -81,26 +87,16 @@ for k = 1, #KEYS do
 end
 return out
 """
+)
 
 # The same lookup for a whole batch, flat: every transaction's fields, then each key group's fields (the group's
 # width of empty strings when the transaction has no value of its key), one array of n x width strings (a missing
 # field is "" too). An entity that several transactions of the batch share (a merchant, a card) is read once.
 # Nothing per id crosses to Python but a bytes object per cell; `decode_columns` turns the cells into numpy columns
 # without a protobuf message per value.
-_FLAT_BODY = """
-local function string_val(raw)
-  if not raw or #raw < 2 or string.byte(raw, 1) ~= 18 then return nil end
-  local length, shift, i = 0, 1, 2
-  while i <= #raw do
-    local b = string.byte(raw, i)
-    length = length + (b % 128) * shift
-    i = i + 1
-    if b < 128 then break end
-    shift = shift * 128
-  end
-  if length == 0 then return nil end
-  return string.sub(raw, i, i + length - 1)
-end
+_FLAT_BODY = (
+    _STRING_VAL
+    + """
 local out, n, seen = {}, 0, {}
 local width = #tfields
 for k = 1, #KEYS do
@@ -134,6 +130,7 @@ for k = 1, #KEYS do
 end
 return out
 """
+)
 
 
 def _lua(value: bytes | str) -> str:

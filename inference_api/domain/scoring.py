@@ -12,7 +12,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -437,6 +437,17 @@ async def score_requests(
 ) -> list[Score | FraudserveError]:
     """Score many requests with one transaction lookup, one feature fetch and one model call; errors per item."""
     plan = (model or service.models.production()).plan  # no model: say so (503) before any lookup
+    return await _score_records(service, plan, requests, lambda records: service.score(records, model))
+
+
+async def _score_records(
+    service: ScoringService,
+    plan: FeaturePlan,
+    requests: Sequence[Request],
+    score: Callable[[list[TransactionRecord]], Awaitable[list[Score]]],
+) -> list[Score | FraudserveError]:
+    """The requests as records (ids looked up with one call, inline events checked), scored by `score` in one call;
+    an unknown id or an invalid event is that item's own error."""
     outcomes: list[Score | FraudserveError | TransactionRecord | None] = [None] * len(requests)
     ids = [(i, tid) for i, (tid, event) in enumerate(requests) if event is None and tid is not None]
     if ids:
@@ -451,9 +462,9 @@ async def score_requests(
                 outcomes[i] = exc
     ready = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, TransactionRecord)]
     if ready:
-        scores = await service.score([o for _, o in ready], model)
-        for (i, _), score in zip(ready, scores, strict=True):
-            outcomes[i] = score
+        scores = await score([o for _, o in ready])
+        for (i, _), scored in zip(ready, scores, strict=True):
+            outcomes[i] = scored
     return [o for o in outcomes if isinstance(o, Score | FraudserveError)]
 
 
@@ -474,22 +485,6 @@ async def score_batch(service: ScoringService, requests: Sequence[Request]) -> l
         and not service.shadow
     ):
         return await service.score_columns(ids, model, role)
-    plan = model.plan
-    outcomes: list[Score | FraudserveError | TransactionRecord | None] = [None] * len(requests)
-    wanted = [(i, tid) for i, (tid, event) in enumerate(requests) if event is None and tid is not None]
-    if wanted:
-        found = await service.lookup([tid for _, tid in wanted], plan)
-        for (i, tid), record in zip(wanted, found, strict=True):
-            outcomes[i] = record if record is not None else TransactionNotFound(tid)
-    for i, (_, event) in enumerate(requests):
-        if event is not None:
-            try:
-                outcomes[i] = record_from_event(event, plan.record_fields, plan.extra_fields)
-            except FraudserveError as exc:
-                outcomes[i] = exc
-    ready = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, TransactionRecord)]
-    if ready:
-        scores = await service._score([o for _, o in ready], model, serving_default=True, role=role)
-        for (i, _), score in zip(ready, scores, strict=True):
-            outcomes[i] = score
-    return [o for o in outcomes if isinstance(o, Score | FraudserveError)]
+    return await _score_records(
+        service, model.plan, requests, lambda records: service._score(records, model, serving_default=True, role=role)
+    )
