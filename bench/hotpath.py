@@ -225,6 +225,9 @@ async def _stages(
     async def whole(i: int) -> Any:
         return await score_requests(service, [(t, None) for t in chunk(i)])
 
+    async def columnar(i: int) -> Any:  # score:batch's path, on the same ids
+        return await service.score_columns(chunk(i), model, "production")
+
     return [
         ("lookup, one round trip (Lua)", await _acpu_us(calls, fused)),
         ("lookup, two round trips (before)", await _acpu_us(calls, two_trips)),
@@ -233,7 +236,8 @@ async def _stages(
         ("predict, native (before)", _cpu_us(calls, lambda i: native.predict(matrix))),
         ("reasons, decision path", _cpu_us(calls, lambda i: model.explainer.contributions(matrix))),
         ("reasons, TreeSHAP (before)", _cpu_us(max(calls // 20, 20), lambda i: shap.contributions(matrix))),
-        ("score_requests, all of the above", await _acpu_us(calls, whole)),
+        ("score_requests (record path), all of the above", await _acpu_us(calls, whole)),
+        ("the same by score:batch's columnar path", await _acpu_us(calls, columnar)),
         ("response body (JSON)", _cpu_us(calls, lambda i: [json.dumps(score_body(s)) for s in scores])),
     ]
 
