@@ -31,6 +31,8 @@ def features_apply() -> None:
     except FraudserveError as exc:
         raise fail(exc) from exc
     out.print(output.strip(), highlight=False)
+    if settings.offline.transactions_file.exists():  # a re-apply over computed features: keep registration's answers
+        _fill_registration_cache(settings)
 
 
 @app.command("backfill")
@@ -108,8 +110,8 @@ def features_backfill(
 
 def _fill_registration_cache(settings: Any) -> None:
     """Keep what a model registration asks Feast about every feature service (fraudserve/service_cache.py), now that
-    the offline store changed: the next `models register` then imports no Feast. Best effort: a failure costs only
-    that speed-up, never the backfill, and says why."""
+    Feast's registry or the offline store changed: the next `models register` then imports no Feast. Best effort:
+    a failure costs only that speed-up, never the command, and says why."""
     from fraudserve import service_cache
     from fraudserve.commands.models import feast_as_optimized
 
