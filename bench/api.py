@@ -73,6 +73,18 @@ def wait_ready(url: str, body: dict[str, object], seconds: float = 120) -> None:
         raise RuntimeError(f"{url} did not answer 200 within {seconds} s")
 
 
+def embedded_store(stack: contextlib.ExitStack, home: Path | None, prefix: str) -> tuple[Path, Settings, str]:
+    """The benchmark's folder (`home`, kept and reused by the next run, or a temporary one removed with `stack`), this
+    process's settings pointing at it (FRAUDSERVE_HOME under it, FRAUDSERVE_REDIS unset) and the connection string of
+    its embedded redis-server, stopped with `stack`."""
+    root = home or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+    os.environ["FRAUDSERVE_HOME"] = str(root / "home")
+    os.environ.pop("FRAUDSERVE_REDIS", None)
+    settings = Settings()
+    connection = stack.enter_context(online_store(None, settings.embedded_redis_dir, settings.redis_server_bin))
+    return root, settings, connection
+
+
 def prepare(
     root: Path, settings: Settings, connection: str, cards: int, days: int, console: Console
 ) -> list[tuple[str, str, str, str | None, str | None]]:
@@ -234,11 +246,7 @@ def main() -> None:
     result: dict[str, Any] = {"machine": machine(), "started": datetime.now(UTC).isoformat(), "args": vars(args),
                               "load_average_start": os.getloadavg()}  # fmt: skip
     with contextlib.ExitStack() as stack:
-        root = args.home or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fraudserve-bench-")))
-        os.environ["FRAUDSERVE_HOME"] = str(root / "home")
-        os.environ.pop("FRAUDSERVE_REDIS", None)
-        settings = Settings()
-        connection = stack.enter_context(online_store(None, settings.embedded_redis_dir, settings.redis_server_bin))
+        root, settings, connection = embedded_store(stack, args.home, "fraudserve-bench-")
         env = {**os.environ, **settings.feast_environment(connection), "FRAUDSERVE_REDIS": connection,
                "FRAUDSERVE_TOP_REASONS": str(args.top_reasons)}  # fmt: skip
         recent_rows = prepare(root, settings, connection, args.cards, args.days, console)[:SAMPLE]

@@ -23,7 +23,6 @@ import contextlib
 import functools
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -32,9 +31,8 @@ from typing import Any
 
 from rich.console import Console
 
-from bench.api import prepare
+from bench.api import embedded_store, prepare
 from bench.report import machine, print_table, write_result
-from core.embedded_redis import online_store
 from core.settings import Settings
 
 
@@ -64,11 +62,7 @@ def main() -> None:
     console = Console()
     result: dict[str, object] = {"machine": machine(), "started": datetime.now(UTC).isoformat()}
     with contextlib.ExitStack() as stack:
-        root = args.home or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fraudserve-hotpath-")))
-        os.environ["FRAUDSERVE_HOME"] = str(root / "home")
-        os.environ.pop("FRAUDSERVE_REDIS", None)
-        settings = Settings()
-        connection = stack.enter_context(online_store(None, settings.embedded_redis_dir, settings.redis_server_bin))
+        root, settings, connection = embedded_store(stack, args.home, "fraudserve-hotpath-")
         ids = [r[0] for r in prepare(root, settings, connection, args.cards, args.days, console)]
         settings.export_feast_environment(connection)
         os.environ["FRAUDSERVE_REDIS"] = connection

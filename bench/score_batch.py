@@ -28,7 +28,6 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from datetime import UTC, datetime
@@ -39,10 +38,10 @@ import httpx
 import numpy as np
 from rich.console import Console
 
-from bench.api import prepare, wait_ready
+from bench.api import embedded_store, prepare, wait_ready
 from bench.load import run_load
 from bench.report import machine, print_table, write_result
-from core.embedded_redis import free_port, online_store
+from core.embedded_redis import free_port
 from core.settings import Settings
 from fraudserve import feature_store
 
@@ -142,11 +141,7 @@ def main() -> None:
     result: dict[str, Any] = {"machine": machine(), "started": datetime.now(UTC).isoformat(), "args": vars(args)}
     result["load_average_at_start"] = os.getloadavg()
     with contextlib.ExitStack() as stack:
-        root = args.home or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fraudserve-bench-")))
-        os.environ["FRAUDSERVE_HOME"] = str(root / "home")
-        os.environ.pop("FRAUDSERVE_REDIS", None)
-        settings = Settings()
-        connection = stack.enter_context(online_store(None, settings.embedded_redis_dir, settings.redis_server_bin))
+        root, settings, connection = embedded_store(stack, args.home, "fraudserve-bench-")
         recent = prepare(root, settings, connection, args.cards, args.days, console)
         ids = [r[0] for r in recent]
         port = free_port()

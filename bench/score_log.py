@@ -30,7 +30,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -45,14 +44,13 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
-from bench.api import prepare, wait_ready
+from bench.api import embedded_store, prepare, wait_ready
 from bench.load import run_load
 from bench.report import machine, write_result
-from core.embedded_redis import free_port, online_store
+from core.embedded_redis import free_port
 from core.models.manifest import Manifest
 from core.registry import ModelRegistry
 from core.score_log import FEATURE, SCHEMA, log_files, write_part
-from core.settings import Settings
 
 FILE_ROWS = 100_000
 FLUSH_S = 5.0  # the score log's flush interval (the default; --flush-seconds)
@@ -224,11 +222,7 @@ def main() -> None:
     console = Console()
     result: dict[str, object] = {"machine": machine(), "started": datetime.now(UTC).isoformat(), "args": vars(args)}
     with contextlib.ExitStack() as stack:
-        root = args.home or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fraudserve-bench-")))
-        os.environ["FRAUDSERVE_HOME"] = str(root / "home")
-        os.environ.pop("FRAUDSERVE_REDIS", None)
-        settings = Settings()
-        connection = stack.enter_context(online_store(None, settings.embedded_redis_dir, settings.redis_server_bin))
+        root, settings, connection = embedded_store(stack, args.home, "fraudserve-bench-")
         env = {**os.environ, **settings.feast_environment(connection), "FRAUDSERVE_REDIS": connection}
         recent = prepare(root, settings, connection, args.cards, args.days, console)
         bodies: list[dict[str, object]] = [{"transaction_id": r[0]} for r in recent]

@@ -15,7 +15,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime
@@ -24,11 +23,10 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from bench.api import prepare, wait_ready
+from bench.api import embedded_store, prepare, wait_ready
 from bench.load import run_load
 from bench.report import machine, print_table, write_result
-from core.embedded_redis import free_port, online_store
-from core.settings import Settings
+from core.embedded_redis import free_port
 
 
 def _children(pid: int) -> list[int]:
@@ -76,11 +74,7 @@ def main() -> None:
     console = Console()
     result: dict[str, object] = {"machine": machine(), "started": datetime.now(UTC).isoformat(), "args": vars(args)}
     with contextlib.ExitStack() as stack:
-        root = args.home or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fraudserve-soak-")))
-        os.environ["FRAUDSERVE_HOME"] = str(root / "home")
-        os.environ.pop("FRAUDSERVE_REDIS", None)
-        settings = Settings()
-        connection = stack.enter_context(online_store(None, settings.embedded_redis_dir, settings.redis_server_bin))
+        root, settings, connection = embedded_store(stack, args.home, "fraudserve-soak-")
         recent = prepare(root, settings, connection, args.cards, args.days, console)
         bodies: list[dict[str, object]] = [{"transaction_id": r[0]} for r in recent]
         port = free_port()
