@@ -7,8 +7,12 @@ with FRAUDSERVE_REDIS_TYPE=redis_cluster; `Deployment.redis` is then that `Redis
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,8 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import httpx
 import pytest
 
+from core.embedded_redis import free_port
 from core.models.manifest import Flavor
 from core.settings import Settings
 from fraudserve import feature_store
@@ -113,3 +119,37 @@ def deploy(
             yield Deployment(settings, redis, registry, packages, recent_ids)
     finally:
         redis.stop()
+
+
+def serve_workers(
+    deployment: Deployment, workers: int, ready_within_s: float, **settings: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`fraudserve serve --workers N` on the deployment, as an operator runs it, once it is ready: its own process
+    with only this deployment's FRAUDSERVE_* settings (plus `settings`), its output in a log file under the home
+    that a failure to become ready within `ready_within_s` quotes."""
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSERVE_")}
+    environment.update(
+        FRAUDSERVE_HOME=str(deployment.settings.home_dir), FRAUDSERVE_REDIS=deployment.redis.connection_string,
+        **settings,
+    )  # fmt: skip
+    output = deployment.settings.home_dir / f"serve-{port}.log"
+    with output.open("wb") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "fraudserve", "serve", "--port", str(port), "--workers", str(workers)],
+            env=environment, stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + ready_within_s
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.kill()
+    raise RuntimeError(
+        f"`fraudserve serve --workers {workers}` did not become ready within {ready_within_s:g} s: "
+        f"{output.read_text()[-3000:]}"
+    )

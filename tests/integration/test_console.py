@@ -4,11 +4,8 @@ nothing of any host but the API's."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,11 +18,10 @@ import httpx
 import pytest
 import yaml
 
-from core.embedded_redis import free_port
 from core.models.manifest import MANIFEST_FILE, Flavor, Manifest
 from fraudserve.mlflow_models import register_mlflow
 from tests.api_server import ApiServer
-from tests.deployment import Deployment, deploy
+from tests.deployment import Deployment, deploy, serve_workers
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python (pip install -e '.[dev]')")
 CHROMIUM = shutil.which("chromium")
@@ -244,34 +240,8 @@ def test_an_admin_key_is_asked_once_and_a_wrong_one_refused(deployment: Deployme
         deployment.settings.keys_file.unlink(missing_ok=True)
 
 
-def serve_workers(deployment: Deployment, workers: int) -> tuple[subprocess.Popen[bytes], str]:
-    """`fraudserve serve --workers N` on the deployment, ready (the way an operator runs it)."""
-    port = free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSERVE_")}
-    environment.update(
-        FRAUDSERVE_HOME=str(deployment.settings.home_dir), FRAUDSERVE_REDIS=deployment.redis.connection_string
-    )
-    output = deployment.settings.home_dir / f"serve-{port}.log"
-    with output.open("wb") as sink:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "fraudserve", "serve", "--port", str(port), "--workers", str(workers)],
-            env=environment, stdout=sink, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 150  # each worker imports Feast: a minute on a loaded 2-core machine
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    server.kill()
-    raise RuntimeError(f"`fraudserve serve --workers {workers}` did not become ready: {output.read_text()[-3000:]}")
-
-
 def test_with_two_workers_each_one_shows_the_whole_services_traffic(deployment: Deployment) -> None:
-    server, url = serve_workers(deployment, workers=2)
+    server, url = serve_workers(deployment, workers=2, ready_within_s=150)  # each worker imports Feast
     try:
         # A connection per request, so that both worker processes answer (each keeps its own traffic window).
         with httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as client:

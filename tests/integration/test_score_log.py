@@ -6,8 +6,6 @@ import asyncio
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,12 +17,11 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from core.embedded_redis import free_port
 from core.score_log import log_files, read_log
 from core.settings import Settings
 from fraudserve import feature_store
 from tests.api_server import ApiServer
-from tests.deployment import SESSION_END, Deployment, deploy
+from tests.deployment import SESSION_END, Deployment, deploy, serve_workers
 
 
 @pytest.fixture(scope="module")
@@ -138,31 +135,6 @@ def test_a_full_queue_drops_and_counts_and_requests_are_unaffected(deployment: D
     assert len(logged(settings, prefix)) == 5  # written when the API stopped
 
 
-def _serve(deployment: Deployment, workers: int, flush_s: float) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSERVE_")}
-    environment.update(
-        FRAUDSERVE_HOME=str(deployment.settings.home_dir),
-        FRAUDSERVE_REDIS=deployment.redis.connection_string,
-        FRAUDSERVE_SCORE_LOG_FLUSH_SECONDS=str(flush_s),
-    )
-    server = subprocess.Popen(
-        [sys.executable, "-m", "fraudserve", "serve", "--port", str(port), "--workers", str(workers)],
-        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("the API did not become ready within 90 s")
-
-
 async def _load(
     url: str, ids: list[str], prefix: str, seconds: float, connections: int = 12, keepalive: bool = True
 ) -> list[str]:
@@ -195,7 +167,7 @@ async def _load(
 @pytest.mark.timeout(240)
 def test_two_workers_under_load_log_every_response_once(deployment: Deployment) -> None:
     prefix = f"load-{uuid.uuid4().hex[:8]}-"
-    server, url = _serve(deployment, workers=2, flush_s=0.5)
+    server, url = serve_workers(deployment, 2, ready_within_s=90, FRAUDSERVE_SCORE_LOG_FLUSH_SECONDS="0.5")
     try:
         answered = asyncio.run(_load(url, deployment.recent, prefix, seconds=4, keepalive=False))
     finally:
@@ -213,7 +185,7 @@ def test_two_workers_under_load_log_every_response_once(deployment: Deployment) 
 @pytest.mark.timeout(240)
 def test_a_killed_worker_leaves_only_complete_files(deployment: Deployment) -> None:
     prefix = f"kill-{uuid.uuid4().hex[:8]}-"
-    server, url = _serve(deployment, workers=2, flush_s=0.05)
+    server, url = serve_workers(deployment, 2, ready_within_s=90, FRAUDSERVE_SCORE_LOG_FLUSH_SECONDS="0.05")
     try:
 
         async def load_and_kill() -> list[str]:
