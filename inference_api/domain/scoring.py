@@ -249,13 +249,6 @@ class ScoringService:
             return candidate, "canary"
         return production, "production"
 
-    def _choose(self) -> LoadedModel:
-        production = self.models.production()
-        candidate = self.models.candidate()
-        if candidate is not None and self.canary_percent > 0 and random.random() * 100 < self.canary_percent:
-            return candidate
-        return production
-
     async def lookup(
         self, transaction_ids: Sequence[str], plan: FeaturePlan | None = None
     ) -> list[TransactionRecord | None]:
@@ -275,7 +268,7 @@ class ScoringService:
         """
         if model is not None:
             return await self._score(records, model, serving_default=False)
-        chosen = [self._choose() for _ in records]  # the canary share is drawn per request, not per batch
+        chosen = [self.choose()[0] for _ in records]  # the canary share is drawn per request, not per batch
         if all(m is chosen[0] for m in chosen):
             return await self._score(records, chosen[0], serving_default=True)
         results: dict[int, Score] = {}
