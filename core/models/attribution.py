@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from core.models.compiled import CompiledRuntime, NodeTable
 from core.models.manifest import Flavor
 from core.models.runtime import SINGLE_THREAD_ROWS, XGBoostRuntime
 from core.settings import ReasonsMethod
@@ -41,9 +42,16 @@ class Explainer(Protocol):
 
 
 class LightGBMPathExplainer:
-    """Decision-path contributions for a LightGBM model: one `pred_leaf` call and a table lookup per row."""
+    """Decision-path contributions for a LightGBM model: a row's leaves and a table row per leaf, summed.
 
-    def __init__(self, path: Path, threads: int = 0) -> None:
+    With the model compiled (`runtime` a `CompiledRuntime`), the compiled library walks the trees as it does to
+    predict and adds each leaf's sparse table row in C (`CompiledRuntime.sum_leaves`): no `pred_leaf` call and no
+    (rows, trees, features) gather. That is checked at load against `pred_leaf` and the gather on probe rows, and
+    the native way answers whenever the compiled one is unavailable or disagrees. Both sum the trees in the
+    model's order from 0, so they give the same numbers, bit for bit.
+    """
+
+    def __init__(self, path: Path, threads: int = 0, runtime: Any = None) -> None:
         import lightgbm
 
         self.booster = lightgbm.Booster(model_file=str(path))
@@ -63,6 +71,20 @@ class LightGBMPathExplainer:
             rows.extend(table)
         self.table = np.vstack(rows) if rows else np.zeros((0, n_features + 1))
         self._single = _SingleRowLeaves(self.booster, n_features, len(trees))
+        self.compiled: Any = None  # the CompiledRuntime whose walk finds the leaves, when it serves this model
+        self.node_table: NodeTable | None = None
+        if runtime is not None and isinstance(runtime, CompiledRuntime):
+            try:
+                self.node_table = _node_table(runtime, trees, self.offsets, self.table)
+                self.compiled = runtime
+                self._check_compiled(_probe_rows(trees, n_features))
+            except ValueError as exc:
+                self.compiled, self.node_table = None, None
+                log.warning(
+                    "reasons use LightGBM's pred_leaf: the compiled walk cannot serve them: %s",
+                    exc,
+                    extra={"model": str(path), "reason": str(exc)},
+                )
 
     def leaves(self, rows: np.ndarray) -> np.ndarray:
         """Each row's leaf index in every tree, (rows, trees)."""
@@ -73,8 +95,73 @@ class LightGBMPathExplainer:
         return leaves.reshape(rows.shape[0], -1)
 
     def contributions(self, rows: np.ndarray) -> np.ndarray:
+        if self.compiled is not None and self.node_table is not None:
+            summed: np.ndarray = self.compiled.sum_leaves(rows, self.node_table)
+            return summed
+        return self.gathered(rows)
+
+    def gathered(self, rows: np.ndarray) -> np.ndarray:
+        """The contributions by LightGBM's leaves and a (rows, trees, features) gather: the reference way."""
         result: np.ndarray = self.table[self.leaves(rows) + self.offsets].sum(axis=1)
         return result
+
+    def _check_compiled(self, rows: np.ndarray) -> None:
+        """The compiled walk's sums equal the reference way's, exactly, on `rows` (else ValueError)."""
+        assert self.compiled is not None and self.node_table is not None
+        expected, got = self.gathered(rows), self.compiled.sum_leaves(rows, self.node_table)
+        if not np.array_equal(expected, got):
+            differ = int(np.count_nonzero(np.any(expected != got, axis=1)))
+            raise ValueError(f"the compiled walk's contributions differ from pred_leaf's on {differ} probe rows")
+
+
+def _node_table(
+    runtime: CompiledRuntime, trees: list[dict[str, Any]], offsets: np.ndarray, table: np.ndarray
+) -> NodeTable:
+    """The leaf table indexed by the compiled library's nodes: each LightGBM tree walked beside its compiled copy
+    (same shape, left child first), each leaf's nonzero contributions stored sparse at its compiled node."""
+    left, roots = runtime.layout()
+    if len(roots) != len(trees):
+        raise ValueError(f"the compiled model has {len(roots)} trees, the model file {len(trees)}")
+    row_of_node = np.full(len(left), -1, dtype=np.int64)
+    for t, tree in enumerate(trees):
+        stack = [(int(roots[t]), tree["tree_structure"])]
+        while stack:
+            at, node = stack.pop()
+            is_leaf = "split_feature" not in node
+            if is_leaf != (left[at] == at):
+                raise ValueError(f"tree {t}'s compiled layout does not follow the model file's")
+            if is_leaf:
+                row_of_node[at] = offsets[t] + int(node.get("leaf_index", 0))
+            else:
+                stack += [(int(left[at]), node["left_child"]), (int(left[at]) + 1, node["right_child"])]
+    dense = np.where(row_of_node[:, None] >= 0, table[np.maximum(row_of_node, 0)], 0.0)
+    nonzero = dense != 0.0
+    return NodeTable(
+        start=np.concatenate([[0], np.cumsum(nonzero.sum(axis=1))]).astype(np.int64),
+        column=np.nonzero(nonzero)[1].astype(np.int32),
+        value=np.ascontiguousarray(dense[nonzero], dtype=np.float64),
+        width=table.shape[1],
+    )
+
+
+def _probe_rows(trees: list[dict[str, Any]], n_features: int, rows: int = 512, seed: int = 0) -> np.ndarray:
+    """Rows on, just below and just above every threshold of the model, with zeros and NaNs mixed in."""
+    cuts: list[list[float]] = [[0.0, 1.0, -1.0, np.inf, -np.inf] for _ in range(n_features)]
+    stack = [tree["tree_structure"] for tree in trees]
+    while stack:
+        node = stack.pop()
+        if "split_feature" in node:
+            threshold = float(node["threshold"])
+            cuts[int(node["split_feature"])] += [
+                threshold,
+                np.nextafter(threshold, np.inf),
+                np.nextafter(threshold, -np.inf),
+            ]
+            stack += [node["left_child"], node["right_child"]]
+    rng = np.random.default_rng(seed)
+    out = np.column_stack([rng.choice(np.array(values), size=rows) for values in cuts])
+    out[rng.random(out.shape) < 0.1] = np.nan
+    return np.ascontiguousarray(out, dtype=np.float64)
 
 
 class _SingleRowLeaves:
@@ -180,7 +267,7 @@ def make_explainer(method: ReasonsMethod, flavor: Flavor, path: Path, runtime: A
         return RuntimeExplainer(runtime)
     try:
         if flavor is Flavor.lightgbm:
-            return LightGBMPathExplainer(path, threads)
+            return LightGBMPathExplainer(path, threads, runtime)
         return XGBoostPathExplainer(path, threads)
     except (ImportError, ValueError, OSError, json.JSONDecodeError) as exc:
         log.warning("decision-path reasons unavailable; using TreeSHAP", extra={"model": str(path), "error": str(exc)})

@@ -10,6 +10,7 @@ import pytest
 import xgboost
 
 from core.models.attribution import LightGBMPathExplainer, RuntimeExplainer, XGBoostPathExplainer, make_explainer
+from core.models.compiled import CompiledRuntime
 from core.models.manifest import Flavor
 from core.models.runtime import load_runtime
 from core.settings import ReasonsMethod
@@ -104,3 +105,46 @@ def test_make_explainer_picks_the_method(lightgbm_model: Path) -> None:
     rows, _ = _data(5, 20)
     booster = lightgbm.Booster(model_file=str(lightgbm_model))
     np.testing.assert_allclose(shap.contributions(rows), booster.predict(rows, pred_contrib=True), atol=1e-12)
+
+
+def test_lightgbm_reasons_through_the_compiled_walk_equal_pred_leafs_exactly(
+    lightgbm_model: Path, tmp_path: Path
+) -> None:
+    """With the model compiled, the leaves come from the compiled walk and the sums from C: the same numbers, bit for
+    bit, as LightGBM's pred_leaf and the table gather, for batches, single rows and NaNs."""
+    runtime = load_runtime(Flavor.lightgbm, lightgbm_model, engine="compiled", cache_dir=tmp_path)
+    assert isinstance(runtime, CompiledRuntime)
+    explainer = make_explainer(ReasonsMethod.path, Flavor.lightgbm, lightgbm_model, runtime)
+    assert isinstance(explainer, LightGBMPathExplainer)
+    assert explainer.compiled is runtime
+    rows, _ = _data(6, 700)
+    rows[:5] = np.nan
+    contributions = explainer.contributions(rows)
+    np.testing.assert_array_equal(contributions, explainer.gathered(rows))
+    for i in range(30):
+        np.testing.assert_array_equal(explainer.contributions(rows[i : i + 1])[0], contributions[i])
+    # Every compiled walk ends at a leaf (a node that is its own left child).
+    left, _ = runtime.layout()
+    compiled_leaves = runtime.leaves(rows)
+    assert compiled_leaves.shape == (len(rows), runtime.library.num_tree)
+    assert np.all(left[compiled_leaves] == compiled_leaves)
+
+
+def test_a_compiled_walk_that_disagrees_falls_back_to_pred_leaf(
+    lightgbm_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = load_runtime(Flavor.lightgbm, lightgbm_model, engine="compiled", cache_dir=tmp_path)
+    assert isinstance(runtime, CompiledRuntime)
+    left, roots = runtime.layout()
+    swapped = roots[::-1].copy()  # the trees in the wrong order: the layout check or the probe rows catch it
+    runtime.layout = lambda: (left, swapped)  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="fraudserve.models"):
+        explainer = LightGBMPathExplainer(lightgbm_model, runtime=runtime)
+    assert explainer.compiled is None
+    assert "pred_leaf" in caplog.text
+    rows, _ = _data(7, 50)
+    np.testing.assert_array_equal(explainer.contributions(rows), explainer.gathered(rows))
+    booster = lightgbm.Booster(model_file=str(lightgbm_model))
+    np.testing.assert_allclose(
+        explainer.contributions(rows).sum(axis=1), booster.predict(rows, raw_score=True), atol=1e-10
+    )
