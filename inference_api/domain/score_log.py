@@ -1,11 +1,13 @@
 """The score log's writer: every returned score, with the vector the model saw, to Parquet from a background thread.
 
-A request only appends references (the `Score`, which holds its row of the model matrix) to a bounded list under
-a lock: no I/O, no Arrow, no copy. A thread of the process wakes every `flush_s`, takes the list, builds one Arrow
-table and writes one file per day partition (core/score_log.py: a temporary name, then renamed, so files are
-complete or absent and each uvicorn worker writes its own). When `max_rows` scores are already waiting, new ones
-are dropped and counted, never waited for; a failed write is logged and its rows counted as dropped. A killed
-process loses at most the scores of its last flush interval.
+A request only appends one block to a bounded list under a lock: its `Score`s as they are (each holds its row of
+the model matrix), or OIP's matrix and scores; no per-score tuple, no I/O, no Arrow, no copy. A thread of the
+process wakes every `flush_s`, takes the list, builds one Arrow table column by column (a list comprehension per
+column over a block's scores, the feature names as one code array per model) and writes one file per day partition
+(core/score_log.py: a temporary name, then renamed, so files are complete or absent and each uvicorn worker writes
+its own). When `max_rows` scores are already waiting, new ones are dropped and counted, never waited for; a failed
+write is logged and its rows counted as dropped. A killed process loses at most the scores of its last flush
+interval.
 
 Sampling: a feature service's Feast `logging_config` (its `sample_rate`; a `FileLoggingDestination`'s `path` as the
 log's root for that service) takes precedence over `FRAUDSERVE_SCORE_LOG_SAMPLE`. The decision is made per
@@ -44,8 +46,25 @@ class Sampling:
     root: Path
 
 
-# (request id, epoch seconds, transaction id, model, role, score, label, freshness, vector)
-_Row = tuple[str | None, float, str | None, "LoadedModel", str, float, str | None, float | None, np.ndarray | None]
+@dataclass
+class _Block:
+    """One request's logged scores: its `Score`s (each shadow after its score), or for OIP `infer` the model, the
+    tensor's rows and their scores (`matrix`, `values`)."""
+
+    request_id: str | None
+    time: float  # epoch seconds
+    scores: list[Score]
+    model: LoadedModel | None = None
+    matrix: np.ndarray | None = None
+    values: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.scores) if self.values is None else len(self.values)
+
+    def models(self) -> list[LoadedModel]:
+        if self.model is not None:
+            return [self.model]
+        return list({id(s.model): s.model for s in self.scores}.values())
 
 
 def feast_sampling(store: FeatureStore, default: Sampling) -> Callable[[str], Sampling]:
@@ -83,7 +102,8 @@ class ScoreLog:
         self.dropped = 0
         self.written = 0
         self._sampling: dict[str, Sampling] = {}
-        self._pending: list[_Row] = []
+        self._pending: list[_Block] = []
+        self._pending_rows = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -104,51 +124,36 @@ class ScoreLog:
     def record(self, request_id: str | None, outcomes: Sequence[Any]) -> None:
         """Log the scores among `outcomes` (errors are skipped), with their shadow scores. Never raises."""
         try:
-            rows: list[_Row] = []
-            now = time.time()
-            for score in outcomes:
-                if not hasattr(score, "vector"):
-                    continue  # an error, not a score
-                if not rows and not self._keep(score.model):
-                    return
-                rows.append(self._row(request_id, now, score))
-                if score.shadow is not None:
-                    rows.append(self._row(request_id, now, score.shadow))
-            self._add(rows)
+            scores = [o for o in outcomes if hasattr(o, "vector")]  # errors are not scores
+            if not scores or not self._keep(scores[0].model):
+                return
+            if any([s.shadow is not None for s in scores]):
+                scores = [x for s in scores for x in ((s,) if s.shadow is None else (s, s.shadow))]
+            self._add(_Block(request_id, time.time(), scores))
         except Exception as exc:  # the log must never fail a request
             log.warning("score log: a request's scores were not logged", extra={"error": str(exc)})
-
-    @staticmethod
-    def _row(request_id: str | None, now: float, score: Score) -> _Row:
-        return (request_id, now, score.transaction_id, score.model, score.role, score.score, score.label,
-                score.feature_freshness_seconds, score.vector)  # fmt: skip
 
     def record_matrix(self, request_id: str | None, model: LoadedModel, matrix: np.ndarray, scores: np.ndarray) -> None:
         """Log OIP `infer` scores: the tensor's rows are the vectors; labels from the manifest's thresholds."""
         try:
             if not len(scores) or not self._keep(model):
                 return
-            now = time.time()
-            label = model.manifest.thresholds.label
-            self._add(
-                [(request_id, now, None, model, "direct", float(s), label(float(s)), None, matrix[i])
-                 for i, s in enumerate(scores)]
-            )  # fmt: skip
+            self._add(_Block(request_id, time.time(), [], model, matrix, np.asarray(scores, dtype=np.float64)))
         except Exception as exc:
             log.warning("score log: a request's scores were not logged", extra={"error": str(exc)})
 
-    def _add(self, rows: list[_Row]) -> None:
-        if not rows:
-            return
+    def _add(self, block: _Block) -> None:
+        rows = len(block)
         with self._lock:
-            if len(self._pending) + len(rows) > self.max_rows:
-                self.dropped += len(rows)
+            if self._pending_rows + rows > self.max_rows:
+                self.dropped += rows
                 dropped = True
             else:
-                self._pending.extend(rows)
+                self._pending.append(block)
+                self._pending_rows += rows
                 dropped = False
         if dropped:
-            self.on_drop(len(rows))
+            self.on_drop(rows)
 
     # -------------------------------------------------------------------------------------------- writer side
     def start(self) -> None:
@@ -173,82 +178,167 @@ class ScoreLog:
             self.flush()
         self.flush()
 
-    def _groups(self, rows: list[_Row]) -> dict[tuple[Path, Any], list[_Row]]:
-        """Rows by log root (their feature service's) and UTC day; a flush's rows nearly always share both, which is
-        checked without a per-row date."""
+    def _groups(self, blocks: list[_Block]) -> dict[tuple[Path, Any], list[_Block]]:
+        """Blocks by log root (their feature service's) and UTC day; a flush's blocks nearly always share both,
+        which is checked per block and model, not per score. Otherwise a block whose scores go to several roots is
+        split score by score."""
         roots: dict[int, Path] = {}
-        for row in rows:
-            if id(row[3]) not in roots:
-                roots[id(row[3])] = self.sampling(row[3].manifest.feature_service).root
-        first, last = min(row[1] for row in rows), max(row[1] for row in rows)
+        for block in blocks:
+            for model in block.models():
+                if id(model) not in roots:
+                    roots[id(model)] = self.sampling(model.manifest.feature_service).root
+        first, last = min(b.time for b in blocks), max(b.time for b in blocks)
         if len(set(roots.values())) == 1 and int(first // 86_400) == int(last // 86_400):
-            return {(next(iter(roots.values())), datetime.fromtimestamp(first, UTC).date()): rows}
-        groups: dict[tuple[Path, Any], list[_Row]] = {}
-        for row in rows:
-            groups.setdefault((roots[id(row[3])], datetime.fromtimestamp(row[1], UTC).date()), []).append(row)
+            return {(next(iter(roots.values())), datetime.fromtimestamp(first, UTC).date()): blocks}
+        groups: dict[tuple[Path, Any], list[_Block]] = {}
+        for block in blocks:
+            day = datetime.fromtimestamp(block.time, UTC).date()
+            if len({roots[id(m)] for m in block.models()}) == 1:
+                groups.setdefault((roots[id(block.models()[0])], day), []).append(block)
+                continue
+            for score in block.scores:
+                groups.setdefault((roots[id(score.model)], day), []).append(_Block(block.request_id, block.time,
+                                                                                   [score]))  # fmt: skip
         return groups
 
     def flush(self) -> int:
         """Write the waiting scores now (one file per root and day); returns how many were written."""
         with self._lock:
-            rows, self._pending = self._pending, []
-        if not rows:
+            blocks, self._pending, rows, self._pending_rows = self._pending, [], self._pending_rows, 0
+        if not blocks:
             return 0
         try:
-            for (root, day), part in self._groups(rows).items():
+            for (root, day), part in self._groups(blocks).items():
                 self._sequence += 1
                 write_part(root, day, to_table(part), self._sequence)
         except Exception as exc:
-            self.dropped += len(rows)
-            self.on_drop(len(rows))
-            log.error("score log: a flush failed; its scores are dropped", extra={"error": str(exc), "rows": len(rows)})
+            self.dropped += rows
+            self.on_drop(rows)
+            log.error("score log: a flush failed; its scores are dropped", extra={"error": str(exc), "rows": rows})
             return 0
-        self.written += len(rows)
-        self.on_write(len(rows))
-        return len(rows)
+        self.written += rows
+        self.on_write(rows)
+        return rows
 
 
-def to_table(rows: Sequence[_Row]) -> pa.Table:
-    """Rows as a table of the log's schema; the vectors flattened column-wise (one Arrow array for all values, the
-    names taken from one dictionary of every model's feature names)."""
-    dictionary: list[str] = []
-    codes_of: dict[int, np.ndarray] = {}
-    codes: list[np.ndarray] = []
-    values: list[np.ndarray] = []
-    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
-    for i, row in enumerate(rows):
-        model, vector = row[3], row[8]
-        width = 0 if vector is None else len(vector)
-        if width:
-            known = codes_of.get(id(model))
-            if known is None:
-                names = model.manifest.feature_names
-                known = codes_of[id(model)] = np.arange(len(dictionary), len(dictionary) + len(names), dtype=np.int32)
-                dictionary.extend(names)
-            codes.append(known[:width])
-            values.append(vector)  # type: ignore[arg-type]
-        offsets[i + 1] = offsets[i] + width
-    flat = np.concatenate(values).astype(np.float64, copy=False) if values else np.empty(0, dtype=np.float64)
-    name_codes = np.concatenate(codes) if codes else np.empty(0, dtype=np.int32)
-    features = pa.ListArray.from_arrays(
-        pa.array(offsets),
-        pa.StructArray.from_arrays(
-            [pa.array(dictionary, pa.string()).take(pa.array(name_codes)),
-             pa.array(flat, pa.float64(), mask=np.isnan(flat))], fields=list(FEATURE),
-        ),
-    )  # fmt: skip
-    request_ids, stamps, transaction_ids, models, roles, scores, labels, freshness, _ = zip(*rows, strict=True)
-    columns = {
-        "request_id": pa.array(request_ids, pa.string()),
-        "time": pa.array((np.array(stamps) * 1000).round().astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
-        "transaction_id": pa.array(transaction_ids, pa.string()),
-        "model": pa.array([m.name for m in models], pa.string()),
-        "version": pa.array([m.version for m in models], pa.int32()),
-        "role": pa.array(roles, pa.string()),
-        "feature_service": pa.array([m.manifest.feature_service for m in models], pa.string()),
-        "score": pa.array(scores, pa.float64()),
-        "label": pa.array(labels, pa.string()),
-        "feature_freshness_seconds": pa.array(freshness, pa.float64()),
-        "features": features,
-    }
-    return pa.Table.from_pydict(columns, schema=SCHEMA)
+class _Columns:
+    """The log's columns as they are gathered, block by block (Python lists and NumPy pieces, joined once)."""
+
+    def __init__(self) -> None:
+        self.request_ids: list[str | None] = []
+        self.counts: list[int] = []
+        self.stamps: list[float] = []
+        self.transaction_ids: list[str | None] = []
+        self.model_codes: list[np.ndarray] = []  # per block: each row's model, as an index of `distinct`
+        self.distinct: dict[int, tuple[int, Any]] = {}  # id(model) -> (index, model)
+        self.roles: list[str] = []
+        self.scores: list[float] = []
+        self.labels: list[str | None] = []
+        self.freshness: list[float | None] = []
+        self.widths: list[np.ndarray] = []  # per block: each row's vector length
+        self.values: list[np.ndarray] = []  # the vectors' values, row after row
+        self.codes: list[np.ndarray] = []  # each value's feature name, as a code of `dictionary`
+        self.dictionary: list[str] = []
+        self._codes_of: dict[int, np.ndarray] = {}
+
+    def model_code(self, model: Any) -> int:
+        found = self.distinct.get(id(model))
+        if found is None:
+            found = self.distinct[id(model)] = (len(self.distinct), model)
+        return found[0]
+
+    def names(self, model: Any) -> np.ndarray:
+        """The codes of a model's feature names (each model's names added to the dictionary once)."""
+        known = self._codes_of.get(id(model))
+        if known is None:
+            names = model.manifest.feature_names
+            known = np.arange(len(self.dictionary), len(self.dictionary) + len(names), dtype=np.int32)
+            self._codes_of[id(model)] = known
+            self.dictionary.extend(names)
+        return known
+
+    def add(self, block: _Block) -> None:
+        n = len(block)
+        self.request_ids.append(block.request_id)
+        self.counts.append(n)
+        self.stamps.append(block.time)
+        if block.values is not None:  # an OIP tensor: one model, its rows the vectors
+            model, matrix = block.model, np.asarray(block.matrix, dtype=np.float64)
+            label = model.manifest.thresholds.label  # type: ignore[union-attr]
+            scores = block.values.tolist()
+            self.transaction_ids += [None] * n
+            self.model_codes.append(np.full(n, self.model_code(model), dtype=np.int32))
+            self.roles += ["direct"] * n
+            self.scores += scores
+            self.labels += [label(s) for s in scores]
+            self.freshness += [None] * n
+            self._vectors(n, [model], matrix.reshape(n, -1))
+            return
+        scores = block.scores
+        self.transaction_ids += [s.transaction_id for s in scores]
+        models = [s.model for s in scores]
+        self.roles += [s.role for s in scores]
+        self.scores += [s.score for s in scores]
+        self.labels += [s.label for s in scores]
+        self.freshness += [s.feature_freshness_seconds for s in scores]
+        vectors = [s.vector for s in scores]
+        first = models[0]
+        if all([m is first for m in models]):
+            self.model_codes.append(np.full(n, self.model_code(first), dtype=np.int32))
+            if all([v is not None for v in vectors]):
+                self._vectors(n, [first], np.stack(vectors))  # type: ignore[arg-type]
+                return
+        else:
+            self.model_codes.append(np.array([self.model_code(m) for m in models], dtype=np.int32))
+        for model, vector in zip(models, vectors, strict=True):  # mixed models or missing vectors: row by row
+            self._vectors(1, [model], None if vector is None else np.asarray(vector, dtype=np.float64)[None, :])
+
+    def _vectors(self, n: int, models: list[Any], rows: np.ndarray | None) -> None:
+        """`n` rows of one model: their vectors (`rows`, n x width; None: no vector) and the names' codes."""
+        if rows is None or rows.shape[1] == 0:
+            self.widths.append(np.zeros(n, dtype=np.int32))
+            return
+        width = rows.shape[1]
+        self.widths.append(np.full(n, width, dtype=np.int32))
+        self.values.append(rows.astype(np.float64, copy=False).ravel())
+        self.codes.append(np.tile(self.names(models[0])[:width], n))
+
+    def table(self) -> pa.Table:
+        offsets = np.zeros(len(self.scores) + 1, dtype=np.int32)
+        np.cumsum(np.concatenate(self.widths), out=offsets[1:])
+        flat = np.concatenate(self.values) if self.values else np.empty(0, dtype=np.float64)
+        name_codes = np.concatenate(self.codes) if self.codes else np.empty(0, dtype=np.int32)
+        features = pa.ListArray.from_arrays(
+            pa.array(offsets),
+            pa.StructArray.from_arrays(
+                [pa.array(self.dictionary, pa.string()).take(pa.array(name_codes)),
+                 pa.array(flat, pa.float64(), mask=np.isnan(flat))], fields=list(FEATURE),
+            ),
+        )  # fmt: skip
+        block_of_row = pa.array(np.repeat(np.arange(len(self.counts), dtype=np.int32), self.counts))
+        stamps = (np.repeat(np.array(self.stamps), self.counts) * 1000).round().astype("datetime64[ms]")
+        distinct = [model for _, model in sorted(self.distinct.values(), key=lambda found: found[0])]
+        model_of_row = pa.array(np.concatenate(self.model_codes) if self.model_codes else np.empty(0, np.int32))
+        columns = {
+            "request_id": pa.array(self.request_ids, pa.string()).take(block_of_row),
+            "time": pa.array(stamps, pa.timestamp("ms", tz="UTC")),
+            "transaction_id": pa.array(self.transaction_ids, pa.string()),
+            "model": pa.array([m.name for m in distinct], pa.string()).take(model_of_row),
+            "version": pa.array([m.version for m in distinct], pa.int32()).take(model_of_row),
+            "role": pa.array(self.roles, pa.string()),
+            "feature_service": pa.array([m.manifest.feature_service for m in distinct], pa.string()).take(model_of_row),
+            "score": pa.array(self.scores, pa.float64()),
+            "label": pa.array(self.labels, pa.string()),
+            "feature_freshness_seconds": pa.array(self.freshness, pa.float64()),
+            "features": features,
+        }
+        return pa.Table.from_pydict(columns, schema=SCHEMA)
+
+
+def to_table(blocks: Sequence[_Block]) -> pa.Table:
+    """Blocks as one table of the log's schema, built column-wise: the vectors as one Arrow array of all values,
+    the names as codes into one dictionary of every model's feature names, per-model columns taken by index."""
+    columns = _Columns()
+    for block in blocks:
+        columns.add(block)
+    return columns.table()

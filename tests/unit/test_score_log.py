@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -137,7 +138,8 @@ def test_compaction_merges_finished_days_and_readers_see_each_row_once(
                 n += 1
                 log.record(f"r{n}", [score(model, f"t{n}", n / 100, [float(n), math.nan if n % 3 else 1.0])])
             stamp = datetime(today.year, today.month, today.day, 12, tzinfo=UTC) - timedelta(days=back)
-            log._pending = [(*row[:1], stamp.timestamp(), *row[2:]) for row in log._pending]
+            for block in log._pending:
+                block.time = stamp.timestamp()
             assert log.flush() == 5
     everything = _rows(read_log([root]))
     assert len(everything) == n == 40
@@ -172,7 +174,8 @@ def test_compaction_merges_finished_days_and_readers_see_each_row_once(
     late = ScoreLog(Sampling(1.0, root))
     late.record("r-late", [score(model, "t-late", 0.5, [1.0, 2.0])])
     stamp = datetime(today.year, today.month, today.day, tzinfo=UTC) - timedelta(days=1)
-    late._pending = [(*row[:1], stamp.timestamp(), *row[2:]) for row in late._pending]
+    for block in late._pending:
+        block.time = stamp.timestamp()
     late.flush()
     assert compact([root], days=1) != [] and compact([root]) == []
     assert len([p for p in log_files([root]) if p.parent == day_dir(root, today - timedelta(days=1))]) == 1
@@ -192,7 +195,8 @@ def test_a_flush_across_midnight_and_two_roots_writes_each_row_to_its_own_day_an
     log.record("b", [score(own, "t2", 0.2, [3.0, 4.0])])
     log.record("c", [score(model, "t3", 0.3, [5.0, 6.0])])
     before = datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC).timestamp()
-    log._pending = [(*row[:1], before if row[0] == "a" else before + 2, *row[2:]) for row in log._pending]
+    for block in log._pending:
+        block.time = before if block.request_id == "a" else before + 2
     assert log.flush() == 3
     where = {}
     for path in log_files([tmp_path / "default", tmp_path / "own"]):
@@ -201,3 +205,44 @@ def test_a_flush_across_midnight_and_two_roots_writes_each_row_to_its_own_day_an
     assert where == {
         "a": ("default", "day=2026-11-30"), "b": ("own", "day=2026-12-01"), "c": ("default", "day=2026-12-01"),
     }  # fmt: skip
+
+
+def test_a_batchs_block_is_written_row_for_row_with_mixed_models_missing_vectors_and_roots(tmp_path: Path) -> None:
+    """A request is one block, written column-wise: each row equals its score, whatever mix the block holds."""
+    model, candidate, own = fake_model(), fake_model(version=4), fake_model(service="own_service", version=7)
+    default, elsewhere = Sampling(1.0, tmp_path / "default"), Sampling(1.0, tmp_path / "own")
+    log = ScoreLog(default, lambda service: elsewhere if service == "own_service" else default)
+    matrix = np.arange(40, dtype=np.float64).reshape(20, 2)
+    matrix[3, 1] = math.nan
+    batch: list[Any] = [Score(f"t{i}", i / 20, "not_fraud", model, [], float(i), [], matrix[i]) for i in range(20)]
+    batch[5] = ValueError("unknown id")
+    shadows = {7: score(candidate, "t7", 0.5, [9.0, 8.0], role="shadow"),  # same root, another version
+               9: score(own, "t9", 0.6, [7.0, 6.0], role="shadow")}  # another root: the block is split  # fmt: skip
+    for i, shadow in shadows.items():
+        batch[i] = dataclasses.replace(batch[i], shadow=shadow)
+    batch[11] = dataclasses.replace(batch[11], vector=None)
+    log.record("req", batch)
+    log.record_matrix("oip", model, matrix[:2], np.array([0.1, 0.9]))
+    assert log.flush() == 23  # 19 scores, 2 shadows, 2 OIP rows
+    expected = []
+    for outcome in batch:
+        if isinstance(outcome, Score):
+            for s in (outcome, outcome.shadow) if outcome.shadow is not None else (outcome,):
+                vector = None if s.vector is None else [None if math.isnan(v) else v for v in s.vector]
+                expected.append(("req", s.transaction_id, s.model.version, s.model.manifest.feature_service, s.role,
+                                 s.score, s.label, s.feature_freshness_seconds, vector))  # fmt: skip
+    expected += [("oip", None, 3, "fraud_v2", "direct", 0.1, "not_fraud", None, [0.0, 1.0]),
+                 ("oip", None, 3, "fraud_v2", "direct", 0.9, "highly_suspicious", None, [2.0, 3.0])]  # fmt: skip
+    got = []
+    for root in ("default", "own"):
+        for row in read_log([tmp_path / root]).to_pylist():
+            assert (root == "own") == (row["feature_service"] == "own_service")
+            features = row["features"]
+            assert features is None or [f["name"] for f in features] == ["a", "b"][: len(features)]
+            values = None if not features else [f["value"] for f in features]
+            got.append((row["request_id"], row["transaction_id"], row["version"], row["feature_service"], row["role"],
+                        row["score"], row["label"], row["feature_freshness_seconds"], values))  # fmt: skip
+    assert sorted(got, key=repr) == sorted(expected, key=repr)
+    # In one root, the rows keep the request's order.
+    default_rows = [g for g in got if g[3] != "own_service"]
+    assert default_rows == [e for e in expected if e[3] != "own_service"]
