@@ -43,6 +43,14 @@ log = logging.getLogger("fraudserve.stream")
 client_log = logging.getLogger("fraudserve.stream.kafka")
 OUTAGE_S = 120  # how long a worker waits for the brokers to come back before it gives up (as for Redis)
 STREAM_TIME = "stream_time_ms="  # the commit metadata of a transaction partition: its stream time
+# How the group spreads partitions: "range" balances each topic on its own (with 2 workers and 4 partitions per
+# topic, each worker gets 2 transaction and 2 label partitions). "cooperative-sticky" balances only the total count
+# over both topics and keeps what a member owns: when a second worker joined one that owned everything, it was given
+# the 4 label partitions and the first kept all 4 transaction partitions, so the second had nothing to do
+# (bench.kafka with 2 workers: 0.60x Redis Streams; the group sampled from outside showed it). Range rebalances are
+# eager (every member gives its partitions back and rejoins): a pause of about a heartbeat when a worker joins or
+# leaves, and uncommitted events read again by their partition's owner, which the versioned writes make harmless.
+ASSIGNMENT_STRATEGY = "range"
 
 # Broker errors after which a commit is dropped, not raised: the partition moved to another worker (a rebalance),
 # which reads again from the last committed offset; the events it re-applies change nothing online.
@@ -183,17 +191,23 @@ class KafkaLog:
         from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
         refused: list[str] = []  # authentication errors: credentials, not an outage, so no waiting
+        untrusted: list[str] = []  # TLS handshakes that failed: the certificates, not an outage either
 
         def errors(error: Any) -> None:
             if error.code() == kafka.KafkaError._AUTHENTICATION:
                 refused.append(error.str())
+            elif error.code() == kafka.KafkaError._SSL:
+                untrusted.append(error.str())
 
         admin = AdminClient(self.config.client_config(error_cb=errors))
         wanted = [self.config.transactions_topic, self.config.labels_topic, self.config.dead_letter_topic]
         deadline = time.monotonic() + wait_s
+        warned = time.monotonic()
         while True:
             try:
-                existing = set(admin.list_topics(timeout=10).topics)
+                # short attempts, so that refused credentials or an untrusted certificate (the client's error
+                # events, served by `poll`) are told at once rather than after a long metadata timeout
+                existing = set(admin.list_topics(timeout=1).topics)
                 break
             except kafka.KafkaException as exc:
                 admin.poll(0)  # serves the client's error events (an authentication refused is one)
@@ -203,12 +217,22 @@ class KafkaLog:
                         "FRAUDSERVE_KAFKA_SECURITY_PROTOCOL, FRAUDSERVE_KAFKA_SASL_MECHANISM, "
                         "FRAUDSERVE_KAFKA_SASL_USERNAME and FRAUDSERVE_KAFKA_SASL_PASSWORD"
                     ) from exc
+                if untrusted:
+                    raise KafkaUnavailable(
+                        f"the TLS handshake with Kafka at {self.config.bootstrap} failed ({untrusted[-1]}): check "
+                        "FRAUDSERVE_KAFKA_SECURITY_PROTOCOL (SSL or SASL_SSL for a TLS listener), "
+                        "FRAUDSERVE_KAFKA_SSL_CA_LOCATION (the PEM of the CA that signed the brokers' certificates) "
+                        "and, for mutual TLS, FRAUDSERVE_KAFKA_SSL_CERTIFICATE_LOCATION and "
+                        "FRAUDSERVE_KAFKA_SSL_KEY_LOCATION"
+                    ) from exc
                 if time.monotonic() > deadline:
                     raise KafkaUnavailable(
                         f"Kafka at {self.config.bootstrap} did not answer ({self.config.source}): {exc}"
                     ) from exc
-                log.warning("Kafka unavailable; waiting", extra={"error": str(exc)})
-                time.sleep(1)
+                if time.monotonic() - warned >= 10:
+                    log.warning("Kafka unavailable; waiting", extra={"error": str(exc)})
+                    warned = time.monotonic()
+                time.sleep(0.2)
         missing = [NewTopic(t, num_partitions=self.config.partitions) for t in wanted if t not in existing]
         for topic, future in (admin.create_topics(missing, operation_timeout=15) if missing else {}).items():
             try:
@@ -284,8 +308,10 @@ class KafkaLog:
                         "enable.auto.commit": False,  # committed in `ack`, after the online writes
                         "auto.offset.reset": "earliest",
                         "session.timeout.ms": self.config.session_timeout_ms,
-                        "heartbeat.interval.ms": max(self.config.session_timeout_ms // 5, 500),
-                        "partition.assignment.strategy": "cooperative-sticky",
+                        # a member learns of a rebalance (a worker joining or leaving) at its next heartbeat, and
+                        # with range assignment every member waits for the others: 1 s at most, not session / 5
+                        "heartbeat.interval.ms": min(max(self.config.session_timeout_ms // 10, 250), 1000),
+                        "partition.assignment.strategy": ASSIGNMENT_STRATEGY,
                     }
                 )
             )
@@ -302,7 +328,13 @@ class KafkaLog:
         """Up to `count` valid events of the partitions this worker owns; invalid ones go to the dead-letter topic
         (and are committed with the batch)."""
         kafka = _rdkafka()
-        messages = self.consumer(consumer).consume(num_messages=count, timeout=block_ms / 1000)
+        client = self.consumer(consumer)
+        # As XREADGROUP's BLOCK: wait for the first message only, then take what the client has fetched already, up
+        # to `count`. (consume(count, timeout) waits until `count` messages have come or the timeout has passed: at
+        # 2,000 events/s, 250 ms of waiting before each batch of 500.)
+        messages = client.consume(num_messages=1, timeout=block_ms / 1000)
+        if messages and count > 1:
+            messages += client.consume(num_messages=count - 1, timeout=0)
         by_topic: dict[str, list[Any]] = {}
         for message in messages:
             error = message.error()
