@@ -81,11 +81,13 @@ class KafkaProcess:
 
     The ports are chosen once: `stop()` (or `kill()`) then `start()` brings the broker back on the same port and
     log directory, as a restarted broker looks to its clients. Besides the PLAINTEXT listener (`bootstrap`) it has a
-    SASL_PLAINTEXT one (`sasl_bootstrap`, mechanism PLAIN, user `SASL_USER` with `SASL_PASSWORD`), for the clients'
-    security settings."""
+    SASL_PLAINTEXT one (`sasl_bootstrap`, mechanism PLAIN, user `SASL_USER` with `SASL_PASSWORD`) and a TLS one
+    (`ssl_bootstrap`: a self-signed certificate for 127.0.0.1 made with Java's keytool at the first start, its PEM
+    in `ca_file` for the clients' ssl.ca.location), for the clients' security settings."""
 
     SASL_USER = "fraudserve"
     SASL_PASSWORD = "fraudserve-secret"
+    TLS_PASSWORD = "fraudserve-keystore"
 
     def __init__(self, directory: Path, heap_mb: int = 512) -> None:
         self.directory = directory
@@ -93,6 +95,7 @@ class KafkaProcess:
         self.port = free_port()
         self.controller_port = free_port()
         self.sasl_port = free_port()
+        self.ssl_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self._formatted = False
 
@@ -104,6 +107,37 @@ class KafkaProcess:
     def sasl_bootstrap(self) -> str:
         return f"127.0.0.1:{self.sasl_port}"
 
+    @property
+    def ssl_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.ssl_port}"
+
+    @property
+    def keystore(self) -> Path:
+        return self.directory / "tls" / "broker.p12"
+
+    @property
+    def ca_file(self) -> Path:
+        """The broker's self-signed certificate (PEM): what a client trusts (ssl.ca.location)."""
+        return self.directory / "tls" / "broker.pem"
+
+    def _make_keystore(self) -> None:
+        """A key pair and a self-signed certificate for 127.0.0.1 (its subject alternative name, which the client
+        checks) in a PKCS12 keystore, and the certificate as PEM. About a second of keytool, once per broker."""
+        if self.keystore.exists():
+            return
+        self.keystore.parent.mkdir(parents=True, exist_ok=True)
+        keytool = Path(java_binary()).resolve().parent / "keytool"
+        common = ["-keystore", str(self.keystore), "-storetype", "PKCS12", "-storepass", self.TLS_PASSWORD]
+        subprocess.run(
+            [str(keytool), "-genkeypair", "-alias", "broker", "-keyalg", "EC", "-groupname", "secp256r1",
+             "-dname", "CN=127.0.0.1", "-ext", "SAN=IP:127.0.0.1,DNS:localhost", "-validity", "2", *common],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        subprocess.run(
+            [str(keytool), "-exportcert", "-rfc", "-alias", "broker", "-file", str(self.ca_file), *common],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+
     def _properties(self) -> Path:
         data = self.directory / "data"
         text = "\n".join([
@@ -111,11 +145,17 @@ class KafkaProcess:
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
             f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port},"
-            f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port},SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}",
+            f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port},SSL://127.0.0.1:{self.ssl_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port},SASL_PLAINTEXT://127.0.0.1:{self.sasl_port},"
+            f"SSL://127.0.0.1:{self.ssl_port}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,"
+            "SSL:SSL",
+            f"ssl.keystore.location={self.keystore}",
+            "ssl.keystore.type=PKCS12",
+            f"ssl.keystore.password={self.TLS_PASSWORD}",
+            f"ssl.key.password={self.TLS_PASSWORD}",
             "sasl.enabled.mechanisms=PLAIN",
             "listener.name.sasl_plaintext.plain.sasl.jaas.config="
             "org.apache.kafka.common.security.plain.PlainLoginModule required "
@@ -151,6 +191,7 @@ class KafkaProcess:
     def start(self, timeout_s: float = 90) -> KafkaProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "log4j2.properties").write_text(LOG4J2)
+        self._make_keystore()
         properties = self._properties()
         if not self._formatted:
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")

@@ -362,7 +362,7 @@ def test_a_service_producer_writes_to_kafka_keyed_by_card_in_order(kafka: KafkaP
         assert ids == [e["transaction_id"] for e in events if e["card_id"] == card]  # the order sent
     (label,) = label_messages
     assert label.key() == b"t1-0" and json.loads(label.value())["label_timestamp"] == 1_793_577_600_000
-    dead = read_dead_letters(config)
+    dead = sorted(read_dead_letters(config), key=lambda d: int(d["index"]))  # unkeyed: any partition, any order
     assert [(d["source"], d["index"], d["field"]) for d in dead] == [
         ("checkout", 0, "currency"),
         ("checkout", 1, "(event)"),
@@ -449,3 +449,95 @@ def test_sasl_credentials_come_from_the_settings_and_wrong_ones_are_named(
     with pytest.raises(KafkaUnavailable, match=r"refused this client's credentials.*FRAUDSERVE_KAFKA_SASL_PASSWORD"):
         KafkaLog(wrong).ensure_group()
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.timeout(120)
+def test_tls_listener_with_the_ca_from_the_settings_and_an_untrusted_one_named(
+    kafka: KafkaProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker's SSL listener (a self-signed certificate for 127.0.0.1): with its certificate as
+    FRAUDSERVE_KAFKA_SSL_CA_LOCATION every client (admin, producer, consumer) talks TLS to it; without it the
+    handshake fails at once, naming the TLS settings to check, not after the outage wait."""
+    from core.settings import Settings
+    from pipelines.events import TRANSACTIONS
+    from pipelines.stream.kafka_log import KafkaLog, KafkaUnavailable, kafka_config
+    from pipelines.stream.producer import Producer
+
+    run = uuid.uuid4().hex[:8]
+    for name, value in {
+        "BOOTSTRAP": kafka.ssl_bootstrap, "TRANSACTIONS_TOPIC": f"tx-{run}", "LABELS_TOPIC": f"labels-{run}",
+        "DEAD_LETTER_TOPIC": f"dead-{run}", "GROUP": f"g-{run}", "SECURITY_PROTOCOL": "SSL",
+        "SSL_CA_LOCATION": str(kafka.ca_file),
+    }.items():  # fmt: skip
+        monkeypatch.setenv(f"FRAUDSERVE_KAFKA_{name}", value)
+    config = kafka_config(Settings())
+    assert config is not None and config.security == {"security.protocol": "SSL", "ssl.ca.location": str(kafka.ca_file)}
+    events = card_events(cards=3, per_card=10, start_ms=1_793_534_400_000, seed=7)
+    with Producer(transactions=TRANSACTIONS, kafka=config) as producer:
+        assert producer.send_transactions(events).appended == len(events)
+    log = KafkaLog(config, TRANSACTIONS)
+    try:
+        read = read_all(log, len(events))
+    finally:
+        log.close()
+    assert sorted(e.event["transaction_id"] for e in read) == sorted(e["transaction_id"] for e in events)
+
+    monkeypatch.delenv("FRAUDSERVE_KAFKA_SSL_CA_LOCATION")  # the system's CAs do not trust the broker's certificate
+    untrusted = kafka_config(Settings())
+    assert untrusted is not None
+    started = time.monotonic()
+    with pytest.raises(KafkaUnavailable, match=r"TLS handshake.*failed.*FRAUDSERVE_KAFKA_SSL_CA_LOCATION"):
+        KafkaLog(untrusted).ensure_group()
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.timeout(120)
+def test_labels_of_the_kafka_label_topic_are_copied_for_the_report_once_each(
+    kafka: KafkaProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`monitor report`'s label copy on Kafka (FRAUDSERVE_KAFKA_BOOTSTRAP): the label topic's valid labels, from
+    any producer, into the label files; a second copy takes only what came since (a checkpoint per partition)."""
+    from confluent_kafka import Producer as RawProducer
+
+    from core.settings import Settings
+    from pipelines import label_log
+    from pipelines.events import TRANSACTIONS
+    from pipelines.stream.kafka_log import kafka_config
+    from pipelines.stream.producer import Producer
+
+    run = uuid.uuid4().hex[:8]
+    for name, value in {
+        "BOOTSTRAP": kafka.bootstrap, "TRANSACTIONS_TOPIC": f"tx-{run}", "LABELS_TOPIC": f"labels-{run}",
+        "DEAD_LETTER_TOPIC": f"dead-{run}", "GROUP": f"g-{run}",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(f"FRAUDSERVE_KAFKA_{name}", value)
+    monkeypatch.setenv("FRAUDSERVE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FRAUDSERVE_STREAM_PARTITIONS", "3")
+    settings = Settings()
+    config = kafka_config(settings)
+    assert config is not None
+    labels = [
+        {"transaction_id": f"t{i}", "is_fraud": i % 3 == 0, "label_timestamp": 1_793_534_400_000 + i * 1000}
+        for i in range(30)
+    ]
+    with Producer(transactions=TRANSACTIONS, kafka=config) as producer:
+        assert producer.send_labels(labels).appended == 30
+    raw = RawProducer({"bootstrap.servers": kafka.bootstrap})  # another team's producer: RFC 3339, and an invalid one
+    raw.produce(config.labels_topic, json.dumps({"transaction_id": "t-other", "is_fraud": True,
+                "label_timestamp": "2026-11-03T10:00:00Z"}).encode(), b"t-other")  # fmt: skip
+    raw.produce(config.labels_topic, b"not json", b"t-bad")
+    raw.flush(10)
+
+    first = label_log.copy_label_stream(settings)
+    assert first["copied"] == 31, first
+    copied = label_log.read(label_log.label_log_dir(settings.home_dir))
+    assert sorted(copied["transaction_id"]) == sorted([*(f"t{i}" for i in range(30)), "t-other"])
+    other = copied[copied["transaction_id"] == "t-other"].iloc[0]
+    assert bool(other["is_fraud"]) and other["label_timestamp"].isoformat() == "2026-11-03T10:00:00+00:00"
+    assert copied[copied["transaction_id"] == "t3"]["is_fraud"].item()
+
+    with Producer(transactions=TRANSACTIONS, kafka=config) as producer:
+        producer.send_labels([{"transaction_id": "t-late", "is_fraud": True, "label_timestamp": 1_793_600_000_000}])
+    second = label_log.copy_label_stream(settings)
+    assert second["copied"] == 1 and "Kafka topic" in second["note"], second
+    assert len(label_log.read(label_log.label_log_dir(settings.home_dir))) == 32
