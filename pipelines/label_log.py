@@ -1,11 +1,13 @@
 """The label stream's verdicts kept as files, so that the monitoring report judges scores with them too.
 
 Label events reach fraudserve two ways: the offline labels file (`features backfill --labels`) and the stream
-(`stream produce --labels`, `Producer.send_labels`). The stream workers fold a stream label into the window state
-of the entities whose features need labels (`...:lab` hashes), but that is no place to read verdicts from: only
-entities with a `fraud_rate` feature keep them, only while the transaction is inside the window, spread over one key
-per entity. The stream itself holds every label, but in between every transaction (the same stream), so reading it
-whole for each report would cost the online store a pass over millions of entries every few minutes.
+(`stream produce --labels`, `Producer.send_labels`): Redis Streams, or the Kafka label topic when
+FRAUDSERVE_KAFKA_BOOTSTRAP is set (`sync_kafka`: the same files, a checkpoint per topic partition). The stream
+workers fold a stream label into the window state of the entities whose features need labels (`...:lab` hashes), but
+that is no place to read verdicts from: only entities with a `fraud_rate` feature keep them, only while the
+transaction is inside the window, spread over one key per entity. The stream itself holds every label, but in
+between every transaction (the same stream), so reading it whole for each report would cost the online store a pass
+over millions of entries every few minutes.
 
 So the report's readers copy the stream's label entries they have not seen yet into Parquet files under
 `FRAUDSERVE_HOME/logs/labels/` (`sync`): a checkpoint keeps the last entry id read of each partition, each entry is
@@ -35,6 +37,7 @@ from pipelines.stream.log import EVENTS, partition_keys
 
 if TYPE_CHECKING:
     from core.settings import Settings
+    from pipelines.stream.kafka_log import KafkaConfig
 
 SCHEMA = pa.schema(
     [
@@ -127,6 +130,87 @@ def sync(
         return copied
 
 
+def _label_rows(payloads: list[bytes | None], ids: list[str]) -> dict[str, list[Any]]:
+    """The valid label events among Kafka messages (any producer's JSON, checked with the offline rules; the workers
+    dead-letter the others), as rows of `SCHEMA`."""
+    import numpy as np
+
+    from pipelines.stream.producer import normalized
+    from pipelines.validation import check
+
+    records: list[dict[str, Any]] = []
+    unreadable: dict[int, str] = {}
+    for index, payload in enumerate(payloads):
+        try:
+            record = json.loads(payload or b"")
+        except ValueError as exc:
+            unreadable[index], record = f"not valid JSON: {exc}", {}
+        records.append(record if isinstance(record, dict) else {})
+    columns = {name: [r.get(name) for r in records] for name in LABELS.schema.names}
+    checked = check(LABELS, columns, np.arange(len(records), dtype=np.int64), unreadable)
+    events = normalized(LABELS, checked.valid) if checked.valid.num_rows else []
+    rows: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
+    for event, row in zip(events, checked.valid_rows.tolist(), strict=True):
+        rows["transaction_id"].append(str(event["transaction_id"]))
+        rows["is_fraud"].append(bool(event["is_fraud"]))
+        rows["label_timestamp"].append(int(event["ts_ms"]))
+        rows["stream_id"].append(ids[row])
+    return rows
+
+
+def sync_kafka(config: KafkaConfig, root: Path, wait: bool = True, timeout_s: float = 10) -> int | None:
+    """As `sync`, from the Kafka label topic: each partition read from its checkpoint (`kafka:<topic>/<partition>`,
+    the next offset) to the end it had when the copy began. The consumer is assigned the partitions and commits
+    nothing, so the workers' group is not touched. Returns the labels copied, or None (another process copying)."""
+    from pipelines.stream.kafka_log import KafkaUnavailable, _rdkafka
+
+    kafka = _rdkafka()
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root, wait) as held:
+        if not held:
+            return None
+        path = root / CHECKPOINT
+        checkpoint: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        topic = config.labels_topic
+        consumer = kafka.Consumer(
+            config.client_config(**{"group.id": f"{config.group}-label-log", "enable.auto.commit": False})
+        )
+        copied = 0
+        try:
+            metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+            if metadata is None or metadata.error is not None:
+                return 0  # no label topic yet: nothing produced
+            for partition in sorted(metadata.partitions):
+                key = f"kafka:{topic}/{partition}"
+                low, high = consumer.get_watermark_offsets(kafka.TopicPartition(topic, partition), timeout=timeout_s)
+                start = max(int(checkpoint.get(key, low)), low)  # a retention that dropped some: from the oldest
+                if start >= high:
+                    continue
+                consumer.assign([kafka.TopicPartition(topic, partition, start)])
+                payloads: list[bytes | None] = []
+                ids: list[str] = []
+                deadline = time.monotonic() + timeout_s
+                while start < high and time.monotonic() < deadline:
+                    for message in consumer.consume(num_messages=READ_CHUNK, timeout=0.5):
+                        if message.error() is not None or message.offset() >= high:
+                            continue
+                        payloads.append(message.value())
+                        ids.append(f"{topic}/{partition}/{message.offset()}")
+                        start = message.offset() + 1
+                        deadline = time.monotonic() + timeout_s
+                if start < high:
+                    raise KafkaUnavailable(f"Kafka at {config.bootstrap} stopped sending {topic}[{partition}]")
+                rows = _label_rows(payloads, ids)
+                checkpoint[key] = str(start)
+                copied += len(rows["transaction_id"])
+                _write(root, rows, checkpoint)
+        except kafka.KafkaException as exc:
+            raise KafkaUnavailable(f"Kafka at {config.bootstrap} did not answer: {exc}") from exc
+        finally:
+            consumer.close()
+        return copied
+
+
 def copy_label_stream(settings: Settings, wait: bool = True, max_entries: int | None = None) -> dict[str, Any]:
     """Copy the label stream's labels not copied yet (pipelines/label_log.py) from the online store's Redis: the one
     of FRAUDSERVE_REDIS, or the embedded redis-server when FRAUDSERVE_HOME has one. Returns `{"copied": N or None,
@@ -138,8 +222,7 @@ def copy_label_stream(settings: Settings, wait: bool = True, max_entries: int | 
     from core.errors import FraudserveError
 
     if settings.kafka_bootstrap:
-        return {"copied": None, "note": "the label stream is on Kafka, which the report does not read yet: "
-                "only the offline labels file counts"}  # fmt: skip
+        return _copy_kafka_labels(settings, wait)
     if not settings.redis and not settings.embedded_redis_dir.exists():
         return {"copied": None, "note": "no online store (FRAUDSERVE_REDIS unset and no embedded redis-server under "
                 "FRAUDSERVE_HOME): no label stream to read"}  # fmt: skip
@@ -160,6 +243,21 @@ def copy_label_stream(settings: Settings, wait: bool = True, max_entries: int | 
     if copied is None:
         return {"copied": None, "note": "another process was copying the label stream; its copy so far counts"}
     return {"copied": copied, "note": f"{copied} new label(s) copied from the label stream"}
+
+
+def _copy_kafka_labels(settings: Settings, wait: bool) -> dict[str, Any]:
+    """`copy_label_stream` when the events go through Kafka (FRAUDSERVE_KAFKA_BOOTSTRAP): its label topic."""
+    from pipelines.stream.kafka_log import KafkaUnavailable, kafka_config
+
+    config = kafka_config(settings)
+    assert config is not None  # FRAUDSERVE_KAFKA_BOOTSTRAP is set
+    try:
+        copied = sync_kafka(config, label_log_dir(settings.home_dir), wait=wait)
+    except KafkaUnavailable as exc:
+        return {"copied": None, "note": f"the Kafka label topic was not read ({exc}); the labels copied before count"}
+    if copied is None:
+        return {"copied": None, "note": "another process was copying the label stream; its copy so far counts"}
+    return {"copied": copied, "note": f"{copied} new label(s) copied from the Kafka topic {config.labels_topic}"}
 
 
 def read(root: Path) -> pd.DataFrame:
