@@ -1,6 +1,7 @@
-"""The stream's two transports in the same run: events/s drained through Apache Kafka against Redis Streams.
+"""The stream's two transports in the same run: events/s drained through Apache Kafka against Redis Streams, and
+freshness at a fixed offered rate through each.
 
-    python -m bench.kafka [--cards 3000 --days 2 --partitions 4 --workers 1 2 --repeats 1]
+    python -m bench.kafka [--cards 3000 --days 2 --partitions 4 --workers 1 2 --repeats 1 --rates 2000 --seconds 15]
 
 Generates the transaction events once; then, for each worker count and each transport (alternated, Redis Streams
 first on even repeats, Kafka first on odd ones), on a fresh redis-server (the online store) and, for Kafka, on new
@@ -8,21 +9,32 @@ topics and a new consumer group of one local broker (Apache Kafka 4.x in KRaft m
 `fraudserve stream produce` appends every event (`--kafka` for Kafka), then `fraudserve stream run --workers N
 --until-idle 1` drains them. Both transports spread the events over `--partitions` partitions by card.
 
-Events/s are given twice, as `bench.stream` gives them: with the processes' start-up (imports, the catalog, joining
-the group), and once started: from the first applied event to the last, read from the workers' own counter
-(`fraudserve:stream:stats`, processed) polled every 50 ms, the same for both transports. The ratio Kafka / Redis
-Streams is per worker count. The load average is recorded before each drain (the machine is shared: other jobs
-stretch wall time, which is why the two transports alternate in one run). Writes bench/results/kafka-<date>.json.
+Events/s are given three ways, read from the workers' own counter (`fraudserve:stream:stats`, processed) polled
+every 50 ms, the same for both transports: with the processes' start-up (imports, the catalog, joining the group);
+from the first applied event to the last; and from the moment every worker reads to the last (Redis Streams: each
+worker is a consumer of the group; Kafka: the group is stable with every worker owning partitions), which is the
+rate of a running deployment: on Kafka a second worker waits for the group to rebalance (up to a heartbeat) while
+the first drains alone. The group is sampled from outside every 200 ms (`GroupMonitor`: state, each member's
+partitions, committed offsets), giving the assignment's changes and each worker's committed events/s.
+
+Freshness (`--rates`): `stream run --workers --steady-workers` running, events appended at a fixed rate in 50 ms
+ticks for `--seconds`, the worker's sample of each event (append to online written) collected as it comes; p50, p99.
+
+The load average is recorded before each run (the machine is shared: other jobs stretch wall time, which is why the
+two transports alternate in one run). Writes bench/results/kafka-<date>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -34,19 +46,102 @@ from rich.console import Console
 
 from bench.report import machine, print_table, write_result
 from pipelines.generate import GenerateConfig, generate
+from pipelines.stream.kafka_log import KafkaConfig, KafkaLog
+from pipelines.stream.log import EVENTS, GROUP, RedisStreamLog, partition_keys
+from pipelines.stream.worker import FRESHNESS
 from tests.kafka_process import KafkaProcess
 from tests.redis_process import RedisProcess
 
 STATS = "fraudserve:stream:stats"
 
 
-def drain(
-    tmp: Path, events_file: Path, transport: str, workers: int, partitions: int, broker: KafkaProcess
-) -> dict[str, Any]:
-    """Append every event through `transport` ("redis" or "kafka"), then time `stream run --workers N` draining
-    them."""
-    name = f"{transport}-{workers}-{uuid.uuid4().hex[:6]}"
-    server = RedisProcess(tmp / name).start()
+class GroupMonitor(threading.Thread):
+    """Samples a Kafka consumer group from outside every `every_s` while it drains: the group's state, each
+    member's assigned partitions (by client id), the committed offset of each partition, and the workers' processed
+    counter in Redis. From these: when the partitions were (re)assigned, and each worker's events/s."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, client: Any, every_s: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        from confluent_kafka.admin import AdminClient
+
+        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+        self.group, self.topic, self.client, self.every_s = group, topic, client, every_s
+        self.samples: list[dict[str, Any]] = []
+        self.started = time.perf_counter()
+        self._done = threading.Event()
+
+    def sample(self) -> dict[str, Any]:
+        from confluent_kafka import ConsumerGroupTopicPartitions
+
+        t = time.perf_counter() - self.started
+        row: dict[str, Any] = {"t": round(t, 3), "processed": int(self.client.hget(STATS, "processed") or 0)}
+        try:
+            described = self.admin.describe_consumer_groups([self.group], request_timeout=2)[self.group].result()
+            row["state"] = str(described.state).rsplit(".", 1)[-1]
+            row["members"] = {
+                m.client_id: sorted(tp.partition for tp in m.assignment.topic_partitions if tp.topic == self.topic)
+                for m in described.members
+            }
+            offsets = self.admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(self.group)], request_timeout=2
+            )[self.group].result()
+            row["committed"] = {
+                str(tp.partition): tp.offset for tp in offsets.topic_partitions if tp.topic == self.topic
+            }
+        except Exception as exc:  # the group not there yet: keep sampling
+            row["error"] = str(exc)[:200]
+        return row
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            self.samples.append(self.sample())
+            self._done.wait(self.every_s)
+
+    def stop(self) -> list[dict[str, Any]]:
+        self._done.set()
+        self.join(timeout=10)
+        return self.samples
+
+
+def group_timeline(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Assignment changes (time, member -> partitions) and each member's committed events/s while it owned
+    partitions, from `GroupMonitor` samples."""
+    changes: list[dict[str, Any]] = []
+    previous: dict[str, list[int]] | None = None
+    per_member: dict[str, int] = {}
+    first_commit: dict[str, float] = {}
+    last_commit: dict[str, float] = {}
+    for before, after in itertools.pairwise(samples):
+        members = after.get("members")
+        if members is not None and members != previous:
+            changes.append({"t": after["t"], "state": after.get("state"), "members": members})
+            previous = members
+        owners = {p: m for m, ps in (before.get("members") or {}).items() for p in ps}
+        for partition, offset in (after.get("committed") or {}).items():
+            old = max(int((before.get("committed") or {}).get(partition, 0)), 0)
+            gained = max(int(offset), 0) - old
+            if gained > 0:
+                member = owners.get(int(partition), "(unknown)")
+                per_member[member] = per_member.get(member, 0) + gained
+                first_commit.setdefault(member, before["t"])
+                last_commit[member] = after["t"]
+    return {
+        "assignment_changes": changes,
+        "committed_by_member": {
+            m: {
+                "events": n,
+                "from_s": first_commit[m],
+                "to_s": last_commit[m],
+                "events_per_second": n / max(last_commit[m] - first_commit[m], 1e-9),
+            }
+            for m, n in per_member.items()
+        },
+    }
+
+
+def environment(tmp: Path, name: str, transport: str, partitions: int, server: RedisProcess, broker: KafkaProcess
+                ) -> dict[str, str]:  # fmt: skip
+    """The workers' settings: the run's redis-server, and for Kafka topics and a consumer group of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSERVE_")}
     env.update({
         "FRAUDSERVE_HOME": str(tmp / "home"), "FRAUDSERVE_REDIS": server.connection_string,
@@ -58,16 +153,38 @@ def drain(
             "FRAUDSERVE_KAFKA_LABELS_TOPIC": f"labels-{name}", "FRAUDSERVE_KAFKA_DEAD_LETTER_TOPIC": f"dead-{name}",
             "FRAUDSERVE_KAFKA_GROUP": f"group-{name}",
         })  # fmt: skip
+    return env
+
+
+def working(transport: str, workers: int, client: Any, partitions: int, monitor: GroupMonitor | None) -> bool:
+    """Every worker is reading: on Redis Streams each has read from the group (a consumer of a partition's
+    stream); on Kafka the group is stable with every worker owning transaction partitions (the monitor's last
+    sample)."""
+    if transport == "kafka":
+        last = monitor.samples[-1] if monitor is not None and monitor.samples else {}
+        members = last.get("members") or {}
+        return last.get("state") == "STABLE" and len(members) == workers and all(members.values())
+    names: set[bytes] = set()
+    for key in partition_keys(EVENTS, partitions):
+        with contextlib.suppress(redis.ResponseError):  # no group yet
+            names |= {c[b"name"] for c in client.xinfo_consumers(key, GROUP)}
+    return len(names) >= workers
+
+
+def drain(
+    tmp: Path, events_file: Path, transport: str, workers: int, partitions: int, broker: KafkaProcess
+) -> dict[str, Any]:
+    """Append every event through `transport` ("redis" or "kafka"), then time `stream run --workers N` draining
+    them."""
+    name = f"{transport}-{workers}-{uuid.uuid4().hex[:6]}"
+    server = RedisProcess(tmp / name).start()
+    env = environment(tmp, name, transport, partitions, server, broker)
     fraudserve = [sys.executable, "-m", "fraudserve"]
-    produce = [
-        *fraudserve,
-        "stream",
-        "produce",
-        "--file",
-        str(events_file),
-        *(["--kafka"] if transport == "kafka" else []),
-    ]
-    produced = subprocess.run(produce, env=env, check=True, capture_output=True, text=True)
+    produce = [*fraudserve, "stream", "produce", "--file", str(events_file)]
+    produced = subprocess.run(
+        [*produce, *(["--kafka"] if transport == "kafka" else [])], env=env, check=True, capture_output=True,
+        text=True,
+    )  # fmt: skip
     appended = re.search(r"appended ([\d,]+) events", produced.stdout)
     if appended is None:
         raise RuntimeError(f"stream produce said: {produced.stdout}{produced.stderr}")
@@ -81,20 +198,30 @@ def drain(
             [*fraudserve, "stream", "run", "--workers", str(workers), "--until-idle", "1"], env=env, stdout=log_file,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
+    monitor = None
+    if transport == "kafka":
+        monitor = GroupMonitor(broker.bootstrap, f"group-{name}", f"tx-{name}", client)
+        monitor.started = started
+        monitor.start()
     marks: list[tuple[float, int]] = []  # (time, processed) at the first applied batch and once all are applied
+    everyone: tuple[float, int] | None = None  # (time, processed) once every worker reads
     while worker.poll() is None and len(marks) < 2:
         processed = int(client.hget(STATS, "processed") or 0)
         if (not marks and processed > 0) or (marks and processed >= events):
             marks.append((time.perf_counter(), processed))
+        if everyone is None and working(transport, workers, client, partitions, monitor):
+            everyone = (time.perf_counter(), processed)
         time.sleep(0.05)
     if worker.wait() != 0:
         raise RuntimeError(f"stream run failed: {output.read_text()[-2000:]}")
     seconds = time.perf_counter() - started - 1.0  # minus the idle second that ends the run
+    timeline = group_timeline(monitor.stop()) if monitor is not None else None
     processed = int(client.hget(STATS, "processed") or 0)
     server.stop()
-    if len(marks) < 2 or processed < events:
+    if len(marks) < 2 or processed < events or everyone is None:
         raise RuntimeError(f"{transport}: {processed} of {events} events applied; see {output}")
     (t0, first), (t1, last) = marks
+    ta, at = max(everyone, marks[0])
     return {
         "transport": transport,
         "workers": workers,
@@ -103,8 +230,121 @@ def drain(
         "seconds": seconds,
         "events_per_second": events / seconds,
         "started": {"events": last - first, "seconds": t1 - t0, "events_per_second": (last - first) / (t1 - t0)},
+        # from the moment every worker reads (Kafka: the group settled) to the last event applied
+        "all_working": {
+            "events": last - at,
+            "seconds": t1 - ta,
+            "events_per_second": (last - at) / (t1 - ta),
+            "since_first_s": ta - t0,
+        },
         "load_average": load,
+        "marks_s": [t - started for t, _ in marks],
+        **({"group": timeline} if timeline is not None else {}),
     }
+
+
+def fixed_rate(
+    tmp: Path, events: list[dict[str, Any]], transport: str, rate: int, seconds: float, workers: int, partitions: int,
+    broker: KafkaProcess,
+) -> dict[str, Any]:  # fmt: skip
+    """Freshness at a fixed offered rate: `stream run --workers N` running, events appended at `rate` per second in
+    50 ms ticks for `seconds`; freshness of each event = the moment its online rows are written minus the moment it
+    was appended (the worker's own samples: Redis Streams' entry id, Kafka's message time), all of them read as they
+    come (the worker keeps only the newest 5,000)."""
+    import numpy as np
+
+    name = f"fresh-{transport}-{workers}-{uuid.uuid4().hex[:6]}"
+    server = RedisProcess(tmp / name).start()
+    env = environment(tmp, name, transport, partitions, server, broker)
+    client: Any = redis.Redis(port=server.port)
+    log: Any
+    monitor = None
+    if transport == "kafka":
+        config = KafkaConfig(broker.bootstrap, f"tx-{name}", f"labels-{name}", f"dead-{name}", group=f"group-{name}",
+                             partitions=partitions)  # fmt: skip
+        log = KafkaLog(config)
+        log.ensure_group()
+        monitor = GroupMonitor(broker.bootstrap, config.group, config.transactions_topic, client, every_s=0.5)
+    else:
+        log = RedisStreamLog(client, partitions=partitions)
+    output = tmp / f"worker-{name}.log"
+    with output.open("w") as log_file:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "fraudserve", "stream", "run", "--workers", str(workers)], env=env,
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        if monitor is not None:
+            monitor.start()
+        warm_up = 4 * workers  # until every worker reads (Kafka: the group settled), then the samples are cleared
+        log.append("transaction", events[:warm_up])
+        deadline = time.monotonic() + 180
+        while int(client.hget(STATS, "processed") or 0) < warm_up or not working(
+            transport, workers, client, partitions, monitor
+        ):
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{transport}: the workers did not start; see {output}")
+            time.sleep(0.2)
+        if monitor is not None:
+            monitor.stop()
+        time.sleep(1.0)
+        client.delete(FRESHNESS)
+        seen = int(client.hget(STATS, "processed") or 0)
+        samples: list[int] = []
+
+        def collect() -> None:
+            nonlocal seen
+            processed = int(client.hget(STATS, "processed") or 0)
+            if processed > seen:
+                samples.extend(int(v) for v in client.lrange(FRESHNESS, 0, min(processed - seen, 5000) - 1))
+                seen = processed
+
+        tick = 0.05
+        per_tick = max(1, int(rate * tick))
+        load = os.getloadavg()
+        started = time.perf_counter()
+        sent = warm_up
+        while time.perf_counter() - started < seconds and sent + per_tick <= len(events):
+            log.append("transaction", events[sent : sent + per_tick])
+            sent += per_tick
+            collect()
+            time.sleep(max(0.0, started + (sent - warm_up) / rate - time.perf_counter()))
+        offered = (sent - warm_up) / (time.perf_counter() - started)
+        deadline = time.monotonic() + 30
+        while int(client.hget(STATS, "processed") or 0) < sent and time.monotonic() < deadline:
+            collect()
+            time.sleep(0.05)
+        collect()
+        applied = int(client.hget(STATS, "processed") or 0)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        if transport == "kafka":
+            log.close()
+        server.stop()
+    values = np.array(samples, dtype=float)
+    return {
+        "transport": transport, "workers": workers, "rate": rate, "offered_per_second": offered,
+        "sent": sent - warm_up, "applied": applied - warm_up, "samples": int(values.size), "load_average": load,
+        "freshness_p50_ms": float(np.percentile(values, 50)) if values.size else None,
+        "freshness_p99_ms": float(np.percentile(values, 99)) if values.size else None,
+        "freshness_max_ms": float(values.max()) if values.size else None,
+    }  # fmt: skip
+
+
+def valid_events(path: Path) -> list[dict[str, Any]]:
+    """The file's transactions as the logs' `append` takes them (validated, the time as `ts_ms`)."""
+    import json
+
+    import numpy as np
+
+    from pipelines.events import TRANSACTIONS
+    from pipelines.stream.producer import normalized
+    from pipelines.validation import check
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    columns: dict[str, Any] = {name: [r.get(name) for r in rows] for name in TRANSACTIONS.schema.names}
+    return normalized(TRANSACTIONS, check(TRANSACTIONS, columns, np.arange(1, len(rows) + 1)).valid)
 
 
 def main() -> None:
@@ -114,9 +354,14 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--transports", nargs="+", default=["redis", "kafka"], choices=["redis", "kafka"])
+    parser.add_argument("--rates", type=int, nargs="*", default=[2000], help="fixed offered rates for freshness")
+    parser.add_argument("--seconds", type=float, default=15, help="duration of each fixed-rate run")
+    parser.add_argument("--steady-workers", type=int, default=1, help="worker processes for the fixed rates")
     args = parser.parse_args()
     console = Console()
     runs: list[dict[str, Any]] = []
+    freshness: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-kafka-") as name:
         tmp = Path(name)
         config = GenerateConfig(seed=31, cards=args.cards, days=args.days, end=datetime(2026, 11, 1, tzinfo=UTC))
@@ -126,43 +371,70 @@ def main() -> None:
             for repeat in range(args.repeats):
                 for workers in args.workers:
                     order = ("redis", "kafka") if repeat % 2 == 0 else ("kafka", "redis")
-                    for transport in order:
+                    for transport in [t for t in order if t in args.transports]:
                         run = drain(tmp, events_file, transport, workers, args.partitions, broker)
                         console.print(
-                            f"{transport} x{workers}: {run['started']['events_per_second']:,.0f} events/s once started"
-                            f" ({run['events_per_second']:,.0f} with start-up), load {run['load_average'][0]:.1f}"
+                            f"{transport} x{workers}: {run['all_working']['events_per_second']:,.0f} events/s once "
+                            f"every worker reads ({run['all_working']['since_first_s']:.2f} s after the first event);"
+                            f" {run['started']['events_per_second']:,.0f} from the first event, "
+                            f"{run['events_per_second']:,.0f} with start-up; load {run['load_average'][0]:.1f}"
                         )
+                        for change in run.get("group", {}).get("assignment_changes", []):
+                            console.print(f"  {change['t']:6.2f} s {change['state']}: {change['members']}")
+                        for member, rate in run.get("group", {}).get("committed_by_member", {}).items():
+                            console.print(
+                                f"  {member}: {rate['events']:,} committed from {rate['from_s']:.2f} to "
+                                f"{rate['to_s']:.2f} s, {rate['events_per_second']:,.0f}/s"
+                            )
                         runs.append(run)
+            if args.rates:
+                events = valid_events(events_file)
+            for index, rate in enumerate(args.rates):
+                order = ("redis", "kafka") if index % 2 == 0 else ("kafka", "redis")
+                for transport in [t for t in order if t in args.transports]:
+                    fresh = fixed_rate(
+                        tmp, events, transport, rate, args.seconds, args.steady_workers, args.partitions, broker
+                    )
+                    console.print(
+                        f"{transport} at {rate:,}/s offered ({fresh['offered_per_second']:,.0f} sent/s), "
+                        f"{args.steady_workers} worker(s): freshness p50 {fresh['freshness_p50_ms']:.0f} ms, p99 "
+                        f"{fresh['freshness_p99_ms']:.0f} ms, max {fresh['freshness_max_ms']:.0f} ms "
+                        f"({fresh['samples']:,} samples, {fresh['applied']:,}/{fresh['sent']:,} applied), "
+                        f"load {fresh['load_average'][0]:.1f}"
+                    )
+                    freshness.append(fresh)
         finally:
             broker.stop()
 
     def best(transport: str, workers: int, key: str) -> float:
         figures = [r for r in runs if r["transport"] == transport and r["workers"] == workers]
-        return max(
-            float(r["started"]["events_per_second"] if key == "started" else r["events_per_second"]) for r in figures
-        )
+        return max(float(r[key]["events_per_second"] if key != "total" else r["events_per_second"]) for r in figures)
 
     rows, ratios = [], {}
-    for workers in args.workers:
-        redis_rate, kafka_rate = best("redis", workers, "started"), best("kafka", workers, "started")
+    for workers in args.workers if set(args.transports) == {"redis", "kafka"} else []:
         ratios[str(workers)] = {
-            "started": kafka_rate / redis_rate,
-            "with_startup": best("kafka", workers, "total") / best("redis", workers, "total"),
+            key: best("kafka", workers, field) / best("redis", workers, field)
+            for key, field in (("all_working", "all_working"), ("started", "started"), ("with_startup", "total"))
         }
         rows.append([
-            str(workers), f"{redis_rate:,.0f}", f"{kafka_rate:,.0f}", f"{ratios[str(workers)]['started']:.2f}",
-            f"{best('redis', workers, 'total'):,.0f}", f"{best('kafka', workers, 'total'):,.0f}",
+            str(workers), *(f"{best(t, workers, 'all_working'):,.0f}" for t in ("redis", "kafka")),
+            f"{ratios[str(workers)]['all_working']:.2f}",
+            *(f"{best(t, workers, 'started'):,.0f}" for t in ("redis", "kafka")),
+            f"{ratios[str(workers)]['started']:.2f}",
         ])  # fmt: skip
-    print_table(
-        console, f"stream drain, {runs[0]['events']:,} events, {args.partitions} partitions (best of {args.repeats})",
-        ["workers", "Redis Streams ev/s", "Kafka ev/s", "Kafka / Redis", "Redis with start-up", "Kafka with start-up"],
-        rows,
-    )  # fmt: skip
+    if rows:
+        print_table(
+            console,
+            f"stream drain, {runs[0]['events']:,} events, {args.partitions} partitions (best of {args.repeats})",
+            ["workers", "Redis ev/s, all reading", "Kafka ev/s, all reading", "Kafka / Redis",
+             "Redis ev/s, from the first", "Kafka ev/s, from the first", "Kafka / Redis"],
+            rows,
+        )  # fmt: skip
     console.print(f"load average at the end: {os.getloadavg()}")
     write_result(
         console, "kafka",
-        {"machine": machine(), "args": vars(args), "runs": runs, "ratios_kafka_to_redis": ratios,
-         "load_average_end": os.getloadavg()},
+        {"machine": machine(), "args": vars(args), "runs": runs, "freshness": freshness,
+         "load_average_end": os.getloadavg(), **({"ratios_kafka_to_redis": ratios} if ratios else {})},
     )  # fmt: skip
 
 
