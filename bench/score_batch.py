@@ -126,6 +126,78 @@ def saturation(url: str, ids: list[str], clients: int, seconds: float) -> dict[s
     }
 
 
+def redis_time(
+    settings: Settings, port: int, connection: str, bodies: list[dict[str, object]], seconds: float
+) -> dict[str, Any]:
+    """Redis's own time per `score:batch` request (INFO commandstats over a by-id load): the store's share of it."""
+    from core.connections import redis_client
+
+    client = redis_client(settings, connection)
+    client.config_resetstat()
+    load = run_load("127.0.0.1", port, "/v1/fraud/score:batch", bodies, 1, seconds)
+    stats: dict[str, dict[str, Any]] = client.info("commandstats")
+    # A script's own time includes the commands it calls, which are also counted under their own names.
+    usec = sum([float(v["usec"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval")])
+    commands = {k.removeprefix("cmdstat_"): {"calls": int(v["calls"]), "usec": float(v["usec"])} for k, v in
+                stats.items()}  # fmt: skip
+    return {"requests": load.requests, "redis_us_per_request": usec / max(load.requests, 1), "commands": commands,
+            "p50_ms": float(np.percentile(load.latencies_ms, 50)) if load.requests else None}  # fmt: skip
+
+
+def model_alone(settings: Settings, rows: list[list[float | None]], iterations: int = 200) -> dict[str, float]:
+    """The served model's predict and reasons on the batch's rows in this process (the API's engine and explainer):
+    what the model alone costs per batch, median microseconds."""
+    from core.models.attribution import make_explainer
+    from core.models.manifest import Flavor
+    from core.models.runtime import load_runtime, model_engine
+    from fraudserve.registry import open_registry
+
+    registry = open_registry(settings)
+    path = registry.model_path("fraud", registry.get("fraud").version)
+    runtime = load_runtime(Flavor.lightgbm, path, engine=model_engine())
+    explainer = make_explainer(settings.reasons_method, Flavor.lightgbm, path, runtime)
+    matrix = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=np.float64)
+    compiled = getattr(explainer, "compiled", None) is not None
+    out: dict[str, float] = {"rows": float(len(matrix)), "compiled_reasons": float(compiled)}
+    for name, call in (("predict_us", runtime.predict), ("reasons_us", explainer.contributions)):
+        call(matrix)
+        times = []
+        for _ in range(iterations):
+            started = time.perf_counter()
+            call(matrix)
+            times.append(time.perf_counter() - started)
+        out[name] = float(np.median(times) * 1e6)
+    return out
+
+
+def profile(py_spy: str, pid: int, port: int, bodies: list[dict[str, object]], seconds: float) -> dict[str, Any]:
+    """py-spy on the API process during a by-id load: each function's share of the samples (inclusive: the samples
+    with it on the stack), the top 30."""
+    import re
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".txt") as out:
+        spy = subprocess.Popen([py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--output",
+                                out.name, "--duration", str(int(seconds))],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(1)
+        run_load("127.0.0.1", port, "/v1/fraud/score:batch", bodies, 1, seconds - 1)
+        spy.wait(seconds + 30)
+        lines = Path(out.name).read_text().splitlines()
+    total = 0
+    inclusive: collections.Counter[str] = collections.Counter()
+    for line in lines:
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        frames = {re.sub(r":\d+\)$", ")", frame).replace(str(Path.cwd()) + "/", "") for frame in stack.split(";")}
+        for frame in frames:
+            inclusive[frame] += int(n)
+    top = {frame: round(n / max(total, 1), 4) for frame, n in inclusive.most_common(30)}
+    return {"samples": total, "inclusive_share": top}
+
+
 def main() -> None:
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,6 +208,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients of the saturation run")
     parser.add_argument("--saturation-seconds", type=float, default=10)
     parser.add_argument("--home", type=Path, help="keep the deployment here and reuse it on the next run")
+    parser.add_argument("--py-spy", help="py-spy binary: also profile the API process under the 256-id load")
     args = parser.parse_args()
     console = Console(width=150)
     result: dict[str, Any] = {"machine": machine(), "started": datetime.now(UTC).isoformat(), "args": vars(args)}
@@ -197,6 +270,16 @@ def main() -> None:
         print_table(console, "score:batch by id against OIP v2 infer on the same rows, 1 worker, 1 connection",
                     ("ids", "OIP p50", "by id p50", "per id", "ratio", "errors"), table)  # fmt: skip
         console.print(f"p50 growth from 256 to 1,000 ids: {result['growth p50 1000 / 256']:.2f}x (linear: 3.91x)")
+        floor = {"redis": redis_time(settings, port, connection, bodies["by id 256"], args.seconds),
+                 "model_alone": model_alone(settings, [rows[t] for t in rng.sample(ids, 256)])}  # fmt: skip
+        result["floor 256"] = floor
+        console.print(f"256 ids: Redis's own time {floor['redis']['redis_us_per_request']:.0f} us per request; "
+                      f"in process, predict {floor['model_alone']['predict_us']:.0f} us, reasons "
+                      f"{floor['model_alone']['reasons_us']:.0f} us per batch")  # fmt: skip
+        if args.py_spy:
+            result["profile 256"] = profile(args.py_spy, process.pid, port, bodies["by id 256"], 4 * args.seconds)
+            for frame, share in result["profile 256"]["inclusive_share"].items():
+                console.print(f"  {share:6.1%}  {frame}")
         result["exactness"] = exactness(url, rng.sample(ids, 256))
         console.print(f"items equal to the single score: {result['exactness']}")
         result["saturation"] = saturation(url, ids, args.clients, args.saturation_seconds)
