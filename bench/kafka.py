@@ -164,10 +164,10 @@ def working(transport: str, workers: int, client: Any, partitions: int, monitor:
         last = monitor.samples[-1] if monitor is not None and monitor.samples else {}
         members = last.get("members") or {}
         return last.get("state") == "STABLE" and len(members) == workers and all(members.values())
-    names: set[bytes] = set()
+    names: set[Any] = set()
     for key in partition_keys(EVENTS, partitions):
         with contextlib.suppress(redis.ResponseError):  # no group yet
-            names |= {c[b"name"] for c in client.xinfo_consumers(key, GROUP)}
+            names |= {c["name"] for c in client.xinfo_consumers(key, GROUP)}
     return len(names) >= workers
 
 
