@@ -107,15 +107,15 @@ def group_timeline(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Assignment changes (time, member -> partitions) and each member's committed events/s while it owned
     partitions, from `GroupMonitor` samples."""
     changes: list[dict[str, Any]] = []
-    previous: dict[str, list[int]] | None = None
+    previous: tuple[dict[str, list[int]], str | None] | None = None
     per_member: dict[str, int] = {}
     first_commit: dict[str, float] = {}
     last_commit: dict[str, float] = {}
     for before, after in itertools.pairwise(samples):
         members = after.get("members")
-        if members is not None and members != previous:
+        if members is not None and (members, after.get("state")) != previous:
             changes.append({"t": after["t"], "state": after.get("state"), "members": members})
-            previous = members
+            previous = (members, after.get("state"))
         owners = {p: m for m, ps in (before.get("members") or {}).items() for p in ps}
         for partition, offset in (after.get("committed") or {}).items():
             old = max(int((before.get("committed") or {}).get(partition, 0)), 0)
@@ -126,6 +126,7 @@ def group_timeline(samples: list[dict[str, Any]]) -> dict[str, Any]:
                 first_commit.setdefault(member, before["t"])
                 last_commit[member] = after["t"]
     return {
+        "samples": samples,  # per partition committed offsets over time (the lag: the partition's end minus these)
         "assignment_changes": changes,
         "committed_by_member": {
             m: {

@@ -340,13 +340,15 @@ def test_a_service_producer_writes_to_kafka_keyed_by_card_in_order(kafka: KafkaP
         ends = {p: consumer.get_watermark_offsets(TopicPartition(config.transactions_topic, p))[1] for p in range(3)}
         assert sum(ends.values()) == len(events) and all(ends.values())  # spread over the 3 partitions
         consumer.assign([TopicPartition(config.transactions_topic, p, 0) for p in range(3)])
+        # consume(n, timeout) waits until n messages or the timeout: short timeouts, until all have come
+        deadline = time.monotonic() + 30
         messages: list[Any] = []
-        while len(messages) < len(events):
-            messages += [m for m in consumer.consume(500, timeout=5) if m.error() is None]
+        while len(messages) < len(events) and time.monotonic() < deadline:
+            messages += [m for m in consumer.consume(500, timeout=0.2) if m.error() is None]
         consumer.assign([TopicPartition(config.labels_topic, p, 0) for p in range(3)])
         label_messages: list[Any] = []
-        while not label_messages:
-            label_messages += [m for m in consumer.consume(10, timeout=5) if m.error() is None]
+        while not label_messages and time.monotonic() < deadline:
+            label_messages += [m for m in consumer.consume(10, timeout=0.2) if m.error() is None]
     finally:
         consumer.close()
     partition_of_card: dict[str, int] = {}
