@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisClusterException
+from redis.exceptions import NoScriptError, RedisClusterException
 
 from core.connections import async_redis_client
 from inference_api.domain.features import FeatureColumns, TransactionRecord, ViewValues, within_budget
@@ -203,7 +204,8 @@ class RedisFeatureSource:
         self.budget_s = budget_s
         # The one-round-trip read needs a single Redis and Feast's v3 keys; otherwise two pipelined round trips.
         self.fused = isinstance(self.client, aioredis.Redis) and self.version == 3
-        self._scripts: dict[int, tuple[AsyncScript, tuple[ViewRead, ...]]] = {}
+        self._scripts: dict[int, tuple[AsyncScript, tuple[ViewRead, ...], list[tuple[str, tuple[ViewRead, ...]]]]] = {}
+        self._idle: list[AbstractConnection] = []  # the lookup's own connections (`_evalsha`), not in use
         self._flat: dict[int, tuple[AsyncScript, tuple[ViewRead, ...], FlatLayout]] = {}
         self.join_key, self.fields = transaction_layout(store)
         self._transaction_fields = _fields(TRANSACTION_VIEW, self.fields)
@@ -228,31 +230,63 @@ class RedisFeatureSource:
         replies = await self._hmget_all([(key, self._transaction_fields) for key in keys])
         return [_record(self.fields, i, reply) for i, reply in zip(ids, replies, strict=True)]
 
-    def _script_for(self, plan: FeaturePlan) -> AsyncScript:
-        """The lookup script of a plan, registered once per plan (redis-py reloads it if Redis lost it)."""
+    def _script_for(self, plan: FeaturePlan) -> tuple[AsyncScript, list[tuple[str, tuple[ViewRead, ...]]]]:
+        """The lookup script of a plan and the plan's key groups, made once per plan (reloaded if Redis lost it)."""
         cached = self._scripts.get(id(plan))
         if cached is None or cached[1] is not plan.views:
             assert isinstance(self.client, aioredis.Redis)
             script = _lookup_script(self.project, self.fields, plan.views)
-            cached = (self.client.register_script(script), plan.views)
+            cached = (self.client.register_script(script), plan.views, key_groups(plan.views))
             self._scripts[id(plan)] = cached
-        return cached[0]
+        return cached[0], cached[2]
+
+    async def _evalsha(self, script: AsyncScript, keys: list[bytes]) -> Any:
+        """`script(keys=keys)` on a connection of the lookup's own, without redis-py's per-command machinery.
+
+        The single score's one round trip: redis-py's `Redis.execute_command` costs about 45 us of CPU per call on
+        top of the socket calls (a pool lock, its retry wrapper, observability hooks, and a task per send for the
+        socket timeout), as much as the Lua script on the server (bench/README.md). The connections are redis-py's
+        own (connect, hiredis parsing, errors), made without a socket timeout: `within_budget` bounds the call, and a
+        connection whose call did not finish (cancelled, failed) is disconnected by redis-py and reconnects on its
+        next use. As the client's `Retry(NoBackoff(), 1)`: one immediate retry after a connection error (a pooled
+        connection that a Redis restart closed), and a script that Redis lost (a restart, `SCRIPT FLUSH`) is loaded
+        again."""
+        for attempt in (0, 1):
+            connection = self._idle.pop() if self._idle else self._connection_of_lookup()
+            try:
+                reply = await _call(connection, "EVALSHA", script.sha, len(keys), *keys)
+            except NoScriptError:
+                await _call(connection, "SCRIPT", "LOAD", script.script)
+                reply = await _call(connection, "EVALSHA", script.sha, len(keys), *keys)
+            except (redis.ConnectionError, redis.TimeoutError):
+                await connection.disconnect(nowait=True)
+                if attempt:
+                    raise
+                continue
+            self._idle.append(connection)
+            return reply
+        raise AssertionError("unreachable")
+
+    def _connection_of_lookup(self) -> AbstractConnection:
+        assert isinstance(self.client, aioredis.Redis), "the one-round-trip lookup needs a single Redis (see fused)"
+        pool = self.client.connection_pool
+        return pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
 
     async def _transactions_with_views(
         self, ids: Sequence[str], keys: list[bytes], plan: FeaturePlan
     ) -> list[TransactionRecord | None]:
-        script = self._script_for(plan)
-        replies: list[list[Any]] = await within_budget(script(keys=keys), self.budget_s)
-        groups = key_groups(plan.views)
+        script, groups = self._script_for(plan)
+        replies: list[list[Any]] = await within_budget(self._evalsha(script, keys), self.budget_s)
         records: list[TransactionRecord | None] = []
         for transaction_id, (reply, *by_key) in zip(ids, replies, strict=True):
-            record = _record(self.fields, transaction_id, reply)
-            if record is not None:
-                by_view: dict[str, ViewValues] = {}
-                for (_, group), raw in zip(groups, _pad(by_key, len(groups)), strict=True):
-                    by_view.update(_split(group, raw or None))
-                record = dataclasses.replace(record, views=by_view, views_plan=plan)
-            records.append(record)
+            row = _row(self.fields, reply)
+            if row is None:
+                records.append(None)
+                continue
+            by_view: dict[str, ViewValues] = {}
+            for (_, group), raw in zip(groups, _pad(by_key, len(groups)), strict=True):
+                by_view.update(_split(group, raw or None))
+            records.append(TransactionRecord(transaction_id, row, _stamp(reply[-1]), by_view, plan))
         return records
 
     @property
@@ -329,9 +363,18 @@ class RedisFeatureSource:
             return False
 
     async def close(self) -> None:
+        for connection in self._idle:
+            await connection.disconnect()
+        self._idle.clear()
         await self.client.aclose()
         if self._batch is not None:
             await self._batch.aclose()
+
+
+async def _call(connection: AbstractConnection, *args: Any) -> Any:
+    """One command on one connection: sent and its reply read (a ResponseError reply raised, as redis-py does)."""
+    await connection.send_packed_command(connection.pack_command(*args), check_health=False)
+    return await connection.read_response()
 
 
 def _pad(replies: list[Any], count: int) -> list[Any]:
@@ -339,19 +382,85 @@ def _pad(replies: list[Any], count: int) -> list[Any]:
     return [*replies, *([False] * (count - len(replies)))]
 
 
+def _row(fields: tuple[str, ...], reply: list[bytes | None]) -> dict[str, Any] | None:
+    """A stored transaction's fields from its HMGET reply (its `_ts` last), None when it is not stored."""
+    row = {name: _value(raw) for name, raw in zip(fields, reply[:-1], strict=True)}
+    return None if row.get("card_id") is None else row  # every stored transaction has a card
+
+
 def _record(fields: tuple[str, ...], transaction_id: str, reply: list[bytes | None]) -> TransactionRecord | None:
-    row = {name: decode_value(raw) for name, raw in zip(fields, reply[:-1], strict=True)}
-    if row.get("card_id") is None:  # every stored transaction has a card
-        return None
-    return TransactionRecord(transaction_id, row, stored_at=decode_ts(reply[-1]))
+    row = _row(fields, reply)
+    return None if row is None else TransactionRecord(transaction_id, row, stored_at=_stamp(reply[-1]))
 
 
 def _view_values(view: ViewRead, reply: list[bytes | None] | None) -> ViewValues:
     """One view's values and timestamp from its HMGET reply (None: the entity has no id on this transaction)."""
     if reply is None:
         return ViewValues(dict.fromkeys(view.features), None)
-    values = {f: decode_value(raw) for f, raw in zip(view.features, reply[:-1], strict=True)}
-    return ViewValues(values, decode_ts(reply[-1]))
+    values = {f: _value(raw) for f, raw in zip(view.features, reply[:-1], strict=True)}
+    return ViewValues(values, _stamp(reply[-1]))
+
+
+# A single score decodes a few dozen values: the common kinds are read here with struct (a double) or a short
+# varint loop, the rest by Feast's protobuf message (`decode_value`, `decode_ts`); tests/unit/test_batching.py holds
+# both equal to them on every kind.
+_unpack_double = struct.Struct("<d").unpack_from
+
+
+def _varint(raw: bytes, at: int) -> tuple[int, int]:
+    """A protobuf varint at `raw[at]`: its value (unsigned) and the offset after it."""
+    value = shift = 0
+    while True:
+        byte = raw[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
+def _value(raw: bytes | None) -> Any:
+    """`decode_value` of a stored ValueProto: a double, int64 or string read directly, any other kind by Feast's."""
+    if not raw:
+        return None
+    tag = raw[0]
+    try:
+        if tag == 0x29 and len(raw) == 9:  # double_val
+            return _unpack_double(raw, 1)[0]
+        if tag == 0x20:  # int64_val (two's complement in ten bytes when negative)
+            value, end = _varint(raw, 1)
+            if end == len(raw) and value < 1 << 64:
+                return value - (1 << 64) if value >= 1 << 63 else value
+        elif tag == 0x12:  # string_val
+            length, start = _varint(raw, 1)
+            if start + length == len(raw):
+                return raw[start:].decode()
+    except (IndexError, UnicodeDecodeError):
+        pass
+    return decode_value(raw)
+
+
+def _stamp(raw: bytes | None) -> float | None:
+    """`decode_ts` of a stored Timestamp (seconds = 1, nanos = 2, each varint and omitted when 0)."""
+    if not raw:
+        return None
+    seconds = nanos = 0
+    at = 0
+    try:
+        while at < len(raw):
+            tag = raw[at]
+            if tag == 0x08:
+                seconds, at = _varint(raw, at + 1)
+            elif tag == 0x10:
+                nanos, at = _varint(raw, at + 1)
+            else:
+                return decode_ts(raw)
+    except IndexError:
+        return decode_ts(raw)
+    if seconds >= 1 << 63 or nanos >= 1 << 31:  # negative (ten-byte varints) or out of range: Feast's decoder
+        return decode_ts(raw)
+    value = seconds + nanos / 1e9
+    return value if value > 0 else None
 
 
 # ----------------------------------------------------------------------------------------------- columnar decoding

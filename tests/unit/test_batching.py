@@ -192,6 +192,40 @@ def test_feast_timestamps_decode_column_wise_as_decode_ts_decodes_each() -> None
         assert (want is None and math.isnan(got)) or got == want, (cell, got, want)
 
 
+def test_single_values_and_timestamps_decode_as_feasts_decoders() -> None:
+    """The single score's per-value readers (`_value`, `_stamp`) give exactly what `decode_value` and `decode_ts`
+    give, type included, on every kind, on a value that has two fields (the last wins), and on broken bytes."""
+    from feast.protos.feast.types.Value_pb2 import Null, Value
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from inference_api.domain.redis_source import _stamp, _value
+    from pipelines.online_layout import decode_ts, decode_value
+
+    protos = [Value(double_val=v) for v in (0.0, -0.0, 1.5, -2.25e-300, 1e308, math.inf, -math.inf)]
+    protos += [Value(int64_val=v) for v in (0, 1, 127, 128, 300, -1, -(2**40), 2**53 + 1, 2**63 - 1, -(2**63))]
+    protos += [Value(string_val=v) for v in ("", "m_1", "é" * 100, "card_" + "x" * 300)]
+    protos += [Value(float_val=3.5), Value(int32_val=-7), Value(bool_val=True), Value(bool_val=False)]
+    protos += [Value(unix_timestamp_val=1_764_633_600), Value(null_val=Null.NULL), Value()]
+    raw = [p.SerializeToString() for p in protos]
+    raw += [b"", Value(double_val=2.5).SerializeToString() + Value(int64_val=3).SerializeToString()]
+    for cell in raw:
+        got, want = _value(cell), decode_value(cell)
+        assert type(got) is type(want) and got == want, (cell, got, want)
+        if isinstance(want, float):
+            assert math.copysign(1, got) == math.copysign(1, want), (cell, got, want)
+    nan = Value(double_val=math.nan).SerializeToString()
+    assert math.isnan(_value(nan)) and math.isnan(decode_value(nan))
+    pairs = ((1_764_633_600, 0), (1_764_633_600, 123_000_000), (0, 5), (0, 0), (1, 999_999_999), (-5, 0), (-5, -3))
+    stamps = [Timestamp(seconds=s, nanos=n).SerializeToString() for s, n in pairs]
+    for cell in [*stamps, b"", stamps[1] + stamps[0]]:
+        assert _stamp(cell) == decode_ts(cell), cell
+    for broken in (b"\x29\x00", b"\x20\xff", b"\x12\x05ab"):  # cut short: Feast's decoder raises, so does this
+        with pytest.raises(Exception) as theirs:
+            decode_value(broken)
+        with pytest.raises(type(theirs.value)):
+            _value(broken)
+
+
 def test_batch_admission_bounds_items_in_flight_and_refuses_with_overloaded() -> None:
     from inference_api.domain.admission import Admission, BatchOverloaded
 
