@@ -172,7 +172,7 @@ def model_alone(settings: Settings, rows: list[list[float | None]], iterations: 
 
 def profile(py_spy: str, pid: int, port: int, bodies: list[dict[str, object]], seconds: float) -> dict[str, Any]:
     """py-spy on the API process during a by-id load: each function's share of the samples (inclusive: the samples
-    with it on the stack), the top 30."""
+    with it on the stack): the project's top 25 functions and the top 20 others below the common wrappers."""
     import re
     import tempfile
 
@@ -194,8 +194,10 @@ def profile(py_spy: str, pid: int, port: int, bodies: list[dict[str, object]], s
         frames = {re.sub(r":\d+\)$", ")", frame).replace(str(Path.cwd()) + "/", "") for frame in stack.split(";")}
         for frame in frames:
             inclusive[frame] += int(n)
-    top = {frame: round(n / max(total, 1), 4) for frame, n in inclusive.most_common(30)}
-    return {"samples": total, "inclusive_share": top}
+    share = {frame: round(n / max(total, 1), 4) for frame, n in inclusive.most_common()}
+    ours = [f for f in share if f.split("(", 1)[-1].startswith(("inference_api/", "core/", "pipelines/"))]
+    theirs = [f for f in share if f not in ours and share[f] < 0.45]  # below the stack's common wrappers
+    return {"samples": total, "inclusive_share": {f: share[f] for f in [*ours[:25], *theirs[:20]]}}
 
 
 def main() -> None:
