@@ -4,9 +4,11 @@
 
 On a fresh redis-server, with the built-in features (`feature_repo/`): one merchant is given `--large` events inside
 its windows (30 days), another 10; then `--events` new events of each merchant arrive one per batch (the steady
-low-rate case, where batching cannot amortise anything). Per event, in the same run: the updater's CPU
-(`time.process_time`) and Redis's CPU (`INFO cpu`), for the small and the large merchant, and their ratio (flat
-means 1.0). Memory: Redis's bytes for the large merchant's state (`MEMORY USAGE` of its keys) per event it keeps.
+low-rate case, where batching cannot amortise anything), in `--rounds` rounds that alternate which merchant goes
+first (after a warm-up of both that is not counted), so that neither pays the warm-up or a quieter stretch of the
+machine alone. Per event, in the same run: the updater's CPU (`time.process_time`) and Redis's CPU (`INFO cpu`), for
+the small and the large merchant, their ratio over all rounds (flat means 1.0) and each round's ratio. Memory:
+Redis's bytes for the large merchant's state (`MEMORY USAGE` of its keys) per event it keeps.
 Writes bench/results/window_state-<date>.json.
 """
 
@@ -61,9 +63,13 @@ def fill(updater: OnlineUpdater, merchant: str, count: int, end_ms: int, rnd: ra
             console.print(f"  {merchant}: {first:,} events")
 
 
-def one_by_one(updater: OnlineUpdater, client: Any, merchant: str, events: int, start_ms: int) -> dict[str, float]:
+def one_by_one(
+    updater: OnlineUpdater, client: Any, merchant: str, events: int, start_ms: int, first_id: int = 10_000_000
+) -> dict[str, float]:
+    """`events` new events of `merchant`, one per batch, a second apart from `start_ms` (new ids from `first_id`:
+    a redelivered id would cost less)."""
     rnd = random.Random(7)
-    batch = [event(10_000_000 + i, merchant, start_ms + i * 1000, rnd) for i in range(events)]
+    batch = [event(first_id + i, merchant, start_ms + i * 1000, rnd) for i in range(events)]
     cpu, redis_before = time.process_time(), redis_cpu_s(client)
     for e in batch:
         updater.apply([e], [])
@@ -77,7 +83,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--large", type=int, default=1_000_000, help="events in the large merchant's windows")
     parser.add_argument("--small", type=int, default=10)
-    parser.add_argument("--events", type=int, default=2000, help="events per merchant, one per batch")
+    parser.add_argument("--events", type=int, default=2000, help="events per merchant, one per batch, all rounds")
+    parser.add_argument("--rounds", type=int, default=6, help="measured rounds, alternating which merchant is first")
     args = parser.parse_args()
     console = Console()
     catalog = load_catalog()
@@ -93,22 +100,45 @@ def main() -> None:
             fill(updater, "m_large", args.large, end_ms, rnd, console)
             fill_s = time.perf_counter() - started
             console.print(f"filled {args.small + args.large:,} events in {fill_s:.1f} s")
-            small = one_by_one(updater, client, "m_small", args.events, end_ms)
-            large = one_by_one(updater, client, "m_large", args.events, end_ms)
-            small_again = one_by_one(updater, client, "m_small", args.events, end_ms + args.events * 1000)
+            per_round = max(1, args.events // args.rounds)
+            warm_up = min(50, per_round)
+            for merchant in ("m_small", "m_large"):
+                one_by_one(updater, client, merchant, warm_up, end_ms, first_id=9_000_000)
+            rounds: list[dict[str, dict[str, float]]] = []
+            for index in range(args.rounds):
+                start_ms = end_ms + (warm_up + index * per_round) * 1000
+                first_id = 10_000_000 + index * per_round
+                order = ("m_small", "m_large") if index % 2 == 0 else ("m_large", "m_small")
+                figures = {m: one_by_one(updater, client, m, per_round, start_ms, first_id) for m in order}
+                rounds.append({"small": figures["m_small"], "large": figures["m_large"]})
             keys = [k for k in client.scan_iter("fraudserve:{merchant:m_large}:*")]
             kept = int(client.zcard("fraudserve:{merchant:m_large}:win"))
             state_bytes = sum(int(client.memory_usage(k, samples=0) or 0) for k in keys)
             window_bytes = int(client.memory_usage("fraudserve:{merchant:m_large}:win", samples=0) or 0)
         finally:
             server.stop()
-    small_worker = (small["worker_us_per_event"] + small_again["worker_us_per_event"]) / 2
-    small_redis = (small["redis_us_per_event"] + small_again["redis_us_per_event"]) / 2
+
+    def mean(which: str, figure: str) -> float:
+        return sum(r[which][figure] for r in rounds) / len(rounds)
+
+    small_worker, small_redis = mean("small", "worker_us_per_event"), mean("small", "redis_us_per_event")
+    large = {"worker_us_per_event": mean("large", "worker_us_per_event"),
+             "redis_us_per_event": mean("large", "redis_us_per_event")}  # fmt: skip
+    round_ratios = [
+        {
+            "first": "small" if i % 2 == 0 else "large",
+            "worker": r["large"]["worker_us_per_event"] / r["small"]["worker_us_per_event"],
+            "redis": r["large"]["redis_us_per_event"] / r["small"]["redis_us_per_event"],
+        }
+        for i, r in enumerate(rounds)
+    ]
     result = {
         "machine": machine(),
         "large_events": args.large,
         "small_events": args.small,
-        "events_one_per_batch": args.events,
+        "events_one_per_batch": per_round * args.rounds,
+        "rounds": args.rounds,
+        "round_ratios_large_to_small": round_ratios,
         "fill_events_per_s": (args.small + args.large) / fill_s,
         "small": {"worker_us_per_event": small_worker, "redis_us_per_event": small_redis},
         "large": large,
@@ -128,6 +158,10 @@ def main() -> None:
             ("large", f"{args.large:,}", f"{large['worker_us_per_event']:.0f}", f"{large['redis_us_per_event']:.0f}"),
         ],
     )
+    for i, ratios in enumerate(round_ratios):
+        console.print(
+            f"round {i + 1} ({ratios['first']} first): worker {ratios['worker']:.2f}, redis {ratios['redis']:.2f}"
+        )
     console.print(
         f"ratio large/small: worker {result['worker_ratio_large_to_small']:.2f}, "
         f"redis {result['redis_ratio_large_to_small']:.2f}; state {result['state_bytes_per_kept_event']:.0f} "
