@@ -75,26 +75,36 @@ def build_rows(
     plan: FeaturePlan, records: Sequence[TransactionRecord], fetched: Sequence[dict[str, ViewValues]], now: float
 ) -> tuple[np.ndarray, list[list[str]], list[float | None]]:
     """The model matrix (manifest order), the reasons each row is uncertain, and each row's feature freshness."""
-    columns: dict[str, list[Any]] = {}
-    for view in plan.views:
-        for name in view.served:
-            columns[name] = [views[view.view].values.get(name) for views in fetched]
-    for name in plan.transaction_fields:
-        columns[name] = [record.fields.get(name) for record in records]
+    # Row by row: a request batch holds 1 to 64 records, so a list per column cost more than the values themselves.
+    rows: list[dict[str, Any]] = []
+    for record, views in zip(records, fetched, strict=True):
+        row: dict[str, Any] = {}
+        for view in plan.views:
+            values = views[view.view].values
+            for name in view.served:
+                row[name] = values.get(name)
+        fields = record.fields
+        for name in plan.transaction_fields:
+            row[name] = fields.get(name)
+        rows.append(row)
     if plan.request_time:
         mean_7d = [views["card_features"].values.get("card_amount_mean_7d") for views in fetched]
         extra = request_time_arrays(
-            np.array([_number(r.fields.get("amount")) for r in records], dtype=np.float64),
-            np.array([_number(r.fields.get("event_time_ms")) for r in records], dtype=np.float64),
-            np.array([_number(v) for v in mean_7d], dtype=np.float64),
+            np.array([r.fields.get("amount") for r in records], dtype=np.float64),  # None: NaN
+            np.array([r.fields.get("event_time_ms") for r in records], dtype=np.float64),
+            np.array(mean_7d, dtype=np.float64),
         )
         for name in plan.request_time:
-            columns[name] = extra[name].tolist()
+            for row, value in zip(rows, extra[name].tolist(), strict=True):
+                row[name] = value
     for odfv in plan.on_demand:
-        columns.update(on_demand_values(odfv, records, fetched))
-    matrix = np.array(
-        [[np.nan if v is None else v for v in columns[name]] for name in plan.features], dtype=np.float64
-    ).T.reshape(len(records), len(plan.features))
+        for name, computed in on_demand_values(odfv, records, fetched).items():
+            for row, value in zip(rows, computed, strict=True):
+                row[name] = value
+    # numpy's float64 makes None (a missing value) NaN.
+    matrix = np.array([[row[name] for name in plan.features] for row in rows], dtype=np.float64).reshape(
+        len(records), len(plan.features)
+    )
 
     uncertain: list[list[str]] = []
     freshness: list[float | None] = []
@@ -124,8 +134,13 @@ def build_rows(
     return matrix, uncertain, freshness
 
 
-def _number(value: Any) -> float:
-    return np.nan if value is None else float(value)
+def _top(contributions: list[float], count: int) -> list[int]:
+    """The positions of the `count` largest contributions, largest first, ties in feature order: what
+    `np.argsort(-row, kind="stable")[:count]` gives, without numpy's per-call cost on one short row."""
+    if any(map(math.isnan, contributions)):  # NaN sorts last in numpy, nowhere in particular in Python
+        top: list[int] = np.argsort(-np.asarray(contributions), kind="stable")[:count].tolist()
+        return top
+    return sorted(range(len(contributions)), key=contributions.__getitem__, reverse=True)[:count]
 
 
 def build_matrix(
@@ -298,18 +313,20 @@ class ScoringService:
             production = model is self.models.state.production
             role = "direct" if not serving_default else "production" if production else "canary"
 
+        names = model.plan.features
+        width = len(names)
         results = []
         for i, record in enumerate(records):
             score = float(scores[i])
             label = UNCERTAIN if uncertain[i] else model.manifest.thresholds.label(score)
             reasons: list[Reason] = []
             if contributions is not None:
-                row = contributions[i, : len(model.plan.features)]
-                for j in np.argsort(-row, kind="stable")[: self.top_reasons]:
-                    value = matrix[i, j]
-                    reasons.append(
-                        Reason(model.plan.features[j], None if np.isnan(value) else float(value), float(row[j]))
-                    )
+                row = contributions[i, :width].tolist()
+                values = matrix[i].tolist()
+                reasons = [
+                    Reason(names[j], None if values[j] != values[j] else values[j], row[j])  # NaN: missing
+                    for j in _top(row, self.top_reasons)
+                ]
             results.append(
                 Score(record.transaction_id, score, label, model, reasons, freshness[i], uncertain[i], matrix[i], role,
                       None if shadows is None else shadows[i])
