@@ -13,6 +13,11 @@ is everything between the ASGI call and the scoring (middlewares, routing, auth,
 score log hand-off, the response body), in alternating rounds for: the lean route (routes/fast_score.py), the same
 app without it (FastAPI's route, as before) and bench/constant_app.py. uvicorn's HTTP parsing and the socket calls
 are not in it; bench.api measures those end to end. Writes bench/results/hotpath-<date>.json.
+
+`--baseline REV`: instead, this tree's code against commit REV's in the same run: one process per tree (REV's
+files from `git archive`), each with the real app (its lifespan run, score log on), driven in alternating rounds
+through `score_requests` (batch of one) and through the whole ASGI app with its real batcher, on the same random ids
+and the same redis-server; CPU per request of each process (all its threads) and of redis-server, and the ratios.
 """
 
 from __future__ import annotations
@@ -21,8 +26,14 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import io
 import json
 import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -58,7 +69,11 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--only", choices=("http",), help="only the HTTP framework's share")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of the HTTP part")
+    parser.add_argument("--baseline", metavar="REV", help="this tree against commit REV, in alternating rounds")
     args = parser.parse_args()
+    if args.baseline:
+        _against_baseline(args)
+        return
     console = Console()
     result: dict[str, object] = {"machine": machine(), "started": datetime.now(UTC).isoformat()}
     with contextlib.ExitStack() as stack:
@@ -234,6 +249,122 @@ async def _stages(
         ("the same by score:batch's columnar path", await _acpu_us(calls, columnar)),
         ("response body (JSON)", _cpu_us(calls, lambda i: [json.dumps(score_body(s)) for s in scores])),
     ]
+
+
+# One tree's side of `--baseline`, run with that tree as the working directory (`python -c`), so it imports only
+# what both trees have: the app, its lifespan and `score_requests`. Reads "score N" / "asgi N" lines, answers with
+# the process's CPU microseconds per call (every thread: the score log's writer too).
+_SIDE = """
+import asyncio, json, os, sys, time, warnings
+warnings.filterwarnings("ignore")
+import uvloop
+from core.settings import Settings
+from inference_api.app import create_app
+from inference_api.domain.scoring import score_requests
+
+ids = json.loads(sys.argv[1])
+bodies = [json.dumps({"transaction_id": t}).encode() for t in ids]
+
+async def asgi(app, body):
+    sent = []
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+    async def send(message):
+        sent.append(message)
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/fraud/score", "raw_path": b"/v1/fraud/score", "query_string": b"", "root_path": "",
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2), "state": {},
+             "headers": [(b"host", b"bench"), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())]}
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 200, sent
+
+async def main():
+    app = create_app(Settings())
+    async with app.router.lifespan_context(app):
+        service = app.state.scoring
+        for i in range(300):
+            await asgi(app, bodies[i % len(bodies)])
+        print("ready", flush=True)
+        for line in sys.stdin:
+            kind, calls = line.split()
+            started = time.process_time()
+            for i in range(int(calls)):
+                if kind == "score":
+                    await score_requests(service, [(ids[i % len(ids)], None)])
+                else:
+                    await asgi(app, bodies[i % len(bodies)])
+            print((time.process_time() - started) / int(calls) * 1e6, flush=True)
+
+uvloop.install()
+asyncio.run(main())
+"""
+
+
+def _against_baseline(args: argparse.Namespace) -> None:
+    import psutil
+
+    from bench.api import _redis_pid, random_ids
+
+    console = Console()
+    result: dict[str, Any] = {"machine": machine(), "started": datetime.now(UTC).isoformat(), "args": vars(args),
+                              "load_average_start": os.getloadavg()}  # fmt: skip
+    here = Path(__file__).resolve().parent.parent
+    with contextlib.ExitStack() as stack:
+        root, settings, connection = embedded_store(stack, args.home, "fraudserve-hotpath-")
+        prepare(root, settings, connection, args.cards, args.days, console)
+        ids = random_ids(settings, 300)
+        base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fraudserve-baseline-")))
+        archive = subprocess.run(["git", "archive", args.baseline], cwd=here, capture_output=True, check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(base, filter="data")
+        env = {**os.environ, **settings.feast_environment(connection), "FRAUDSERVE_REDIS": connection}
+        env.pop("PYTHONPATH", None)
+        sides: dict[str, subprocess.Popen[str]] = {}
+        for name, tree in ((f"baseline {args.baseline}", base), ("this tree", here)):
+            process = subprocess.Popen(
+                [sys.executable, "-c", _SIDE, json.dumps(ids)], cwd=tree, env=env, text=True, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            stack.callback(process.kill)
+            sides[name] = process
+        for name, process in sides.items():
+            assert process.stdout is not None
+            if process.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the {name} process did not start (run it by hand to see why)")
+        redis = psutil.Process(_redis_pid(connection))
+        figures: dict[str, list[tuple[float, float]]] = {}
+        for round_ in range(args.rounds):
+            for kind in ("score", "asgi"):
+                for name, process in sides.items():
+                    assert process.stdin is not None and process.stdout is not None
+                    before = sum(redis.cpu_times()[:2])
+                    process.stdin.write(f"{kind} {args.iterations}\n")
+                    process.stdin.flush()
+                    us = float(process.stdout.readline())
+                    redis_us = (sum(redis.cpu_times()[:2]) - before) / args.iterations * 1e6
+                    figures.setdefault(f"{name} | {kind}", []).append((us, redis_us))
+                    console.print(f"round {round_ + 1}, {kind}, {name}: {us:,.0f} us (redis-server {redis_us:,.0f})")
+    result["load_average_end"] = os.getloadavg()
+    rows = []
+    for key, runs in figures.items():
+        us, redis_us = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+        result[key] = {"us_per_request": us, "redis_us_per_request": redis_us, "rounds": runs}
+        rows.append((*key.split(" | "), f"{us:,.0f}", f"{redis_us:,.0f}"))
+    print_table(console, f"CPU per single score, median of {args.rounds} alternating rounds of {args.iterations}",
+                ("code", "through", "process us/request", "redis-server us/request"), rows)  # fmt: skip
+    ratios = {}
+    for kind in ("score", "asgi"):
+        old, new = result[f"baseline {args.baseline} | {kind}"], result[f"this tree | {kind}"]
+        ratios[f"{kind}: this tree / baseline, process CPU"] = new["us_per_request"] / old["us_per_request"]
+        ratios[f"{kind}: this tree / baseline, process + redis CPU"] = (
+            new["us_per_request"] + new["redis_us_per_request"]
+        ) / (old["us_per_request"] + old["redis_us_per_request"])
+    result["ratios"] = ratios
+    for name, value in ratios.items():
+        console.print(f"{name}: {value:.3f}")
+    console.print(f"load average at the start {result['load_average_start']}, at the end {result['load_average_end']}")
+    write_result(console, "hotpath", result)
 
 
 if __name__ == "__main__":
