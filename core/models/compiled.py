@@ -658,6 +658,8 @@ class NodeTable:
     def __post_init__(self) -> None:
         if self.start.dtype != np.int64 or self.column.dtype != np.int32 or self.value.dtype != np.float64:
             raise ValueError("a node table holds int64 starts, int32 columns and float64 values")
+        if not all(a.ndim == 1 and a.flags.c_contiguous for a in (self.start, self.column, self.value)):
+            raise ValueError("a node table's arrays must be one-dimensional and contiguous (the C code reads them)")
         if self.start[0] != 0 or self.start[-1] != len(self.column) or len(self.column) != len(self.value):
             raise ValueError("a node table's starts must run from 0 to its number of entries")
         if np.any(np.diff(self.start) < 0) or (

@@ -237,3 +237,35 @@ def test_the_benchmark_models_score_as_their_frameworks(flavor: Flavor, file: st
     np.testing.assert_allclose(
         compiled._Library(library, forest.num_feature).predict(probes), native.predict(probes), rtol=0, atol=1e-6
     )
+
+
+@needs_cc
+def test_sum_leaves_adds_each_reached_leafs_row_in_tree_order(models: dict[Flavor, Path], cache: Path) -> None:
+    """`sum_leaves` walks as `predict` does: a table holding each leaf's value sums to the margin, split across
+    threads or not; a table of the wrong size or with columns out of range is refused."""
+    runtime = CompiledRuntime(Flavor.lightgbm, models[Flavor.lightgbm], threads=2, cache_dir=cache)
+    left, roots = runtime.layout()
+    leaves = np.flatnonzero(left == np.arange(len(left)))
+    forest = compiled.read_forest(Flavor.lightgbm, models[Flavor.lightgbm])
+    # Column 0: the leaf's value (its margin share); column 1: 1 per tree reached.
+    start = np.zeros(len(left) + 1, dtype=np.int64)
+    start[leaves + 1] = 2
+    start = np.cumsum(start)
+    table = compiled.NodeTable(
+        start=start,
+        column=np.tile(np.array([0, 1], dtype=np.int32), len(leaves)),
+        value=np.column_stack([forest.threshold[leaves], np.ones(len(leaves))]).ravel(),
+        width=2,
+    )
+    rows = np.tile(_rows(), (2, 1))  # above PARALLEL_MIN_ROWS: split across threads
+    summed = runtime.sum_leaves(rows, table)
+    native = LightGBMRuntime(models[Flavor.lightgbm], threads=1).booster.predict(rows, raw_score=True)
+    np.testing.assert_allclose(summed[:, 0], native, rtol=0, atol=1e-9)
+    assert np.all(summed[:, 1] == len(roots))
+    np.testing.assert_array_equal(runtime.sum_leaves(rows[:100], table), summed[:100])
+    np.testing.assert_array_equal(runtime.sum_leaves(rows[7:8], table)[0], summed[7])
+    with pytest.raises(ValueError, match="nodes"):
+        runtime.sum_leaves(rows, compiled.NodeTable(start[:-1].copy(), table.column[:-2].copy(),
+                                                    table.value[:-2].copy(), 2))  # fmt: skip
+    with pytest.raises(ValueError, match="columns"):
+        compiled.NodeTable(start, table.column, table.value, 1)
