@@ -394,6 +394,11 @@ def test_lateness_is_measured_per_partition_and_carried_by_the_commits(kafka: Ka
         assert len(entries) == len(events)
         assert first.late(entries, lateness_ms) == 0
         assert max(e.behind_ms for e in entries) > 60_000  # disordered, within the lateness
+        # an idle worker's lag check: asked beside the consumer, whose connection waits on its fetch (nine requests
+        # behind a 500 ms long-poll each took 4.5 s before)
+        started = time.monotonic()
+        assert first.lag() == {"lag": 0, "pending": 0, "length": len(events)}
+        assert time.monotonic() - started < 2
     finally:
         first.close()  # leaves the group: its partitions go to the next reader with their commits
     # 3 events of 3 cards 10 minutes older than their cards' newest, 2 only 4 minutes older: 3 late
