@@ -221,8 +221,9 @@ def copy_label_stream(settings: Settings, wait: bool = True, max_entries: int | 
     from core.embedded_redis import online_store
     from core.errors import FraudserveError
 
-    if settings.kafka_bootstrap:
-        return _copy_kafka_labels(settings, wait)
+    kafka = _kafka_transport(settings)
+    if kafka is not None:
+        return _copy_kafka_labels(settings, kafka, wait)
     if not settings.redis and not settings.embedded_redis_dir.exists():
         return {"copied": None, "note": "no online store (FRAUDSERVE_REDIS unset and no embedded redis-server under "
                 "FRAUDSERVE_HOME): no label stream to read"}  # fmt: skip
@@ -245,12 +246,18 @@ def copy_label_stream(settings: Settings, wait: bool = True, max_entries: int | 
     return {"copied": copied, "note": f"{copied} new label(s) copied from the label stream"}
 
 
-def _copy_kafka_labels(settings: Settings, wait: bool) -> dict[str, Any]:
-    """`copy_label_stream` when the events go through Kafka (FRAUDSERVE_KAFKA_BOOTSTRAP): its label topic."""
-    from pipelines.stream.kafka_log import KafkaUnavailable, kafka_config
+def _kafka_transport(settings: Settings) -> KafkaConfig | None:
+    """The stream's Kafka when FRAUDSERVE_KAFKA_BOOTSTRAP is set; None for Redis Streams. (A KafkaSource declared
+    only in the Feast repo is not looked up here: that means parsing the repo, which the API's refresh must not.)"""
+    from pipelines.stream.kafka_log import kafka_config
 
-    config = kafka_config(settings)
-    assert config is not None  # FRAUDSERVE_KAFKA_BOOTSTRAP is set
+    return kafka_config(settings) if settings.kafka_bootstrap else None
+
+
+def _copy_kafka_labels(settings: Settings, config: KafkaConfig, wait: bool) -> dict[str, Any]:
+    """`copy_label_stream` when the events go through Kafka: its label topic."""
+    from pipelines.stream.kafka_log import KafkaUnavailable
+
     try:
         copied = sync_kafka(config, label_log_dir(settings.home_dir), wait=wait)
     except KafkaUnavailable as exc:
