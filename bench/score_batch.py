@@ -1,6 +1,6 @@
 """`POST /v1/fraud/score:batch` by id against the same model on the same rows sent over OIP v2, in one run.
 
-    flock /tmp/fraudserve-bench.lock python -m bench.score_batch [--home DIR] [--seconds 3] [--rounds 3]
+    flock /tmp/fraudserve-bench.lock python -m bench.score_batch [--home DIR] [--seconds 3] [--rounds 3] [--baseline REV]
 
 Builds (or reuses, with `--home`) bench.api's deployment (synthetic data, backfill, a trained LightGBM model on
 fraud_v2, materialized features, an embedded redis-server) and starts `fraudserve serve` with one worker and
@@ -28,6 +28,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from datetime import UTC, datetime
@@ -174,7 +175,6 @@ def profile(py_spy: str, pid: int, port: int, bodies: list[dict[str, object]], s
     """py-spy on the API process during a by-id load: each function's share of the samples (inclusive: the samples
     with it on the stack): the project's top 25 functions and the top 20 others below the common wrappers."""
     import re
-    import tempfile
 
     with tempfile.NamedTemporaryFile(suffix=".txt") as out:
         spy = subprocess.Popen([py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--output",
@@ -210,6 +210,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients of the saturation run")
     parser.add_argument("--saturation-seconds", type=float, default=10)
     parser.add_argument("--home", type=Path, help="keep the deployment here and reuse it on the next run")
+    parser.add_argument("--baseline", help="a commit whose code serves the same by-id batches in the same run")
     parser.add_argument("--py-spy", help="py-spy binary: also profile the API process under the 256-id load")
     args = parser.parse_args()
     console = Console(width=150)
@@ -229,6 +230,17 @@ def main() -> None:
         stack.callback(process.wait, 30)
         stack.callback(process.terminate)
         wait_ready(f"{url}/v1/fraud/score", {"transaction_id": ids[0]})
+        baseline_port = None
+        if args.baseline:  # the same server from commit REV's code, on the same store, loaded in turn
+            from bench.stream import baseline_tree
+
+            tree = baseline_tree(Path(stack.enter_context(tempfile.TemporaryDirectory())), args.baseline)
+            baseline_port = free_port()
+            command = [sys.executable, "-m", "fraudserve", "serve", "--workers", "1", "--port", str(baseline_port)]
+            other = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=tree)
+            stack.callback(other.wait, 30)
+            stack.callback(other.terminate)
+            wait_ready(f"http://127.0.0.1:{baseline_port}/v1/fraud/score", {"transaction_id": ids[0]})
         names = httpx.get(f"{url}/v2/models/fraud").json()["parameters"]["features"]
         rows = feature_rows(settings, connection, ids, names)
         rng = random.Random(7)
@@ -237,14 +249,24 @@ def main() -> None:
             samples = [rng.sample(ids, size) for _ in range(40)]
             bodies[f"by id {size}"] = [{"items": [{"transaction_id": t} for t in s]} for s in samples]
             bodies[f"oip {size}"] = [oip_body([rows[t] for t in s]) for s in samples]
-        paths = {"by id": "/v1/fraud/score:batch", "oip": "/v2/models/fraud/infer"}
+            if baseline_port is not None:
+                bodies[f"baseline by id {size}"] = bodies[f"by id {size}"]
+        paths = {
+            "by id": "/v1/fraud/score:batch",
+            "oip": "/v2/models/fraud/infer",
+            "baseline by id": "/v1/fraud/score:batch",
+        }
+
+        def port_of(name: str) -> int:
+            return baseline_port if baseline_port is not None and name.startswith("baseline") else port
+
         latencies: dict[str, list[np.ndarray]] = {name: [] for name in bodies}
         errors: dict[str, int] = dict.fromkeys(bodies, 0)
         for name, sample in bodies.items():  # warm-up
-            run_load("127.0.0.1", port, paths[name.rsplit(" ", 1)[0]], sample, 1, 1)
+            run_load("127.0.0.1", port_of(name), paths[name.rsplit(" ", 1)[0]], sample, 1, 1)
         for _ in range(args.rounds):
             for name, sample in bodies.items():
-                load = run_load("127.0.0.1", port, paths[name.rsplit(" ", 1)[0]], sample, 1, args.seconds)
+                load = run_load("127.0.0.1", port_of(name), paths[name.rsplit(" ", 1)[0]], sample, 1, args.seconds)
                 latencies[name].append(load.latencies_ms)
                 errors[name] += load.errors
         table = []
@@ -266,6 +288,14 @@ def main() -> None:
                 "p99_ms": float(np.percentile(base, 99)),
             }
             result[f"ratio p50 by id / oip {size}"] = p50 / base50
+            if baseline_port is not None:
+                old = np.concatenate(latencies[f"baseline by id {size}"])
+                old50 = float(np.percentile(old, 50))
+                result[f"baseline by id {size}"] = {"rev": args.baseline, "requests": len(old), "p50_ms": old50,
+                                                    "errors": errors[f"baseline by id {size}"]}  # fmt: skip
+                result[f"ratio p50 by id / baseline {size}"] = p50 / old50
+                console.print(f"{size} ids: p50 {p50:.2f} ms against {old50:.2f} ms with {args.baseline}'s code "
+                              f"({p50 / old50:.2f}x), {old50 / base50:.2f}x OIP then")  # fmt: skip
             table.append((str(size), f"{base50:.2f} ms", f"{p50:.2f} ms", f"{p50 * 1000 / size:.1f} us",
                           f"{p50 / base50:.2f}x", f"{errors[f'by id {size}']} / {errors[f'oip {size}']}"))  # fmt: skip
         result["growth p50 1000 / 256"] = result["by id 1000"]["p50_ms"] / result["by id 256"]["p50_ms"]
