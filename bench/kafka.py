@@ -31,6 +31,7 @@ import contextlib
 import itertools
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -172,6 +173,22 @@ def working(transport: str, workers: int, client: Any, partitions: int, monitor:
     return len(names) >= workers
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """A process's CPU time so far (user + system), from /proc; 0 when it is not there."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu(client: Any) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def drain(
     tmp: Path, events_file: Path, transport: str, workers: int, partitions: int, broker: KafkaProcess
 ) -> dict[str, Any]:
@@ -192,6 +209,10 @@ def drain(
     events = int(appended.group(1).replace(",", ""))
     client: Any = redis.Redis(port=server.port)
     load = os.getloadavg()
+    # CPU of each part over the drain: the workers (children of `stream run`, counted when it has waited for them),
+    # the online store's redis-server, and for Kafka the broker (the JVM), which shares the machine's cores
+    broker_pid = broker.process.pid if transport == "kafka" and broker.process is not None else None
+    cpu_before = (resource.getrusage(resource.RUSAGE_CHILDREN), redis_cpu(client), cpu_seconds(broker_pid))
     started = time.perf_counter()
     output = tmp / f"worker-{name}.log"
     with output.open("w") as log_file:
@@ -216,13 +237,20 @@ def drain(
     if worker.wait() != 0:
         raise RuntimeError(f"stream run failed: {output.read_text()[-2000:]}")
     seconds = time.perf_counter() - started - 1.0  # minus the idle second that ends the run
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = {
+        "workers_s": children.ru_utime + children.ru_stime - cpu_before[0].ru_utime - cpu_before[0].ru_stime,
+        "redis_s": redis_cpu(client) - cpu_before[1],
+        "broker_s": cpu_seconds(broker_pid) - cpu_before[2],
+    }
     timeline = group_timeline(monitor.stop()) if monitor is not None else None
     processed = int(client.hget(STATS, "processed") or 0)
     server.stop()
-    if len(marks) < 2 or processed < events or everyone is None:
+    if len(marks) < 2 or processed < events:
         raise RuntimeError(f"{transport}: {processed} of {events} events applied; see {output}")
     (t0, first), (t1, last) = marks
-    ta, at = max(everyone, marks[0])
+    # drained before every worker read (a small run): the figure from the first event, said so in the result
+    ta, at = max(everyone, marks[0]) if everyone is not None else marks[0]
     return {
         "transport": transport,
         "workers": workers,
@@ -237,8 +265,12 @@ def drain(
             "seconds": t1 - ta,
             "events_per_second": (last - at) / (t1 - ta),
             "since_first_s": ta - t0,
+            "every_worker_read": everyone is not None,
         },
         "load_average": load,
+        # CPU seconds over the whole run (start-up included) and CPU microseconds per event
+        "cpu_s": cpu,
+        "cpu_us_per_event": {k.removesuffix("_s"): v / events * 1e6 for k, v in cpu.items()},
         "marks_s": [t - started for t, _ in marks],
         **({"group": timeline} if timeline is not None else {}),
     }
@@ -379,6 +411,11 @@ def main() -> None:
                             f"every worker reads ({run['all_working']['since_first_s']:.2f} s after the first event);"
                             f" {run['started']['events_per_second']:,.0f} from the first event, "
                             f"{run['events_per_second']:,.0f} with start-up; load {run['load_average'][0]:.1f}"
+                        )
+                        per_event = run["cpu_us_per_event"]
+                        console.print(
+                            f"  CPU per event: workers {per_event['workers']:,.0f} us, redis {per_event['redis']:,.0f}"
+                            f" us, broker {per_event['broker']:,.0f} us"
                         )
                         for change in run.get("group", {}).get("assignment_changes", []):
                             console.print(f"  {change['t']:6.2f} s {change['state']}: {change['members']}")
