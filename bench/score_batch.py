@@ -1,6 +1,6 @@
 """`POST /v1/fraud/score:batch` by id against the same model on the same rows sent over OIP v2, in one run.
 
-    flock /tmp/fraudserve-bench.lock python -m bench.score_batch [--home DIR] [--seconds 3] [--rounds 3] [--baseline REV]
+    flock /tmp/fraudserve-bench.lock python -m bench.score_batch [--home DIR] [--rounds 3] [--baseline REV]
 
 Builds (or reuses, with `--home`) bench.api's deployment (synthetic data, backfill, a trained LightGBM model on
 fraud_v2, materialized features, an embedded redis-server) and starts `fraudserve serve` with one worker and
@@ -125,6 +125,18 @@ def saturation(url: str, ids: list[str], clients: int, seconds: float) -> dict[s
         "p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
         "p99_ms": float(np.percentile(latencies, 99)) if latencies else None,
     }
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its children so far."""
+    import psutil
+
+    process = psutil.Process(pid)
+    total = 0.0
+    for p in [process, *process.children(recursive=True)]:
+        times = p.cpu_times()
+        total += times.user + times.system
+    return total
 
 
 def redis_time(
@@ -260,13 +272,18 @@ def main() -> None:
         def port_of(name: str) -> int:
             return baseline_port if baseline_port is not None and name.startswith("baseline") else port
 
+        servers = {port: process.pid, **({baseline_port: other.pid} if baseline_port is not None else {})}
+        cpu_s: dict[str, float] = dict.fromkeys(bodies, 0.0)
+
         latencies: dict[str, list[np.ndarray]] = {name: [] for name in bodies}
         errors: dict[str, int] = dict.fromkeys(bodies, 0)
         for name, sample in bodies.items():  # warm-up
             run_load("127.0.0.1", port_of(name), paths[name.rsplit(" ", 1)[0]], sample, 1, 1)
         for _ in range(args.rounds):
             for name, sample in bodies.items():
+                before = tree_cpu(servers[port_of(name)])
                 load = run_load("127.0.0.1", port_of(name), paths[name.rsplit(" ", 1)[0]], sample, 1, args.seconds)
+                cpu_s[name] += tree_cpu(servers[port_of(name)]) - before
                 latencies[name].append(load.latencies_ms)
                 errors[name] += load.errors
         table = []
@@ -280,22 +297,28 @@ def main() -> None:
                 "p50_ms": p50,
                 "p99_ms": float(np.percentile(mine, 99)),
                 "us_per_id": p50 * 1000 / size,
+                "server_cpu_ms_per_request": cpu_s[f"by id {size}"] * 1000 / max(len(mine), 1),
             }
             result[f"oip {size}"] = {
                 "requests": len(base),
                 "errors": errors[f"oip {size}"],
                 "p50_ms": base50,
                 "p99_ms": float(np.percentile(base, 99)),
+                "server_cpu_ms_per_request": cpu_s[f"oip {size}"] * 1000 / max(len(base), 1),
             }
             result[f"ratio p50 by id / oip {size}"] = p50 / base50
             if baseline_port is not None:
                 old = np.concatenate(latencies[f"baseline by id {size}"])
                 old50 = float(np.percentile(old, 50))
+                old_cpu = cpu_s[f"baseline by id {size}"] * 1000 / max(len(old), 1)
                 result[f"baseline by id {size}"] = {"rev": args.baseline, "requests": len(old), "p50_ms": old50,
-                                                    "errors": errors[f"baseline by id {size}"]}  # fmt: skip
+                                                    "errors": errors[f"baseline by id {size}"],
+                                                    "server_cpu_ms_per_request": old_cpu}  # fmt: skip
                 result[f"ratio p50 by id / baseline {size}"] = p50 / old50
+                new_cpu = result[f"by id {size}"]["server_cpu_ms_per_request"]
                 console.print(f"{size} ids: p50 {p50:.2f} ms against {old50:.2f} ms with {args.baseline}'s code "
-                              f"({p50 / old50:.2f}x), {old50 / base50:.2f}x OIP then")  # fmt: skip
+                              f"({p50 / old50:.2f}x), {old50 / base50:.2f}x OIP then; the API's CPU per request "
+                              f"{new_cpu:.2f} against {old_cpu:.2f} ms ({new_cpu / old_cpu:.2f}x)")  # fmt: skip
             table.append((str(size), f"{base50:.2f} ms", f"{p50:.2f} ms", f"{p50 * 1000 / size:.1f} us",
                           f"{p50 / base50:.2f}x", f"{errors[f'by id {size}']} / {errors[f'oip {size}']}"))  # fmt: skip
         result["growth p50 1000 / 256"] = result["by id 1000"]["p50_ms"] / result["by id 256"]["p50_ms"]
