@@ -76,8 +76,8 @@ class Worker:
         if late and per_partition is not None:
             log.warning("late events", extra={"late": late, "lateness_ms": self.lateness_ms})
         applied = self.updater.apply(transactions, labels)
+        now_ms = int(time.time() * 1000)  # the rows are visible now: the acknowledgement below is not freshness
         self.stream.ack(entries)
-        now_ms = int(time.time() * 1000)
         pipe = self.client.pipeline(transaction=False)
         pipe.hincrby(STATS, "processed", len(entries))
         if late:
