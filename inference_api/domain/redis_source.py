@@ -254,15 +254,19 @@ class RedisFeatureSource:
         for attempt in (0, 1):
             connection = self._idle.pop() if self._idle else self._connection_of_lookup()
             try:
-                reply = await _call(connection, "EVALSHA", script.sha, len(keys), *keys)
-            except NoScriptError:
-                await _call(connection, "SCRIPT", "LOAD", script.script)
-                reply = await _call(connection, "EVALSHA", script.sha, len(keys), *keys)
+                try:
+                    reply = await _call(connection, "EVALSHA", script.sha, len(keys), *keys)
+                except NoScriptError:
+                    await _call(connection, "SCRIPT", "LOAD", script.script)
+                    reply = await _call(connection, "EVALSHA", script.sha, len(keys), *keys)
             except (redis.ConnectionError, redis.TimeoutError):
                 await connection.disconnect(nowait=True)
                 if attempt:
                     raise
                 continue
+            except redis.ResponseError:  # an error reply (the script failed): read whole, the connection stays usable
+                self._idle.append(connection)
+                raise
             self._idle.append(connection)
             return reply
         raise AssertionError("unreachable")
