@@ -250,9 +250,11 @@ class RedisFeatureSource:
         connection whose call did not finish (cancelled, failed) is disconnected by redis-py and reconnects on its
         next use. As the client's `Retry(NoBackoff(), 1)`: one immediate retry after a connection error (a pooled
         connection that a Redis restart closed), and a script that Redis lost (a restart, `SCRIPT FLUSH`) is loaded
-        again."""
+        again. The retry goes over the same connection, connected anew: the other kept connections were opened to the
+        same server and a restart closed them too, so they are dropped rather than tried in turn (two of them failing
+        would answer features_unavailable from a store that is up)."""
+        connection = self._idle.pop() if self._idle else self._connection_of_lookup()
         for attempt in (0, 1):
-            connection = self._idle.pop() if self._idle else self._connection_of_lookup()
             try:
                 try:
                     reply = await _call(connection, "EVALSHA", script.sha, len(keys), *keys)
@@ -261,6 +263,9 @@ class RedisFeatureSource:
                     reply = await _call(connection, "EVALSHA", script.sha, len(keys), *keys)
             except (redis.ConnectionError, redis.TimeoutError):
                 await connection.disconnect(nowait=True)
+                stale, self._idle = self._idle, []
+                for other in stale:
+                    await other.disconnect(nowait=True)
                 if attempt:
                     raise
                 continue

@@ -354,6 +354,27 @@ def test_online_features_and_stream_state_survive_a_redis_restart(
             assert RedisStreamLog(server.client()).lag()["lag"] == lag
 
 
+@pytest.mark.timeout(120)
+def test_the_first_scores_after_a_redis_restart_while_idle_all_answer(world: Deployment, api: str) -> None:
+    """Redis restarted while the API sat idle: every connection the API kept was closed by the restart without it
+    seeing. The first requests after it must still answer 200 (a stale connection reconnects on the retry), not
+    `features_unavailable` from a store that is up."""
+    ids = world.recent[:16]
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=api, timeout=10) as http:
+            answers = await asyncio.gather(*(http.post("/v1/fraud/score", json={"transaction_id": t}) for t in ids))
+        return [a.status_code for a in answers]
+
+    assert asyncio.run(burst()) == [200] * len(ids)  # several concurrent lookups: several kept connections
+    world.redis.stop()
+    world.redis.start()
+    SUMMARY.faults.append("Redis restarted while the API was idle (its kept connections closed)")
+    statuses = asyncio.run(burst())
+    SUMMARY.requests += 2 * len(ids)
+    assert statuses == [200] * len(ids), statuses
+
+
 # -------------------------------------------------------------------------------------------------- models
 @pytest.mark.timeout(120)
 def test_promote_corrupt_promote_and_rollback_under_load(
