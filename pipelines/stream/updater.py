@@ -287,10 +287,7 @@ class OnlineUpdater:
             tid = event[self.transaction_key]
             ts_ms = int(event["ts_ms"])
             record = {**event, "event_time_ms": ts_ms}
-            # entities that keep the same columns get the same window member (and distinct values): each encoded
-            # once per event (`EntityPlan.event_args`' text), not once per entity
-            members: dict[tuple[str, ...], str] = {}
-            distincts: dict[tuple[str, ...], str] = {(): ""}
+            encoded: dict[Any, str] = {}  # this event's texts, shared by its entities (`EntityPlan.event_args`)
             for name, plan in plans:
                 key = record.get(plan.entity.join_key)
                 if key is None:
@@ -298,13 +295,7 @@ class OnlineUpdater:
                 work = pending.get((name, key))
                 if work is None:
                     work = pending[name, key] = _Pending()
-                member = members.get(plan.columns)
-                if member is None:
-                    member = members[plan.columns] = compact_json([tid, *[record.get(c) for c in plan.columns]])
-                distinct = distincts.get(plan.distinct)
-                if distinct is None:
-                    distinct = distincts[plan.distinct] = compact_json([record.get(c) for c in plan.distinct])
-                work.events.extend((ts_ms, member, distinct))
+                work.events.extend(plan.event_args(tid, ts_ms, record, encoded))
             if label_names:
                 keys = {n: record.get(self.entities[n].join_key) for n in label_names}
                 found = {n: k for n, k in keys.items() if k is not None}

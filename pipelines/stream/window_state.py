@@ -94,10 +94,23 @@ class EntityPlan:
             f"{base}:seen:{column}" for column in self.distinct
         ]
 
-    def event_args(self, transaction_id: str, ts_ms: int, record: dict[str, Any]) -> tuple[int, str, str]:
-        """An event as the script reads it: its time, its window member and its distinct-counted values."""
-        member = compact_json([transaction_id, *[record.get(c) for c in self.columns]])
-        distinct = compact_json([record.get(c) for c in self.distinct]) if self.distinct else ""
+    def event_args(
+        self, transaction_id: str, ts_ms: int, record: dict[str, Any], encoded: dict[Any, str] | None = None
+    ) -> tuple[int, str, str]:
+        """An event as the script reads it: its time, its window member and its distinct-counted values.
+        `encoded`: one event's texts by column layout, shared by its entities (those that keep the same columns get
+        the same member, each encoded once per event, not once per entity)."""
+        encoded = {} if encoded is None else encoded
+        member = encoded.get(("member", self.columns))
+        if member is None:
+            member = encoded[("member", self.columns)] = compact_json(
+                [transaction_id, *[record.get(c) for c in self.columns]]
+            )
+        distinct = encoded.get(("distinct", self.distinct))
+        if distinct is None:
+            distinct = encoded[("distinct", self.distinct)] = (
+                compact_json([record.get(c) for c in self.distinct]) if self.distinct else ""
+            )
         return ts_ms, member, distinct
 
 
