@@ -86,6 +86,13 @@ def _write(root: Path, rows: dict[str, list[Any]], checkpoint: dict[str, str]) -
     os.replace(root / f".{CHECKPOINT}.tmp", root / CHECKPOINT)
 
 
+def _checkpoint(root: Path) -> dict[str, str]:
+    """Where each source (a stream partition, a topic partition) was copied up to: what `_write` stored last."""
+    path = root / CHECKPOINT
+    checkpoint: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    return checkpoint
+
+
 def sync(
     client: Any, root: Path, partitions: int = 1, stream: str = EVENTS, wait: bool = True,
     max_entries: int | None = None,
@@ -98,8 +105,7 @@ def sync(
     with _locked(root, wait) as held:
         if not held:
             return None
-        path = root / CHECKPOINT
-        checkpoint: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        checkpoint = _checkpoint(root)
         copied = 0
         rows: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
         for key in partition_keys(stream, partitions):
@@ -169,8 +175,7 @@ def sync_kafka(config: KafkaConfig, root: Path, wait: bool = True, timeout_s: fl
     with _locked(root, wait) as held:
         if not held:
             return None
-        path = root / CHECKPOINT
-        checkpoint: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        checkpoint = _checkpoint(root)
         topic = config.labels_topic
         consumer = kafka.Consumer(
             config.client_config(**{"group.id": f"{config.group}-label-log", "enable.auto.commit": False})
