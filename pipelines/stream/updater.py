@@ -37,8 +37,11 @@ from pipelines.features.semantics import Event
 from pipelines.online_layout import encode_ts, encode_value, feature_field, key_prefix, ts_field
 from pipelines.stream.window_state import FOLD, EntityPlan, compact_json, decode, plan_entity, state_of
 
-# Transaction id -> JSON {entity name: key} for the entities whose views need labels (fraud_rate): where a label goes.
+# Transaction id -> JSON {entity name: key} for the entities whose views need labels (fraud_rate): where a label goes,
+# and under EVENT_TIME the transaction's event time (the script finds an unlabelled event by it: it keeps no label
+# record for one; entries written before this field existed lack it, and their events have records).
 TXN_KEYS = "fraudserve:txn-label-keys"
+EVENT_TIME = "@ts"
 # Transaction id -> merchant id, as updaters before `TXN_KEYS` wrote it: read (never written) for labels of those.
 LEGACY_TXN_MERCHANT = "fraudserve:txn-merchant"
 # Layout id -> JSON list of the event fields an entity's history entries hold (see `HistoryLayout`).
@@ -298,7 +301,8 @@ class OnlineUpdater:
                 work.events.extend(plan.event_args(tid, ts_ms, record, encoded))
             if label_names:
                 keys = {n: record.get(self.entities[n].join_key) for n in label_names}
-                found = {n: k for n, k in keys.items() if k is not None}
+                found: dict[str, Any] = {n: k for n, k in keys.items() if k is not None}
+                found[EVENT_TIME] = ts_ms
                 label_keys_of += [tid, compact_json(found)]
             row: list[Any] = [self._row_key(self.transaction_key, tid), "h", len(self._transaction_fields) + 1]
             for field_name, name, dtype in self._transaction_fields:
@@ -355,10 +359,14 @@ class OnlineUpdater:
             self.client.delete(pending_labels_key(tid))
 
     def _file_labels(
-        self, keys: dict[str, str], members: Sequence[bytes], pending: dict[tuple[str, str], _Pending]
+        self, keys: dict[str, Any], members: Sequence[bytes], pending: dict[tuple[str, str], _Pending]
     ) -> None:
-        """Route labels (`tid|ts|fraud`) to each entity (with a fraud_rate feature) of their transaction."""
+        """Route labels (`tid|ts|fraud`) to each entity (with a fraud_rate feature) of their transaction, with the
+        transaction's event time when `keys` has it."""
         parsed = [_label(member) for member in members]
+        event_time = keys.get(EVENT_TIME)
+        if event_time is not None:
+            parsed = [[*label, event_time] for label in parsed]
         for entity in self.label_entities:
             key = keys.get(entity.name)
             if key is not None:

@@ -15,8 +15,10 @@ encodes them). Per entity:
   `[transaction id, value, ...]` (the columns the sums, counts and deques read): what is evicted when t moves on.
   An entity whose features need no eviction (only `seconds_since_prev` and `count_distinct`) keeps none.
 - `...:seen:<column>` (sorted set): each distinct value's last event time; a window's distinct count is a ZCOUNT.
-- `...:lab` (hash): transaction id -> `event time;,label time:fraud,...`, and `...:plab` (sorted set): labels
-  whose time is after t (not yet in force), applied when t passes them.
+- `...:lab` (hash): transaction id -> `event time;,label time:fraud,...`, only for transactions with labels (an
+  unlabelled event keeps nothing here: a label that comes after its event carries the event's time, and the script
+  finds the event in `...:win` at that time; one that comes first leaves `;,label...` until the event), and
+  `...:plab` (sorted set): labels whose time is after t (not yet in force), applied when t passes them.
 
 When t advances from t0 to t1, each window W evicts the members with time in (t0-W, t1-W] (read by range, so the
 cost per event is the same for an entity with ten events in its window as for one with a million), then labels
@@ -214,6 +216,13 @@ end
 local function event_time(rec)
   if not rec then return nil end
   return tonumber(rec:match('^([^;]*)'))
+end
+-- whether the window set R holds transaction tid's event (time ets): a label's event may be folded already
+local function holds(R, tid, ets)
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', R, ets, ets)) do
+    if cjson.decode(m)[1] == tid then return true end
+  end
+  return false
 end
 
 -- Feast's bytes (pipelines.online_layout.encode_value / encode_ts): ValueProto int64_val (field 4, varint) of a
@@ -424,9 +433,12 @@ for _, e in ipairs(events) do
         local vals = cjson.decode(member)
         local rec = nil
         if #fraudw > 0 then
+          -- a record only for a transaction with labels (they came first); seeding (a rebuild) keeps one for
+          -- every event, as the labels of stored histories carry no event time
           rec = redis.call('HGET', L, vals[1])
-          if rec then rec = ms(ts) .. rec:sub(rec:find(';', 1, true)) else rec = ms(ts) .. ';' end
-          redis.call('HSET', L, vals[1], rec)
+          if rec then rec = ms(ts) .. rec:sub((rec:find(';', 1, true)))
+          elseif mode == 'seed' then rec = ms(ts) .. ';' end
+          if rec then redis.call('HSET', L, vals[1], rec) end
         end
         for wi = 1, NW do
           if ts > t1 - W[wi] then
@@ -443,11 +455,18 @@ end
 -- 4. new labels: in force now (ts <= t1) or pending until t passes them
 if labels_json ~= '[]' then
   for _, lab in ipairs(cjson.decode(labels_json)) do
-    local tid, ts, f = lab[1], lab[2], lab[3]
+    local tid, ts, f, ets = lab[1], lab[2], lab[3], lab[4]
     local key = ',' .. string.format('%d', ts) .. ':' .. string.format('%d', f)
-    local rec = redis.call('HGET', L, tid) or ';'
+    local rec = redis.call('HGET', L, tid)
+    if not rec then
+      -- no record: the event is not folded yet, or it is, unlabelled (its record is made now, from its time)
+      rec = ';'
+      if ets and raw and holds(R, tid, ms(ets)) then rec = ms(ets) .. ';' end
+    end
     local labs = rec:sub(rec:find(';', 1, true) + 1)
-    if not (labs .. ','):find(key .. ',', 1, true) then
+    if rec == ';' and ets and t1 and ets <= t1 - wmax then
+      -- its event is out of every window for good (or was never in one): nothing to keep
+    elseif not (labs .. ','):find(key .. ',', 1, true) then
       local before = flag(rec, t1)
       local rec2 = rec .. key
       redis.call('HSET', L, tid, rec2)
@@ -520,10 +539,11 @@ end
 # cluster, where a call's keys must share a slot).
 # KEYS: the entities' keys, one after the other.
 # ARGV[1]: MessagePack [[spec (MessagePack), spec id], ...] of the plans the call uses.
-# ARGV[2]: MessagePack [[spec index (1-based), first key index, key count, mode ("" or "seed": ignore legacy keys),
-#   previous-time hint ("" none), labels as JSON [[tid, ts, fraud 0|1], ...], [event time, member, distinct values
-#   as a JSON array in the order of `EntityPlan.distinct`, ...], 1: Feast's row key follows the entity's keys (the
-#   script writes the entity's rows; a single Redis) or 0 (the caller writes them; a cluster)], ...].
+# ARGV[2]: MessagePack [[spec index (1-based), first key index, key count, mode ("" or "seed": ignore legacy keys,
+#   keep a label record per event), previous-time hint ("" none), labels as JSON [[tid, ts, fraud 0|1, the event's
+#   time if known], ...], [event time, member, distinct values as a JSON array in the order of
+#   `EntityPlan.distinct`, ...], 1: Feast's row key follows the entity's keys (the script writes the entity's rows;
+#   a single Redis) or 0 (the caller writes them; a cluster)], ...].
 # Returns MessagePack: per entity [version, t] (it wrote the rows) or [version, t, value...] (false for null), or
 # ["legacy"] / ["respec"] (nothing written: fold the stored history first) / ["none"] (labels only, no event yet).
 FOLD = (

@@ -229,7 +229,14 @@ def test_a_dead_worker_process_is_replaced_and_its_events_claimed(
     stream = RedisStreamLog(client)
 
     def workers() -> list[psutil.Process]:
-        return [c for c in psutil.Process(supervisor.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        found = []
+        for child in psutil.Process(supervisor.pid).children():
+            try:
+                if "spawn_main" in " ".join(child.cmdline()):
+                    found.append(child)
+            except (psutil.ZombieProcess, psutil.NoSuchProcess):  # the killed worker, not reaped yet
+                continue
+        return found
 
     def processed() -> int:
         return int(client.hget("fraudserve:stream:stats", "processed") or 0)

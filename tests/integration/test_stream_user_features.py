@@ -431,3 +431,29 @@ def test_a_changed_declaration_refolds_the_kept_events(
     card = {k for k in expected if k[0] in ("card_features", "card_velocity", "merchant_features")}
     assert any(k[0] == "card_velocity" for k in card)
     assert_same({k: expected[k] for k in card}, {k: online[k] for k in card})
+
+
+def test_a_label_folded_between_its_transactions_routing_and_fold_counts(
+    catalog: Catalog, redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers' race: one has routed a transaction (its label keys written) but not folded it yet when the other
+    folds a label for it. Unlabelled events keep no label record; the label's own record waits for the event."""
+    transactions = make_events(seed=61, count=150)[0][:40]
+    for t in transactions:
+        t["merchant_id"] = "m1"
+    held = transactions.pop(30)  # arrives last, older than the merchant's latest event (inside the windows)
+    client = redis_server.client()
+    raw: Any = client
+    first = OnlineUpdater(client, PROJECT, timedelta(minutes=5), catalog=catalog)
+    first.apply(transactions, [])
+    assert raw.exists("fraudserve:{merchant:m1}:lab") == 0
+    monkeypatch.setattr(first, "_fold", lambda *args: None)  # routed, not folded: the worker is slow
+    first.apply([held], [])
+    labels = [{"transaction_id": held["transaction_id"], "is_fraud": True, "ts_ms": held["ts_ms"] + MINUTE}]
+    OnlineUpdater(client, PROJECT, timedelta(minutes=5), catalog=catalog).apply([], labels)
+    monkeypatch.undo()
+    first.apply([held], [])
+    expected, online = expected_and_online(client, catalog, [*transactions, held], labels)
+    assert expected["merchant_features", "m1", "merchant_fraud_rate_30d"] == 1 / 40
+    assert_same(expected, online)
+    assert raw.hkeys("fraudserve:{merchant:m1}:lab") == [held["transaction_id"].encode()]
