@@ -19,9 +19,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from core.errors import FraudserveError
+from inference_api.domain.batch_lookup import BatchLookup
 from inference_api.domain.features import FeatureColumns, FeatureSource, TransactionRecord, ViewValues
 from inference_api.domain.models import LoadedModel, ModelManager
 from inference_api.domain.plan import FeaturePlan, OnDemandRead
+from inference_api.domain.redis_source import RedisFeatureSource
 from inference_api.observability import Metrics
 from pipelines.features.catalog import TRANSACTION_VIEW
 from pipelines.features.request_time import request_time_arrays
@@ -255,6 +257,13 @@ class ScoringService:
         self.top_reasons = top_reasons
         self.canary_percent = canary_percent
         self.shadow = shadow
+        # score:batch's read without Lua on a single Redis (`batch_lookup.py`); other sources read `columns` themselves.
+        self.batch_lookup = BatchLookup(source) if isinstance(source, RedisFeatureSource) and source.columnar else None
+
+    async def close(self) -> None:
+        """Close the batch lookup's connections (the source's own are closed by the source)."""
+        if self.batch_lookup is not None:
+            await self.batch_lookup.close()
 
     def choose(self) -> tuple[LoadedModel, str]:
         """The version that scores one request, and why (production, or candidate for the canary share)."""
@@ -335,14 +344,18 @@ class ScoringService:
         return results
 
     async def score_columns(self, ids: Sequence[str], model: LoadedModel, role: str) -> list[Score | FraudserveError]:
-        """Score transactions by id column-wise with one version: one round trip (`FeatureSource.columns`), one
-        model matrix, one prediction, one explanation and one reasons pass for the whole batch; each item equal to
-        what `_score` gives for its id, unknown ids as `TransactionNotFound`, in the order of `ids`."""
+        """Score transactions by id column-wise with one version: one batch read (`BatchLookup.columns`, or the
+        source's own `columns`), one model matrix, one prediction, one explanation and one reasons pass for the whole
+        batch; each item equal to what `_score` gives for its id, unknown ids as `TransactionNotFound`, in the order
+        of `ids`."""
         plan = model.plan
         numeric = tuple(dict.fromkeys([*plan.transaction_fields, *(("amount", "event_time_ms") if plan.request_time
                                                                      else ())]))  # fmt: skip
         started = time.perf_counter()
-        columns = await self.source.columns(ids, plan, numeric)  # type: ignore[attr-defined]
+        if self.batch_lookup is not None:
+            columns = await self.batch_lookup.columns(ids, plan, numeric)
+        else:
+            columns = await self.source.columns(ids, plan, numeric)  # type: ignore[attr-defined]
         self.metrics.stage("transaction_lookup", time.perf_counter() - started)
 
         started = time.perf_counter()

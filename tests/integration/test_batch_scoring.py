@@ -390,6 +390,52 @@ def test_batch_items_equal_their_single_scores_in_request_order(online: Online) 
             _same_as_single(item, http.post("/v1/fraud/score", json=request))
 
 
+def test_the_batch_lookup_reads_what_the_lookup_script_reads(online: Online) -> None:
+    """`BatchLookup` (pipelined HMGETs, no Lua) gives the lookup script's `FeatureColumns`, value for value: every
+    feature and timestamp of the served plan, unknown and repeated ids, expired cards, transactions without device
+    or IP, an empty batch. After Redis closed every connection (as a restart does), the next read reconnects."""
+    import asyncio
+
+    from inference_api.domain.batch_lookup import BatchLookup
+    from inference_api.domain.plan import for_model, resolve_plan
+    from inference_api.domain.redis_source import RedisFeatureSource
+
+    store = feature_store.open_store(online.settings, online.redis.connection_string)
+    manifest = online.registry.get("fraud").manifest
+    plan = for_model(resolve_plan(store, manifest.feature_service), manifest.feature_names)
+    numeric = (*plan.transaction_fields, "amount", "event_time_ms")
+    ids = [*online.ids[:40], "nope-1", online.ids[0], "old0", "old1", *online.ids[200:230]]
+    assert any(i % 5 == 0 for i in range(40)) and any(i % 7 == 0 for i in range(40))  # no device, no IP
+
+    def same(script: Any, pipelined: Any, count: int) -> None:
+        np.testing.assert_array_equal(pipelined.found, script.found)
+        assert pipelined.numbers.keys() == script.numbers.keys() and pipelined.stamps.keys() == script.stamps.keys()
+        for name, column in script.numbers.items():
+            np.testing.assert_array_equal(pipelined.numbers[name], column, err_msg=name)
+        for view, column in script.stamps.items():
+            np.testing.assert_array_equal(pipelined.stamps[view], column, err_msg=view)
+        for key in plan.entity_keys:
+            np.testing.assert_array_equal(pipelined.present[key], script.present[key], err_msg=key)
+            assert [pipelined.text(key, i) for i in range(count)] == [script.text(key, i) for i in range(count)]
+
+    async def check() -> None:
+        source = RedisFeatureSource(store, 2.0)
+        lookup = BatchLookup(source)
+        try:
+            for batch in (ids, [], ["nope-2"]):
+                script = await source.columns(batch, plan, numeric)
+                same(script, await lookup.columns(batch, plan, numeric), len(batch))
+            assert script.found.tolist() == [False]
+            await asyncio.gather(*(lookup.columns(ids, plan, numeric) for _ in range(3)))  # three kept connections
+            online.redis.client().client_kill_filter(_type="normal")  # all but this one
+            same(await source.columns(ids, plan, numeric), await lookup.columns(ids, plan, numeric), len(ids))
+        finally:
+            await lookup.close()
+            await source.close()
+
+    asyncio.run(check())
+
+
 def test_a_batch_is_scored_by_one_version_when_production_changes_during_it(online: Online) -> None:
     """Production is swapped while the batch's features are being read: every item is still scored by the version
     the batch started with (the columnar path and the record path), equal to that version's single scores."""
@@ -404,8 +450,8 @@ def test_a_batch_is_scored_by_one_version_when_production_changes_during_it(onli
         manager = app.state.models
         first = manager.production()
         before = {t: client.post("/v1/fraud/score", json={"transaction_id": t}).json() for t in ids}
-        source = app.state.source
-        read_columns, read_transactions = source.columns, source.transactions
+        source, lookup = app.state.source, app.state.scoring.batch_lookup
+        read_columns, read_transactions = lookup.columns, source.transactions
         swapped: list[int] = []
 
         def swap() -> None:
@@ -420,7 +466,7 @@ def test_a_batch_is_scored_by_one_version_when_production_changes_during_it(onli
             swap()
             return await read_transactions(*args, **kwargs)
 
-        source.columns, source.transactions = columns, transactions
+        lookup.columns, source.transactions = columns, transactions
         try:
             by_id = client.post("/v1/fraud/score:batch", json={"items": [{"transaction_id": t} for t in ids]})
             manager.state.production = first
@@ -431,7 +477,7 @@ def test_a_batch_is_scored_by_one_version_when_production_changes_during_it(onli
                 "/v1/fraud/score:batch", json={"items": [{"transaction_id": ids[0]}, {"transaction": inline}]}
             )
         finally:
-            source.columns, source.transactions = read_columns, read_transactions
+            lookup.columns, source.transactions = read_columns, read_transactions
             manager.state.production = first
         assert swapped == [second.version, second.version]  # production did change during each batch
         for response in (by_id, mixed):
