@@ -2,6 +2,7 @@
 freshness at a fixed offered rate through each.
 
     python -m bench.kafka [--cards 3000 --days 2 --partitions 4 --workers 1 2 --repeats 1 --rates 2000 --seconds 15]
+                          [--steady-workers 1] [--user-features]
 
 Generates the transaction events once; then, for each worker count and each transport (alternated, Redis Streams
 first on even repeats, Kafka first on odd ones), on a fresh redis-server (the online store) and, for Kafka, on new
@@ -21,7 +22,9 @@ Freshness (`--rates`): `stream run --workers --steady-workers` running, events a
 ticks for `--seconds`, the worker's sample of each event (append to online written) collected as it comes; p50, p99.
 
 The load average is recorded before each run (the machine is shared: other jobs stretch wall time, which is why the
-two transports alternate in one run). Writes bench/results/kafka-<date>.json.
+two transports alternate in one run). `--user-features`: the Feast repo is the built-ins plus bench.stream's 10
+declared aggregations over two new entities (`bench.user_features.extra_views`), for drains and fixed rates alike.
+Writes bench/results/kafka-<date>.json.
 """
 
 from __future__ import annotations
@@ -141,14 +144,17 @@ def group_timeline(samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def environment(tmp: Path, name: str, transport: str, partitions: int, server: RedisProcess, broker: KafkaProcess
-                ) -> dict[str, str]:  # fmt: skip
-    """The workers' settings: the run's redis-server, and for Kafka topics and a consumer group of its own."""
+def environment(tmp: Path, name: str, transport: str, partitions: int, server: RedisProcess, broker: KafkaProcess,
+                repo: Path | None = None) -> dict[str, str]:  # fmt: skip
+    """The workers' settings: the run's redis-server, the Feast repo (`repo`, default feature_repo/), and for Kafka
+    topics and a consumer group of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSERVE_")}
     env.update({
         "FRAUDSERVE_HOME": str(tmp / "home"), "FRAUDSERVE_REDIS": server.connection_string,
         "FRAUDSERVE_STREAM_PARTITIONS": str(partitions),
     })  # fmt: skip
+    if repo is not None:
+        env["FRAUDSERVE_FEATURE_REPO"] = str(repo)
     if transport == "kafka":
         env.update({
             "FRAUDSERVE_KAFKA_BOOTSTRAP": broker.bootstrap, "FRAUDSERVE_KAFKA_TRANSACTIONS_TOPIC": f"tx-{name}",
@@ -190,13 +196,19 @@ def redis_cpu(client: Any) -> float:
 
 
 def drain(
-    tmp: Path, events_file: Path, transport: str, workers: int, partitions: int, broker: KafkaProcess
+    tmp: Path,
+    events_file: Path,
+    transport: str,
+    workers: int,
+    partitions: int,
+    broker: KafkaProcess,
+    repo: Path | None = None,
 ) -> dict[str, Any]:
     """Append every event through `transport` ("redis" or "kafka"), then time `stream run --workers N` draining
     them."""
     name = f"{transport}-{workers}-{uuid.uuid4().hex[:6]}"
     server = RedisProcess(tmp / name).start()
-    env = environment(tmp, name, transport, partitions, server, broker)
+    env = environment(tmp, name, transport, partitions, server, broker, repo)
     fraudserve = [sys.executable, "-m", "fraudserve"]
     produce = [*fraudserve, "stream", "produce", "--file", str(events_file)]
     produced = subprocess.run(
@@ -278,7 +290,7 @@ def drain(
 
 def fixed_rate(
     tmp: Path, events: list[dict[str, Any]], transport: str, rate: int, seconds: float, workers: int, partitions: int,
-    broker: KafkaProcess,
+    broker: KafkaProcess, repo: Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Freshness at a fixed offered rate: `stream run --workers N` running, events appended at `rate` per second in
     50 ms ticks for `seconds`; freshness of each event = the moment its online rows are written minus the moment it
@@ -288,7 +300,7 @@ def fixed_rate(
 
     name = f"fresh-{transport}-{workers}-{uuid.uuid4().hex[:6]}"
     server = RedisProcess(tmp / name).start()
-    env = environment(tmp, name, transport, partitions, server, broker)
+    env = environment(tmp, name, transport, partitions, server, broker, repo)
     client: Any = redis.Redis(port=server.port)
     log: Any
     monitor = None
@@ -391,6 +403,10 @@ def main() -> None:
     parser.add_argument("--rates", type=int, nargs="*", default=[2000], help="fixed offered rates for freshness")
     parser.add_argument("--seconds", type=float, default=15, help="duration of each fixed-rate run")
     parser.add_argument("--steady-workers", type=int, default=1, help="worker processes for the fixed rates")
+    parser.add_argument(
+        "--user-features", action="store_true",
+        help="the Feast repo is the built-ins plus bench.stream's 10 declared aggregations (bench.user_features)",
+    )  # fmt: skip
     args = parser.parse_args()
     console = Console()
     runs: list[dict[str, Any]] = []
@@ -399,13 +415,19 @@ def main() -> None:
         tmp = Path(name)
         config = GenerateConfig(seed=31, cards=args.cards, days=args.days, end=datetime(2026, 11, 1, tzinfo=UTC))
         events_file = generate(tmp / "raw", config).files["transactions_jsonl"]
+        repo = None
+        if args.user_features:
+            from bench.user_features import extra_views
+            from tests.user_repo import user_repo
+
+            repo = user_repo(tmp / "repo" / "feature_repo", {"bench_windows.py": extra_views(60)}, {})
         broker = KafkaProcess(tmp / "kafka").start()
         try:
             for repeat in range(args.repeats):
                 for workers in args.workers:
                     order = ("redis", "kafka") if repeat % 2 == 0 else ("kafka", "redis")
                     for transport in [t for t in order if t in args.transports]:
-                        run = drain(tmp, events_file, transport, workers, args.partitions, broker)
+                        run = drain(tmp, events_file, transport, workers, args.partitions, broker, repo)
                         console.print(
                             f"{transport} x{workers}: {run['all_working']['events_per_second']:,.0f} events/s once "
                             f"every worker reads ({run['all_working']['since_first_s']:.2f} s after the first event);"
@@ -431,7 +453,7 @@ def main() -> None:
                 order = ("redis", "kafka") if index % 2 == 0 else ("kafka", "redis")
                 for transport in [t for t in order if t in args.transports]:
                     fresh = fixed_rate(
-                        tmp, events, transport, rate, args.seconds, args.steady_workers, args.partitions, broker
+                        tmp, events, transport, rate, args.seconds, args.steady_workers, args.partitions, broker, repo
                     )
                     console.print(
                         f"{transport} at {rate:,}/s offered ({fresh['offered_per_second']:,.0f} sent/s), "
@@ -463,7 +485,8 @@ def main() -> None:
     if rows:
         print_table(
             console,
-            f"stream drain, {runs[0]['events']:,} events, {args.partitions} partitions (best of {args.repeats})",
+            f"stream drain, {runs[0]['events']:,} events, {args.partitions} partitions (best of {args.repeats}), "
+            f"{'built-ins + 10 declared aggregations' if args.user_features else 'built-in features'}",
             ["workers", "Redis ev/s, all reading", "Kafka ev/s, all reading", "Kafka / Redis",
              "Redis ev/s, from the first", "Kafka ev/s, from the first", "Kafka / Redis"],
             rows,
