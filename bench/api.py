@@ -13,7 +13,11 @@ machine hits every row alike; each row's figure is the median over rounds:
 - the constant endpoint (bench/constant_app.py: a pydantic body in, a response of the same shape out, on the same
   uvicorn): the ceiling of the stack;
 - `feast serve` `POST /get-online-features`: `fraud_v2` (its pandas on-demand view included) and only the stored
-  features of `fraud_v1`, for the same transactions' entities (features only: no model, no transaction lookup).
+  features of `fraud_v1`, for the same transactions' entities (features only: no model, no transaction lookup);
+- fraudserve on a user-declared feature service (`fraud_v3` of tests/integration/test_user_service.py: card
+  features, a batch view of the risk team's merchant scores over a Parquet table, a python-mode on-demand view of
+  it and the amount): a second deployment under `<home>/user` with its own redis-server (both counted in its CPU),
+  300 of its transactions drawn at random, 8 connections.
 Besides requests/s and latency it reads each server's CPU seconds per request (its processes and, for fraudserve,
 redis-server's), which other load on the machine disturbs less than requests/s. Prints the table and the ratios of
 the targets (bench/targets.py) and writes bench/results/api-<date>.json. The load generator shares the cores.
@@ -34,7 +38,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +118,52 @@ def prepare(
     )
     marker.write_text(json.dumps(recent))
     return [(r[0], r[1], r[2], r[3], r[4]) for r in recent]
+
+
+def prepare_user_service(
+    stack: contextlib.ExitStack, root: Path, cards: int, days: int, console: Console
+) -> tuple[dict[str, str], list[str]]:
+    """The user-declared-service deployment under `root` (reused when there): a copy of feature_repo/ with the
+    integration test's `risk_views.py` (tests/integration/test_user_service.py), its data, backfill, materialized
+    features and a model on `fraud_v3`, on an embedded redis-server of its own, stopped with `stack`. The variables
+    its server needs and 300 of its transactions drawn at random."""
+    from tests.integration.test_user_service import REPO, RISK_VIEWS, write_risk_table
+
+    repo, marker = root / "feature_repo", root / "prepared.json"
+    variables = {"FRAUDSERVE_HOME": str(root / "home"), "FRAUDSERVE_FEATURE_REPO": str(repo)}
+    saved = {name: os.environ.get(name) for name in (*variables, "FRAUDSERVE_REDIS")}
+    os.environ.update(variables)
+    os.environ.pop("FRAUDSERVE_REDIS", None)
+    try:
+        settings = Settings()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    if not marker.exists():
+        shutil.rmtree(root, ignore_errors=True)  # a build that did not finish
+    connection = stack.enter_context(online_store(None, settings.embedded_redis_dir, settings.redis_server_bin))
+    if not marker.exists():
+        console.print(f"building the user-declared-service deployment under {root} ...")
+        shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns("__pycache__", "data", "*.db"))
+        (repo / "risk_views.py").write_text(RISK_VIEWS)
+        end = datetime.now(UTC).replace(second=0, microsecond=0)
+        generated = generate(root / "raw", GenerateConfig(seed=11, cards=cards, days=days, end=end))
+        write_risk_table(
+            settings.home_dir / "merchant_risk.parquet", generated.files["transactions_parquet"],
+            end - timedelta(days=days),
+        )  # fmt: skip
+        feature_store.apply(settings, connection)
+        backfill(generated.files["transactions_parquet"], generated.files["labels_parquet"], settings.offline)
+        store = feature_store.open_store(settings, connection)
+        materialize(store, settings.offline)
+        trained = train(build_training_set(store, "fraud_v3", settings.offline), TrainConfig(Flavor.lightgbm),
+                        root / "pkg")  # fmt: skip
+        open_registry(settings).register(trained.package, name="fraud", feature_service="fraud_v3")
+        marker.write_text(json.dumps(random_ids(settings, SAMPLE)))
+    return {**settings.feast_environment(connection), **variables}, json.loads(marker.read_text())
 
 
 SAMPLE = 300  # transactions per id sample
@@ -262,7 +312,10 @@ def main() -> None:
             "fraud_v2 (with its on-demand view)": [{"feature_service": "fraud_v2", "entities": e} for e in entities],
             "fraud_v1 stored features only": [{"features": stored_v1, "entities": e} for e in entities],
         }
+        user_env, user_ids = prepare_user_service(stack, root / "user", args.cards, args.days, console)
+        ours["user-declared service"] = [{"transaction_id": t} for t in user_ids]
         redis_pid = _redis_pid(connection)
+        redis_pids = {"fraudserve, user-declared service": _redis_pid(user_env["FRAUDSERVE_REDIS"])}
         uvicorn = [sys.executable, "-m", "uvicorn", "--loop", "uvloop", "--http", "httptools", "--no-access-log",
                    "--log-level", "warning", "--workers", str(args.workers)]  # fmt: skip
         serve = [sys.executable, "-m", "fraudserve", "serve", "--workers", str(args.workers)]
@@ -274,6 +327,7 @@ def main() -> None:
             Server("fraudserve, FastAPI route (before)", [*uvicorn, "--factory", "bench.api:fastapi_route_app"],
                    {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "FRAUDSERVE_METRICS_MULTIPROCESS": "1"},
                    Path(__file__).parent.parent),
+            Server("fraudserve, user-declared service", serve, {**env, **user_env}),
             Server("constant FastAPI", [*uvicorn, "bench.constant_app:app"], env, Path(__file__).parent.parent),
             Server("feast serve", [str(Path(sys.executable).parent / "feast"), "serve", "-w", str(args.workers)],
                    env, settings.feature_repo),
@@ -289,6 +343,8 @@ def main() -> None:
             elif server.name == "fraudserve":
                 rows += [Row(server.name, "random", score, ours["random"], 8), Row(server.name, "recent", score,
                          ours["recent"], 8), Row(server.name, "random", score, ours["random"], 1)]  # fmt: skip
+            elif server.name == "fraudserve, user-declared service":
+                rows.append(Row(server.name, "random", score, ours["user-declared service"], 8))
             else:
                 rows.append(Row(server.name, "random", score, ours["random"], 8))
         try:
@@ -306,7 +362,8 @@ def main() -> None:
             for round_ in range(args.rounds):
                 for row in rows:
                     server = by_name[row.server]
-                    extra = [psutil.Process(redis_pid)] if redis_pid and row.server.startswith("fraudserve") else []
+                    own = redis_pids.get(row.server, redis_pid)
+                    extra = [psutil.Process(own)] if own and row.server.startswith("fraudserve") else []
                     cpu = server.cpu_seconds(extra)
                     outcome = load(args.client, server.port, row, args.seconds, root)
                     used = server.cpu_seconds(extra) - cpu
@@ -355,11 +412,13 @@ def ratios(result: dict[str, Any]) -> dict[str, float]:
     ours, recent = "fraudserve | random | c8", "fraudserve | recent | c8"
     before, log_off = "fraudserve, FastAPI route (before) | random | c8", "fraudserve, score log off | random | c8"
     constant = "constant FastAPI | random | c8"
+    user = "fraudserve, user-declared service | random | c8"
     feast_v1 = "feast serve | fraud_v1 stored features only | c8"
     feast_v2 = "feast serve | fraud_v2 (with its on-demand view) | c8"
     rps, cpu = "rps", "cpu_ms_per_request"
     pairs = {
         "random c8 requests/s vs constant": ((ours, rps), (constant, rps)),
+        "user-declared service c8 requests/s vs constant": ((user, rps), (constant, rps)),
         "one connection p50 vs constant": (
             ("fraudserve | random | c1", "p50_ms"),
             ("constant FastAPI | random | c1", "p50_ms"),
