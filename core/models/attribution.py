@@ -101,6 +101,14 @@ class LightGBMPathExplainer:
             return summed
         return self.gathered(rows)
 
+    def predict_and_explain(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(the model's predictions, `contributions(rows)`) from one walk of the compiled trees, equal to the two
+        calls' results; None when the compiled walk does not serve this model (then call both)."""
+        if self.compiled is None or self.node_table is None:
+            return None
+        both: tuple[np.ndarray, np.ndarray] = self.compiled.predict_and_sum_leaves(rows, self.node_table)
+        return both
+
     def gathered(self, rows: np.ndarray) -> np.ndarray:
         """The contributions by LightGBM's leaves and a (rows, trees, features) gather: the reference way."""
         result: np.ndarray = self.table[self.leaves(rows) + self.offsets].sum(axis=1)

@@ -123,6 +123,11 @@ def test_lightgbm_reasons_through_the_compiled_walk_equal_pred_leafs_exactly(
     np.testing.assert_array_equal(contributions, explainer.gathered(rows))
     for i in range(30):
         np.testing.assert_array_equal(explainer.contributions(rows[i : i + 1])[0], contributions[i])
+    # Predictions and reasons from one walk: each equal, bit for bit, to its own call (score:batch's path).
+    both = explainer.predict_and_explain(rows)
+    assert both is not None
+    np.testing.assert_array_equal(both[0], runtime.predict(rows))
+    np.testing.assert_array_equal(both[1], contributions)
     # Every compiled walk ends at a leaf (a node that is its own left child).
     left, _ = runtime.layout()
     compiled_leaves = runtime.leaves(rows)
@@ -142,6 +147,7 @@ def test_a_compiled_walk_that_disagrees_falls_back_to_pred_leaf(
         explainer = LightGBMPathExplainer(lightgbm_model, runtime=runtime)
     assert explainer.compiled is None
     assert "pred_leaf" in caplog.text
+    assert explainer.predict_and_explain(np.zeros((1, FEATURES))) is None  # the caller predicts and explains apart
     rows, _ = _data(7, 50)
     np.testing.assert_array_equal(explainer.contributions(rows), explainer.gathered(rows))
     booster = lightgbm.Booster(model_file=str(lightgbm_model))

@@ -262,10 +262,18 @@ def test_sum_leaves_adds_each_reached_leafs_row_in_tree_order(models: dict[Flavo
     native = LightGBMRuntime(models[Flavor.lightgbm], threads=1).booster.predict(rows, raw_score=True)
     np.testing.assert_allclose(summed[:, 0], native, rtol=0, atol=1e-9)
     assert np.all(summed[:, 1] == len(roots))
+    scores, both = runtime.predict_and_sum_leaves(rows, table)  # one walk for both: the same numbers
+    np.testing.assert_array_equal(scores, runtime.predict(rows))
+    np.testing.assert_array_equal(both, summed)
+    scores, both = runtime.predict_and_sum_leaves(rows[:300], table)  # on one thread
+    np.testing.assert_array_equal(scores, runtime.predict(rows[:300]))
+    np.testing.assert_array_equal(both, summed[:300])
     np.testing.assert_array_equal(runtime.sum_leaves(rows[:100], table), summed[:100])
     np.testing.assert_array_equal(runtime.sum_leaves(rows[7:8], table)[0], summed[7])
+    short = compiled.NodeTable(start[:-1].copy(), table.column[:-2].copy(), table.value[:-2].copy(), 2)
     with pytest.raises(ValueError, match="nodes"):
-        runtime.sum_leaves(rows, compiled.NodeTable(start[:-1].copy(), table.column[:-2].copy(),
-                                                    table.value[:-2].copy(), 2))  # fmt: skip
+        runtime.sum_leaves(rows, short)
+    with pytest.raises(ValueError, match="nodes"):
+        runtime.predict_and_sum_leaves(rows, short)
     with pytest.raises(ValueError, match="columns"):
         compiled.NodeTable(start, table.column, table.value, 1)
