@@ -1,19 +1,20 @@
 """Stream worker throughput: events/s with one and with two worker processes, and freshness.
 
-    python -m bench.stream [--cards 6000 --days 3] [--baseline REV] [--user-features]
+    python -m bench.stream [--cards 6000 --days 3] [--baseline REV] [--user-features] [--repeats N]
 
 Generates events, appends them all to the stream, then times `fraudserve stream run --workers N --until-idle 1`
 draining it on a fresh redis-server, for N = 1 and 2 (`--cluster`: also on a local 3-master Redis Cluster). Each
-drain also records where the CPU went, the numbers that limit N workers: the workers' CPU per event (their
-rusage) and Redis's per event from `INFO commandstats`, split into the stream's own commands (XREADGROUP, XACK,
-XAUTOCLAIM: one stream key, so one node's thread) and the entity state and row commands (spread over a cluster's
-nodes by key). Events/s are given twice: with the processes' start-up (imports, the catalog), as earlier results
-counted them, and once started (from the first acknowledged batch to an empty stream, polled every 50 ms, with the
-CPU of that span), which is the rate a running deployment drains at. `--baseline REV`: the same drains, in the same
-run and alternated with the current tree, by the code of commit REV (`git archive` into a temporary folder, run
-with the same virtualenv), and the ratios. `--user-features`: the Feast repo is the built-ins plus 10 declared
-aggregations over two new entities (`bench.user_features.extra_views`). Freshness at steady rates: one worker on a
-single Redis. Writes bench/results/stream-<date>.json.
+drain also records where the CPU went, the numbers that limit N workers: the workers' CPU per event (their rusage)
+and Redis's per event from `INFO commandstats`, split into the stream's own commands (XREADGROUP, XACK, XAUTOCLAIM:
+one stream key, so one node's thread) and the entity state and row commands (spread over a cluster's nodes by key).
+Events/s are given twice: with the processes' start-up (imports, the catalog), as earlier results counted them, and
+once started (from the first acknowledged batch to an empty stream, polled every 50 ms, with the CPU of that span),
+which is the rate a running deployment drains at. `--baseline REV`: the same drains, in the same run and alternated
+with the current tree, by the code of commit REV (`git archive` into a temporary folder, run with the same
+virtualenv), and the ratios. `--repeats N`: every drain N times, the code that goes first alternating; the run with
+the median rate once started is kept, each repeat's ratio printed. `--user-features`: the Feast repo is the
+built-ins plus 10 declared aggregations over two new entities (`bench.user_features.extra_views`). Freshness at
+steady rates: one worker on a single Redis. Writes bench/results/stream-<date>.json.
 """
 
 from __future__ import annotations
@@ -213,6 +214,7 @@ def main() -> None:
     parser.add_argument("--cluster", action="store_true", help="also drain on a local 3-master Redis Cluster")
     parser.add_argument("--baseline", help="a commit whose code drains the same events in the same run")
     parser.add_argument("--user-features", action="store_true", help="built-ins + 10 declared aggregations")
+    parser.add_argument("--repeats", type=int, default=1, help="drains per code and worker count (median kept)")
     args = parser.parse_args()
     result: dict[str, object] = {"machine": machine(), "started": datetime.now(UTC).isoformat(), "args": vars(args)}
     with tempfile.TemporaryDirectory(prefix="fraudserve-bench-") as tmp:
@@ -229,26 +231,37 @@ def main() -> None:
         codes: list[tuple[str, Path | None]] = [("", None)]
         if args.baseline:
             codes = [("baseline_", baseline_tree(Path(tmp), args.baseline)), ("", None)]
-        for cluster in (False, True) if args.cluster else (False,):
-            for workers in (1, 2):
-                for prefix, code in codes:
-                    figures = drain(Path(tmp), generated.files, workers, cluster, code, repo)
-                    where = "3-master cluster" if cluster else "single Redis"
-                    key = f"{prefix}{'cluster_' if cluster else ''}workers_{workers}"
-                    result[key] = figures
-                    started = figures["started"]
-                    print(f"{prefix or 'current '}{where}, {workers} worker(s): {figures['events']:,} events in "
-                          f"{figures['seconds']:.1f} s = {figures['events_per_second']:,.0f} events/s with start-up; "
-                          f"once started {started['events_per_second']:,.0f} events/s, worker CPU "
-                          f"{started['worker_cpu_us_per_event']:.0f} us/event, Redis CPU "
-                          f"{started['redis_cpu_us_per_event']:.0f} us/event (commands "
-                          f"{started['redis_us_per_event']:.0f})", flush=True)  # fmt: skip
-                if args.baseline:
-                    base = result[f"baseline_{'cluster_' if cluster else ''}workers_{workers}"]
-                    assert isinstance(base, dict)
-                    ratio = figures["started"]["events_per_second"] / base["started"]["events_per_second"]
-                    result[f"ratio_{'cluster_' if cluster else ''}workers_{workers}"] = ratio
-                    print(f"  current / baseline, once started: {ratio:.2f}x", flush=True)
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for repeat in range(args.repeats):
+            for cluster in (False, True) if args.cluster else (False,):
+                for workers in (1, 2):
+                    # every other repeat the current tree goes first: neither pays a quieter stretch alone
+                    for prefix, code in codes if repeat % 2 == 0 else codes[::-1]:
+                        figures = drain(Path(tmp), generated.files, workers, cluster, code, repo)
+                        where = "3-master cluster" if cluster else "single Redis"
+                        key = f"{prefix}{'cluster_' if cluster else ''}workers_{workers}"
+                        runs.setdefault(key, []).append(figures)
+                        started = figures["started"]
+                        print(f"{prefix or 'current '}{where}, {workers} worker(s): {figures['events']:,} events in "
+                              f"{figures['seconds']:.1f} s = {figures['events_per_second']:,.0f} events/s with "
+                              f"start-up; once started {started['events_per_second']:,.0f} events/s, worker CPU "
+                              f"{started['worker_cpu_us_per_event']:.0f} us/event, Redis CPU "
+                              f"{started['redis_cpu_us_per_event']:.0f} us/event (commands "
+                              f"{started['redis_us_per_event']:.0f})", flush=True)  # fmt: skip
+        for key, found in runs.items():  # the run with the median rate once started stands for its code
+            ordered = sorted(found, key=lambda f: f["started"]["events_per_second"])
+            result[key] = ordered[(len(ordered) - 1) // 2]
+            result[f"repeats_{key}"] = [f["started"]["events_per_second"] for f in found]
+        if args.baseline:
+            for key in [k for k in runs if not k.startswith("baseline_")]:
+                ratios = [c["started"]["events_per_second"] / b["started"]["events_per_second"]
+                          for c, b in zip(runs[key], runs[f"baseline_{key}"], strict=True)]  # fmt: skip
+                median = result[key]["started"]["events_per_second"]  # type: ignore[index]
+                ratio = median / result[f"baseline_{key}"]["started"]["events_per_second"]  # type: ignore[index]
+                result[f"ratio_{key}"] = ratio
+                result[f"repeat_ratios_{key}"] = ratios
+                print(f"{key}: current / baseline, once started, medians: {ratio:.2f}x; repeat by repeat "
+                      f"{', '.join(f'{r:.2f}x' for r in ratios)}", flush=True)  # fmt: skip
         lines = generated.files["transactions_jsonl"].read_text().splitlines()
         for rate in (int(r) for r in args.rates.split(",") if r):  # --rates "": drains only
             for prefix, code in codes:

@@ -214,6 +214,15 @@ class _Pending:
     labels: list[list[Any]] = field(default_factory=list)
 
 
+@dataclass
+class PreparedBatch:
+    """A batch ready for `OnlineUpdater.write`: per touched entity its work, and the transactions' own rows."""
+
+    pending: dict[tuple[str, str], _Pending]
+    rows: list[list[Any]]
+    result: BatchResult
+
+
 class OnlineUpdater:
     """Keeps every window view of the catalog (`load_catalog()` unless given) up to date from the events."""
 
@@ -280,6 +289,12 @@ class OnlineUpdater:
     # ---------------------------------------------------------------------------------------------- ingest
     def apply(self, transactions: Sequence[dict[str, Any]], labels: Sequence[dict[str, Any]]) -> BatchResult:
         """Fold a batch of validated events into every touched entity's state and write its online rows."""
+        return self.write(self.prepare(transactions, labels))
+
+    def prepare(self, transactions: Sequence[dict[str, Any]], labels: Sequence[dict[str, Any]]) -> PreparedBatch:
+        """A batch's first half: its label routes written, its labels routed, each entity's script arguments built.
+        `write` does the rest. The next batch may be prepared while this one is written (a worker overlaps them):
+        nothing here reads what `write` writes, except label routes, which are written here."""
         result = BatchResult(transactions=len(transactions), labels=len(labels))
         pending: dict[tuple[str, str], _Pending] = {}
         rows: list[list[Any]] = []  # [row key, "h", n, field, value, ...] for WRITE_ROWS
@@ -316,8 +331,23 @@ class OnlineUpdater:
             for label in labels:
                 self._store_label(label, pending)
         result.touched = set(pending)
-        self._fold(pending, rows, result)
-        return result
+        return PreparedBatch(pending, rows, result)
+
+    def write(self, batch: PreparedBatch) -> BatchResult:
+        """A prepared batch folded into every touched entity's state and its online rows written. Batches must be
+        written in the order they were prepared (one entity's events keep their order)."""
+        self._fold(batch.pending, batch.rows, batch.result)
+        return batch.result
+
+    def fold_only(self, entity: str, key: str, transactions: Sequence[dict[str, Any]]) -> None:
+        """Fold events into one entity's state (and its rows) alone: no other entity, no transaction rows, no label
+        routes. For tools that build a large entity's state fast (`bench.window_state`); the stream uses `apply`."""
+        plan = self.plans[entity]
+        work = _Pending()
+        for event in transactions:
+            ts_ms = int(event["ts_ms"])
+            work.events.extend(plan.event_args(event[self.transaction_key], ts_ms, {**event, "event_time_ms": ts_ms}))
+        self._fold_calls([(plan, key, work, "", None)])
 
     def _store_label(self, label: dict[str, Any], pending: dict[tuple[str, str], _Pending]) -> None:
         tid = label["transaction_id"]

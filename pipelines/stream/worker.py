@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ import redis
 
 from pipelines.events import LABELS, TRANSACTIONS
 from pipelines.stream.log import DEAD_LETTER, Entry, EventLog, RedisStreamLog
-from pipelines.stream.updater import OnlineUpdater
+from pipelines.stream.updater import BatchResult, OnlineUpdater, PreparedBatch
 
 log = logging.getLogger("fraudserve.stream")
 REDIS_OUTAGE_S = 120  # how long a worker waits for Redis to come back before it gives up
@@ -67,6 +68,11 @@ class Worker:
         self._processed = 0
 
     def process(self, entries: list[Entry]) -> None:
+        """Apply a batch, then acknowledge it."""
+        batch, late = self._prepare(entries)
+        self._finish(entries, late, self._write(batch))
+
+    def _prepare(self, entries: list[Entry]) -> tuple[PreparedBatch, int]:
         transactions = [e.event for e in entries if e.kind == TRANSACTIONS.name]
         labels = [e.event for e in entries if e.kind == LABELS.name]
         # A log that knows each event's own partition time (Kafka: partitions are read at their own pace) says which
@@ -75,8 +81,17 @@ class Worker:
         late = per_partition(entries, self.lateness_ms) if per_partition is not None else self._late(transactions)
         if late and per_partition is not None:
             log.warning("late events", extra={"late": late, "lateness_ms": self.lateness_ms})
-        applied = self.updater.apply(transactions, labels)
-        now_ms = int(time.time() * 1000)  # the rows are visible now: the acknowledgement below is not freshness
+        return self.updater.prepare(transactions, labels), late
+
+    def _write(self, batch: PreparedBatch) -> tuple[BatchResult, int]:
+        """The batch's online writes, and when they were done: the rows are visible then, whenever it is
+        acknowledged (a Kafka commit's round trip, or the next batch's preparation, is not freshness)."""
+        applied = self.updater.write(batch)
+        return applied, int(time.time() * 1000)
+
+    def _finish(self, entries: list[Entry], late: int, written: tuple[BatchResult, int]) -> None:
+        """Acknowledge a written batch, and count it."""
+        applied, now_ms = written
         self.stream.ack(entries)
         pipe = self.client.pipeline(transaction=False)
         pipe.hincrby(STATS, "processed", len(entries))
@@ -85,12 +100,13 @@ class Worker:
         pipe.lpush(FRESHNESS, *[max(now_ms - e.appended_ms, 0) for e in entries])
         pipe.ltrim(FRESHNESS, 0, FRESHNESS_SAMPLES - 1)
         pipe.execute()
-        self.metrics.processed.labels(TRANSACTIONS.name).inc(len(transactions))
-        self.metrics.processed.labels(LABELS.name).inc(len(labels))
+        self.metrics.processed.labels(TRANSACTIONS.name).inc(applied.transactions)
+        self.metrics.processed.labels(LABELS.name).inc(applied.labels)
         self.metrics.late.inc(late)
         self.metrics.superseded.inc(applied.superseded)
         for entry in entries:
             self.metrics.freshness.observe(max(now_ms - entry.appended_ms, 0) / 1000)
+        self._processed += len(entries)
 
     def _late(self, transactions: list[dict[str, Any]]) -> int:
         """Events older than the watermark minus the lateness: still folded into every window they fall in (exactly,
@@ -127,27 +143,46 @@ class Worker:
                 time.sleep(0.5)
 
     def _run(self, until_idle_s: float | None, should_stop: Callable[[], bool]) -> None:
+        """Read, prepare, write, acknowledge. On a log whose acknowledgement covers exactly the entries given
+        (`RedisStreamLog.acks_only_given`), the next batch is read and prepared while the previous one is written
+        (its script calls run in Redis meanwhile): at most two batches in flight, written in the order read, each
+        acknowledged only after its own writes. Elsewhere (Kafka commits every offset read so far) one at a time."""
         self.stream.ensure_group()
+        overlap = bool(getattr(self.stream, "acks_only_given", False))
         last_claim = 0.0
         idle_since: float | None = None
-        while not should_stop():
-            entries: list[Entry] = []
-            if time.monotonic() - last_claim > 5:
-                entries = self.stream.claim_stale(self.consumer, self.claim_idle_ms, self.batch)
-                last_claim = time.monotonic()
-            if not entries:
-                entries = self.stream.read(self.consumer, self.batch, block_ms=500)
-            if entries:
-                self.process(entries)
-                self._processed += len(entries)
-                idle_since = None
-                continue
-            lag = self.stream.lag()
-            self.metrics.lag.set(lag["lag"] + lag["pending"])
-            if until_idle_s is not None and lag["lag"] == 0 and lag["pending"] == 0:
-                idle_since = idle_since or time.monotonic()
-                if time.monotonic() - idle_since >= until_idle_s:
-                    return
+        inflight: tuple[list[Entry], int, Future[tuple[BatchResult, int]]] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="fraudserve-write") as writer:
+            while not should_stop():
+                entries: list[Entry] = []
+                if time.monotonic() - last_claim > 5:
+                    entries = self.stream.claim_stale(self.consumer, self.claim_idle_ms, self.batch)
+                    last_claim = time.monotonic()
+                if not entries:  # a batch in flight: look briefly, then go and acknowledge it
+                    entries = self.stream.read(self.consumer, self.batch, block_ms=1 if inflight else 500)
+                if entries:
+                    batch, late = self._prepare(entries)
+                    if inflight is not None:
+                        self._finish(inflight[0], inflight[1], inflight[2].result())
+                        inflight = None
+                    if overlap:
+                        inflight = (entries, late, writer.submit(self._write, batch))
+                    else:
+                        self._finish(entries, late, self._write(batch))
+                    idle_since = None
+                    continue
+                if inflight is not None:
+                    self._finish(inflight[0], inflight[1], inflight[2].result())
+                    inflight = None
+                    continue
+                lag = self.stream.lag()
+                self.metrics.lag.set(lag["lag"] + lag["pending"])
+                if until_idle_s is not None and lag["lag"] == 0 and lag["pending"] == 0:
+                    idle_since = idle_since or time.monotonic()
+                    if time.monotonic() - idle_since >= until_idle_s:
+                        return
+            if inflight is not None:  # stopping: the batch in flight is written, then acknowledged
+                self._finish(inflight[0], inflight[1], inflight[2].result())
 
 
 def status(client: redis.Redis, sample_s: float = 1.0, partitions: int = 1, log: Any = None) -> dict[str, Any]:
