@@ -1,8 +1,9 @@
 """The label stream's verdicts kept as files, so that the monitoring report judges scores with them too.
 
 Label events reach fraudserve two ways: the offline labels file (`features backfill --labels`) and the stream
-(`stream produce --labels`, `Producer.send_labels`): Redis Streams, or the Kafka label topic when
-FRAUDSERVE_KAFKA_BOOTSTRAP is set (`sync_kafka`: the same files, a checkpoint per topic partition). The stream
+(`stream produce --labels`, `Producer.send_labels`): Redis Streams, or the Kafka label topic when the stream is on
+Kafka, as the workers find it: FRAUDSERVE_KAFKA_BOOTSTRAP, or the Feast repo's `KafkaSource` (`sync_kafka`: the same
+files, a checkpoint per topic partition). The stream
 workers fold a stream label into the window state of the entities whose features need labels (`...:lab` hashes), but
 that is no place to read verdicts from: only entities with a `fraud_rate` feature keep them, only while the
 transaction is inside the window, spread over one key per entity. The stream itself holds every label, but in
@@ -226,7 +227,10 @@ def copy_label_stream(settings: Settings, wait: bool = True, max_entries: int | 
     from core.embedded_redis import online_store
     from core.errors import FraudserveError
 
-    kafka = _kafka_transport(settings)
+    try:
+        kafka = _kafka_transport(settings)
+    except (FraudserveError, ValueError) as exc:  # the Feast repo cannot be read (CatalogError): where is unknown
+        return {"copied": None, "note": f"the label stream was not read ({exc}); the labels copied before count"}
     if kafka is not None:
         return _copy_kafka_labels(settings, kafka, wait)
     if not settings.redis and not settings.embedded_redis_dir.exists():
@@ -252,11 +256,13 @@ def copy_label_stream(settings: Settings, wait: bool = True, max_entries: int | 
 
 
 def _kafka_transport(settings: Settings) -> KafkaConfig | None:
-    """The stream's Kafka when FRAUDSERVE_KAFKA_BOOTSTRAP is set; None for Redis Streams. (A KafkaSource declared
-    only in the Feast repo is not looked up here: that means parsing the repo, which the API's refresh must not.)"""
-    from pipelines.stream.kafka_log import kafka_config
+    """The stream's Kafka, found as the workers find it (`stream_kafka`): FRAUDSERVE_KAFKA_BOOTSTRAP, else the
+    transaction view's `KafkaSource` in the Feast repo (its brokers, the label topic of FRAUDSERVE_KAFKA_LABELS_TOPIC);
+    None for Redis Streams. The repo is read once per change of it or of the settings (remembered under
+    FRAUDSERVE_HOME), not at each copy."""
+    from pipelines.stream.kafka_log import stream_kafka
 
-    return kafka_config(settings) if settings.kafka_bootstrap else None
+    return stream_kafka(settings)
 
 
 def _copy_kafka_labels(settings: Settings, config: KafkaConfig, wait: bool) -> dict[str, Any]:

@@ -169,6 +169,10 @@ class KafkaProcess:
             "share.coordinator.state.topic.replication.factor=1",
             "group.initial.rebalance.delay.ms=0",
             "group.min.session.timeout.ms=1000",
+            # the consumer protocol's (KIP-848) bounds, 45 s and 5 s by default: low enough for a group to take the
+            # session timeout and heartbeat of the classic tests (KafkaLog sets them as group configs)
+            "group.consumer.min.session.timeout.ms=1000",
+            "group.consumer.min.heartbeat.interval.ms=250",
             "auto.create.topics.enable=false",
             "num.network.threads=2",
             "num.io.threads=2",

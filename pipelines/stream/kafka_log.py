@@ -81,6 +81,9 @@ class KafkaConfig:
     group: str = "fraudserve-features"
     partitions: int = 1  # for topics this module creates; existing topics keep theirs
     session_timeout_ms: int = 10_000
+    # The consumer group protocol: "classic" (the client-side rebalance: every member rejoins, the leader assigns)
+    # or "consumer" (KIP-848: the broker assigns, each member learns its share at its heartbeat; Kafka 4.x)
+    group_protocol: str = "classic"
     security: Mapping[str, str] = field(default_factory=dict)  # librdkafka properties (SASL, TLS)
     source: str = "FRAUDSERVE_KAFKA_BOOTSTRAP"  # where the servers and the topic came from, for messages
 
@@ -115,7 +118,7 @@ def kafka_config(settings: Settings, source: KafkaEventSource | None = None) -> 
         return KafkaConfig(
             bootstrap, topic, settings.kafka_labels_topic, settings.kafka_dead_letter_topic, group=settings.kafka_group,
             partitions=settings.stream_partitions, session_timeout_ms=settings.kafka_session_timeout_ms,
-            security=security, source=origin,
+            group_protocol=getattr(settings, "kafka_group_protocol", "classic"), security=security, source=origin,
         )  # fmt: skip
 
     if settings.kafka_bootstrap:
@@ -123,6 +126,18 @@ def kafka_config(settings: Settings, source: KafkaEventSource | None = None) -> 
     if source is not None:
         return build(source.bootstrap_servers, source.topic, f"the Feast KafkaSource {source.name}")
     return None
+
+
+def stream_kafka(settings: Settings) -> KafkaConfig | None:
+    """The stream's Kafka as every part finds it (the workers, `stream produce`, the label copy of the report):
+    FRAUDSERVE_KAFKA_BOOTSTRAP, else the Feast repo's `KafkaSource` of the transaction events (`declared_events`:
+    remembered under FRAUDSERVE_HOME, so the repo is read again only when it or a setting changed), else None
+    (Redis Streams)."""
+    if settings.kafka_bootstrap:
+        return kafka_config(settings)
+    from pipelines.stream.producer import declared_events
+
+    return kafka_config(settings, declared_events(settings.home_dir).kafka_source)
 
 
 def event_key(kind: str, event: Mapping[str, Any]) -> str:
@@ -243,6 +258,7 @@ class KafkaLog:
             except kafka.KafkaException as exc:
                 if exc.args[0].code() != kafka.KafkaError.TOPIC_ALREADY_EXISTS:
                     raise KafkaUnavailable(f"could not create the Kafka topic {topic}: {exc}") from exc
+        self._group_timeouts(admin)
         self._ensured = True
 
     # --------------------------------------------------------------------------------------------- producing
@@ -310,17 +326,69 @@ class KafkaLog:
                         "client.id": name,
                         "enable.auto.commit": False,  # committed in `ack`, after the online writes
                         "auto.offset.reset": "earliest",
-                        "session.timeout.ms": self.config.session_timeout_ms,
-                        # a member learns of a rebalance (a worker joining or leaving) at its next heartbeat, and
-                        # with range assignment every member waits for the others: 1 s at most, not session / 5
-                        "heartbeat.interval.ms": min(max(self.config.session_timeout_ms // 10, 250), 1000),
-                        "partition.assignment.strategy": ASSIGNMENT_STRATEGY,
+                        **self._group_settings(),
                         "on_commit": self._committed,  # the outcome of `ack`'s asynchronous commits
                     }
                 )
             )
             self._consumer.subscribe(list(self.config.topics), on_revoke=self._revoked)
         return self._consumer
+
+    @property
+    def heartbeat_ms(self) -> int:
+        """A member learns of a rebalance (a worker joining or leaving) at its next heartbeat, and with range
+        assignment every member waits for the others: 1 s at most, not session / 5."""
+        return min(max(self.config.session_timeout_ms // 10, 250), 1000)
+
+    def _group_settings(self) -> dict[str, Any]:
+        """The client's group settings. The consumer protocol (KIP-848) takes neither a session timeout nor a
+        heartbeat nor an assignor from the client: the broker has them (`_group_timeouts` sets this group's), and
+        assigns with its range assignor, which balances each topic on its own as `ASSIGNMENT_STRATEGY` does."""
+        if self.config.group_protocol == "consumer":
+            return {"group.protocol": "consumer", "group.remote.assignor": "range"}
+        if self.config.group_protocol != "classic":
+            raise ValueError(
+                f"FRAUDSERVE_KAFKA_GROUP_PROTOCOL is {self.config.group_protocol!r}: use classic or consumer"
+            )
+        return {
+            "session.timeout.ms": self.config.session_timeout_ms,
+            "heartbeat.interval.ms": self.heartbeat_ms,
+            "partition.assignment.strategy": ASSIGNMENT_STRATEGY,
+        }
+
+    def _group_timeouts(self, admin: Any) -> None:
+        """With the consumer protocol, this group's session timeout and heartbeat on the broker (a group config,
+        KIP-848): FRAUDSERVE_KAFKA_SESSION_TIMEOUT_MS as with the classic protocol. A broker whose minimums are higher
+        (group.consumer.min.session.timeout.ms, 45 s by default; group.consumer.min.heartbeat.interval.ms, 5 s)
+        refuses them: its own values stay, and a warning says which broker settings to lower."""
+        if self.config.group_protocol != "consumer":
+            return
+        kafka = _rdkafka()
+        from confluent_kafka.admin import (  # type: ignore[attr-defined]
+            AlterConfigOpType,
+            ConfigEntry,
+            ConfigResource,
+            ResourceType,
+        )
+
+        resource = ConfigResource(
+            ResourceType.GROUP, self.config.group,
+            incremental_configs=[
+                ConfigEntry("consumer.session.timeout.ms", str(self.config.session_timeout_ms),
+                            incremental_operation=AlterConfigOpType.SET),
+                ConfigEntry("consumer.heartbeat.interval.ms", str(self.heartbeat_ms),
+                            incremental_operation=AlterConfigOpType.SET),
+            ],
+        )  # fmt: skip
+        try:
+            admin.incremental_alter_configs([resource])[resource].result()
+        except kafka.KafkaException as exc:
+            log.warning(
+                "the broker kept its own session timeout and heartbeat for this group: lower its "
+                "group.consumer.min.session.timeout.ms and group.consumer.min.heartbeat.interval.ms to use "
+                "FRAUDSERVE_KAFKA_SESSION_TIMEOUT_MS",
+                extra={"error": str(exc), "group": self.config.group},
+            )
 
     def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
         """Partitions taken away: their asynchronous commits still in flight are made once more, synchronously (the

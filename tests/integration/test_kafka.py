@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -206,7 +207,12 @@ def test_a_feast_kafka_source_in_the_repo_is_consumed_with_its_servers_and_topic
     offline: tuple[Path, dict[str, Path]], redis_server: RedisProcess, kafka: KafkaProcess, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    """The transaction events declared as Feast's KafkaSource (JsonFormat): no FRAUDSERVE_KAFKA_BOOTSTRAP at all."""
+    """The transaction events declared as Feast's KafkaSource (JsonFormat): no FRAUDSERVE_KAFKA_BOOTSTRAP and no
+    topic variable at all. The workers read the repo's topic and the default label topic on its brokers, and the
+    monitoring report's label copy finds that label topic the same way."""
+    from core.settings import Settings
+    from pipelines import label_log
+
     home, files = offline
     topic = f"payments-{uuid.uuid4().hex[:8]}"
     repo = tmp_path / "feature_repo"
@@ -227,16 +233,26 @@ def test_a_feast_kafka_source_in_the_repo_is_consumed_with_its_servers_and_topic
     definitions = definitions.replace("from __future__ import annotations\n", "")
     (repo / "definitions.py").write_text("from __future__ import annotations\n\n" + definitions)
     group = f"group-{uuid.uuid4().hex[:8]}"
-    environment = env_for(
-        home, redis_server, FRAUDSERVE_FEATURE_REPO=str(repo), FRAUDSERVE_KAFKA_GROUP=group,
-        FRAUDSERVE_KAFKA_LABELS_TOPIC=f"{topic}-labels", FRAUDSERVE_KAFKA_DEAD_LETTER_TOPIC=f"{topic}-dead",
-    )  # fmt: skip
+    # the module's other tests name topics of their own: the default label and dead-letter topics are this test's
+    environment = env_for(home, redis_server, FRAUDSERVE_FEATURE_REPO=str(repo), FRAUDSERVE_KAFKA_GROUP=group)
+    assert not any(name.startswith("FRAUDSERVE_KAFKA_") and name.endswith("TOPIC") for name in environment)
     assert f"to the Kafka topic {topic}" in produce(environment, files["transactions_jsonl"])
-    produce(environment, files["labels_jsonl"], "--labels")
+    labels = produce(environment, files["labels_jsonl"], "--labels")
+    appended = re.search(r"appended ([\d,]+) events to the Kafka topic fraudserve.labels", labels)
+    assert appended is not None, labels
     run = cli(environment, "stream", "run", "--until-idle", "2")
     assert run.returncode == 0, run.stderr
     assert f"Kafka {kafka.bootstrap}" in run.stderr + run.stdout
     assert assert_parity(home, redis_server, monkeypatch) > 1000
+
+    for name in [n for n in os.environ if n.startswith("FRAUDSERVE_")]:
+        monkeypatch.delenv(name)
+    for name, value in environment.items():
+        if name.startswith("FRAUDSERVE_"):
+            monkeypatch.setenv(name, value)
+    copied = label_log.copy_label_stream(Settings())
+    assert copied["copied"] == int(appended.group(1).replace(",", "")) > 0, copied
+    assert "Kafka topic fraudserve.labels" in copied["note"], copied
 
 
 @pytest.mark.timeout(400)
