@@ -40,7 +40,7 @@ from tests.user_repo import user_repo
 
 # The phases the script goes through per entity, each timed up to the anchor that follows it.
 _PHASES = [
-    ("-- new events: triples (ts, member, distinct values)\n", "state read"),
+    ("-- new events: quads (ts, member, values as the member holds them, distinct values)\n", "state read"),
     ("-- 1. t moves from t0 to t1", "arguments"),
     ("-- pending labels up to t1 are in force now", "eviction"),
     ("-- 3. new events join the windows", "labels due"),
@@ -81,8 +81,8 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
     "no eviction reads": [("    if raw and n[wi] > 0 then\n      local gone", "    if false then\n      local gone")],
     "no label records": [
         (
-            "        if #fraudw > 0 then\n          rec = redis.call('HGET', L, vals[1])",
-            "        if false then\n          rec = redis.call('HGET', L, vals[1])",
+            "        if labelled then\n          -- a record only",
+            "        if false then\n          -- a record only",
         ),
     ],
     "no last-seen inserts": [("            redis.call('ZADD', K[6 + i], 'GT', ms(ts), v)\n", "")],
@@ -91,8 +91,8 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
     ],
     "calls +5 per event": [
         (
-            "for _, e in ipairs(events) do\n  local ts, member, distinct = e[1], e[2], e[3]\n",
-            "for _, e in ipairs(events) do\n  local ts, member, distinct = e[1], e[2], e[3]\n"
+            "for _, e in ipairs(events) do\n  local ts, member, vals, dv = e[1], e[2], e[3], e[4]\n",
+            "for _, e in ipairs(events) do\n  local ts, member, vals, dv = e[1], e[2], e[3], e[4]\n"
             "  for _k = 1, 5 do redis.call('EXISTS', H) end\n",
         ),
     ],

@@ -305,7 +305,7 @@ class OnlineUpdater:
             tid = event[self.transaction_key]
             ts_ms = int(event["ts_ms"])
             record = {**event, "event_time_ms": ts_ms}
-            encoded: dict[Any, str] = {}  # this event's texts, shared by its entities (`EntityPlan.event_args`)
+            encoded: dict[Any, Any] = {}  # this event's texts, shared by its entities (`EntityPlan.event_args`)
             for name, plan in plans:
                 key = record.get(plan.entity.join_key)
                 if key is None:

@@ -97,23 +97,21 @@ class EntityPlan:
         ]
 
     def event_args(
-        self, transaction_id: str, ts_ms: int, record: dict[str, Any], encoded: dict[Any, str] | None = None
-    ) -> tuple[int, str, str]:
-        """An event as the script reads it: its time, its window member and its distinct-counted values.
-        `encoded`: one event's texts by column layout, shared by its entities (those that keep the same columns get
-        the same member, each encoded once per event, not once per entity)."""
+        self, transaction_id: str, ts_ms: int, record: dict[str, Any], encoded: dict[Any, Any] | None = None
+    ) -> tuple[int, str, list[Any], list[Any]]:
+        """An event as the script reads it: its time, its window member (the text kept in `...:win`), the same
+        values as a list (`[transaction id, value, ...]`: the script folds them without parsing the text) and its
+        distinct-counted values. `encoded`: one event's member and lists by column layout, shared by its entities
+        (those that keep the same columns get the same member, encoded once per event, not once per entity)."""
         encoded = {} if encoded is None else encoded
-        member = encoded.get(("member", self.columns))
-        if member is None:
-            member = encoded[("member", self.columns)] = compact_json(
-                [transaction_id, *[record.get(c) for c in self.columns]]
-            )
+        kept = encoded.get(("member", self.columns))
+        if kept is None:
+            values = [transaction_id, *[record.get(c) for c in self.columns]]
+            kept = encoded[("member", self.columns)] = (compact_json(values), values)
         distinct = encoded.get(("distinct", self.distinct))
         if distinct is None:
-            distinct = encoded[("distinct", self.distinct)] = (
-                compact_json([record.get(c) for c in self.distinct]) if self.distinct else ""
-            )
-        return ts_ms, member, distinct
+            distinct = encoded[("distinct", self.distinct)] = [record.get(c) for c in self.distinct]
+        return ts_ms, kept[0], kept[1], distinct
 
 
 def plan_entity(entity: EntitySpec, views: Sequence[WindowView]) -> EntityPlan:
@@ -271,9 +269,9 @@ end
 
 
 -- One entity: K its keys (state, window, labels, pending labels, legacy history, legacy labels, seen sets...),
--- spec_id, mode, prevhint, labels_json, ev: flat (time, member, distinct) triples; row: Feast's row key of the entity
--- (nil: the caller writes the row). Returns {version, t} when it wrote the row, else {version, t, value...}; or
--- {status} ('respec', 'legacy', 'none') with nothing written.
+-- spec_id, mode, prevhint, labels_json, ev: flat (time, member, values, distinct values) quads; row: Feast's row key
+-- of the entity (nil: the caller writes the row). Returns {version, t} when it wrote the row, else
+-- {version, t, value...}; or {status} ('respec', 'legacy', 'none') with nothing written.
 local function fold_entity(spec, K, spec_id, mode, prevhint, labels_json, ev, row)
 local H, R, L, P = K[1], K[2], K[3], K[4]
 local head = redis.call('HMGET', H, 'spec', 'b')
@@ -301,15 +299,18 @@ for a = 1, NA do
 end
 
 local t0 = S[1] or nil
+-- label records (`...:lab`) exist only for transactions with labels: most entities have none, and then the
+-- per-event look-ups below are skipped (a rebuild's seeding writes one per event, so it looks them up)
+local labelled = #fraudw > 0 and (mode == 'seed' or redis.call('EXISTS', L) == 1)
 local p = S[2] or nil
 if p == nil and prevhint ~= '' then p = tonumber(prevhint) end
 
--- new events: triples (ts, member, distinct values)
+-- new events: quads (ts, member, values as the member holds them, distinct values)
 local events = {}
 local t1 = t0
-for i = 1, #ev, 3 do
+for i = 1, #ev, 4 do
   local ts = tonumber(ev[i])
-  events[#events + 1] = {ts, ev[i + 1], ev[i + 2]}
+  events[#events + 1] = {ts, ev[i + 1], ev[i + 2], ev[i + 3]}
   if t1 == nil or ts > t1 then t1 = ts end
 end
 -- the previous distinct event time: the latest one before t1
@@ -374,9 +375,12 @@ if t0 and t1 > t0 then
       for i = 1, #gone, 2 do
         local vals = cjson.decode(gone[i])
         local f = nil
-        if is_fraud_window[wi] then f = flag(redis.call('HGET', L, vals[1]), t0) end
+        if is_fraud_window[wi] then
+          f = 0
+          if labelled then f = flag(redis.call('HGET', L, vals[1]), t0) end
+        end
         fold(wi, vals, tonumber(gone[i + 1]), -1, f)
-        if wi == NW and #fraudw > 0 then redis.call('HDEL', L, vals[1]) end
+        if wi == NW and labelled then redis.call('HDEL', L, vals[1]) end
       end
     end
     for a = 1, NA do
@@ -414,13 +418,12 @@ if #fraudw > 0 and t1 and (t0 == nil or due_any) then redis.call('ZREMRANGEBYSCO
 
 -- 3. new events join the windows they fall in; a member already stored is a redelivery
 for _, e in ipairs(events) do
-  local ts, member, distinct = e[1], e[2], e[3]
+  local ts, member, vals, dv = e[1], e[2], e[3], e[4]
   if ts > t1 - wmax or NW == 0 then
     local fresh = true
     if raw then fresh = redis.call('ZADD', R, 'NX', ms(ts), member) == 1 end
     if fresh then
       if ND > 0 then
-        local dv = cjson.decode(distinct)
         for i = 1, ND do
           local v = dv[i]
           if v ~= nil and v ~= cjson.null then
@@ -430,9 +433,8 @@ for _, e in ipairs(events) do
         end
       end
       if raw then
-        local vals = cjson.decode(member)
         local rec = nil
-        if #fraudw > 0 then
+        if labelled then
           -- a record only for a transaction with labels (they came first); seeding (a rebuild) keeps one for
           -- every event, as the labels of stored histories carry no event time
           rec = redis.call('HGET', L, vals[1])
@@ -541,9 +543,9 @@ end
 # ARGV[1]: MessagePack [[spec (MessagePack), spec id], ...] of the plans the call uses.
 # ARGV[2]: MessagePack [[spec index (1-based), first key index, key count, mode ("" or "seed": ignore legacy keys,
 #   keep a label record per event), previous-time hint ("" none), labels as JSON [[tid, ts, fraud 0|1, the event's
-#   time if known], ...], [event time, member, distinct values as a JSON array in the order of
-#   `EntityPlan.distinct`, ...], 1: Feast's row key follows the entity's keys (the script writes the entity's rows;
-#   a single Redis) or 0 (the caller writes them; a cluster)], ...].
+#   time if known], ...], [event time, member, [transaction id, value, ...] as in the member, [distinct value, ...]
+#   in the order of `EntityPlan.distinct`, ...] (`EntityPlan.event_args`), 1: Feast's row key follows the entity's
+#   keys (the script writes the entity's rows; a single Redis) or 0 (the caller writes them; a cluster)], ...].
 # Returns MessagePack: per entity [version, t] (it wrote the rows) or [version, t, value...] (false for null), or
 # ["legacy"] / ["respec"] (nothing written: fold the stored history first) / ["none"] (labels only, no event yet).
 FOLD = (
