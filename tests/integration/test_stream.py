@@ -292,3 +292,40 @@ def test_on_a_redis_cluster_with_four_partitions_two_workers_reach_offline_parit
         assert status.returncode == 0, status.stderr
         processed_row = next(line for line in status.stdout.splitlines() if " processed " in f" {line} ")
         assert int(processed_row.split()[-2].replace(",", "")) >= 2 * len(jsonl_lines(files["transactions_jsonl"]))
+
+
+def test_a_batch_read_while_the_previous_one_is_written_is_acknowledged_only_after_its_own_writes(
+    redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker prepares batch n+1 while batch n is written: a write that fails leaves that batch and the one
+    prepared behind it pending (claimed again), and only the batch written before them is acknowledged."""
+    from pipelines.stream.log import RedisStreamLog
+    from pipelines.stream.worker import STATS, Worker
+
+    client: Any = redis.Redis(port=redis_server.port)
+    stream = RedisStreamLog(client)
+    start = 1_790_000_000_000
+    stream.append("transaction", [
+        {"transaction_id": f"t{i}", "card_id": "c1", "merchant_id": "m1", "device_id": None, "ip_address": None,
+         "amount": 10.0 + i, "currency": "USD", "merchant_category": "5411", "country": "US", "ts_ms": start + i}
+        for i in range(6)
+    ])  # fmt: skip
+    worker = Worker(client, "fraudserve", "w", timedelta(minutes=5), batch=2)
+    written: list[list[str]] = []
+    write = worker.updater.write
+
+    def failing_second(batch: Any) -> Any:
+        if written:
+            raise RuntimeError("the second batch's write failed")
+        written.append(sorted(key for _, key in batch.pending))
+        return write(batch)
+
+    monkeypatch.setattr(worker.updater, "write", failing_second)
+    with pytest.raises(RuntimeError, match="second batch"):
+        worker.run(until_idle_s=0.2)
+    assert written == [["c1", "m1"]]
+    assert int(client.hget(STATS, "processed")) == 2
+    pending = client.xpending_range("fraudserve:events", "fraudserve-features", "-", "+", 10)
+    appended = [entry_id for entry_id, _ in client.xrange("fraudserve:events")]
+    assert [p["message_id"] for p in pending] == appended[2:]  # the failed batch and the one prepared behind it
+    assert stream.lag()["lag"] == 0
