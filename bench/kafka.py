@@ -2,7 +2,7 @@
 freshness at a fixed offered rate through each.
 
     python -m bench.kafka [--cards 3000 --days 2 --partitions 4 --workers 1 2 --repeats 1 --rates 2000 --seconds 15]
-                          [--steady-workers 1] [--user-features]
+                          [--steady-workers 1] [--user-features] [--failover classic consumer]
 
 Generates the transaction events once; then, for each worker count and each transport (alternated, Redis Streams
 first on even repeats, Kafka first on odd ones), on a fresh redis-server (the online store) and, for Kafka, on new
@@ -24,6 +24,11 @@ ticks for `--seconds`, the worker's sample of each event (append to online writt
 The load average is recorded before each run (the machine is shared: other jobs stretch wall time, which is why the
 two transports alternate in one run). `--user-features`: the Feast repo is the built-ins plus bench.stream's 10
 declared aggregations over two new entities (`bench.user_features.extra_views`), for drains and fixed rates alike.
+
+Failover (`--failover classic consumer`): a killed worker's partitions moving to the survivor with each consumer
+group protocol (classic, or KIP-848's consumer protocol), the same session timeout for both: two workers read events
+appended at 500/s, one is SIGKILLed, and the group sampled every 100 ms gives the time until the broker drops it and
+until the survivor commits on one of its partitions (`failover`).
 Writes bench/results/kafka-<date>.json.
 """
 
@@ -328,7 +333,7 @@ def fixed_rate(
             transport, workers, client, partitions, monitor
         ):
             if worker.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{transport}: the workers did not start; see {output}")
+                raise RuntimeError(f"{transport}: the workers did not start: {output.read_text()[-3000:]}")
             time.sleep(0.2)
         if monitor is not None:
             monitor.stop()
@@ -377,6 +382,121 @@ def fixed_rate(
     }  # fmt: skip
 
 
+def _protocol_worker(env: dict[str, str], protocol: str, name: str) -> None:
+    """One stream worker (a `stream run` worker's loop) whose Kafka group uses `protocol` (`--failover`)."""
+    import dataclasses
+    from datetime import timedelta
+
+    os.environ.update(env)
+    from core.connections import redis_client
+    from fraudserve.commands.common import load_settings
+    from fraudserve.feature_store import feast_project
+    from pipelines.stream.kafka_log import stream_kafka
+    from pipelines.stream.worker import Worker
+
+    settings = load_settings()
+    config = stream_kafka(settings)
+    assert config is not None
+    log = KafkaLog(dataclasses.replace(config, group_protocol=protocol))
+    redis_connection = env["FRAUDSERVE_REDIS"]
+    Worker(redis_client(settings, redis_connection), feast_project(settings), name, timedelta(minutes=5), log=log).run()
+
+
+def failover(
+    tmp: Path, events: list[dict[str, Any]], protocol: str, partitions: int, broker: KafkaProcess, rate: int = 500,
+    session_timeout_ms: int = 10_000,
+) -> dict[str, Any]:  # fmt: skip
+    """A killed worker's partitions moving to the survivor: two workers of one group (`protocol`: classic or
+    consumer, KIP-848) read events appended at `rate`/s; once the group is stable with both owning transaction
+    partitions, one is SIGKILLed. The group is sampled every 100 ms from outside: the time from the kill until the
+    broker has dropped the dead member (`left_s`), and until a partition the dead worker owned has a new commit, i.e.
+    the survivor consumed it (`moved_s`). Same session timeout for both protocols (FRAUDSERVE_KAFKA_SESSION_TIMEOUT_MS;
+    the consumer protocol's as a group config, `KafkaLog._group_timeouts`)."""
+    import multiprocessing
+
+    name = f"failover-{protocol}-{uuid.uuid4().hex[:6]}"
+    server = RedisProcess(tmp / name).start()
+    env = environment(tmp, name, "kafka", partitions, server, broker)
+    env["FRAUDSERVE_KAFKA_SESSION_TIMEOUT_MS"] = str(session_timeout_ms)
+    client: Any = redis.Redis(port=server.port)
+    config = KafkaConfig(broker.bootstrap, f"tx-{name}", f"labels-{name}", f"dead-{name}", group=f"group-{name}",
+                         partitions=partitions)  # fmt: skip
+    log = KafkaLog(config)
+    log.ensure_group()
+    context = multiprocessing.get_context("spawn")
+    workers = {
+        who: context.Process(target=_protocol_worker, args=(env, protocol, who), daemon=True)
+        for who in ("victim", "survivor")
+    }
+    for process in workers.values():
+        process.start()
+    monitor = GroupMonitor(broker.bootstrap, config.group, config.transactions_topic, client, every_s=0.1)
+    monitor.start()
+    stop = threading.Event()
+
+    def append() -> None:  # a steady stream, so that every partition always has something new to read
+        sent, started = 0, time.perf_counter()
+        while not stop.is_set() and sent < len(events):
+            log.append("transaction", events[sent : sent + rate // 20])
+            sent += rate // 20
+            time.sleep(max(0.0, started + sent / rate - time.perf_counter()))
+
+    producer = threading.Thread(target=append, daemon=True)
+    producer.start()
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            last = monitor.samples[-1] if monitor.samples else {}
+            members = last.get("members") or {}
+            if last.get("state") == "STABLE" and set(members) == set(workers) and all(members.values()):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{protocol}: the group did not settle with both workers: {last}")
+            time.sleep(0.1)
+        time.sleep(2.0)  # both reading and committing
+        owned = sorted(monitor.samples[-1]["members"]["victim"])
+        load = os.getloadavg()
+        killed = time.perf_counter()
+        workers["victim"].kill()
+        workers["victim"].join()
+        left = moved = None
+        baseline: dict[str, Any] | None = None  # the committed offsets once the victim's last commits have landed
+        deadline = time.monotonic() + 120
+        while (left is None or moved is None) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            for sample in [s for s in monitor.samples if s["t"] + monitor.started > killed]:
+                at = sample["t"] + monitor.started - killed
+                members, committed = sample.get("members"), sample.get("committed")
+                if members is None or committed is None:
+                    continue
+                if left is None and "victim" not in members:
+                    left = at
+                if baseline is None and at >= 0.5:
+                    baseline = dict(committed)
+                taken = set(members.get("survivor", [])) & set(owned)
+                if (
+                    moved is None
+                    and baseline is not None
+                    and any(int(committed.get(str(p), -1)) > int(baseline.get(str(p), -1)) for p in taken)
+                ):
+                    moved = at
+        owners = monitor.samples[-1].get("members") or {}
+    finally:
+        stop.set()
+        producer.join(timeout=10)
+        monitor.stop()
+        for process in workers.values():
+            if process.is_alive():
+                process.kill()
+            process.join(timeout=30)
+        log.close()
+        server.stop()
+    return {
+        "protocol": protocol, "session_timeout_ms": session_timeout_ms, "rate": rate, "victim_partitions": owned,
+        "left_s": left, "moved_s": moved, "survivor_owns": sorted(owners.get("survivor", [])), "load_average": load,
+    }  # fmt: skip
+
+
 def valid_events(path: Path) -> list[dict[str, Any]]:
     """The file's transactions as the logs' `append` takes them (validated, the time as `ts_ms`)."""
     import json
@@ -397,7 +517,7 @@ def main() -> None:
     parser.add_argument("--cards", type=int, default=3000)
     parser.add_argument("--days", type=int, default=2)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="none: no drains")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--transports", nargs="+", default=["redis", "kafka"], choices=["redis", "kafka"])
     parser.add_argument("--rates", type=int, nargs="*", default=[2000], help="fixed offered rates for freshness")
@@ -407,8 +527,14 @@ def main() -> None:
         "--user-features", action="store_true",
         help="the Feast repo is the built-ins plus bench.stream's 10 declared aggregations (bench.user_features)",
     )  # fmt: skip
+    parser.add_argument(
+        "--failover", nargs="*", default=[], choices=["classic", "consumer"],
+        help="group protocols whose failover is timed: a worker of two SIGKILLed, its partitions to the survivor",
+    )  # fmt: skip
+    parser.add_argument("--failover-repeats", type=int, default=2)
     args = parser.parse_args()
     console = Console()
+    failovers: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     freshness: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-kafka-") as name:
@@ -447,7 +573,7 @@ def main() -> None:
                                 f"{rate['to_s']:.2f} s, {rate['events_per_second']:,.0f}/s"
                             )
                         runs.append(run)
-            if args.rates:
+            if args.rates or args.failover:
                 events = valid_events(events_file)
             for index, rate in enumerate(args.rates):
                 order = ("redis", "kafka") if index % 2 == 0 else ("kafka", "redis")
@@ -463,6 +589,15 @@ def main() -> None:
                         f"load {fresh['load_average'][0]:.1f}"
                     )
                     freshness.append(fresh)
+            for repeat in range(args.failover_repeats if args.failover else 0):
+                for protocol in args.failover if repeat % 2 == 0 else list(reversed(args.failover)):
+                    moved = failover(tmp, events, protocol, args.partitions, broker)
+                    console.print(
+                        f"failover, {protocol} protocol: the killed worker left the group {moved['left_s']} s after "
+                        f"the SIGKILL, its partitions {moved['victim_partitions']} consumed by the survivor after "
+                        f"{moved['moved_s']} s; load {moved['load_average'][0]:.1f}"
+                    )
+                    failovers.append(moved)
         finally:
             broker.stop()
 
@@ -494,7 +629,7 @@ def main() -> None:
     console.print(f"load average at the end: {os.getloadavg()}")
     write_result(
         console, "kafka",
-        {"machine": machine(), "args": vars(args), "runs": runs, "freshness": freshness,
+        {"machine": machine(), "args": vars(args), "runs": runs, "freshness": freshness, "failover": failovers,
          "load_average_end": os.getloadavg(), **({"ratios_kafka_to_redis": ratios} if ratios else {})},
     )  # fmt: skip
 
