@@ -195,6 +195,7 @@ class KafkaLog:
         self._admin: Any = None  # for the lag (`partition_lag`)
         self._read_up_to: dict[tuple[str, int], int] = {}  # next offset per partition of what was read, not acked
         self._sent: dict[tuple[str, int], int] = {}  # the newest offset committed asynchronously, per partition
+        self._unconfirmed: set[tuple[str, int]] = set()  # partitions whose newest asynchronous commit is not confirmed
         self._commit_failure: Any = None  # a commit refused for good (not a rebalance, not an outage)
         self._stream_time: dict[tuple[str, int], int | None] = {}  # newest event time read, per transaction partition
         self._ensured = False
@@ -409,6 +410,7 @@ class KafkaLog:
         for key in keys:
             self._read_up_to.pop(key, None)
             self._sent.pop(key, None)
+            self._unconfirmed.discard(key)
             self._stream_time.pop(key, None)
 
     def read(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
@@ -548,6 +550,7 @@ class KafkaLog:
         self._read_up_to.clear()
         if asynchronous:
             self._sent.update(attempted)
+            self._unconfirmed.update(attempted)
             self._consumer.commit(offsets=offsets, asynchronous=True)
             return
         try:
@@ -583,12 +586,14 @@ class KafkaLog:
         refused: dict[tuple[str, int], int] = {}
         for tp in partitions:
             failure = error if error is not None else tp.error
+            key = (tp.topic, tp.partition)
             if failure is None:
+                if tp.offset >= self._sent.get(key, -1):
+                    self._unconfirmed.discard(key)
                 continue
             if not self._refused_for_now(kafka, failure):
                 self._commit_failure = failure  # raised by the next commit: not one to wait out
                 return
-            key = (tp.topic, tp.partition)
             if tp.offset >= self._sent.get(key, -1):
                 refused[key] = tp.offset
         if refused:
@@ -660,7 +665,13 @@ class KafkaLog:
 
     def lag(self) -> dict[str, int]:
         """As `RedisStreamLog.lag`: events not yet committed by the group (`pending` is always 0 on Kafka)."""
-        self.commit()  # one refused by a rebalance or an outage, again (a refusal for good is raised)
+        # Commits not confirmed yet are made again, synchronously, so that the lag counts them (an idle worker's
+        # `--until-idle` stops on it); and one refused by a rebalance or an outage, again (one refused for good is
+        # raised).
+        for key in self._unconfirmed:
+            self._read_up_to[key] = max(self._sent[key], self._read_up_to.get(key, -1))
+        self._unconfirmed.clear()
+        self.commit()
         try:
             rows = self.partition_lag(timeout_s=5)
         except KafkaUnavailable as exc:  # the brokers are away (restarting): not idle; the client reconnects itself

@@ -564,3 +564,46 @@ def test_labels_of_the_kafka_label_topic_are_copied_for_the_report_once_each(
     second = label_log.copy_label_stream(settings)
     assert second["copied"] == 1 and "Kafka topic" in second["note"], second
     assert len(label_log.read(label_log.label_log_dir(settings.home_dir))) == 32
+
+
+@pytest.mark.timeout(120)
+def test_the_consumer_group_protocol_reads_commits_and_sets_the_groups_session_timeout(kafka: KafkaProcess) -> None:
+    """FRAUDSERVE_KAFKA_GROUP_PROTOCOL=consumer (KIP-848): the broker assigns the partitions, the worker reads and
+    commits as with the classic protocol, and the group's session timeout and heartbeat are the settings' (group
+    configs on the broker, since the client may not send them); a protocol that does not exist is named."""
+    import dataclasses
+
+    from confluent_kafka import ConsumerGroupType
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # type: ignore[attr-defined]
+
+    from pipelines.events import TRANSACTIONS
+    from pipelines.stream.kafka_log import KafkaConfig, KafkaLog
+    from pipelines.stream.producer import Producer
+
+    run = uuid.uuid4().hex[:8]
+    config = KafkaConfig(
+        kafka.bootstrap, f"tx-{run}", f"labels-{run}", f"dead-{run}", group=f"g-{run}", partitions=3,
+        session_timeout_ms=3000, group_protocol="consumer",
+    )  # fmt: skip
+    events = card_events(cards=10, per_card=20, start_ms=1_793_534_400_000, seed=5)
+    with Producer(transactions=TRANSACTIONS, kafka=config) as producer:
+        assert producer.send_transactions(events).ok
+    log = KafkaLog(config, TRANSACTIONS)
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    try:
+        log.ensure_group()
+        entries = read_all(log, len(events))
+        assert sorted(e.event["transaction_id"] for e in entries) == sorted(e["transaction_id"] for e in events)
+        assert log.lag() == {"lag": 0, "pending": 0, "length": len(events)}
+        group = admin.describe_consumer_groups([config.group])[config.group].result()
+        assert group.type == ConsumerGroupType.CONSUMER
+        assert sorted(tp.partition for m in group.members for tp in m.assignment.topic_partitions
+                      if tp.topic == config.transactions_topic) == [0, 1, 2]  # fmt: skip
+        resource = ConfigResource(ResourceType.GROUP, config.group)
+        described = admin.describe_configs([resource])[resource].result()
+        assert described["consumer.session.timeout.ms"].value == "3000"
+        assert described["consumer.heartbeat.interval.ms"].value == str(log.heartbeat_ms)
+    finally:
+        log.close()
+    with pytest.raises(ValueError, match="FRAUDSERVE_KAFKA_GROUP_PROTOCOL is 'eager': use classic or consumer"):
+        KafkaLog(dataclasses.replace(config, group_protocol="eager")).consumer("test")
