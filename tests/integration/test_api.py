@@ -667,3 +667,28 @@ def test_the_lean_score_route_answers_as_fastapis_route(deployment: Deployment, 
         for extra in ({}, {"Authorization": "Bearer fs_0000_nope"}, {"X-API-Key": predict_key},
                       {"Authorization": f"Bearer {score_key}"}, {"X-API-Key": score_key}):  # fmt: skip
             assert answers(lean_client) == answers(plain_client), extra
+
+
+def test_the_short_way_in_answers_an_unexpected_error_as_the_full_stack(deployment: Deployment) -> None:
+    """`FraudserveAPI` sends `POST /v1/fraud/score` straight to `RequestContext` (app.py): an error nobody expected
+    (here the batcher's) still gets the app's JSON 500 naming the request id and counts in the metrics, as through
+    FastAPI's whole stack; and the short way is the one taken (the app keeps it once built)."""
+    from fastapi.testclient import TestClient
+
+    from inference_api.app import create_app
+
+    class Broken:
+        async def submit(self, request: object) -> object:
+            raise RuntimeError("boom")
+
+    app = create_app(deployment.settings)
+    app.state.batcher = Broken()
+    with TestClient(app, raise_server_exceptions=False) as client:
+        app.state.batcher = Broken()  # the lifespan's own, replaced
+        answer = client.post("/v1/fraud/score", json={"transaction_id": "x"}, headers={"X-Request-ID": "req-500"})
+        assert app._hot, "the score request did not take the short way in"
+        assert answer.status_code == 500
+        assert answer.json()["error"]["code"] == "internal_error" and "req-500" in answer.json()["error"]["message"]
+        assert "boom" not in answer.text
+        metrics = client.get("/metrics").text
+    assert 'fraudserve_errors_total{code="internal_error"} 1.0' in metrics
