@@ -326,15 +326,19 @@ def fixed_rate(
     try:
         if monitor is not None:
             monitor.start()
-        warm_up = 4 * workers  # until every worker reads (Kafka: the group settled), then the samples are cleared
-        log.append("transaction", events[:warm_up])
+        # A few events at a time until every worker reads (Kafka: the group settled; Redis Streams: each worker is
+        # a consumer of the group, which Redis records only once it has been handed an entry, so the events keep
+        # coming until the last worker to start has had some), then the samples are cleared.
+        warm_up = 0
         deadline = time.monotonic() + 180
         while int(client.hget(STATS, "processed") or 0) < warm_up or not working(
             transport, workers, client, partitions, monitor
         ):
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{transport}: the workers did not start: {output.read_text()[-3000:]}")
-            time.sleep(0.2)
+            log.append("transaction", events[warm_up : warm_up + 4])
+            warm_up += 4
+            time.sleep(0.5)
         if monitor is not None:
             monitor.stop()
         time.sleep(1.0)
