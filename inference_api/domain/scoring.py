@@ -8,6 +8,7 @@ trusted: a required feature group missing, or older than its feature view's TTL)
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import random
@@ -53,8 +54,8 @@ class Reason(NamedTuple):
     contribution: float
 
 
-@dataclass(frozen=True)
-class Score:
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each of its ten fields through object.__setattr__, 4x
+class Score:  # the cost of building one, and a batch builds one per item (nothing changes a Score once built)
     transaction_id: str
     score: float
     label: str
@@ -269,6 +270,7 @@ class ScoringService:
         self.shadow = shadow
         # score:batch's read without Lua on a single Redis (`batch_lookup.py`); other sources read `columns` themselves.
         self.batch_lookup = BatchLookup(source) if isinstance(source, RedisFeatureSource) and source.columnar else None
+        self._names: dict[int, tuple[FeaturePlan, np.ndarray]] = {}
 
     async def close(self) -> None:
         """Close the batch lookup's connections (the source's own are closed by the source)."""
@@ -377,33 +379,48 @@ class ScoringService:
             scores, contributions = np.empty(0), None
         self.metrics.stage("predict", time.perf_counter() - started)
 
-        names = plan.features
-        values: list[list[Any]] = [[] for _ in rows]
-        gains: list[list[float]] = [[] for _ in rows]
-        order: list[list[int]] = [[] for _ in rows]
+        reasons: list[list[Reason]] = [[] for _ in rows]
         if contributions is not None:
-            width = len(names)
+            width = len(plan.features)
             top = np.argsort(-contributions[:, :width], axis=1, kind="stable")[:, : self.top_reasons]
-            order = top.tolist()
+            features = self._feature_names(plan)[top].tolist()
             gains = np.take_along_axis(contributions[:, :width], top, axis=1).tolist()
             picked = np.take_along_axis(matrix, top, axis=1)
-            values = np.where(np.isnan(picked), np.array(None), picked).tolist()
+            values = np.where(np.isnan(picked), np.array(None), picked).tolist()  # NaN: missing
+            reasons = [
+                list(map(Reason._make, zip(f, v, g, strict=True)))
+                for f, v, g in zip(features, values, gains, strict=True)
+            ]
         label = model.manifest.thresholds.label
-        missing = len(rows) < len(ids)  # then each scored item replaces its id's TransactionNotFound
-        outcomes: list[Score | FraudserveError] = [TransactionNotFound(t) for t in ids] if missing else []
-        counts: dict[str, int] = {}
-        for i, (row, score) in enumerate(zip(rows.tolist(), scores.tolist(), strict=True)):
-            verdict = UNCERTAIN if uncertain[i] else label(score)
-            counts[verdict] = counts.get(verdict, 0) + 1
-            reasons = [Reason(names[j], v, c) for j, v, c in zip(order[i], values[i], gains[i], strict=True)]
-            scored = Score(ids[row], score, verdict, model, reasons, freshness[i], uncertain[i], matrix[i], role)
-            if missing:
-                outcomes[row] = scored
-            else:
-                outcomes.append(scored)
+        listed = scores.tolist()
+        verdicts = [UNCERTAIN if doubt else label(score) for doubt, score in zip(uncertain, listed, strict=True)]
+        scored = [
+            Score(ids[row], score, verdict, model, why, fresh, doubt, vector, role)
+            for row, score, verdict, why, fresh, doubt, vector in zip(
+                rows.tolist(), listed, verdicts, reasons, freshness, uncertain, matrix, strict=True
+            )
+        ]
+        outcomes: list[Score | FraudserveError]
+        if len(rows) == len(ids):
+            outcomes = list(scored)
+        else:  # each unknown id is its own TransactionNotFound
+            placed: list[Score | None] = [None] * len(ids)
+            for row, item in zip(rows.tolist(), scored, strict=True):
+                placed[row] = item
+            outcomes = [TransactionNotFound(t) if o is None else o for t, o in zip(ids, placed, strict=True)]
+        counts = collections.Counter(verdicts)
         for verdict, count in counts.items():
             self.metrics.labels.labels(model.name, str(model.version), verdict).inc(count)
         return outcomes
+
+    def _feature_names(self, plan: FeaturePlan) -> np.ndarray:
+        """The plan's feature names as a numpy object array (reasons pick them by index for a whole batch)."""
+        cached = self._names.get(id(plan))
+        if cached is None or cached[0] is not plan:
+            if len(self._names) > 32:  # plans of versions no longer served
+                self._names.clear()
+            cached = self._names[id(plan)] = (plan, np.array(plan.features, dtype=object))
+        return cached[1]
 
     def _shadow(
         self, records: Sequence[TransactionRecord], fetched: Sequence[dict[str, ViewValues]], served: np.ndarray
