@@ -21,7 +21,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
 from operator import length_hint
 from typing import Any
 
@@ -47,6 +47,8 @@ from pipelines.features.catalog import TRANSACTION_VIEW
 from pipelines.online_layout import decode_ts, decode_value, feature_field, key_prefix, ts_field
 
 _U32 = struct.Struct("<I").pack
+_COMMAND = b"%s$%d\r\n%s%s%s%s\r\n%s"  # an HMGET: its header, the key's length, the key (four parts), the fields
+_ENTITY = b"%s$%d\r\n%s%s\x00\x00\x00%s%s\r\n%s"  # the same, the value's length one byte (u32 LE: three zeros)
 _PAD = bytes(32)  # numpy's read windows past the last cell stay inside the buffer
 _NULL = np.frombuffer(b"\x98\x01\x00", dtype=np.uint8)  # Value.null_val = NULL_VALUE: what decode_value gives as None
 _STEPS = np.arange(3)
@@ -226,7 +228,7 @@ class BatchLookup:
         project, prefix, head, tail = self.project, self._prefix, layout.head, layout.tail
         fixed = len(prefix) + 4 + len(project)
         commands = [
-            b"%s$%d\r\n%s%s%s%s\r\n%s" % (head, fixed + len(raw), prefix, _U32(len(raw)), raw, project, tail)
+            _COMMAND % (head, fixed + len(raw), prefix, _U32(len(raw)), raw, project, tail)
             for raw in map(str.encode, ids)
         ]
         transactions = await _pipelined(connection, commands)
@@ -250,26 +252,24 @@ def entity_commands(
     gathers: list[np.ndarray] = []
     spans: list[tuple[int, int]] = []
     for group in layout.groups:
-        slots: dict[bytes, int] = {}
         at = group.position
-        index = [slots.setdefault(cell, len(slots)) if cell else -1 for cell in [t[at] for t in transactions]]
-        start = len(commands)
+        column = [t[at] for t in transactions]
         head, tail, prefix = group.head, group.tail, group.prefix
         fixed = len(prefix) + 4 + len(project)
-        read = []  # each unique cell's reply, -1: not a key (null or not a string)
-        for cell in slots:
-            # A string_val of up to 127 bytes (0x12, its length, the bytes): the common case, read in place.
-            short = len(cell) > 2 and cell[0] == 0x12 and cell[1] < 0x80 and cell[1] == len(cell) - 2
-            value = cell[2:] if short else string_val(cell)
-            if value is None:
-                read.append(-1)
+        start = len(commands)
+        position: dict[bytes | None, int] = {}  # each unique key's reply (none for a null or a non-string value)
+        for cell in dict.fromkeys(column):
+            if cell is None:
                 continue
-            read.append(len(commands) - start)
-            commands.append(
-                b"%s$%d\r\n%s%s%s%s\r\n%s" % (head, fixed + len(value), prefix, _U32(len(value)), value, project, tail)
-            )
-        read.append(-1)  # index -1 (no value of the key) stays -1
-        gathers.append(np.array(read, dtype=np.intp)[np.array(index, dtype=np.intp)])
+            length = len(cell) - 2
+            if 0 < length < 0x80 and cell[1] == length and cell[0] == 0x12:  # a short string_val: read in place
+                commands.append(_ENTITY % (head, fixed + length, prefix, cell[1:2], cell[2:], project, tail))
+            elif (value := string_val(cell)) is not None:
+                commands.append(_COMMAND % (head, fixed + len(value), prefix, _U32(len(value)), value, project, tail))
+            else:
+                continue
+            position[cell] = len(position)
+        gathers.append(np.fromiter(map(position.get, column, repeat(-1)), dtype=np.intp, count=len(column)))
         spans.append((start, len(commands)))
     return commands, gathers, spans
 
@@ -292,15 +292,16 @@ async def _replies(connection: AbstractConnection, count: int) -> list[Any]:
     if not isinstance(parser, _AsyncHiredisParser) or reader is None:
         return [await connection.read_response() for _ in range(count)]
     replies: list[Any] = []
+    gets, append = reader.gets, replies.append
     try:
-        while len(replies) < count:
-            reply = reader.gets()
-            if reply is _NOT_ENOUGH_DATA:
+        for _ in range(count):
+            reply = gets()
+            while reply is _NOT_ENOUGH_DATA:
                 await parser.read_from_socket()  # type: ignore[no-untyped-call]  # ConnectionError: closed
-            elif isinstance(reply, ResponseError):
+                reply = gets()
+            if isinstance(reply, ResponseError):
                 raise reply
-            else:
-                replies.append(reply)
+            append(reply)
     except OSError as exc:  # as read_response: the connection is dropped, the error is redis-py's
         await connection.disconnect(nowait=True)
         raise redis.ConnectionError(f"Error while reading from Redis: {exc}") from exc

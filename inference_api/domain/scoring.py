@@ -9,6 +9,7 @@ trusted: a required feature group missing, or older than its feature view's TTL)
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import math
 import random
@@ -52,6 +53,10 @@ class Reason(NamedTuple):
     feature: str
     value: float | None
     contribution: float
+
+
+# A Reason from a (feature, value, contribution) tuple: what `Reason._make` does, without its Python-level length check.
+_reason = functools.partial(tuple.__new__, Reason)
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass sets each of its ten fields through object.__setattr__, 4x
@@ -388,8 +393,7 @@ class ScoringService:
             picked = np.take_along_axis(matrix, top, axis=1)
             values = np.where(np.isnan(picked), np.array(None), picked).tolist()  # NaN: missing
             reasons = [
-                list(map(Reason._make, zip(f, v, g, strict=True)))
-                for f, v, g in zip(features, values, gains, strict=True)
+                list(map(_reason, zip(f, v, g, strict=True))) for f, v, g in zip(features, values, gains, strict=True)
             ]
         label = model.manifest.thresholds.label
         listed = scores.tolist()
