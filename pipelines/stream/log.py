@@ -69,10 +69,6 @@ class RedisStreamLog:
     every worker reads from every partition, and the group shares each partition's entries among the workers.
     Producers and workers must agree on the number (FRAUDSERVE_STREAM_PARTITIONS)."""
 
-    # `ack` acknowledges exactly the entries given (XACK by id), so a worker may read the next batch before it
-    # acknowledges the one it is writing (Kafka's commit covers every offset read so far: there it may not).
-    acks_only_given = True
-
     def __init__(self, client: redis.Redis, stream: str = EVENTS, group: str = GROUP, partitions: int = 1) -> None:
         if partitions < 1:
             raise ValueError(f"stream partitions must be at least 1, got {partitions}")

@@ -292,9 +292,8 @@ class OnlineUpdater:
         return self.write(self.prepare(transactions, labels))
 
     def prepare(self, transactions: Sequence[dict[str, Any]], labels: Sequence[dict[str, Any]]) -> PreparedBatch:
-        """A batch's first half: its label routes written, its labels routed, each entity's script arguments built.
-        `write` does the rest. The next batch may be prepared while this one is written (a worker overlaps them):
-        nothing here reads what `write` writes, except label routes, which are written here."""
+        """A batch's first half: its label routes written, its labels routed, each entity's script arguments built
+        (the worker's own CPU); `write` does the rest (the script calls: Redis's)."""
         result = BatchResult(transactions=len(transactions), labels=len(labels))
         pending: dict[tuple[str, str], _Pending] = {}
         rows: list[list[Any]] = []  # [row key, "h", n, field, value, ...] for WRITE_ROWS

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -85,7 +84,7 @@ class Worker:
 
     def _write(self, batch: PreparedBatch) -> tuple[BatchResult, int]:
         """The batch's online writes, and when they were done: the rows are visible then, whenever it is
-        acknowledged (a Kafka commit's round trip, or the next batch's preparation, is not freshness)."""
+        acknowledged (a Kafka commit's round trip is not freshness)."""
         applied = self.updater.write(batch)
         return applied, int(time.time() * 1000)
 
@@ -143,46 +142,26 @@ class Worker:
                 time.sleep(0.5)
 
     def _run(self, until_idle_s: float | None, should_stop: Callable[[], bool]) -> None:
-        """Read, prepare, write, acknowledge. On a log whose acknowledgement covers exactly the entries given
-        (`RedisStreamLog.acks_only_given`), the next batch is read and prepared while the previous one is written
-        (its script calls run in Redis meanwhile): at most two batches in flight, written in the order read, each
-        acknowledged only after its own writes. Elsewhere (Kafka commits every offset read so far) one at a time."""
         self.stream.ensure_group()
-        overlap = bool(getattr(self.stream, "acks_only_given", False))
         last_claim = 0.0
         idle_since: float | None = None
-        inflight: tuple[list[Entry], int, Future[tuple[BatchResult, int]]] | None = None
-        with ThreadPoolExecutor(1, thread_name_prefix="fraudserve-write") as writer:
-            while not should_stop():
-                entries: list[Entry] = []
-                if time.monotonic() - last_claim > 5:
-                    entries = self.stream.claim_stale(self.consumer, self.claim_idle_ms, self.batch)
-                    last_claim = time.monotonic()
-                if not entries:  # a batch in flight: look briefly, then go and acknowledge it
-                    entries = self.stream.read(self.consumer, self.batch, block_ms=1 if inflight else 500)
-                if entries:
-                    batch, late = self._prepare(entries)
-                    if inflight is not None:
-                        self._finish(inflight[0], inflight[1], inflight[2].result())
-                        inflight = None
-                    if overlap:
-                        inflight = (entries, late, writer.submit(self._write, batch))
-                    else:
-                        self._finish(entries, late, self._write(batch))
-                    idle_since = None
-                    continue
-                if inflight is not None:
-                    self._finish(inflight[0], inflight[1], inflight[2].result())
-                    inflight = None
-                    continue
-                lag = self.stream.lag()
-                self.metrics.lag.set(lag["lag"] + lag["pending"])
-                if until_idle_s is not None and lag["lag"] == 0 and lag["pending"] == 0:
-                    idle_since = idle_since or time.monotonic()
-                    if time.monotonic() - idle_since >= until_idle_s:
-                        return
-            if inflight is not None:  # stopping: the batch in flight is written, then acknowledged
-                self._finish(inflight[0], inflight[1], inflight[2].result())
+        while not should_stop():
+            entries: list[Entry] = []
+            if time.monotonic() - last_claim > 5:
+                entries = self.stream.claim_stale(self.consumer, self.claim_idle_ms, self.batch)
+                last_claim = time.monotonic()
+            if not entries:
+                entries = self.stream.read(self.consumer, self.batch, block_ms=500)
+            if entries:
+                self.process(entries)
+                idle_since = None
+                continue
+            lag = self.stream.lag()
+            self.metrics.lag.set(lag["lag"] + lag["pending"])
+            if until_idle_s is not None and lag["lag"] == 0 and lag["pending"] == 0:
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since >= until_idle_s:
+                    return
 
 
 def status(client: redis.Redis, sample_s: float = 1.0, partitions: int = 1, log: Any = None) -> dict[str, Any]:
