@@ -389,8 +389,9 @@ class ScoringService:
             width = len(plan.features)
             top = np.argsort(-contributions[:, :width], axis=1, kind="stable")[:, : self.top_reasons]
             features = self._feature_names(plan)[top].tolist()
-            gains = np.take_along_axis(contributions[:, :width], top, axis=1).tolist()
-            picked = np.take_along_axis(matrix, top, axis=1)
+            at = np.arange(len(top))[:, None]  # each row's own picks (take_along_axis builds this in Python per call)
+            gains = contributions[at, top].tolist()
+            picked = matrix[at, top]
             values = np.where(np.isnan(picked), np.array(None), picked).tolist()  # NaN: missing
             reasons = [
                 list(map(_reason, zip(f, v, g, strict=True))) for f, v, g in zip(features, values, gains, strict=True)

@@ -21,7 +21,7 @@ from inference_api.schemas import BatchRequest, BatchResponse, ErrorResponse, Sc
 router = APIRouter(prefix="/v1/fraud", tags=["fraud"], dependencies=[require(Scope.score)])
 
 
-def scoring(request: Request) -> ScoringService:
+async def scoring(request: Request) -> ScoringService:  # async: FastAPI runs a sync dependency on a worker thread
     service: ScoringService = request.app.state.scoring
     return service
 
@@ -52,7 +52,7 @@ def score_body(score: Score) -> dict[str, Any]:
         "score": score.score,
         "label": score.label,
         "model": {"name": score.model.name, "version": score.model.version},
-        "reasons": [{"feature": r.feature, "value": r.value, "contribution": r.contribution} for r in score.reasons],
+        "reasons": [{"feature": f, "value": v, "contribution": c} for f, v, c in score.reasons],
         "feature_freshness_seconds": score.feature_freshness_seconds,
         "uncertain_reasons": score.uncertain_reasons,
     }
