@@ -510,9 +510,8 @@ class KafkaLog:
         """Commit what was read (the events given and the dead letters read with them): call after the online writes.
 
         Synchronously: a round trip per batch (8 ms; 0.55-0.60 s of an 11 s drain of 32,951 events, measured).
-        Asynchronous commits took that to 0.02-0.05 s, but with them a worker died of SIGSEGV in the broker-restart
-        test (2 runs of 6, with and without an `on_commit` callback), so they are not used until that is understood
-        (bench/README.md)."""
+        Asynchronous commits took that to 0.02-0.05 s; they are not used while a worker's SIGSEGV in the
+        broker-restart test is unexplained (seen with them, and once with synchronous commits: bench/README.md)."""
         self.commit()
 
     def commit(self) -> None:
