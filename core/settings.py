@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -146,6 +147,12 @@ class Settings(BaseSettings):
         default=10_000,
         ge=1_000,
         description="A worker silent this long is dropped from the group and its partitions move to the others.",
+    )
+    kafka_group_protocol: Literal["classic", "consumer"] = Field(
+        default="classic",
+        description="The consumer group protocol: classic, or consumer (KIP-848, Kafka 4.x brokers: the brokers "
+        "assign partitions, and the group's session timeout is set on them, within their "
+        "group.consumer.min/max.session.timeout.ms).",
     )
     kafka_security_protocol: str | None = Field(
         default=None, description="librdkafka security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."

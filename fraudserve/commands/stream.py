@@ -24,12 +24,9 @@ app = typer.Typer(no_args_is_help=True, help="The streaming pipeline on Redis St
 
 def _kafka(settings: Settings, required: bool = False) -> KafkaConfig | None:
     """This run's Kafka transport: FRAUDSERVE_KAFKA_BOOTSTRAP, else the Feast repo's KafkaSource; None: Redis."""
-    from pipelines.stream.kafka_log import kafka_config
-    from pipelines.stream.producer import declared_events
+    from pipelines.stream.kafka_log import stream_kafka
 
-    config = kafka_config(settings) if settings.kafka_bootstrap else None
-    if config is None:
-        config = kafka_config(settings, declared_events(settings.home_dir).kafka_source)
+    config = stream_kafka(settings)
     if config is None and required:
         raise ValueError(
             "--kafka: no Kafka is configured; set FRAUDSERVE_KAFKA_BOOTSTRAP=host:port, or declare the transaction "
@@ -100,6 +97,11 @@ def _produce_kafka(config: KafkaConfig, file: Path, kind: EventKind) -> None:
 
 
 def _work(connection: str, consumer: str, until_idle: float | None, index: int = 0) -> None:
+    import faulthandler
+
+    # A crash in native code (librdkafka, hiredis) prints every thread's Python stack to the worker's stderr before
+    # the process dies and the supervisor replaces it: the log then says where it was.
+    faulthandler.enable()
     from core.connections import redis_client
     from fraudserve.feature_store import feast_project
     from pipelines.stream.kafka_log import KafkaLog

@@ -118,7 +118,7 @@ def kafka_config(settings: Settings, source: KafkaEventSource | None = None) -> 
         return KafkaConfig(
             bootstrap, topic, settings.kafka_labels_topic, settings.kafka_dead_letter_topic, group=settings.kafka_group,
             partitions=settings.stream_partitions, session_timeout_ms=settings.kafka_session_timeout_ms,
-            group_protocol=getattr(settings, "kafka_group_protocol", "classic"), security=security, source=origin,
+            group_protocol=settings.kafka_group_protocol, security=security, source=origin,
         )  # fmt: skip
 
     if settings.kafka_bootstrap:
