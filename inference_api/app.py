@@ -182,6 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await task
             await notice_client.aclose()
             await asyncio.to_thread(score_log.close)  # after the batcher: every answered score is written
+            await scoring.close()  # score:batch's lookup connections
             if isinstance(source, RedisFeatureSource):
                 await source.close()
 
