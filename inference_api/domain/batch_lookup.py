@@ -38,6 +38,7 @@ from inference_api.domain.plan import FeaturePlan
 from inference_api.domain.redis_source import (
     BATCH_CHUNK,
     BATCH_LOOP_LAG_S,
+    KeptConnections,
     RedisFeatureSource,
     decode_numbers,
     decode_stamps,
@@ -172,12 +173,11 @@ class BatchLookup:
         if not source.columnar or not isinstance(client, aioredis.Redis):
             raise ValueError("the batch lookup needs a single Redis and Feast's v3 entity keys (see columnar)")
         pool = client.connection_pool
-        self._connection_class = pool.connection_class
-        self._connection_kwargs = {**pool.connection_kwargs, "socket_timeout": None}  # within_budget bounds a read
+        kwargs = {**pool.connection_kwargs, "socket_timeout": None}  # within_budget bounds a read
+        self._kept = KeptConnections(lambda: pool.connection_class(**kwargs))
         self.project = source.project
         self.budget_s = source.budget_s
         self._prefix = key_prefix(source.join_key)
-        self._idle: list[AbstractConnection] = []
         self._layouts: dict[tuple[int, tuple[str, ...]], _Layout] = {}
 
     def _layout(self, plan: FeaturePlan, numeric: Sequence[str]) -> _Layout:
@@ -201,26 +201,9 @@ class BatchLookup:
     async def _read(
         self, ids: Sequence[str], layout: _Layout
     ) -> tuple[list[list[bytes | None]], list[tuple[np.ndarray, list[list[bytes | None]]]]]:
-        """Both round trips on one connection. After a connection error, one retry on the same connection
-        connected anew (the other kept ones were opened to the same server, and a restart closed them too)."""
-        connection = self._idle.pop() if self._idle else self._connection_class(**self._connection_kwargs)
-        for attempt in (0, 1):
-            try:
-                result = await self._trips(connection, ids, layout)
-            except (redis.ConnectionError, redis.TimeoutError):
-                await connection.disconnect(nowait=True)
-                stale, self._idle = self._idle, []
-                for other in stale:
-                    await other.disconnect(nowait=True)
-                if attempt:
-                    raise
-                continue
-            except BaseException:  # an error reply or a cancelled read: replies may be left unread, never reuse it
-                await connection.disconnect(nowait=True)
-                raise
-            self._idle.append(connection)
-            return result
-        raise AssertionError("unreachable")
+        """Both round trips on one kept connection (`KeptConnections`: one retry after a connection error). After
+        an error reply or a cancelled read, replies may be left unread: that connection is never reused."""
+        return await self._kept.run(lambda connection: self._trips(connection, ids, layout))
 
     async def _trips(
         self, connection: AbstractConnection, ids: Sequence[str], layout: _Layout
@@ -238,9 +221,7 @@ class BatchLookup:
         return transactions, [(g, replies[a:b]) for g, (a, b) in zip(gathers, spans, strict=True)]
 
     async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            await connection.disconnect()
+        await self._kept.close()
 
 
 def entity_commands(

@@ -12,8 +12,8 @@ import asyncio
 import dataclasses
 import itertools
 import struct
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import redis
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 # A batch's read may wait this long in all, beyond the budget, for an event loop busy with other batches (up to
 # FRAUDSERVE_BATCH_MAX_ITEMS_IN_FLIGHT items); the store's own time still answers within the budget.
 BATCH_LOOP_LAG_S = 2.0
+T = TypeVar("T")
 BATCH_CHUNK = 256  # ids per script call of a batch read; the read's budget is the request budget per chunk
 
 
@@ -177,6 +178,51 @@ def _split(group: tuple[ViewRead, ...], reply: list[bytes | None] | None) -> dic
     return out
 
 
+class KeptConnections:
+    """Connections a lookup keeps for itself (redis-py's own `Connection`s, made by `connect`), taken one per call.
+
+    As the client's `Retry(NoBackoff(), 1)`: one immediate retry after a connection error (a kept connection that a
+    Redis restart closed). The retry goes over the same connection, connected anew: the other kept connections were
+    opened to the same server and a restart closed them too, so they are dropped rather than tried in turn (two of
+    them failing would answer features_unavailable from a store that is up). After an error of a type in
+    `reusable` (an error reply read whole) the connection is kept; after any other (a cancelled or failed read that
+    may leave replies unread) it is disconnected, never reused."""
+
+    def __init__(self, connect: Callable[[], AbstractConnection]) -> None:
+        self._connect = connect
+        self._idle: list[AbstractConnection] = []  # not in use
+
+    async def run(
+        self, call: Callable[[AbstractConnection], Awaitable[T]], reusable: tuple[type[BaseException], ...] = ()
+    ) -> T:
+        connection = self._idle.pop() if self._idle else self._connect()
+        for attempt in (0, 1):
+            try:
+                result = await call(connection)
+            except (redis.ConnectionError, redis.TimeoutError):
+                await connection.disconnect(nowait=True)
+                stale, self._idle = self._idle, []
+                for other in stale:
+                    await other.disconnect(nowait=True)
+                if attempt:
+                    raise
+                continue
+            except reusable:
+                self._idle.append(connection)
+                raise
+            except BaseException:
+                await connection.disconnect(nowait=True)
+                raise
+            self._idle.append(connection)
+            return result
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await connection.disconnect()
+
+
 class RedisFeatureSource:
     """`FeatureSource` over Feast's Redis layout, with redis-py's asyncio client (hiredis parser)."""
 
@@ -205,7 +251,7 @@ class RedisFeatureSource:
         # The one-round-trip read needs a single Redis and Feast's v3 keys; otherwise two pipelined round trips.
         self.fused = isinstance(self.client, aioredis.Redis) and self.version == 3
         self._scripts: dict[int, tuple[AsyncScript, tuple[ViewRead, ...], list[tuple[str, tuple[ViewRead, ...]]]]] = {}
-        self._idle: list[AbstractConnection] = []  # the lookup's own connections (`_evalsha`), not in use
+        self._kept = KeptConnections(self._connection_of_lookup)  # the single lookup's own (`_evalsha`)
         self._flat: dict[int, tuple[AsyncScript, tuple[ViewRead, ...], FlatLayout]] = {}
         self.join_key, self.fields = transaction_layout(store)
         self._transaction_fields = _fields(TRANSACTION_VIEW, self.fields)
@@ -246,35 +292,18 @@ class RedisFeatureSource:
         The single score's one round trip: redis-py's `Redis.execute_command` costs about 45 us of CPU per call on
         top of the socket calls (a pool lock, its retry wrapper, observability hooks, and a task per send for the
         socket timeout), as much as the Lua script on the server (bench/README.md). The connections are redis-py's
-        own (connect, hiredis parsing, errors), made without a socket timeout: `within_budget` bounds the call, and a
-        connection whose call did not finish (cancelled, failed) is disconnected by redis-py and reconnects on its
-        next use. As the client's `Retry(NoBackoff(), 1)`: one immediate retry after a connection error (a pooled
-        connection that a Redis restart closed), and a script that Redis lost (a restart, `SCRIPT FLUSH`) is loaded
-        again. The retry goes over the same connection, connected anew: the other kept connections were opened to the
-        same server and a restart closed them too, so they are dropped rather than tried in turn (two of them failing
-        would answer features_unavailable from a store that is up)."""
-        connection = self._idle.pop() if self._idle else self._connection_of_lookup()
-        for attempt in (0, 1):
+        own (connect, hiredis parsing, errors), kept by `KeptConnections` (its retry after a connection error) and
+        made without a socket timeout: `within_budget` bounds the call. A script that Redis lost (a restart,
+        `SCRIPT FLUSH`) is loaded again; an error reply (the script failed) is read whole, so the connection stays."""
+
+        async def call(connection: AbstractConnection) -> Any:
             try:
-                try:
-                    reply = await _call(connection, "EVALSHA", script.sha, len(keys), *keys)
-                except NoScriptError:
-                    await _call(connection, "SCRIPT", "LOAD", script.script)
-                    reply = await _call(connection, "EVALSHA", script.sha, len(keys), *keys)
-            except (redis.ConnectionError, redis.TimeoutError):
-                await connection.disconnect(nowait=True)
-                stale, self._idle = self._idle, []
-                for other in stale:
-                    await other.disconnect(nowait=True)
-                if attempt:
-                    raise
-                continue
-            except redis.ResponseError:  # an error reply (the script failed): read whole, the connection stays usable
-                self._idle.append(connection)
-                raise
-            self._idle.append(connection)
-            return reply
-        raise AssertionError("unreachable")
+                return await _call(connection, "EVALSHA", script.sha, len(keys), *keys)
+            except NoScriptError:
+                await _call(connection, "SCRIPT", "LOAD", script.script)
+                return await _call(connection, "EVALSHA", script.sha, len(keys), *keys)
+
+        return await self._kept.run(call, reusable=(redis.ResponseError,))
 
     def _connection_of_lookup(self) -> AbstractConnection:
         assert isinstance(self.client, aioredis.Redis), "the one-round-trip lookup needs a single Redis (see fused)"
@@ -372,9 +401,7 @@ class RedisFeatureSource:
             return False
 
     async def close(self) -> None:
-        for connection in self._idle:
-            await connection.disconnect()
-        self._idle.clear()
+        await self._kept.close()
         await self.client.aclose()
         if self._batch is not None:
             await self._batch.aclose()
