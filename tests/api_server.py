@@ -16,7 +16,8 @@ from inference_api.app import create_app
 class ApiServer:
     def __init__(self, settings: Settings) -> None:
         self.port = free_port()
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_config=None)
+        self.app = create_app(settings)  # in this process: a test may read app.state.models to explain a wait
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -35,11 +35,16 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         yield built
 
 
+SERVERS: dict[str, ApiServer] = {}  # by URL: a failed wait shows the API's model manager (served_version)
+
+
 @pytest.fixture(scope="module")
 def api(deployment: Deployment) -> Iterator[str]:
     settings = deployment.settings.model_copy(update={"score_log_flush_seconds": 0.5})
     with ApiServer(settings) as server:
+        SERVERS[server.url] = server
         yield server.url
+        del SERVERS[server.url]
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +103,20 @@ def served_version(api: str, deployment: Deployment, wanted: int) -> int:
     # The API follows the registry by notice (or its poll); a loaded CI machine once needed more than 15 s, and a
     # fresh-clone CI run more than 60 s once (the whole suite running beside it).
     deadline = time.monotonic() + 120
+    started = time.monotonic()
     version = score(api, deployment.recent[0])["model"]["version"]
     while version != wanted and time.monotonic() < deadline:
         time.sleep(0.2)
         version = score(api, deployment.recent[0])["model"]["version"]
+    if version != wanted:  # say why: the manager's last error, its swaps and failures, the registry's production
+        state = SERVERS[api].app.state.models.state
+        registered = deployment.registry.get("fraud", "production").version
+        raise AssertionError(
+            f"the API served version {version}, not {wanted}, {time.monotonic() - started:.0f} s after asking; "
+            f"registry production: {registered}; manager: production "
+            f"{state.production.version if state.production else None}, swaps {state.swaps}, failures "
+            f"{state.failures}, last error {state.last_error!r}, loaded {list(state.by_version)}"
+        )
     return int(version)
 
 
