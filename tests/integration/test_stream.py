@@ -202,7 +202,7 @@ def test_events_later_than_the_lateness_are_reported(
     # one event per batch, in order, so the watermark moves before the late one arrives
     from pipelines.stream.worker import Worker
 
-    worker = Worker(client, "fraudserve", "t", timedelta(minutes=5), batch=1)
+    worker = Worker(client, "fraudserve", "t", timedelta(minutes=5), batch=1, max_batch=1)
     assert worker.run(until_idle_s=0.2) == 2
     assert int(client.hget("fraudserve:stream:stats", "late") or 0) == 1
     assert "late" in cli(environment, "stream", "status").stdout
@@ -316,7 +316,7 @@ def test_a_batch_is_acknowledged_only_after_its_own_writes(
          "amount": 10.0 + i, "currency": "USD", "merchant_category": "5411", "country": "US", "ts_ms": start + i}
         for i in range(6)
     ])  # fmt: skip
-    worker = Worker(client, "fraudserve", "w", timedelta(minutes=5), batch=2)
+    worker = Worker(client, "fraudserve", "w", timedelta(minutes=5), batch=2, max_batch=2)
     written: list[list[str]] = []
     write = worker.updater.write
 

@@ -457,3 +457,36 @@ def test_a_label_folded_between_its_transactions_routing_and_fold_counts(
     assert expected["merchant_features", "m1", "merchant_fraud_rate_30d"] == 1 / 40
     assert_same(expected, online)
     assert raw.hkeys("fraudserve:{merchant:m1}:lab") == [held["transaction_id"].encode()]
+
+
+def test_a_worker_reads_more_under_a_backlog_and_stays_exact(catalog: Catalog, redis_server: RedisProcess) -> None:
+    """Under a backlog a worker's reads grow (full ones: x READ_GROWTH up to max_batch) and fall back to `batch`
+    once the backlog is gone; values stay exact with labels interleaved, disorder and redeliveries."""
+    from pipelines.stream.worker import READ_GROWTH, Worker
+
+    transactions, labels = make_events(seed=21, count=900)
+    rnd = random.Random(21)
+    stream = shuffled_within(transactions, seed=22, jitter_ms=4 * MINUTE) + rnd.sample(transactions, 30)
+    client = redis_server.client()
+    log = RedisStreamLog(client)
+    log.append("label", labels[:30])  # before their transactions
+    for start in range(0, len(stream), 100):
+        log.append("transaction", stream[start : start + 100])
+        log.append("label", labels[30 + start // 10 : 30 + (start + 100) // 10])
+    log.append("label", labels[30 + len(stream) // 10 :])
+    worker = Worker(client, PROJECT, "w", timedelta(minutes=5), batch=3, max_batch=3 * READ_GROWTH**2)
+    sizes: list[tuple[int, int]] = []  # (asked, got)
+    read = worker.stream.read
+
+    def recorded(consumer: str, count: int, block_ms: int) -> Any:
+        entries = read(consumer, count, block_ms)
+        sizes.append((count, len(entries)))
+        return entries
+
+    worker.stream.read = recorded
+    assert worker.run(until_idle_s=0.2) == len(stream) + len(labels)
+    asked = [count for count, _ in sizes]
+    assert asked[:4] == [3, 12, 48, 48]
+    assert asked[-1] == 3  # the stream drained: back to small reads
+    expected, online = expected_and_online(client, catalog, transactions, labels)
+    assert_same(expected, online)
