@@ -3,7 +3,8 @@
 A request only appends one block to a bounded list under a lock: its `Score`s as they are (each holds its row of
 the model matrix), or OIP's matrix and scores; no per-score tuple, no I/O, no Arrow, no copy. A thread of the
 process wakes every `flush_s`, takes the list, builds one Arrow table column by column (a list comprehension per
-column over a block's scores, the feature names as one code array per model) and writes one file per day partition
+column over a block's scores, the vectors as one list<float64> column, each model's feature names once: the
+`VECTORS` layout of core/score_log.py) and writes one file per day partition
 (core/score_log.py: a temporary name, then renamed, so files are complete or absent and each uvicorn worker writes
 its own). When `max_rows` scores are already waiting, new ones are dropped and counted, never waited for; a failed
 write is logged and its rows counted as dropped. A killed process loses at most the scores of its last flush
@@ -16,6 +17,7 @@ request for all of its scores, so a sampled request is logged whole.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -29,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from core.score_log import FEATURE, SCHEMA, write_part
+from core.score_log import vectors_table, write_part
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
     from inference_api.domain.models import LoadedModel
-    from inference_api.domain.scoring import Score
+    from inference_api.domain.scoring import Score, ScoredBatch
 
 log = logging.getLogger("fraudserve.score_log")
 
@@ -48,8 +50,9 @@ class Sampling:
 
 @dataclass
 class _Block:
-    """One request's logged scores: its `Score`s (each shadow after its score), or for OIP `infer` the model, the
-    tensor's rows and their scores (`matrix`, `values`)."""
+    """One request's logged scores: its `Score`s (each shadow after its score), or one model's matrix and scores
+    (`matrix`, `values`): OIP `infer`'s tensor (labels from the thresholds, role direct), or score:batch's columns
+    (`ScoredBatch`: with its transaction ids, labels, freshness and role)."""
 
     request_id: str | None
     time: float  # epoch seconds
@@ -57,6 +60,7 @@ class _Block:
     model: LoadedModel | None = None
     matrix: np.ndarray | None = None
     values: np.ndarray | None = None
+    batch: ScoredBatch | None = None
 
     def __len__(self) -> int:
         return len(self.scores) if self.values is None else len(self.values)
@@ -139,6 +143,16 @@ class ScoreLog:
             if not len(scores) or not self._keep(model):
                 return
             self._add(_Block(request_id, time.time(), [], model, matrix, np.asarray(scores, dtype=np.float64)))
+        except Exception as exc:
+            log.warning("score log: a request's scores were not logged", extra={"error": str(exc)})
+
+    def record_batch(self, request_id: str | None, batch: ScoredBatch) -> None:
+        """Log score:batch's columnar scores (`ScoredBatch`: its matrix is the vectors). Never raises."""
+        try:
+            if not batch.rows or not self._keep(batch.model):
+                return
+            values = np.asarray(batch.scores, dtype=np.float64)
+            self._add(_Block(request_id, time.time(), [], batch.model, batch.matrix, values, batch))
         except Exception as exc:
             log.warning("score log: a request's scores were not logged", extra={"error": str(exc)})
 
@@ -237,9 +251,9 @@ class _Columns:
         self.freshness: list[float | None] = []
         self.widths: list[np.ndarray] = []  # per block: each row's vector length
         self.values: list[np.ndarray] = []  # the vectors' values, row after row
-        self.codes: list[np.ndarray] = []  # each value's feature name, as a code of `dictionary`
-        self.dictionary: list[str] = []
-        self._codes_of: dict[int, np.ndarray] = {}
+        self.name_codes: list[np.ndarray] = []  # per block: each row's feature names, as an index of `name_lists`
+        self.name_lists: list[str] = []  # JSON lists of feature names
+        self._lists_of: dict[tuple[int, int], int] = {}  # (id(model), width) -> index of `name_lists`
 
     def model_code(self, model: Any) -> int:
         found = self.distinct.get(id(model))
@@ -247,14 +261,14 @@ class _Columns:
             found = self.distinct[id(model)] = (len(self.distinct), model)
         return found[0]
 
-    def names(self, model: Any) -> np.ndarray:
-        """The codes of a model's feature names (each model's names added to the dictionary once)."""
-        known = self._codes_of.get(id(model))
+    def names(self, model: Any, width: int) -> int:
+        """The index of a model's first `width` feature names in `name_lists` (each list added once)."""
+        key = (id(model), width)
+        known = self._lists_of.get(key)
         if known is None:
-            names = model.manifest.feature_names
-            known = np.arange(len(self.dictionary), len(self.dictionary) + len(names), dtype=np.int32)
-            self._codes_of[id(model)] = known
-            self.dictionary.extend(names)
+            names = list(model.manifest.feature_names[:width]) if width else []
+            known = self._lists_of[key] = len(self.name_lists)
+            self.name_lists.append(json.dumps(names))
         return known
 
     def add(self, block: _Block) -> None:
@@ -262,17 +276,24 @@ class _Columns:
         self.request_ids.append(block.request_id)
         self.counts.append(n)
         self.stamps.append(block.time)
-        if block.values is not None:  # an OIP tensor: one model, its rows the vectors
+        if block.values is not None:  # one model, its rows the vectors: an OIP tensor or score:batch's columns
             model, matrix = block.model, np.asarray(block.matrix, dtype=np.float64)
-            label = model.manifest.thresholds.label  # type: ignore[union-attr]
             scores = block.values.tolist()
-            self.transaction_ids += [None] * n
             self.model_codes.append(np.full(n, self.model_code(model), dtype=np.int32))
-            self.roles += ["direct"] * n
             self.scores += scores
-            self.labels += [label(s) for s in scores]
-            self.freshness += [None] * n
-            self._vectors(n, [model], matrix.reshape(n, -1))
+            if (batch := block.batch) is not None:
+                ids = batch.ids
+                self.transaction_ids += batch.ids if batch.complete else [ids[row] for row in batch.rows]
+                self.roles += [batch.role] * n
+                self.labels += batch.labels
+                self.freshness += batch.freshness
+            else:
+                label = model.manifest.thresholds.label  # type: ignore[union-attr]
+                self.transaction_ids += [None] * n
+                self.roles += ["direct"] * n
+                self.labels += [label(s) for s in scores]
+                self.freshness += [None] * n
+            self._vectors(n, model, matrix.reshape(n, -1))
             return
         scores = block.scores
         self.transaction_ids += [s.transaction_id for s in scores]
@@ -286,35 +307,26 @@ class _Columns:
         if all([m is first for m in models]):
             self.model_codes.append(np.full(n, self.model_code(first), dtype=np.int32))
             if all([v is not None for v in vectors]):
-                self._vectors(n, [first], np.stack(vectors))  # type: ignore[arg-type]
+                self._vectors(n, first, np.stack(vectors))  # type: ignore[arg-type]
                 return
         else:
             self.model_codes.append(np.array([self.model_code(m) for m in models], dtype=np.int32))
         for model, vector in zip(models, vectors, strict=True):  # mixed models or missing vectors: row by row
-            self._vectors(1, [model], None if vector is None else np.asarray(vector, dtype=np.float64)[None, :])
+            self._vectors(1, model, None if vector is None else np.asarray(vector, dtype=np.float64)[None, :])
 
-    def _vectors(self, n: int, models: list[Any], rows: np.ndarray | None) -> None:
-        """`n` rows of one model: their vectors (`rows`, n x width; None: no vector) and the names' codes."""
-        if rows is None or rows.shape[1] == 0:
-            self.widths.append(np.zeros(n, dtype=np.int32))
-            return
-        width = rows.shape[1]
+    def _vectors(self, n: int, model: Any, rows: np.ndarray | None) -> None:
+        """`n` rows of one model: their vectors (`rows`, n x width; None: no vector) and their names' list."""
+        width = 0 if rows is None else rows.shape[1]
         self.widths.append(np.full(n, width, dtype=np.int32))
-        self.values.append(rows.astype(np.float64, copy=False).ravel())
-        self.codes.append(np.tile(self.names(models[0])[:width], n))
+        self.name_codes.append(np.full(n, self.names(model, width), dtype=np.int32))
+        if rows is not None and width:
+            self.values.append(rows.astype(np.float64, copy=False).ravel())
 
     def table(self) -> pa.Table:
         offsets = np.zeros(len(self.scores) + 1, dtype=np.int32)
         np.cumsum(np.concatenate(self.widths), out=offsets[1:])
         flat = np.concatenate(self.values) if self.values else np.empty(0, dtype=np.float64)
-        name_codes = np.concatenate(self.codes) if self.codes else np.empty(0, dtype=np.int32)
-        features = pa.ListArray.from_arrays(
-            pa.array(offsets),
-            pa.StructArray.from_arrays(
-                [pa.array(self.dictionary, pa.string()).take(pa.array(name_codes)),
-                 pa.array(flat, pa.float64(), mask=np.isnan(flat))], fields=list(FEATURE),
-            ),
-        )  # fmt: skip
+        values = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.float64(), mask=np.isnan(flat)))
         block_of_row = pa.array(np.repeat(np.arange(len(self.counts), dtype=np.int32), self.counts))
         stamps = (np.repeat(np.array(self.stamps), self.counts) * 1000).round().astype("datetime64[ms]")
         distinct = [model for _, model in sorted(self.distinct.values(), key=lambda found: found[0])]
@@ -330,14 +342,15 @@ class _Columns:
             "score": pa.array(self.scores, pa.float64()),
             "label": pa.array(self.labels, pa.string()),
             "feature_freshness_seconds": pa.array(self.freshness, pa.float64()),
-            "features": features,
         }
-        return pa.Table.from_pydict(columns, schema=SCHEMA)
+        codes = np.concatenate(self.name_codes) if self.name_codes else np.empty(0, np.int32)
+        return vectors_table(columns, self.name_lists, codes, values)
 
 
 def to_table(blocks: Sequence[_Block]) -> pa.Table:
-    """Blocks as one table of the log's schema, built column-wise: the vectors as one Arrow array of all values,
-    the names as codes into one dictionary of every model's feature names, per-model columns taken by index."""
+    """Blocks as one table of the log's `VECTORS` layout, built column-wise: the vectors as one list<float64> array
+    of all values, each row's feature names as a code into the JSON lists of the block's models (each list stored
+    once), per-model columns taken by index."""
     columns = _Columns()
     for block in blocks:
         columns.add(block)

@@ -75,6 +75,48 @@ class Score:  # the cost of building one, and a batch builds one per item (nothi
     shadow: Score | None = field(default=None, compare=False, repr=False)
 
 
+@dataclass(slots=True)
+class ScoredBatch:
+    """score:batch's scores of one version by id, as columns over the found ids (`rows`: their positions in `ids`,
+    in order): what the route writes the answer and the score log from, without a `Score` per item. `outcomes`
+    gives the same items as `Score`s and `TransactionNotFound`s, in the order of `ids`."""
+
+    ids: Sequence[str]
+    model: LoadedModel
+    role: str
+    rows: list[int]
+    scores: list[float]
+    labels: list[str]
+    freshness: list[float | None]
+    uncertain: list[list[str]]
+    matrix: np.ndarray  # the found rows' model matrix
+    reasons: tuple[list[list[str]], list[list[float | None]], list[list[float]]] | None  # features, values, gains
+
+    @property
+    def complete(self) -> bool:
+        """Every id found."""
+        return len(self.rows) == len(self.ids)
+
+    def outcomes(self) -> list[Score | FraudserveError]:
+        model, role, ids = self.model, self.role, self.ids
+        if self.reasons is None:
+            why: Sequence[list[Reason]] = [[] for _ in self.rows]
+        else:
+            why = [list(map(_reason, zip(f, v, g, strict=True))) for f, v, g in zip(*self.reasons, strict=True)]
+        scored = [
+            Score(ids[row], score, verdict, model, reasons, fresh, doubt, vector, role)
+            for row, score, verdict, reasons, fresh, doubt, vector in zip(
+                self.rows, self.scores, self.labels, why, self.freshness, self.uncertain, self.matrix, strict=True
+            )
+        ]
+        if self.complete:
+            return list(scored)
+        placed: list[Score | None] = [None] * len(ids)  # each unknown id is its own TransactionNotFound
+        for row, item in zip(self.rows, scored, strict=True):
+            placed[row] = item
+        return [TransactionNotFound(t) if o is None else o for t, o in zip(ids, placed, strict=True)]
+
+
 def _age_text(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days" if seconds >= 86400 else f"{seconds / 3600:.1f} hours"
 
@@ -361,10 +403,14 @@ class ScoringService:
         return results
 
     async def score_columns(self, ids: Sequence[str], model: LoadedModel, role: str) -> list[Score | FraudserveError]:
+        """Score transactions by id column-wise with one version (`columns`), as one `Score` per id or
+        `TransactionNotFound` for an unknown id, in the order of `ids`: each item equal to what `_score` gives."""
+        return (await self.columns(ids, model, role)).outcomes()
+
+    async def columns(self, ids: Sequence[str], model: LoadedModel, role: str) -> ScoredBatch:
         """Score transactions by id column-wise with one version: one batch read (`BatchLookup.columns`, or the
         source's own `columns`), one model matrix, one prediction, one explanation and one reasons pass for the whole
-        batch; each item equal to what `_score` gives for its id, unknown ids as `TransactionNotFound`, in the order
-        of `ids`."""
+        batch, kept as columns (`ScoredBatch`): no object per item until the answer is written."""
         plan = model.plan
         numeric = tuple(dict.fromkeys([*plan.transaction_fields, *(("amount", "event_time_ms") if plan.request_time
                                                                      else ())]))  # fmt: skip
@@ -384,39 +430,21 @@ class ScoringService:
             scores, contributions = np.empty(0), None
         self.metrics.stage("predict", time.perf_counter() - started)
 
-        reasons: list[list[Reason]] = [[] for _ in rows]
+        reasons = None
         if contributions is not None:
             width = len(plan.features)
             top = np.argsort(-contributions[:, :width], axis=1, kind="stable")[:, : self.top_reasons]
-            features = self._feature_names(plan)[top].tolist()
             at = np.arange(len(top))[:, None]  # each row's own picks (take_along_axis builds this in Python per call)
-            gains = contributions[at, top].tolist()
             picked = matrix[at, top]
-            values = np.where(np.isnan(picked), np.array(None), picked).tolist()  # NaN: missing
-            reasons = [
-                list(map(_reason, zip(f, v, g, strict=True))) for f, v, g in zip(features, values, gains, strict=True)
-            ]
+            values = np.where(np.isnan(picked), np.array(None), picked)  # NaN: missing
+            reasons = (self._feature_names(plan)[top].tolist(), values.tolist(), contributions[at, top].tolist())
         label = model.manifest.thresholds.label
         listed = scores.tolist()
         verdicts = [UNCERTAIN if doubt else label(score) for doubt, score in zip(uncertain, listed, strict=True)]
-        scored = [
-            Score(ids[row], score, verdict, model, why, fresh, doubt, vector, role)
-            for row, score, verdict, why, fresh, doubt, vector in zip(
-                rows.tolist(), listed, verdicts, reasons, freshness, uncertain, matrix, strict=True
-            )
-        ]
-        outcomes: list[Score | FraudserveError]
-        if len(rows) == len(ids):
-            outcomes = list(scored)
-        else:  # each unknown id is its own TransactionNotFound
-            placed: list[Score | None] = [None] * len(ids)
-            for row, item in zip(rows.tolist(), scored, strict=True):
-                placed[row] = item
-            outcomes = [TransactionNotFound(t) if o is None else o for t, o in zip(ids, placed, strict=True)]
         counts = collections.Counter(verdicts)
         for verdict, count in counts.items():
             self.metrics.labels.labels(model.name, str(model.version), verdict).inc(count)
-        return outcomes
+        return ScoredBatch(ids, model, role, rows.tolist(), listed, verdicts, freshness, uncertain, matrix, reasons)
 
     def _feature_names(self, plan: FeaturePlan) -> np.ndarray:
         """The plan's feature names as a numpy object array (reasons pick them by index for a whole batch)."""
@@ -536,15 +564,23 @@ async def _score_records(
 
 
 async def score_batch(service: ScoringService, requests: Sequence[Request]) -> list[Score | FraudserveError]:
+    """`score_batch_columns`, each item as its `Score` or its error, in request order."""
+    scored = await score_batch_columns(service, requests)
+    return scored.outcomes() if isinstance(scored, ScoredBatch) else scored
+
+
+async def score_batch_columns(
+    service: ScoringService, requests: Sequence[Request]
+) -> ScoredBatch | list[Score | FraudserveError]:
     """A `score:batch` request: every item scored by one version, chosen once (production, or candidate for the
     canary share), so that a promotion during the batch never splits it between two versions.
 
     Ids only, on a source that reads column-wise, with no generic on-demand view and no shadow scoring: the columnar
-    path (`ScoringService.score_columns`). Otherwise (inline transactions, Feast's SDK, a Redis Cluster, on-demand
-    views, shadow) `score_requests`' path, pinned to the same version."""
+    path (`ScoringService.columns`), answered as a `ScoredBatch`. Otherwise (inline transactions, Feast's SDK, a Redis
+    Cluster, on-demand views, shadow) `score_requests`' path, pinned to the same version, one item each."""
     model, role = service.choose()
     if _columnar(service, model, requests):
-        return await service.score_columns([tid for tid, _ in requests if tid is not None], model, role)
+        return await service.columns([tid for tid, _ in requests if tid is not None], model, role)
     return await _score_records(
         service, model.plan, requests, lambda records: service._score(records, model, serving_default=True, role=role)
     )

@@ -14,8 +14,7 @@ from core.keys import Scope
 from inference_api.auth import require
 from inference_api.domain.admission import Admission
 from inference_api.domain.batching import DynamicBatcher
-from inference_api.domain.scoring import Score, ScoringService
-from inference_api.domain.scoring import score_batch as score_items
+from inference_api.domain.scoring import Score, ScoredBatch, ScoringService, TransactionNotFound, score_batch_columns
 from inference_api.schemas import BatchRequest, BatchResponse, ErrorResponse, ScoreRequest, ScoreResponse
 
 router = APIRouter(prefix="/v1/fraud", tags=["fraud"], dependencies=[require(Scope.score)])
@@ -101,19 +100,98 @@ async def score_batch(body: BatchRequest, request: Request, service: ScoringDep)
             {"field": "items", "limit": limit, "items": len(body.items)},
         )
     with admission(request).admit(len(body.items)):
-        outcomes = await score_items(service, [_as_request(item) for item in body.items])
+        scored = await score_batch_columns(service, [_as_request(item) for item in body.items])
+    metrics = request.app.state.metrics
+    if isinstance(scored, ScoredBatch):
+        score_log = getattr(request.app.state, "score_log", None)
+        if score_log is not None:
+            score_log.record_batch(getattr(request.state, "request_id", None), scored)
+        request.state.served = [scored.model] if scored.rows else []  # latency by version (middleware.py)
+        return Response(batch_body(scored, metrics), media_type="application/json")
+    outcomes = scored
     log_scores(request, outcomes)
     request.state.served = [o.model for o in outcomes if isinstance(o, Score)]  # latency by version (middleware.py)
-    metrics = request.app.state.metrics
     results: list[dict[str, Any]] = []
     for item, outcome in zip(body.items, outcomes, strict=True):
         if isinstance(outcome, FraudserveError):
             metrics.error(outcome.code)
             tid = item.transaction_id or (item.transaction.transaction_id if item.transaction else None)
-            error = {"code": outcome.code, "message": outcome.message, "details": outcome.details}
-            results.append({"transaction_id": tid, "result": None, "error": error})
+            results.append({"transaction_id": tid, "result": None, "error": error_body(outcome)})
         else:
             results.append({"transaction_id": outcome.transaction_id, "result": score_body(outcome), "error": None})
     # The documented BatchResponse, built once as plain values and serialized once by pydantic's own serializer
     # (the bytes FastAPI wrote through the response model, without a model object per item and a second validation).
     return Response(pydantic_core.to_json({"results": results}, inf_nan_mode="null"), media_type="application/json")
+
+
+def error_body(error: FraudserveError) -> dict[str, Any]:
+    return {"code": error.code, "message": error.message, "details": error.details}
+
+
+_ITEM = (
+    b'{"transaction_id":%s,"result":{"transaction_id":%s,"score":%s,"label":%s,"model":%s,"reasons":[%s],'
+    b'"feature_freshness_seconds":%s,"uncertain_reasons":%s},"error":null}'
+)
+_REASON = b'{"feature":%s,"value":%s,"contribution":%s}'
+
+
+def _each(values: list[Any]) -> list[bytes]:
+    """Each of `values` (numbers or None) as pydantic's serializer writes it: the list serialized once and split at
+    its commas (a number's or null's text holds none)."""
+    text = pydantic_core.to_json(values, inf_nan_mode="null")
+    return text[1:-1].split(b",") if values else []
+
+
+def batch_body(batch: ScoredBatch, metrics: Any) -> bytes:
+    """The `BatchResponse` of a columnar batch, byte for byte what `pydantic_core.to_json` writes for the items as
+    `score_body` builds them (tests/unit/test_scoring_answer.py): numbers serialized one list per column, each
+    distinct string (feature names, labels, the model) once, each item's text put together from those pieces,
+    instead of a dict per item and per reason."""
+    to_json = pydantic_core.to_json
+    quoted: dict[str, bytes] = {}
+
+    def text(value: str) -> bytes:
+        found = quoted.get(value)
+        if found is None:
+            found = quoted[value] = to_json(value)
+        return found
+
+    model = to_json({"name": batch.model.name, "version": batch.model.version})
+    reasons: list[bytes] = [b""] * len(batch.rows)
+    if batch.reasons is not None and batch.rows:
+        features, values, gains = batch.reasons
+        pieces = [
+            _REASON % piece
+            for piece in zip(
+                map(text, [f for row in features for f in row]),
+                _each([v for row in values for v in row]),
+                _each([g for row in gains for g in row]),
+                strict=True,
+            )
+        ]
+        count = len(features[0])
+        reasons = [b",".join(pieces[i : i + count]) for i in range(0, len(pieces), count)]
+    ids = batch.ids
+    doubts = [to_json(u) if u else b"[]" for u in batch.uncertain]
+    items = [
+        _ITEM % (tid, tid, score, text(label), model, why, fresh, doubt)
+        for tid, score, label, why, fresh, doubt in zip(
+            map(to_json, [ids[row] for row in batch.rows]) if not batch.complete else map(to_json, ids),
+            _each(batch.scores),
+            batch.labels,
+            reasons,
+            _each(batch.freshness),
+            doubts,
+            strict=True,
+        )
+    ]
+    if not batch.complete:  # each unknown id is its own error, in request order
+        placed: list[bytes | None] = [None] * len(ids)
+        for row, item in zip(batch.rows, items, strict=True):
+            placed[row] = item
+        for row in [i for i, item in enumerate(placed) if item is None]:
+            error = TransactionNotFound(ids[row])
+            metrics.error(error.code)
+            placed[row] = to_json({"transaction_id": ids[row], "result": None, "error": error_body(error)})
+        items = [item for item in placed if item is not None]
+    return b'{"results":[' + b",".join(items) + b"]}"

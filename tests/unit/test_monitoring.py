@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from core.models.manifest import MANIFEST_FILE, Manifest
 from core.models.reference import FLOOR, Distribution, distribution, psi, reference_of
 from core.registry import ModelRegistry
-from core.score_log import SCHEMA, write_part
+from core.score_log import SCHEMA, as_vectors, write_part
 from core.settings import Settings
 from fraudserve.monitoring import render_html, report
 from pipelines.events import TRANSACTIONS
@@ -73,9 +73,10 @@ def test_psi_of_the_reference_itself_is_zero_and_a_shift_is_large() -> None:
     assert psi(reference, fresh[300:]) > 0.2  # type: ignore[operator]  # the nulls vanished: a shift too
 
 
-@pytest.fixture()
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """A registry holding one version with a training reference, two days of logged scores and the labels file."""
+@pytest.fixture(params=["vectors", "pairs"])
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """A registry holding one version with a training reference, two days of logged scores and the labels file; the
+    log in the layout the API writes now (`vectors`) or in the older one users' disks still hold (`pairs`)."""
     monkeypatch.setenv("FRAUDSERVE_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("FRAUDSERVE_REDIS", raising=False)
     settings = Settings()
@@ -108,7 +109,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         schema=SCHEMA,
     )  # fmt: skip
     for day, part in ((NOW.date() - timedelta(days=1), table.slice(0, n // 2)), (NOW.date(), table.slice(n // 2))):
-        write_part(settings.score_log_dir, day, part, 1)
+        write_part(settings.score_log_dir, day, as_vectors(part) if request.param == "vectors" else part, 1)
     # Labels: two thirds known by NOW; one label of t0 arrives later (not known yet); t1 relabelled.
     known = list(range(0, n - 1, 3)) + list(range(1, n - 1, 3))
     label_rows = [{"transaction_id": f"t{i}", "is_fraud": bool(fraud[i]), "label_timestamp": NOW - timedelta(hours=1)}

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from core.models.manifest import FeatureField, Flavor, Manifest, Thresholds
-from core.score_log import SCHEMA, log_files, read_log
+from core.score_log import SCHEMA, VECTORS, log_files, read_log
 from inference_api.domain.score_log import Sampling, ScoreLog
 from inference_api.domain.scoring import Score
 
@@ -182,7 +182,7 @@ def test_compaction_merges_finished_days_and_readers_see_each_row_once(
     after = _rows(read_log([root]))
     assert len(after) == n + 1 and [r for r in after if r[0] != "r-late"] == everything
     assert _rows(pa.concat_tables([read_file(p) for p in listed_before])) == everything
-    assert pq.read_schema(log_files([root])[0]).remove_metadata() == SCHEMA
+    assert pq.read_schema(log_files([root])[0]).remove_metadata() == VECTORS  # the layout written now
 
 
 def test_a_flush_across_midnight_and_two_roots_writes_each_row_to_its_own_day_and_root(tmp_path: Path) -> None:
