@@ -90,7 +90,8 @@ class ScoredBatch:
     freshness: list[float | None]
     uncertain: list[list[str]]
     matrix: np.ndarray  # the found rows' model matrix
-    reasons: tuple[list[list[str]], list[list[float | None]], list[list[float]]] | None  # features, values, gains
+    # Each row's top reasons, rows x top_reasons: the features (names), their values (NaN: missing) and gains.
+    reasons: tuple[np.ndarray, np.ndarray, np.ndarray] | None
 
     @property
     def complete(self) -> bool:
@@ -102,7 +103,12 @@ class ScoredBatch:
         if self.reasons is None:
             why: Sequence[list[Reason]] = [[] for _ in self.rows]
         else:
-            why = [list(map(_reason, zip(f, v, g, strict=True))) for f, v, g in zip(*self.reasons, strict=True)]
+            features, picked, gains = self.reasons
+            values = np.where(np.isnan(picked), np.array(None), picked).tolist()  # NaN: missing
+            why = [
+                list(map(_reason, zip(f, v, g, strict=True)))
+                for f, v, g in zip(features.tolist(), values, gains.tolist(), strict=True)
+            ]
         scored = [
             Score(ids[row], score, verdict, model, reasons, fresh, doubt, vector, role)
             for row, score, verdict, reasons, fresh, doubt, vector in zip(
@@ -435,9 +441,7 @@ class ScoringService:
             width = len(plan.features)
             top = np.argsort(-contributions[:, :width], axis=1, kind="stable")[:, : self.top_reasons]
             at = np.arange(len(top))[:, None]  # each row's own picks (take_along_axis builds this in Python per call)
-            picked = matrix[at, top]
-            values = np.where(np.isnan(picked), np.array(None), picked)  # NaN: missing
-            reasons = (self._feature_names(plan)[top].tolist(), values.tolist(), contributions[at, top].tolist())
+            reasons = (self._feature_names(plan)[top], matrix[at, top], contributions[at, top])
         label = model.manifest.thresholds.label
         listed = scores.tolist()
         verdicts = [UNCERTAIN if doubt else label(score) for doubt, score in zip(uncertain, listed, strict=True)]

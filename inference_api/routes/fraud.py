@@ -159,17 +159,17 @@ def batch_body(batch: ScoredBatch, metrics: Any) -> bytes:
     model = to_json({"name": batch.model.name, "version": batch.model.version})
     reasons: list[bytes] = [b""] * len(batch.rows)
     if batch.reasons is not None and batch.rows:
-        features, values, gains = batch.reasons
+        features, values, gains = batch.reasons  # NaN values: null, as None was
         pieces = [
             _REASON % piece
             for piece in zip(
-                map(text, [f for row in features for f in row]),
-                _each([v for row in values for v in row]),
-                _each([g for row in gains for g in row]),
+                map(text, features.ravel().tolist()),
+                _each(values.ravel().tolist()),
+                _each(gains.ravel().tolist()),
                 strict=True,
             )
         ]
-        count = len(features[0])
+        count = features.shape[1]
         reasons = [b",".join(pieces[i : i + count]) for i in range(0, len(pieces), count)]
     ids = batch.ids
     doubts = [to_json(u) if u else b"[]" for u in batch.uncertain]

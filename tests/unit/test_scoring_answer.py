@@ -43,9 +43,7 @@ def batch(ids: list[str], found: list[int], top: int, seed: int = 3) -> ScoredBa
         picked = matrix[at, order]
         gains = rng.normal(size=(n, top)) * 1e-3
         gains[:1, :1] = -0.0
-        reasons = (
-            names[order].tolist(), np.where(np.isnan(picked), np.array(None), picked).tolist(), gains.tolist()
-        )  # fmt: skip
+        reasons = (names[order], picked, gains)
     freshness = [None if i % 3 == 0 else float(i) * 1.5 + 1e-9 for i in range(n)]
     uncertain = [[] if i % 4 else [f"no card features for card_id 'c{i}'", "older than the TTL"] for i in range(n)]
     labels = ["uncertain" if u else ("highly_suspicious" if i % 2 else "not_fraud") for i, u in enumerate(uncertain)]
