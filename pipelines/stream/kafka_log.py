@@ -192,7 +192,8 @@ class KafkaLog:
         self.partitions = config.partitions
         self._producer: Any = None
         self._consumer: Any = None
-        self._admin: Any = None  # for the lag (`partition_lag`)
+        self._admin: Any = None  # for the lag (`partition_lag`): the topics' partitions and end offsets
+        self._offsets_reader: Any = None  # for the lag: the group's committed offsets (`_group_committed`)
         self._read_up_to: dict[tuple[str, int], int] = {}  # next offset per partition of what was read, not acked
         self._stream_time: dict[tuple[str, int], int | None] = {}  # newest event time read, per transaction partition
         self._ensured = False
@@ -510,8 +511,9 @@ class KafkaLog:
         """Commit what was read (the events given and the dead letters read with them): call after the online writes.
 
         Synchronously: a round trip per batch (8 ms; 0.55-0.60 s of an 11 s drain of 32,951 events, measured).
-        Asynchronous commits took that to 0.02-0.05 s; they are not used while a worker's SIGSEGV in the
-        broker-restart test is unexplained (seen with them, and once with synchronous commits: bench/README.md)."""
+        Asynchronous commits took that to 0.02-0.05 s; they were set aside for a worker's SIGSEGV in the
+        broker-restart test, which was not theirs: librdkafka's admin client asked for the group's offsets while the
+        broker was away (`_group_committed`)."""
         self.commit()
 
     def commit(self) -> None:
@@ -563,18 +565,21 @@ class KafkaLog:
         if self._producer is not None:
             self._producer.flush(10)
             self._producer = None
+        if self._offsets_reader is not None:
+            self._offsets_reader.close()
+            self._offsets_reader = None
         self._admin = None
 
     # ------------------------------------------------------------------------------------------------- lag
     def partition_lag(self, timeout_s: float = 10) -> list[dict[str, Any]]:
         """Per partition of the event topics: the broker's end offset, the group's committed offset, and the lag.
 
-        Asked through an admin client, three batched requests, not through the consumer: the broker answers a
-        connection's requests in order, and the consumer's connection is held by its fetch (up to
-        fetch.wait.max.ms, 500 ms, when there is nothing to read), so each of the nine requests this took on the
-        consumer waited about 0.5 s: an idle worker's `lag` took 4.5 s, during which it read nothing."""
+        Not through the worker's consumer: the broker answers a connection's requests in order, and the consumer's
+        connection is held by its fetch (up to fetch.wait.max.ms, 500 ms, when there is nothing to read), so each
+        of the nine requests this took on the consumer waited about 0.5 s: an idle worker's `lag` took 4.5 s, during
+        which it read nothing. The partitions and end offsets come from an admin client (batched requests), the
+        committed offsets from a consumer of its own (`_group_committed`), never from the admin client: see there."""
         kafka = _rdkafka()
-        from confluent_kafka import ConsumerGroupTopicPartitions
         from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
 
         if self._admin is None:
@@ -592,14 +597,11 @@ class KafkaLog:
             ]
             if not partitions:
                 return []
-            group = self.config.group
-            committed_future = admin.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(group, partitions)], request_timeout=timeout_s
-            )[group]
             spec: Any = OffsetSpec  # untyped
             ends = admin.list_offsets({tp: spec.latest() for tp in partitions}, request_timeout=timeout_s)
             starts = admin.list_offsets({tp: spec.earliest() for tp in partitions}, request_timeout=timeout_s)
-            committed = {(tp.topic, tp.partition): tp.offset for tp in committed_future.result().topic_partitions}
+            committed = self._group_committed(partitions, timeout_s)
+            admin.poll(0)  # the admin client's log lines, as the consumer's
             rows = []
             for tp in partitions:
                 key = (tp.topic, tp.partition)
@@ -614,6 +616,25 @@ class KafkaLog:
             return rows
         except kafka.KafkaException as exc:
             raise KafkaUnavailable(f"Kafka at {self.config.bootstrap} did not answer: {exc}") from exc
+
+    def _group_committed(self, partitions: list[Any], timeout_s: float) -> dict[tuple[str, int], int]:
+        """The group's committed offset per partition (-1: none), asked by a consumer of the group that never
+        subscribes (so it never joins the group nor takes partitions) on connections of its own.
+
+        Not by the admin client's `list_consumer_group_offsets`: librdkafka 2.16.1 (confluent-kafka 2.16.1, the
+        newest) frees a coordinator request's state when the request cannot be sent (the broker away) and then reads
+        it again (`rd_kafka_admin_coord_response_parse`: "Assertion `eonce->refcnt > 0' failed", or a SIGSEGV when
+        the freed memory is reused; librdkafka PR #5397, open). A worker asks for its lag whenever it reads nothing,
+        so while a broker restarted it asked this every half second and died: every worker of 3 runs of 2 workers
+        under 3 broker restarts each (the SIGSEGV of the broker-restart test). The consumer's OffsetFetch goes
+        through its group coordinator code instead, which has no such path."""
+        if self._offsets_reader is None:
+            self._offsets_reader = _rdkafka().Consumer(
+                self.config.client_config(**{"group.id": self.config.group, "enable.auto.commit": False})
+            )
+        committed = self._offsets_reader.committed(partitions, timeout=timeout_s)
+        self._offsets_reader.poll(0)  # its log lines (`client_log`): served here, else they pile up in its queue
+        return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else -1 for tp in committed}
 
     def lag(self) -> dict[str, int]:
         """As `RedisStreamLog.lag`: events not yet committed by the group (`pending` is always 0 on Kafka)."""

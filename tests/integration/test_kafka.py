@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -261,8 +260,8 @@ def test_a_broker_restart_mid_stream_loses_nothing(
     offline: tuple[Path, dict[str, Path]], redis_server: RedisProcess, kafka: KafkaProcess, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    """The broker killed (SIGKILL) and started again on the same port and log: the workers wait, reconnect and go on
-    from the committed offsets; none of them dies, and the values are exactly the backfill's.
+    """The broker killed (SIGKILL) and started again on the same port and log, twice: the workers wait, reconnect and
+    go on from the committed offsets; none of them dies, and the values are exactly the backfill's.
 
     The workers' output goes to a file, not a pipe read at the end: while the broker is away every client logs each
     connection attempt, and a pipe nobody drains fills up (64 KiB) and blocks every thread that logs, the client's
@@ -284,9 +283,11 @@ def test_a_broker_restart_mid_stream_loses_nothing(
         deadline = time.monotonic() + 120
         while int(client.hget("fraudserve:stream:stats", "processed") or 0) < 300 and time.monotonic() < deadline:
             time.sleep(0.05)
-        kafka.kill()
-        time.sleep(3)
-        kafka.start()
+        for _ in range(2):  # twice: the second outage comes while the workers catch up on the first
+            kafka.kill()
+            time.sleep(3)
+            kafka.start()
+            time.sleep(1.5)
         log = KafkaLog(config_of(environment))
         deadline = time.monotonic() + 180
         lag = -1
@@ -302,14 +303,10 @@ def test_a_broker_restart_mid_stream_loses_nothing(
         supervisor.wait(timeout=60)
     output = output_file.read_text()
     assert lag == 0 and running, output[-20_000:]
+    # No worker may die, not even one the supervisor replaced: the SIGSEGV / SIGABRT once seen here (librdkafka's
+    # admin client asked for the group's offsets while the broker was away, `KafkaLog._group_committed`) fails it.
     deaths = re.findall(r"stream worker \S+ died \(exit code (-?\d+)\); replaced", output)
-    # A worker killed by SIGSEGV inside librdkafka during the broker's absence was seen in about one full run of this
-    # file in five this session (with synchronous commits too; cause not found: faulthandler now prints the Python
-    # stacks). The supervisor replaces it and the values stay exact, which is what this test holds; any other death
-    # fails it, and a SIGSEGV is reported as a warning with the stacks instead of passing silently.
-    assert all(code == "-11" for code in deaths), output[-20_000:]
-    if deaths:
-        warnings.warn(f"a stream worker died of SIGSEGV and was replaced:\n{output[-8_000:]}", stacklevel=1)
+    assert not deaths, output[-20_000:]
     assert assert_parity(home, redis_server, monkeypatch) > 1000
 
 
