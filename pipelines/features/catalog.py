@@ -306,6 +306,14 @@ def from_objects(
             )
         if not sfv.aggregations:
             problems.append(f"{sfv.name}: a StreamFeatureView over the events needs `aggregations`")
+        if getattr(sfv, "enable_tiling", False):
+            # Refused rather than ignored: tiles would change the values (tile-granular windows), and fraudserve
+            # computes every window to the millisecond, offline and in the stream alike.
+            problems.append(
+                f"{sfv.name}: enable_tiling is not supported: fraudserve computes every window exactly, offline "
+                "and in the stream (cost per event flat in the window's size, about 120 bytes per kept event); "
+                "remove enable_tiling and tiling_hop_size"
+            )
         schema = {f.name: str(f.dtype) for f in sfv.schema}
         features: list[WindowFeature] = []
         for agg in sfv.aggregations:

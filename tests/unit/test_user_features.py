@@ -137,6 +137,18 @@ shopper_counts = StreamFeatureView(
     schema=[Field(name="shopper_1h", dtype=Int64)],
 )
 
+tiled = StreamFeatureView(
+    name="tiled",
+    source=transactions_source,
+    entities=[card],
+    ttl=timedelta(days=1),
+    timestamp_field="event_timestamp",
+    aggregations=[Aggregation(column="amount", function="sum", time_window=timedelta(hours=1), name="card_tiled_1h")],
+    schema=[Field(name="card_tiled_1h", dtype=Float64)],
+    enable_tiling=True,
+    tiling_hop_size=timedelta(minutes=5),
+)
+
 shopper_profile = FeatureView(
     name="shopper_profile",
     entities=[shopper],
@@ -156,6 +168,8 @@ def test_definitions_that_cannot_work_are_refused_naming_the_view(
     assert "odd_functions.card_tips_1h: column 'tip' is not an event field" in problems
     assert "odd_functions.card_unlisted_1h: no schema Field named 'card_unlisted_1h'" in problems
     assert "odd_functions.card_forever: sum needs a positive time_window" in problems
+    assert "tiled: enable_tiling is not supported: fraudserve computes every window exactly" in problems
+    assert "tiled.card_tiled_1h" not in problems  # its aggregation itself is fine
     for view in ("shopper_counts", "shopper_profile"):
         assert (
             f"{view}: entity shopper's join key 'shopper_id' is not an event field; declare it as a typed field of "
