@@ -30,7 +30,8 @@ from inference_api.domain.features import FeastFeatureSource, FeatureSource
 from inference_api.domain.models import ModelManager
 from inference_api.domain.redis_source import RedisFeatureSource
 from inference_api.domain.score_log import Sampling, ScoreLog, feast_sampling
-from inference_api.domain.scoring import ScoringService, score_requests
+from inference_api.domain.scoring import ScoringService
+from inference_api.domain.single import score_singles
 from inference_api.middleware import RequestContext
 from inference_api.monitoring import keep_refreshed
 from inference_api.observability import Metrics
@@ -139,7 +140,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         score_log.start()
         app.state.score_log = score_log
         batcher = DynamicBatcher(
-            functools.partial(score_requests, scoring),
+            # The single score's own path (domain/single.py), `score_requests` whenever a batch needs its generality.
+            functools.partial(score_singles, scoring),
             max_size=settings.batch_max_size,
             max_delay_s=settings.batch_max_delay_ms / 1000,
             # One batch in flight: the requests that arrive while it awaits Redis gather into the next, larger one

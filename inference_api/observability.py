@@ -91,12 +91,12 @@ class Metrics:
             child = self._stages[stage] = self.latency.labels(stage)
         child.observe(seconds)
 
-    def scored(self, model: str, version: int, label: str) -> None:
+    def scored(self, model: str, version: int, label: str, count: int = 1) -> None:
         key = (model, version, label)
         child = self._scores.get(key)
         if child is None:
             child = self._scores[key] = self.labels.labels(model, str(version), label)
-        child.inc()
+        child.inc(count)
 
     def answered(self, model: str, version: int, seconds: float) -> None:
         key = (model, version)
