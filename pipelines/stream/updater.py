@@ -34,7 +34,7 @@ from redis.crc import key_slot
 
 from pipelines.features.catalog import TRANSACTION_VIEW, Catalog, WindowView, load_catalog
 from pipelines.features.semantics import Event
-from pipelines.online_layout import encode_ts, encode_value, feature_field, key_prefix, ts_field
+from pipelines.online_layout import encode_value, feature_field, key_prefix, ts_field
 from pipelines.stream.window_state import FOLD, EntityPlan, compact_json, decode, plan_entity, state_of
 
 # Transaction id -> JSON {entity name: key} for the entities whose views need labels (fraud_rate): where a label goes,
@@ -186,14 +186,45 @@ def _sha(script: str) -> str:
     return hashlib.sha1(script.encode()).hexdigest()
 
 
+def _varint(value: int) -> bytes:
+    """Protobuf's varint of an int64 (a negative one as its 64-bit two's complement, as protobuf writes it)."""
+    if value < 0:
+        value += 1 << 64
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 @functools.lru_cache(maxsize=1 << 16)
-def _encoded_cached(value: Any, kind: str, dtype: str) -> bytes:
-    return encode_value(value, dtype)
+def _encoded_text(value: Any, kind: str) -> bytes:
+    text = str(value).encode()
+    return b"\x12" + _varint(len(text)) + text
 
 
 def _encoded(value: Any, dtype: str) -> bytes:
-    """Feast's ValueProto bytes of a value, remembered: counts, currencies, countries and ids repeat."""
-    return _encoded_cached(value, type(value).__name__, dtype)
+    """Feast's ValueProto bytes of a value (`online_layout.encode_value`'s, byte for byte: a test holds them equal),
+    built here: a protobuf message per value cost a fifth of a worker's CPU (a transaction's row has nine). Texts
+    are remembered (ids, currencies and countries repeat); an int64 outside its range goes to protobuf (which
+    refuses it)."""
+    if value is None:
+        return b""
+    if dtype == "int64":
+        number = int(value)
+        if -(1 << 63) <= number < (1 << 63):
+            return b"\x20" + _varint(number)
+        return encode_value(value, dtype)
+    if dtype == "float64":
+        return b"\x29" + struct.pack("<d", float(value))
+    return _encoded_text(value, type(value).__name__)
+
+
+def _encoded_ts(epoch_ms: int) -> bytes:
+    """`online_layout.encode_ts`'s bytes (a Timestamp: seconds, nanos; zeros left out), without protobuf."""
+    seconds, nanos = epoch_ms // 1000, (epoch_ms % 1000) * 1_000_000
+    return (b"\x08" + _varint(seconds) if seconds else b"") + (b"\x10" + _varint(nanos) if nanos else b"")
 
 
 @dataclass
@@ -269,6 +300,16 @@ class OnlineUpdater:
             for name, dtype in self.catalog.transaction_fields.items()
         ]
         self._transaction_ts = ts_field(TRANSACTION_VIEW)
+        # An event's window members and distinct values, built once per event for every entity that keeps the same
+        # columns (most keep the amount, some nothing), then shared: per entity (name, join key, member layout,
+        # distinct layout).
+        self._member_columns = sorted({plan.columns for plan in self.plans.values()})
+        self._distinct_columns = sorted({plan.distinct for plan in self.plans.values()})
+        self._routes = [
+            (name, plan.entity.join_key, self._member_columns.index(plan.columns),
+             self._distinct_columns.index(plan.distinct))
+            for name, plan in self.plans.items()
+        ]  # fmt: skip
         self._known_layouts: dict[str, tuple[str, ...] | None] = {}
         self._load_scripts()
 
@@ -298,21 +339,26 @@ class OnlineUpdater:
         pending: dict[tuple[str, str], _Pending] = {}
         rows: list[list[Any]] = []  # [row key, "h", n, field, value, ...] for WRITE_ROWS
         label_keys_of: list[bytes | str] = []
-        plans = list(self.plans.items())
         label_names = [e.name for e in self.label_entities]
         for event in transactions:
             tid = event[self.transaction_key]
             ts_ms = int(event["ts_ms"])
             record = {**event, "event_time_ms": ts_ms}
-            encoded: dict[Any, Any] = {}  # this event's texts, shared by its entities (`EntityPlan.event_args`)
-            for name, plan in plans:
-                key = record.get(plan.entity.join_key)
+            # the script's arguments for this event (as `EntityPlan.event_args` makes them), once per layout
+            members = []
+            for columns in self._member_columns:
+                values = [tid, *[record.get(c) for c in columns]]
+                members.append((compact_json(values), values))
+            distinct = [[record.get(c) for c in columns] for columns in self._distinct_columns]
+            for name, join_key, member, counted in self._routes:
+                key = record.get(join_key)
                 if key is None:
                     continue
                 work = pending.get((name, key))
                 if work is None:
                     work = pending[name, key] = _Pending()
-                work.events.extend(plan.event_args(tid, ts_ms, record, encoded))
+                text, values = members[member]
+                work.events.extend((ts_ms, text, values, distinct[counted]))
             if label_names:
                 keys = {n: record.get(self.entities[n].join_key) for n in label_names}
                 found: dict[str, Any] = {n: k for n, k in keys.items() if k is not None}
@@ -321,7 +367,7 @@ class OnlineUpdater:
             row: list[Any] = [self._row_key(self.transaction_key, tid), "h", len(self._transaction_fields) + 1]
             for field_name, name, dtype in self._transaction_fields:
                 row += [field_name, _encoded(record.get(name), dtype)]
-            row += [self._transaction_ts, encode_ts(ts_ms)]
+            row += [self._transaction_ts, _encoded_ts(ts_ms)]
             rows.append(row)
         if label_keys_of:
             self.client.execute_command("HSET", TXN_KEYS, *label_keys_of)
@@ -419,7 +465,7 @@ class OnlineUpdater:
                 continue
             version, latest, decoded = decode(self.plans[name], answer)
             row_key = self._row_key(self.plans[name].entity.join_key, key)
-            stamp = encode_ts(latest)
+            stamp = _encoded_ts(latest)
             position = 0
             for version_name, ts_name, features in self._rows[name]:
                 row: list[Any] = [row_key, "v", len(features) + 1, version_name, version]
