@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -169,6 +171,66 @@ def cpu_per_score(manifest: Manifest, root: Path, scores: int = 20_000) -> dict[
             "scores": scores}  # fmt: skip
 
 
+# The log's own CPU for score:batch-shaped requests, run by `python -c` in this tree and in a baseline's (its imports
+# resolve to the tree it runs in): columns (`ScoredBatch`, `ScoreLog.record_batch`) where the code has them, else a
+# `Score` per item (`ScoreLog.record`). Prints one JSON object.
+_BATCH_CPU = r"""
+import json, sys, time
+from pathlib import Path
+from types import SimpleNamespace
+import numpy as np
+import pyarrow.parquet as pq
+from core.models.manifest import Manifest
+from inference_api.domain import scoring
+from inference_api.domain.score_log import Sampling, ScoreLog
+manifest = Manifest.model_validate_json(Path(sys.argv[1]).read_text())
+root, batches, size = Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+model = SimpleNamespace(name="fraud", version=1, manifest=manifest)
+rng = np.random.default_rng(1)
+log = ScoreLog(Sampling(1.0, root), max_rows=batches * size + 1)
+columnar = hasattr(scoring, "ScoredBatch") and hasattr(log, "record_batch")
+requests = []
+for b in range(batches):
+    matrix = rng.gamma(2.0, 3.0, size=(size, len(manifest.features)))
+    matrix[rng.uniform(size=matrix.shape) < 0.05] = np.nan
+    ids, scores = [f"t{b}-{i}" for i in range(size)], rng.uniform(size=size).tolist()
+    if columnar:
+        requests.append(scoring.ScoredBatch(ids, model, "production", list(range(size)), scores,
+                                            ["not_fraud"] * size, [3.0] * size, [[] for _ in ids], matrix, None))
+    else:
+        requests.append([scoring.Score(t, s, "not_fraud", model, [], 3.0, [], matrix[i], "production")
+                         for i, (t, s) in enumerate(zip(ids, scores))])
+started = time.process_time()
+for b, request in enumerate(requests):
+    (log.record_batch if columnar else log.record)(f"r{b}", request)
+recorded = time.process_time()
+log.flush()
+flushed = time.process_time()
+files = list(root.rglob("*.parquet"))
+rows = sum(pq.ParquetFile(p).metadata.num_rows for p in files)
+print(json.dumps({"columnar": columnar, "requests": batches, "size": size, "rows": rows,
+                  "record_us_per_request": (recorded - started) / batches * 1e6,
+                  "flush_us_per_request": (flushed - recorded) / batches * 1e6,
+                  "bytes_per_score": sum(p.stat().st_size for p in files) / max(rows, 1)}))
+"""
+
+
+def batch_cpu(manifest: Manifest, root: Path, tree: Path | None, batches: int = 400, size: int = 256) -> dict[str, Any]:
+    """The log's CPU per score:batch request of `size` ids (record on the request side, flush in the writer), for
+    `batches` requests written in one flush, with the code of `tree` (None: this one), in a child process."""
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    (root.parent / "batch-cpu-manifest.json").write_text(manifest.model_dump_json())
+    out = subprocess.run(
+        [sys.executable, "-c", _BATCH_CPU, str(root.parent / "batch-cpu-manifest.json"), str(root / "log"),
+         str(batches), str(size)],
+        cwd=tree or Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    shutil.rmtree(root, ignore_errors=True)
+    found: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return found
+
+
 def synthetic_log(root: Path, names: list[str], rows: int, version: int, days: int = 3) -> float:
     """`rows` logged scores of model fraud `version` under `root`, in files of FILE_ROWS; returns seconds taken."""
     started = time.perf_counter()
@@ -218,6 +280,8 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--report-rows", type=int, default=10_000_000, help="0: skip the report measurement")
     parser.add_argument("--home", type=Path, help="keep the deployment here and reuse it on the next run")
+    parser.add_argument("--baseline", help="a commit whose score log also writes score:batch-shaped requests (CPU)")
+    parser.add_argument("--batch-repeats", type=int, default=3, help="alternated runs of the score:batch CPU measure")
     args = parser.parse_args()
     console = Console()
     result: dict[str, object] = {"machine": machine(), "started": datetime.now(UTC).isoformat(), "args": vars(args)}
@@ -232,6 +296,37 @@ def main() -> None:
         shutil.rmtree(root / "cpu-log", ignore_errors=True)
         console.print(f"CPU per logged score: record {cpu['record_us']:.1f} us (request side), "
                       f"flush {cpu['flush_us']:.1f} us (writer thread)")  # fmt: skip
+        if args.batch_repeats:
+            tree = None
+            if args.baseline:
+                from bench.stream import baseline_tree
+
+                tree = baseline_tree(Path(stack.enter_context(tempfile.TemporaryDirectory())), args.baseline)
+            runs: dict[str, list[dict[str, Any]]] = {"new": [], "baseline": []}
+            for _ in range(args.batch_repeats):  # alternated, so that other load weighs on both
+                runs["new"].append(batch_cpu(model.manifest, root / "batch-cpu", None))
+                if tree is not None:
+                    runs["baseline"].append(batch_cpu(model.manifest, root / "batch-cpu", tree))
+            summary: dict[str, Any] = {"baseline": args.baseline, "runs": runs}
+            for name, found in runs.items():
+                if found:
+                    summary[name] = {key: float(np.median([r[key] for r in found])) for key in
+                                     ("record_us_per_request", "flush_us_per_request", "bytes_per_score")}  # fmt: skip
+            if runs["baseline"]:
+                new, old = summary["new"], summary["baseline"]
+                summary["ratio_total"] = (new["record_us_per_request"] + new["flush_us_per_request"]) / (
+                    old["record_us_per_request"] + old["flush_us_per_request"]
+                )
+            result["batch_cpu"] = summary
+            for name in ("new", "baseline"):
+                if name in summary:
+                    got = summary[name]
+                    console.print(f"score:batch requests of 256 ids, {name}: record {got['record_us_per_request']:.0f}"
+                                  f" us + write {got['flush_us_per_request']:.0f} us per request, "
+                                  f"{got['bytes_per_score']:.0f} bytes per score on disk")  # fmt: skip
+            if "ratio_total" in summary:
+                console.print(f"the log's CPU per score:batch request, new / {args.baseline}: "
+                              f"{summary['ratio_total']:.2f}x")  # fmt: skip
         compared: dict[str, Any] = {}
         if args.rounds:
             files_before = set(log_files([settings.score_log_dir]))
