@@ -1,6 +1,6 @@
 """Where the fold script's Redis CPU goes: the script as it is against copies with one part taken out, same run.
 
-    python -m bench.fold_profile [--events 8000 --batch 500]
+    python -m bench.fold_profile [--events 8000 --batch 500] [--batches 500,2000,8000]
 
 `bench.stream --user-features`'s events (6,000 cards, 3 days; the built-ins plus 10 declared aggregations) applied
 in-process by `OnlineUpdater.apply` in batches, each batch applied in turn to one fresh redis-server per variant of
@@ -9,7 +9,10 @@ is the noise). Per variant: Redis's CPU per event (`INFO cpu`) and its ratio to 
 part out (the eviction reads, the label records, the last-seen inserts, the Feast row writes) says what that part
 costs; "calls" adds 5 cheap commands (EXISTS) per entity and event, the price of a `redis.call` itself; "phases"
 times the script's phases inside it with TIME (its own calls inflate the total; the split is what it is for).
-The values the variants compute are not checked: most of them are wrong on purpose. Writes
+The values the variants compute are not checked: most of them are wrong on purpose. `--batches A,B,...`: instead,
+the script as it is with the events applied in batches of each size (the stream worker's read size under a
+backlog), each size on its own redis-server, in rounds over the same stretches of events so that every size sees
+the same load; Redis's CPU and the updater's (this process's) per event, and ratios to the first size. Writes
 bench/results/fold_profile-<date>.json.
 """
 
@@ -127,12 +130,66 @@ def redis_cpu_s(client: Any) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def batch_sizes(
+    console: Console, events: list[dict[str, Any]], sizes: list[int], catalog: Any, tmp: Path
+) -> list[dict[str, Any]]:
+    """The script as it is, the events applied in batches of each size: Redis's CPU and the updater's per event.
+
+    The events go in stretches of the largest size; each stretch is applied by every size in turn (in batches of
+    that size), the size that goes first rotating, so that each sees the machine's load of the same moments."""
+    servers = [RedisProcess(tmp / f"redis-batch-{size}").start() for size in sizes]
+    try:
+        clients: list[Any] = [server.client() for server in servers]
+        updaters = [
+            updater_module.OnlineUpdater(client, "fraudserve", timedelta(minutes=5), catalog=catalog)
+            for client in clients
+        ]
+        redis_s, updater_s = [0.0] * len(sizes), [0.0] * len(sizes)
+        stretch = max(sizes)
+        for round_index, start in enumerate(range(0, len(events), stretch)):
+            part = events[start : start + stretch]
+            order = list(range(len(sizes)))
+            order = order[round_index % len(order) :] + order[: round_index % len(order)]
+            for i in order:
+                before, cpu = redis_cpu_s(clients[i]), time.process_time()
+                for first in range(0, len(part), sizes[i]):
+                    updaters[i].apply(part[first : first + sizes[i]], [])
+                updater_s[i] += time.process_time() - cpu
+                redis_s[i] += redis_cpu_s(clients[i]) - before
+    finally:
+        for server in servers:
+            server.stop()
+    rows = [
+        {"batch": size, "redis_us_per_event": r * 1e6 / len(events), "updater_us_per_event": u * 1e6 / len(events),
+         "redis_ratio": r / redis_s[0], "updater_ratio": u / updater_s[0]}
+        for size, r, u in zip(sizes, redis_s, updater_s, strict=True)
+    ]  # fmt: skip
+    for row in rows:
+        console.print(f"batch {row['batch']:6,d}: Redis {row['redis_us_per_event']:6.1f} us/event "
+                      f"({row['redis_ratio']:.2f}x), updater {row['updater_us_per_event']:6.1f} us/event "
+                      f"({row['updater_ratio']:.2f}x)")  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=8000)
     parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--batches", help="batch sizes to compare (the script as it is), e.g. 500,2000,8000")
     args = parser.parse_args()
     console = Console()
+    if args.batches:
+        sizes = [int(size) for size in args.batches.split(",")]
+        with tempfile.TemporaryDirectory(prefix="fraudserve-fold-") as tmp:
+            events = events_of(Path(tmp) / "raw")[: args.events]
+            catalog = load_catalog(
+                user_repo(Path(tmp) / "repo" / "feature_repo", {"bench_windows.py": extra_views(60)})
+            )
+            rows = batch_sizes(console, events, sizes, catalog, Path(tmp))
+        write_result(console, "fold_profile", {"machine": machine(), "started": datetime.now(UTC).isoformat(),
+                                               "args": vars(args), "events": len(events), "batches": rows,
+                                               "time": time.time()})  # fmt: skip
+        return
     names = [*VARIANTS, "as is"]
     scripts = [variant(name) for name in names]
     with tempfile.TemporaryDirectory(prefix="fraudserve-fold-") as tmp:

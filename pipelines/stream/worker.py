@@ -25,7 +25,7 @@ WATERMARK = "fraudserve:stream:watermark-ms"  # the latest event time seen by an
 # during the previous one, so freshness is one batch's work), and while they come back full (a backlog: catching
 # up) reads READ_GROWTH times more each time, up to MAX_BATCH. Events of one entity in one batch are folded in one
 # script call, so a larger batch touches fewer entity states per event (the merchants, categories and countries
-# most events share): Redis's CPU per event at 8,000 was 0.54x that at 500 (see bench/README.md).
+# most events share): Redis's CPU per event at 8,000 was 0.50x that at 500 (`bench.fold_profile --batches`).
 MAX_BATCH = 8000
 READ_GROWTH = 4
 
