@@ -170,6 +170,32 @@ class KafkaEntry(Entry):
         return self.timestamp_ms
 
 
+_DECODER = json.JSONDecoder()
+# the C scanner json.loads ends in, without its per-call checks (encoding detection, whitespace)
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+
+
+def _json_object(value: bytes | None) -> dict[str, Any] | str:
+    """A message's JSON object, or why it is not one (for the dead letter). The message is decoded on its own, as
+    `json.loads` would: a batch decoded as one joined array would let crafted invalid messages decode as valid
+    events of others. C scanner first (16 of the 38 us per event the read took went to `json.loads`' checks and
+    encoding detection); anything it does not take whole (whitespace around the object, an error) goes to
+    `json.loads`, which then says what is wrong."""
+    if value is not None:
+        try:
+            text = value.decode("utf-8")
+            record, end = _SCAN(text, 0)
+            if end == len(text) and type(record) is dict:
+                return record
+        except (UnicodeDecodeError, StopIteration, ValueError):
+            pass
+    try:
+        record = json.loads(value)  # type: ignore[arg-type]
+    except (ValueError, TypeError) as exc:
+        return f"not valid JSON: {exc}"
+    return record if isinstance(record, dict) else "event is not a JSON object"
+
+
 def _rdkafka() -> Any:
     try:
         import confluent_kafka
@@ -195,6 +221,9 @@ class KafkaLog:
         self._admin: Any = None  # for the lag (`partition_lag`): the topics' partitions and end offsets
         self._offsets_reader: Any = None  # for the lag: the group's committed offsets (`_group_committed`)
         self._read_up_to: dict[tuple[str, int], int] = {}  # next offset per partition of what was read, not acked
+        self._sent: dict[tuple[str, int], int] = {}  # the newest offset whose commit was sent, per partition
+        self._landed: dict[tuple[str, int], int] = {}  # the newest offset the broker confirmed, per partition
+        self._commit_failure: Any = None  # a commit refused for good (not a rebalance, not an outage)
         self._stream_time: dict[tuple[str, int], int | None] = {}  # newest event time read, per transaction partition
         self._ensured = False
 
@@ -325,6 +354,7 @@ class KafkaLog:
                         "client.id": name,
                         "enable.auto.commit": False,  # committed in `ack`, after the online writes
                         "auto.offset.reset": "earliest",
+                        "on_commit": self._committed,  # the outcome of `ack`'s asynchronous commits
                         **self._group_settings(),
                     }
                 )
@@ -389,10 +419,26 @@ class KafkaLog:
             )
 
     def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
-        """Partitions taken away: forget what was read of them (their next owner reads it from the commit)."""
-        for tp in partitions:
-            self._read_up_to.pop((tp.topic, tp.partition), None)
-            self._stream_time.pop((tp.topic, tp.partition), None)
+        """Partitions taken away: their asynchronous commits still in flight are made once more, synchronously (the
+        generation is still valid while partitions are revoked), so that their next owner starts after every event
+        applied here; then what was read of them is forgotten (the next owner reads it from the commit)."""
+        kafka = _rdkafka()
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        sent = [
+            kafka.TopicPartition(t, p, self._sent[(t, p)], self._commit_metadata(t, p))
+            for t, p in keys
+            if self._sent.get((t, p), -1) > self._landed.get((t, p), -1)
+        ]
+        if sent:
+            try:
+                consumer.commit(offsets=sent, asynchronous=False)
+            except kafka.KafkaException as exc:  # the next owner re-reads them: applying twice changes nothing
+                log.warning("commit of revoked partitions refused", extra={"error": str(exc)})
+        for key in keys:
+            self._read_up_to.pop(key, None)
+            self._sent.pop(key, None)
+            self._landed.pop(key, None)
+            self._stream_time.pop(key, None)
 
     def read(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
         """Up to `count` valid events of the partitions this worker owns; invalid ones go to the dead-letter topic
@@ -429,13 +475,9 @@ class KafkaLog:
         records: list[Any] = []
         unreadable: dict[int, str] = {}
         for index, message in enumerate(messages):
-            try:
-                record = json.loads(message.value())
-            except (ValueError, TypeError) as exc:
-                unreadable[index] = f"not valid JSON: {exc}"
-                record = {}
-            if not isinstance(record, dict):
-                unreadable.setdefault(index, "event is not a JSON object")
+            record = _json_object(message.value())
+            if isinstance(record, str):
+                unreadable[index] = record
                 record = {}
             records.append(record)
         columns = {name: [r.get(name) for r in records] for name in kind.schema.names}
@@ -449,19 +491,24 @@ class KafkaLog:
         if timed and events:
             self._load_stream_times({message.partition() for message in messages})
         entries: list[Entry] = []
+        stream_time = self._stream_time
+        name = kind.name
         for event, row in zip(events, checked.valid_rows.tolist(), strict=True):
             message = messages[row]
-            _, timestamp_ms = message.timestamp()
+            partition, offset = message.partition(), message.offset()
             behind = 0
             if timed:  # messages of one partition come in offset order: the stream time as each one arrived
-                key = (topic, message.partition())
-                newest = self._stream_time.get(key)
-                behind = max(newest - event["ts_ms"], 0) if newest is not None else 0
-                self._stream_time[key] = event["ts_ms"] if newest is None else max(newest, event["ts_ms"])
+                key = (topic, partition)
+                newest, ts_ms = stream_time.get(key), event["ts_ms"]
+                if newest is None or ts_ms > newest:
+                    stream_time[key] = ts_ms
+                else:
+                    behind = newest - ts_ms
+            timestamp_ms = message.timestamp()[1]
             entries.append(
                 KafkaEntry(
-                    f"{topic}/{message.partition()}/{message.offset()}", kind.name, event, topic,
-                    message.partition(), message.offset(), max(int(timestamp_ms), 0), behind,
+                    f"{topic}/{partition}/{offset}", name, event, topic, partition, offset,
+                    timestamp_ms if timestamp_ms > 0 else 0, behind,
                 )
             )  # fmt: skip
         return entries
@@ -510,23 +557,41 @@ class KafkaLog:
     def ack(self, entries: Sequence[Entry]) -> None:
         """Commit what was read (the events given and the dead letters read with them): call after the online writes.
 
-        Synchronously: a round trip per batch (8 ms; 0.55-0.60 s of an 11 s drain of 32,951 events, measured).
-        Asynchronous commits took that to 0.02-0.05 s; they were set aside for a worker's SIGSEGV in the
-        broker-restart test, which was not theirs: librdkafka's admin client asked for the group's offsets while the
-        broker was away (`_group_committed`)."""
-        self.commit()
+        Asynchronously: the worker goes on reading while the broker writes the commit (a synchronous commit held the
+        worker for a round trip per batch: 0.55-0.60 s of an 11 s drain of 32,951 events, measured). The outcome is
+        served by the client during the next reads (`_committed`): a commit refused by a rebalance or an outage is
+        made again, one refused for good is raised by the next commit. A commit lost with its worker only means that
+        the partition's next owner reads those events again, which the versioned writes make harmless."""
+        self.commit(asynchronous=True)
 
-    def commit(self) -> None:
+    def commit(self, asynchronous: bool = False) -> None:
         """Commit the offsets read so far. A commit refused during a rebalance is kept and tried again (next `ack`
         or idle `lag`): a partition that stays with this worker would otherwise never be committed to its end (its
         events are past this consumer's position); one that moved is forgotten (`_revoked`) and re-read by its new
-        owner from the last commit."""
-        if not self._read_up_to or self._consumer is None:
+        owner from the last commit.
+
+        A synchronous commit (an idle worker's `lag`) also makes again the asynchronous ones not yet confirmed, so
+        that when it returns the broker has every offset this worker applied: the group's lag is then true."""
+        if self._commit_failure is not None:
+            failure, self._commit_failure = self._commit_failure, None
+            raise KafkaUnavailable(f"Kafka refused this worker's commit: {failure}")
+        if self._consumer is None:
+            return
+        attempted = dict(self._read_up_to)
+        if not asynchronous:
+            for key, offset in self._sent.items():
+                if offset > self._landed.get(key, -1):
+                    attempted[key] = max(offset, attempted.get(key, -1))
+        if not attempted:
             return
         kafka = _rdkafka()
-        attempted = dict(self._read_up_to)
         offsets = [kafka.TopicPartition(t, p, o, self._commit_metadata(t, p)) for (t, p), o in attempted.items()]
         self._read_up_to.clear()
+        for key, offset in attempted.items():
+            self._sent[key] = max(offset, self._sent.get(key, -1))
+        if asynchronous:
+            self._consumer.commit(offsets=offsets, asynchronous=True)
+            return
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except kafka.KafkaException as exc:
@@ -534,6 +599,9 @@ class KafkaLog:
             if not self._refused_for_now(kafka, error):
                 raise
             self._again(attempted, error.name() if error is not None else "")
+            return
+        for key, offset in attempted.items():
+            self._landed[key] = max(offset, self._landed.get(key, -1))
 
     @staticmethod
     def _refused_for_now(kafka: Any, error: Any) -> bool:
@@ -553,6 +621,26 @@ class KafkaLog:
             del self._read_up_to[key]
         log.warning("commit refused (a rebalance, or the brokers unreachable); retried", extra={"error": reason})
 
+    def _committed(self, error: Any, partitions: list[Any]) -> None:
+        """The outcome of an asynchronous commit (served by the client during `read`). A refused one is made again
+        unless a newer commit of the partition was sent since (it carries the newer offset)."""
+        kafka = _rdkafka()
+        refused: dict[tuple[str, int], int] = {}
+        for tp in partitions:
+            failure = error if error is not None else tp.error
+            key = (tp.topic, tp.partition)
+            if failure is None:
+                if key in self._sent:  # a partition revoked since is forgotten, not confirmed
+                    self._landed[key] = max(tp.offset, self._landed.get(key, -1))
+                continue
+            if not self._refused_for_now(kafka, failure):
+                self._commit_failure = failure  # raised by the next commit: not one to wait out
+                return
+            if tp.offset >= self._sent.get(key, -1):
+                refused[key] = tp.offset
+        if refused:
+            self._again(refused, str(error or next(tp.error for tp in partitions if tp.error is not None)))
+
     def _commit_metadata(self, topic: str, partition: int) -> str:
         """What a commit of a transaction partition carries: its stream time (every event read is committed)."""
         newest = self._stream_time.get((topic, partition))
@@ -560,8 +648,10 @@ class KafkaLog:
 
     def close(self) -> None:
         if self._consumer is not None:
-            self._consumer.close()  # leaves the group now: its partitions move without waiting for the timeout
-            self._consumer = None
+            # forgotten before it closes: the callbacks its close serves (the revoke's last commit, `_committed`)
+            # then do not call back into a closing client
+            consumer, self._consumer = self._consumer, None
+            consumer.close()  # leaves the group now: its partitions move without waiting for the timeout
         if self._producer is not None:
             self._producer.flush(10)
             self._producer = None
