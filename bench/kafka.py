@@ -2,7 +2,7 @@
 freshness at a fixed offered rate through each.
 
     python -m bench.kafka [--cards 3000 --days 2 --partitions 4 --workers 1 2 --repeats 1 --rates 2000 --seconds 15]
-                          [--steady-workers 1] [--user-features] [--failover classic consumer]
+                          [--steady-workers 1] [--user-features] [--failover classic consumer] [--baseline REV]
 
 Generates the transaction events once; then, for each worker count and each transport (alternated, Redis Streams
 first on even repeats, Kafka first on odd ones), on a fresh redis-server (the online store) and, for Kafka, on new
@@ -24,6 +24,9 @@ ticks for `--seconds`, the worker's sample of each event (append to online writt
 The load average is recorded before each run (the machine is shared: other jobs stretch wall time, which is why the
 two transports alternate in one run). `--user-features`: the Feast repo is the built-ins plus bench.stream's 10
 declared aggregations over two new entities (`bench.user_features.extra_views`), for drains and fixed rates alike.
+
+`--baseline REV`: a third transport, "kafka-baseline": Kafka on the same broker with the workers running commit
+REV's code (`git archive`, as bench.stream's), alternated with the other two, and this tree's Kafka / REV's ratios.
 
 Failover (`--failover classic consumer`): a killed worker's partitions moving to the survivor with each consumer
 group protocol (classic, or KIP-848's consumer protocol), the same session timeout for both: two workers read events
@@ -160,7 +163,7 @@ def environment(tmp: Path, name: str, transport: str, partitions: int, server: R
     })  # fmt: skip
     if repo is not None:
         env["FRAUDSERVE_FEATURE_REPO"] = str(repo)
-    if transport == "kafka":
+    if on_kafka(transport):
         env.update({
             "FRAUDSERVE_KAFKA_BOOTSTRAP": broker.bootstrap, "FRAUDSERVE_KAFKA_TRANSACTIONS_TOPIC": f"tx-{name}",
             "FRAUDSERVE_KAFKA_LABELS_TOPIC": f"labels-{name}", "FRAUDSERVE_KAFKA_DEAD_LETTER_TOPIC": f"dead-{name}",
@@ -169,11 +172,16 @@ def environment(tmp: Path, name: str, transport: str, partitions: int, server: R
     return env
 
 
+def on_kafka(transport: str) -> bool:
+    """ "kafka", or "kafka-baseline" (`--baseline`: the workers run commit REV's code on the same broker)."""
+    return transport != "redis"
+
+
 def working(transport: str, workers: int, client: Any, partitions: int, monitor: GroupMonitor | None) -> bool:
     """Every worker is reading: on Redis Streams each has read from the group (a consumer of a partition's
     stream); on Kafka the group is stable with every worker owning transaction partitions (the monitor's last
     sample)."""
-    if transport == "kafka":
+    if on_kafka(transport):
         last = monitor.samples[-1] if monitor is not None and monitor.samples else {}
         members = last.get("members") or {}
         return last.get("state") == "STABLE" and len(members) == workers and all(members.values())
@@ -208,16 +216,17 @@ def drain(
     partitions: int,
     broker: KafkaProcess,
     repo: Path | None = None,
+    code: Path | None = None,
 ) -> dict[str, Any]:
-    """Append every event through `transport` ("redis" or "kafka"), then time `stream run --workers N` draining
-    them."""
+    """Append every event through `transport` ("redis", "kafka" or "kafka-baseline"), then time `stream run
+    --workers N` draining them; the workers run the code of the tree `code` (default: this one)."""
     name = f"{transport}-{workers}-{uuid.uuid4().hex[:6]}"
     server = RedisProcess(tmp / name).start()
     env = environment(tmp, name, transport, partitions, server, broker, repo)
     fraudserve = [sys.executable, "-m", "fraudserve"]
     produce = [*fraudserve, "stream", "produce", "--file", str(events_file)]
     produced = subprocess.run(
-        [*produce, *(["--kafka"] if transport == "kafka" else [])], env=env, check=True, capture_output=True,
+        [*produce, *(["--kafka"] if on_kafka(transport) else [])], env=env, check=True, capture_output=True,
         text=True,
     )  # fmt: skip
     appended = re.search(r"appended ([\d,]+) events", produced.stdout)
@@ -228,17 +237,17 @@ def drain(
     load = os.getloadavg()
     # CPU of each part over the drain: the workers (children of `stream run`, counted when it has waited for them),
     # the online store's redis-server, and for Kafka the broker (the JVM), which shares the machine's cores
-    broker_pid = broker.process.pid if transport == "kafka" and broker.process is not None else None
+    broker_pid = broker.process.pid if on_kafka(transport) and broker.process is not None else None
     cpu_before = (resource.getrusage(resource.RUSAGE_CHILDREN), redis_cpu(client), cpu_seconds(broker_pid))
     started = time.perf_counter()
     output = tmp / f"worker-{name}.log"
     with output.open("w") as log_file:
         worker = subprocess.Popen(
             [*fraudserve, "stream", "run", "--workers", str(workers), "--until-idle", "1"], env=env, stdout=log_file,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.STDOUT, cwd=code,
         )  # fmt: skip
     monitor = None
-    if transport == "kafka":
+    if on_kafka(transport):
         monitor = GroupMonitor(broker.bootstrap, f"group-{name}", f"tx-{name}", client)
         monitor.started = started
         monitor.start()
@@ -295,12 +304,12 @@ def drain(
 
 def fixed_rate(
     tmp: Path, events: list[dict[str, Any]], transport: str, rate: int, seconds: float, workers: int, partitions: int,
-    broker: KafkaProcess, repo: Path | None = None,
+    broker: KafkaProcess, repo: Path | None = None, code: Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Freshness at a fixed offered rate: `stream run --workers N` running, events appended at `rate` per second in
-    50 ms ticks for `seconds`; freshness of each event = the moment its online rows are written minus the moment it
-    was appended (the worker's own samples: Redis Streams' entry id, Kafka's message time), all of them read as they
-    come (the worker keeps only the newest 5,000)."""
+    """Freshness at a fixed offered rate: `stream run --workers N` running (the code of the tree `code`, default this
+    one), events appended at `rate` per second in 50 ms ticks for `seconds`; freshness of each event = the moment its
+    online rows are written minus the moment it was appended (the worker's own samples: Redis Streams' entry id,
+    Kafka's message time), all of them read as they come (the worker keeps only the newest 5,000)."""
     import numpy as np
 
     name = f"fresh-{transport}-{workers}-{uuid.uuid4().hex[:6]}"
@@ -309,7 +318,7 @@ def fixed_rate(
     client: Any = redis.Redis(port=server.port)
     log: Any
     monitor = None
-    if transport == "kafka":
+    if on_kafka(transport):
         config = KafkaConfig(broker.bootstrap, f"tx-{name}", f"labels-{name}", f"dead-{name}", group=f"group-{name}",
                              partitions=partitions)  # fmt: skip
         log = KafkaLog(config)
@@ -321,7 +330,7 @@ def fixed_rate(
     with output.open("w") as log_file:
         worker = subprocess.Popen(
             [sys.executable, "-m", "fraudserve", "stream", "run", "--workers", str(workers)], env=env,
-            stdout=log_file, stderr=subprocess.STDOUT,
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=code,
         )  # fmt: skip
     try:
         if monitor is not None:
@@ -373,7 +382,7 @@ def fixed_rate(
     finally:
         worker.terminate()
         worker.wait(timeout=60)
-        if transport == "kafka":
+        if on_kafka(transport):
             log.close()
         server.stop()
     values = np.array(samples, dtype=float)
@@ -536,6 +545,10 @@ def main() -> None:
         help="group protocols whose failover is timed: a worker of two SIGKILLed, its partitions to the survivor",
     )  # fmt: skip
     parser.add_argument("--failover-repeats", type=int, default=2)
+    parser.add_argument(
+        "--baseline", metavar="REV",
+        help="also Kafka with the workers running commit REV's code (git archive), same broker, same run, alternated",
+    )  # fmt: skip
     args = parser.parse_args()
     console = Console()
     failovers: list[dict[str, Any]] = []
@@ -551,13 +564,23 @@ def main() -> None:
             from tests.user_repo import user_repo
 
             repo = user_repo(tmp / "repo" / "feature_repo", {"bench_windows.py": extra_views(60)}, {})
+        codes: dict[str, Path | None] = {"redis": None, "kafka": None}
+        if args.baseline:
+            from bench.stream import baseline_tree
+
+            codes["kafka-baseline"] = baseline_tree(tmp, args.baseline)
+        transports = [
+            t for t in codes if t in args.transports or (t == "kafka-baseline" and "kafka" in args.transports)
+        ]
         broker = KafkaProcess(tmp / "kafka").start()
         try:
             for repeat in range(args.repeats):
                 for workers in args.workers:
-                    order = ("redis", "kafka") if repeat % 2 == 0 else ("kafka", "redis")
-                    for transport in [t for t in order if t in args.transports]:
-                        run = drain(tmp, events_file, transport, workers, args.partitions, broker, repo)
+                    order = transports if repeat % 2 == 0 else list(reversed(transports))
+                    for transport in order:
+                        run = drain(
+                            tmp, events_file, transport, workers, args.partitions, broker, repo, codes[transport]
+                        )
                         console.print(
                             f"{transport} x{workers}: {run['all_working']['events_per_second']:,.0f} events/s once "
                             f"every worker reads ({run['all_working']['since_first_s']:.2f} s after the first event);"
@@ -580,10 +603,19 @@ def main() -> None:
             if args.rates or args.failover:
                 events = valid_events(events_file)
             for index, rate in enumerate(args.rates):
-                order = ("redis", "kafka") if index % 2 == 0 else ("kafka", "redis")
-                for transport in [t for t in order if t in args.transports]:
+                order = transports if index % 2 == 0 else list(reversed(transports))
+                for transport in order:
                     fresh = fixed_rate(
-                        tmp, events, transport, rate, args.seconds, args.steady_workers, args.partitions, broker, repo
+                        tmp,
+                        events,
+                        transport,
+                        rate,
+                        args.seconds,
+                        args.steady_workers,
+                        args.partitions,
+                        broker,
+                        repo,
+                        codes[transport],
                     )
                     console.print(
                         f"{transport} at {rate:,}/s offered ({fresh['offered_per_second']:,.0f} sent/s), "
@@ -609,10 +641,25 @@ def main() -> None:
         figures = [r for r in runs if r["transport"] == transport and r["workers"] == workers]
         return max(float(r[key]["events_per_second"] if key != "total" else r["events_per_second"]) for r in figures)
 
+    def ratio(numerator: float, denominator: float) -> float:
+        """nan when the denominator is 0: a run too small for every worker to read before it was drained."""
+        return numerator / denominator if denominator else float("nan")
+
     rows, ratios = [], {}
+    baseline_ratios: dict[str, Any] = {}
+    for workers in args.workers if args.baseline else []:
+        baseline_ratios[str(workers)] = {
+            key: ratio(best("kafka", workers, field), best("kafka-baseline", workers, field))
+            for key, field in (("all_working", "all_working"), ("started", "started"), ("with_startup", "total"))
+        }
+        console.print(
+            f"Kafka, this tree / {args.baseline}, {workers} worker(s): "
+            f"{baseline_ratios[str(workers)]['all_working']:.2f}x once every worker reads, "
+            f"{baseline_ratios[str(workers)]['started']:.2f}x from the first event (best of {args.repeats})"
+        )
     for workers in args.workers if set(args.transports) == {"redis", "kafka"} else []:
         ratios[str(workers)] = {
-            key: best("kafka", workers, field) / best("redis", workers, field)
+            key: ratio(best("kafka", workers, field), best("redis", workers, field))
             for key, field in (("all_working", "all_working"), ("started", "started"), ("with_startup", "total"))
         }
         rows.append([
@@ -634,7 +681,8 @@ def main() -> None:
     write_result(
         console, "kafka",
         {"machine": machine(), "args": vars(args), "runs": runs, "freshness": freshness, "failover": failovers,
-         "load_average_end": os.getloadavg(), **({"ratios_kafka_to_redis": ratios} if ratios else {})},
+         "load_average_end": os.getloadavg(), **({"ratios_kafka_to_redis": ratios} if ratios else {}),
+         **({"ratios_kafka_to_baseline": baseline_ratios} if baseline_ratios else {})},
     )  # fmt: skip
 
 

@@ -198,7 +198,9 @@ class KafkaProcess:
         self._make_keystore()
         properties = self._properties()
         if not self._formatted:
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = "-"
+            while cluster_id.startswith("-"):  # one in 64 would be read by StorageTool as an option, and fail
+                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             subprocess.run(
                 self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)),
                 check=True, capture_output=True, timeout=120,
