@@ -154,6 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batcher.start()
         app.state.batcher = batcher
         watcher = asyncio.create_task(manager.watch(settings.model_poll_seconds))
+        flusher = asyncio.create_task(metrics.keep_flushed())  # the hot path's pending metrics, every FLUSH_S
         gauges = asyncio.create_task(
             keep_refreshed(settings, manager.registry, metrics, settings.monitor_refresh_seconds)
         )
@@ -178,10 +179,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await batcher.close()
-            for task in (watcher, follower, gauges):
+            for task in (watcher, follower, gauges, flusher):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            metrics.flush()
             await notice_client.aclose()
             await asyncio.to_thread(score_log.close)  # after the batcher: every answered score is written
             await scoring.close()  # score:batch's lookup connections
