@@ -16,7 +16,8 @@ are not in it; bench.api measures those end to end. Writes bench/results/hotpath
 
 `--baseline REV`: instead, this tree's code against commit REV's in the same run: one process per tree (REV's
 files from `git archive`), each with the real app (its lifespan run, score log on), driven in alternating rounds
-through `score_requests` (batch of one) and through the whole ASGI app with its real batcher, on the same random ids
+through its batcher's scoring function (batch of one: `score_singles`, `score_requests` before it) and through the
+whole ASGI app with its real batcher, on the same random ids
 and the same redis-server; CPU per request of each process (all its threads) and of redis-server, and the ratios.
 """
 
@@ -252,16 +253,14 @@ async def _stages(
 
 
 # One tree's side of `--baseline`, run with that tree as the working directory (`python -c`), so it imports only
-# what both trees have: the app, its lifespan and `score_requests`. Reads "score N" / "asgi N" lines, answers with
-# the process's CPU microseconds per call (every thread: the score log's writer too).
+# what both trees have: the app, its lifespan and its batcher's `score_many`. Reads "score N" / "asgi N" lines,
+# answers with the process's CPU microseconds per call (every thread: the score log's writer too).
 _SIDE = """
 import asyncio, json, os, sys, time, warnings
 warnings.filterwarnings("ignore")
 import uvloop
 from core.settings import Settings
 from inference_api.app import create_app
-from inference_api.domain.scoring import score_requests
-
 ids = json.loads(sys.argv[1])
 bodies = [json.dumps({"transaction_id": t}).encode() for t in ids]
 
@@ -282,7 +281,7 @@ async def asgi(app, body):
 async def main():
     app = create_app(Settings())
     async with app.router.lifespan_context(app):
-        service = app.state.scoring
+        score_many = app.state.batcher.score_many  # what the tree's batcher scores with (score_requests before)
         for i in range(300):
             await asgi(app, bodies[i % len(bodies)])
         print("ready", flush=True)
@@ -291,7 +290,7 @@ async def main():
             started = time.process_time()
             for i in range(int(calls)):
                 if kind == "score":
-                    await score_requests(service, [(ids[i % len(ids)], None)])
+                    await score_many([(ids[i % len(ids)], None)])
                 else:
                     await asgi(app, bodies[i % len(bodies)])
             print((time.process_time() - started) / int(calls) * 1e6, flush=True)
