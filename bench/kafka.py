@@ -354,12 +354,19 @@ def fixed_rate(
         client.delete(FRESHNESS)
         seen = int(client.hget(STATS, "processed") or 0)
         samples: list[int] = []
+        # when the samples came (s since the fixed rate started), how many, their max: a stall shows as a gap
+        # followed by one collection of many late samples, which percentiles alone do not tell from a slow path
+        timeline: list[tuple[float, int, int]] = []
+        began = time.perf_counter()
 
         def collect() -> None:
             nonlocal seen
             processed = int(client.hget(STATS, "processed") or 0)
             if processed > seen:
-                samples.extend(int(v) for v in client.lrange(FRESHNESS, 0, min(processed - seen, 5000) - 1))
+                new = [int(v) for v in client.lrange(FRESHNESS, 0, min(processed - seen, 5000) - 1)]
+                samples.extend(new)
+                if new:
+                    timeline.append((round(time.perf_counter() - began, 3), len(new), max(new)))
                 seen = processed
 
         tick = 0.05
@@ -392,6 +399,8 @@ def fixed_rate(
         "freshness_p50_ms": float(np.percentile(values, 50)) if values.size else None,
         "freshness_p99_ms": float(np.percentile(values, 99)) if values.size else None,
         "freshness_max_ms": float(values.max()) if values.size else None,
+        # the collections whose newest-batch max was over the p99, in time order: [s since the rate began, samples, max]
+        "slow_collections": [list(c) for c in timeline if values.size and c[2] > np.percentile(values, 99)],
     }  # fmt: skip
 
 
