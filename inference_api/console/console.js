@@ -429,12 +429,19 @@ function drawQuality(v, flag) {
 }
 
 // --- The refresh loop.
+// A look that is still running when its next turn comes skips that turn: on a slow API the page never piles up
+// requests (each holds a server thread) behind the ones it is already waiting for.
 function every(ms, fn) {
+  let running = false;
   const run = async () => {
+    if (running) return;
+    running = true;
     try {
       await fn();
     } catch (error) {
       handle(error);
+    } finally {
+      running = false;
     }
   };
   run();
@@ -456,7 +463,7 @@ async function start() {
   }
   $("panels").hidden = false;
   $("forget").hidden = sessionStorage.getItem(KEY) === null;
-  timers.push(setInterval(() => refreshTraffic().catch(handle), TRAFFIC_MS));
+  timers.push(setTimeout(() => every(TRAFFIC_MS, refreshTraffic), TRAFFIC_MS)); // the first look was just made
   every(FEATURES_MS, refreshFeatures);
   every(QUALITY_MS, refreshQuality);
 }

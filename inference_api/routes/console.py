@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Annotated, Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
@@ -38,6 +40,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "features_unavailable (the online store did not answer)"},
 }
 
+T = TypeVar("T")
+
 pages = APIRouter(tags=["console"], include_in_schema=False)
 router = APIRouter(prefix="/v1/admin/console", tags=["admin"], dependencies=[require(Scope.admin)])
 
@@ -63,6 +67,13 @@ class ConsoleState:
         self.quality: Cached[dict[str, Any]] = Cached(ttl_s=30.0)
         self.stream_rate = StreamRate()
         self.client = redis_client(settings, settings.redis or "", timeout_s=2.0)
+        # The freshness scan and the monitoring report run on threads of their own, not on asyncio's default
+        # executor: there, a slow report (a large score log, a loaded machine) would queue the admin actions and the
+        # model refreshes that share it (a promotion by click was once not served for minutes).
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="console")
+
+    async def run(self, compute: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, compute)
 
 
 def _state(request: Request) -> ConsoleState:
@@ -122,7 +133,7 @@ async def features(request: Request) -> dict[str, Any]:
             out["stream"] = {"error": str(exc)}
         return out
 
-    return await asyncio.to_thread(state.features.get, None, compute)
+    return await state.run(lambda: state.features.get(None, compute))
 
 
 Days = Annotated[int, Query(ge=1, le=90, description="Days of the score log to report on.")]
@@ -141,4 +152,4 @@ async def quality(request: Request, days: Days = 7) -> dict[str, Any]:
             (days, files), lambda: quality_report(settings, manager.registry, files, days, settings.model_name)
         )
 
-    return await asyncio.to_thread(compute)
+    return await state.run(compute)

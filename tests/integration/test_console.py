@@ -99,6 +99,13 @@ def score(api: str, transaction_id: str, headers: dict[str, str] | None = None) 
     return body
 
 
+def version_row(page: Any, version: int, alias: str | None = None) -> Any:
+    """Model fraud's table row of one version (its cell reads exactly `v2`: the feature service `fraud_v2` of every row
+    must not match), with that alias when one is given (its alias badge, not a button's text)."""
+    row = page.locator('[data-model="fraud"] tr').filter(has=page.get_by_text(f"v{version}", exact=True))
+    return row if alias is None else row.filter(has=page.locator(f".alias.{alias}"))
+
+
 def served_version(api: str, deployment: Deployment, wanted: int) -> int:
     # The API follows the registry by notice (or its poll); a loaded CI machine once needed more than 15 s, and a
     # fresh-clone CI run more than 60 s once (the whole suite running beside it).
@@ -123,7 +130,7 @@ def served_version(api: str, deployment: Deployment, wanted: int) -> int:
 def test_models_traffic_features_and_quality(deployment: Deployment, api: str, console: Page) -> None:
     page = console.open()
     model = page.locator('[data-model="fraud"]')
-    model.locator("tr", has_text="v1").filter(has_text="production").wait_for()
+    version_row(page, 1, "production").wait_for()
     row = model.locator("tr", has_text="production").first.inner_text()
     assert "lightgbm" in row and "fraud_v2" in row and "ROC-AUC 0." in row and "serving" in row and "ok" in row
     assert "production v1" in page.locator("#serving").inner_text()
@@ -195,11 +202,11 @@ def test_promote_and_rollback_by_clicks(deployment: Deployment, api: str, consol
     assert candidate.version == 2 and "candidate" in candidate.aliases
     assert served_version(api, deployment, 1) == 1
     page = console.open()
-    row = page.locator('[data-model="fraud"] tr', has_text="v2").filter(has_text="candidate")
+    row = version_row(page, 2, "candidate")
     row.wait_for()
     source = row.locator(".source").inner_text()
     assert str(folder) in source and "run 5f0c1a2b3d4e4f60718293a4b5c6d7e8" in source and "MLflow 3.17.2" in source
-    assert "package" in page.locator('[data-model="fraud"] tr', has_text="v1").first.inner_text()
+    assert "package" in version_row(page, 1).inner_text()
     promote = page.locator('button[data-action="promote"][data-version="2"]')
     promote.click()
     assert "Promote fraud version 2" in page.locator("#confirm-text").inner_text()
@@ -209,13 +216,13 @@ def test_promote_and_rollback_by_clicks(deployment: Deployment, api: str, consol
 
     promote.click()
     page.locator("#confirm-ok").click()
-    page.locator('[data-model="fraud"] tr', has_text="v2").filter(has_text="production").wait_for()
+    version_row(page, 2, "production").wait_for()
     assert served_version(api, deployment, 2) == 2
 
     page.locator('button[data-action="rollback"][data-model="fraud"]').click()
     assert "Roll fraud back" in page.locator("#confirm-text").inner_text()
     page.locator("#confirm-ok").click()
-    page.locator('[data-model="fraud"] tr', has_text="v1").filter(has_text="production").wait_for()
+    version_row(page, 1, "production").wait_for()
     history = httpx.get(f"{api}/v1/admin/models/fraud").json()["alias_history"]
     assert served_version(api, deployment, 1) == 1, history
     moves = [(h["from"], h["to"], h["reason"]) for h in history if h["alias"] == "production"]
