@@ -35,7 +35,7 @@ from redis.crc import key_slot
 from pipelines.features.catalog import TRANSACTION_VIEW, Catalog, WindowView, load_catalog
 from pipelines.features.semantics import Event
 from pipelines.online_layout import encode_value, feature_field, key_prefix, ts_field
-from pipelines.stream.window_state import FOLD, EntityPlan, compact_json, decode, plan_entity, state_of
+from pipelines.stream.window_state import FOLD, EntityPlan, compact_json, decode, plan_entity, state_of, window_member
 
 # Transaction id -> JSON {entity name: key} for the entities whose views need labels (fraud_rate): where a label goes,
 # and under EVENT_TIME the transaction's event time (the script finds an unlabelled event by it: it keeps no label
@@ -345,10 +345,7 @@ class OnlineUpdater:
             ts_ms = int(event["ts_ms"])
             record = {**event, "event_time_ms": ts_ms}
             # the script's arguments for this event (as `EntityPlan.event_args` makes them), once per layout
-            members = []
-            for columns in self._member_columns:
-                values = [tid, *[record.get(c) for c in columns]]
-                members.append((compact_json(values), values))
+            members = [window_member(tid, columns, record) for columns in self._member_columns]
             distinct = [[record.get(c) for c in columns] for columns in self._distinct_columns]
             for name, join_key, member, counted in self._routes:
                 key = record.get(join_key)

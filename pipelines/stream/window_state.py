@@ -97,21 +97,20 @@ class EntityPlan:
         ]
 
     def event_args(
-        self, transaction_id: str, ts_ms: int, record: dict[str, Any], encoded: dict[Any, Any] | None = None
+        self, transaction_id: str, ts_ms: int, record: dict[str, Any]
     ) -> tuple[int, str, list[Any], list[Any]]:
-        """An event as the script reads it: its time, its window member (the text kept in `...:win`), the same
-        values as a list (`[transaction id, value, ...]`: the script folds them without parsing the text) and its
-        distinct-counted values. `encoded`: one event's member and lists by column layout, shared by its entities
-        (those that keep the same columns get the same member, encoded once per event, not once per entity)."""
-        encoded = {} if encoded is None else encoded
-        kept = encoded.get(("member", self.columns))
-        if kept is None:
-            values = [transaction_id, *[record.get(c) for c in self.columns]]
-            kept = encoded[("member", self.columns)] = (compact_json(values), values)
-        distinct = encoded.get(("distinct", self.distinct))
-        if distinct is None:
-            distinct = encoded[("distinct", self.distinct)] = [record.get(c) for c in self.distinct]
-        return ts_ms, kept[0], kept[1], distinct
+        """An event as the script reads it: its time, its window member and the member's values
+        (`window_member`), and its distinct-counted values."""
+        text, values = window_member(transaction_id, self.columns, record)
+        return ts_ms, text, values, [record.get(c) for c in self.distinct]
+
+
+def window_member(transaction_id: str, columns: tuple[str, ...], record: dict[str, Any]) -> tuple[str, list[Any]]:
+    """An event's window member for an entity that keeps `columns`: the text kept in `...:win` and the same values as
+    a list (`[transaction id, value, ...]`: the script folds them without parsing the text). Entities that keep the
+    same columns share it (the updater builds it once per event and column layout)."""
+    values = [transaction_id, *[record.get(c) for c in columns]]
+    return compact_json(values), values
 
 
 def plan_entity(entity: EntitySpec, views: Sequence[WindowView]) -> EntityPlan:
