@@ -190,9 +190,9 @@ def build_rows(
     return matrix, uncertain, freshness
 
 
-def _top(contributions: list[float], count: int) -> list[int]:
+def top_positions(contributions: list[float], count: int) -> list[int]:
     """The positions of the `count` largest contributions, largest first, ties in feature order: what
-    `np.argsort(-row, kind="stable")[:count]` gives, without numpy's per-call cost on one short row."""
+    `np.argsort(-row, kind="stable")[:count]` gives (NaN last), without numpy's per-call cost on one short row."""
     if any(map(math.isnan, contributions)):  # NaN sorts last in numpy, nowhere in particular in Python
         top: list[int] = np.argsort(-np.asarray(contributions), kind="stable")[:count].tolist()
         return top
@@ -379,8 +379,7 @@ class ScoringService:
 
         started = time.perf_counter()
         matrix, uncertain, freshness = build_rows(model.plan, records, fetched, time.time())
-        scores = model.predict(matrix)
-        contributions = model.explainer.contributions(matrix) if self.top_reasons else None
+        scores, contributions = _predict_and_explain(model, matrix, bool(self.top_reasons))
         self.metrics.stage("predict", time.perf_counter() - started)
         shadows = self._shadow(records, fetched, scores) if self.shadow and serving_default else None
         if role is None:
@@ -388,24 +387,29 @@ class ScoringService:
             role = "direct" if not serving_default else "production" if production else "canary"
 
         names = model.plan.features
-        width = len(names)
+        label_of = model.manifest.thresholds.label
+        listed: list[float] = scores.tolist()
+        gains: list[list[float]] | None = None if contributions is None else contributions[:, : len(names)].tolist()
+        values: list[list[float]] = matrix.tolist()
         results = []
+        labels: collections.Counter[str] = collections.Counter()
         for i, record in enumerate(records):
-            score = float(scores[i])
-            label = UNCERTAIN if uncertain[i] else model.manifest.thresholds.label(score)
+            score = listed[i]
+            label = UNCERTAIN if uncertain[i] else label_of(score)
             reasons: list[Reason] = []
-            if contributions is not None:
-                row = contributions[i, :width].tolist()
-                values = matrix[i].tolist()
+            if gains is not None:
+                row, seen = gains[i], values[i]
                 reasons = [
-                    Reason(names[j], None if values[j] != values[j] else values[j], row[j])  # NaN: missing
-                    for j in _top(row, self.top_reasons)
+                    Reason(names[j], None if seen[j] != seen[j] else seen[j], row[j])  # NaN: missing
+                    for j in top_positions(row, self.top_reasons)
                 ]
             results.append(
                 Score(record.transaction_id, score, label, model, reasons, freshness[i], uncertain[i], matrix[i], role,
                       None if shadows is None else shadows[i])
             )  # fmt: skip
-            self.metrics.scored(model.name, model.version, label)
+            labels[label] += 1
+        for label, count in labels.items():  # one metric call per label, not per score
+            self.metrics.scored(model.name, model.version, label, count)
         return results
 
     async def score_columns(self, ids: Sequence[str], model: LoadedModel, role: str) -> list[Score | FraudserveError]:

@@ -1,4 +1,4 @@
-"""The single score's reasons order (inference_api/domain/single.py): numpy's stable argsort of the negated row; the
+"""The single score's reasons order (`scoring.top_positions`): numpy's stable argsort of the negated row; the
 lean route's body writer (routes/fast_score.py `score_bytes`): json.dumps's bytes for every kind of value."""
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inference_api.domain.scoring import Reason, Score
-from inference_api.domain.single import top_positions
+from inference_api.domain.scoring import Reason, Score, top_positions
 from inference_api.routes.fast_score import score_bytes
 from inference_api.routes.fraud import score_body
 
