@@ -441,6 +441,58 @@ def test_lateness_is_measured_per_partition_and_carried_by_the_commits(kafka: Ka
 
 
 @pytest.mark.timeout(120)
+def test_a_backlog_is_read_one_partition_a_batch_and_held_messages_are_not_committed(kafka: KafkaProcess) -> None:
+    """Under a backlog a read is one partition's run of events (the updater's cost is per entity state a batch
+    touches: a batch mixing partitions touched twice the cards per event); what was consumed past that run is held
+    for the next read, every event comes once in its partition's order, and a commit never covers a held event."""
+    from pipelines.events import TRANSACTIONS
+    from pipelines.stream.kafka_log import KafkaConfig, KafkaEntry, KafkaLog
+    from pipelines.stream.producer import Producer
+
+    run = uuid.uuid4().hex[:8]
+    config = KafkaConfig(kafka.bootstrap, f"tx-{run}", f"labels-{run}", f"dead-{run}", group=f"g-{run}", partitions=3)
+    events = card_events(cards=60, per_card=100, start_ms=1_793_534_400_000, seed=17)
+    with Producer(transactions=TRANSACTIONS, kafka=config) as producer:
+        assert producer.send_transactions(events).ok
+    reader = KafkaLog(config, TRANSACTIONS)
+    count = 1200  # each partition holds about 2,000: a read of 1,200 meets the end of a partition's run
+    batches: list[list[KafkaEntry]] = []
+    applied: dict[int, int] = {}  # partition -> next offset after the events returned so far
+    try:
+        deadline = time.monotonic() + 60
+        while sum(len(b) for b in batches) < len(events) and time.monotonic() < deadline:
+            read = [e for e in reader.read("test", count, block_ms=500) if isinstance(e, KafkaEntry)]
+            if not read:
+                continue
+            batches.append(read)
+            for entry in read:
+                applied[entry.partition] = entry.offset + 1
+            reader.ack(read)
+            reader.commit()  # synchronous: the broker has what `ack` sent once it returns
+            committed = {
+                r["partition"]: r["committed"]
+                for r in reader.partition_lag()
+                if r["topic"] == config.transactions_topic
+            }
+            assert committed == {p: applied.get(p, -1) for p in range(3)}, (committed, applied)
+    finally:
+        reader.close()
+    entries = [e for b in batches for e in b]
+    assert sorted(e.event["transaction_id"] for e in entries) == sorted(e["transaction_id"] for e in events)
+    for partition in range(3):  # each partition's events once each, in offset order
+        offsets = [e.offset for e in entries if e.partition == partition]
+        assert offsets == list(range(len(offsets))) and offsets
+    # (partition, events) of each batch, in order: a batch holds several partitions only when the first one's run
+    # was under half the read (a partition's tail: a read that short would bring the worker back to small reads)
+    runs = [
+        [(p, sum(1 for e in b if e.partition == p)) for p in dict.fromkeys(e.partition for e in b)] for b in batches
+    ]
+    assert all(len(r) == 1 or r[0][1] * 2 < count for r in runs), runs
+    assert sum(len(r) == 1 for r in runs) >= len(runs) - 2, runs
+    assert any(len(r) == 1 and r[0][1] < count for r in runs[:-1]), runs  # a read cut at its partition's end
+
+
+@pytest.mark.timeout(120)
 def test_sasl_credentials_come_from_the_settings_and_wrong_ones_are_named(
     kafka: KafkaProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
