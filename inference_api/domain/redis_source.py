@@ -315,17 +315,7 @@ class RedisFeatureSource:
     ) -> list[TransactionRecord | None]:
         script, groups = self._script_for(plan)
         replies: list[list[Any]] = await within_budget(self._evalsha(script, keys), self.budget_s)
-        records: list[TransactionRecord | None] = []
-        for transaction_id, (reply, *by_key) in zip(ids, replies, strict=True):
-            row = _row(self.fields, reply)
-            if row is None:
-                records.append(None)
-                continue
-            by_view: dict[str, ViewValues] = {}
-            for (_, group), raw in zip(groups, _pad(by_key, len(groups)), strict=True):
-                by_view.update(_split(group, raw or None))
-            records.append(TransactionRecord(transaction_id, row, _stamp(reply[-1]), by_view, plan))
-        return records
+        return _nested_records(self.fields, groups, plan, ids, replies)
 
     @property
     def columnar(self) -> bool:
@@ -420,21 +410,53 @@ def _pad(replies: list[Any], count: int) -> list[Any]:
 
 def _row(fields: tuple[str, ...], reply: list[bytes | None]) -> dict[str, Any] | None:
     """A stored transaction's fields from its HMGET reply (its `_ts` last), None when it is not stored."""
-    row = {name: _value(raw) for name, raw in zip(fields, reply[:-1], strict=True)}
+    row = dict(zip(fields, _values_of(reply[:-1]), strict=True))
     return None if row.get("card_id") is None else row  # every stored transaction has a card
+
+
+def _nested_records(
+    fields: tuple[str, ...],
+    groups: list[tuple[str, tuple[ViewRead, ...]]],
+    plan: FeaturePlan,
+    ids: Sequence[str],
+    replies: list[list[Any]],
+) -> list[TransactionRecord | None]:
+    """The records of the one-round-trip script's nested reply (`_LOOKUP_BODY`): per id, the transaction's HMGET,
+    then one HMGET per key group (None: the transaction has no value of that key)."""
+    records: list[TransactionRecord | None] = []
+    count = len(groups)
+    for transaction_id, (reply, *by_key) in zip(ids, replies, strict=True):
+        row = _row(fields, reply)
+        if row is None:
+            records.append(None)
+            continue
+        by_view: dict[str, ViewValues] = {}
+        for (_, group), raw in zip(groups, _pad(by_key, count) if len(by_key) < count else by_key, strict=True):
+            if not raw:
+                for view in group:
+                    by_view[view.view] = ViewValues(dict.fromkeys(view.features), None)
+                continue
+            if len(group) == 1:  # the usual case: one view per key, its reply whole
+                view = group[0]
+                by_view[view.view] = ViewValues(dict(zip(view.features, _values_of(raw[:-1]), strict=True)),
+                                                _stamp_of(raw[-1]))  # fmt: skip
+                continue
+            by_view.update(_split(group, raw))
+        records.append(TransactionRecord(transaction_id, row, _stamp_of(reply[-1]), by_view, plan))
+    return records
 
 
 def _record(fields: tuple[str, ...], transaction_id: str, reply: list[bytes | None]) -> TransactionRecord | None:
     row = _row(fields, reply)
-    return None if row is None else TransactionRecord(transaction_id, row, stored_at=_stamp(reply[-1]))
+    return None if row is None else TransactionRecord(transaction_id, row, stored_at=_stamp_of(reply[-1]))
 
 
 def _view_values(view: ViewRead, reply: list[bytes | None] | None) -> ViewValues:
     """One view's values and timestamp from its HMGET reply (None: the entity has no id on this transaction)."""
     if reply is None:
         return ViewValues(dict.fromkeys(view.features), None)
-    values = {f: _value(raw) for f, raw in zip(view.features, reply[:-1], strict=True)}
-    return ViewValues(values, _stamp(reply[-1]))
+    values = dict(zip(view.features, _values_of(reply[:-1]), strict=True))
+    return ViewValues(values, _stamp_of(reply[-1]))
 
 
 # A single score decodes a few dozen values: the common kinds are read here with struct (a double) or a short
@@ -474,6 +496,44 @@ def _value(raw: bytes | None) -> Any:
     except (IndexError, UnicodeDecodeError):
         pass
     return decode_value(raw)
+
+
+# The same stored bytes recur: counts and flags are a few small integers, every transaction has one of a few currencies
+# and countries, and the views a materialization wrote share its timestamp. A lookup decodes each cell by a dict
+# look-up of its bytes (map over the reply, no Python call per cell), and `_value` / `_stamp` only the bytes not seen
+# yet. Only immutable results are kept (numbers, strings, None); the tables are emptied when full, so they stay
+# bounded whatever the data.
+_CACHED = 1 << 16
+_MISSING: Any = object()
+_IMMUTABLE = frozenset({float, int, str, bool, type(None)})
+_decoded_values: dict[bytes | None, Any] = {}
+_decoded_stamps: dict[bytes | None, float | None] = {}
+
+
+def _values_of(cells: list[bytes | None]) -> list[Any]:
+    """`[_value(raw) for raw in cells]`, decoded once per distinct bytes (`_decoded_values`)."""
+    values = list(map(_decoded_values.get, cells, itertools.repeat(_MISSING)))
+    if _MISSING in values:
+        for i, found in enumerate(values):
+            if found is _MISSING:
+                raw = cells[i]
+                values[i] = decoded = _value(raw)
+                if type(decoded) in _IMMUTABLE:
+                    if len(_decoded_values) >= _CACHED:
+                        _decoded_values.clear()
+                    _decoded_values[raw] = decoded
+    return values
+
+
+def _stamp_of(raw: bytes | None) -> float | None:
+    """`_stamp(raw)`, decoded once per distinct bytes (`_decoded_stamps`)."""
+    stamp = _decoded_stamps.get(raw, _MISSING)
+    if stamp is _MISSING:
+        stamp = _stamp(raw)
+        if len(_decoded_stamps) >= _CACHED:
+            _decoded_stamps.clear()
+        _decoded_stamps[raw] = stamp
+    return stamp  # type: ignore[no-any-return]
 
 
 def _stamp(raw: bytes | None) -> float | None:
