@@ -3,12 +3,11 @@
 A request only appends one block to a bounded list under a lock: its `Score`s as they are (each holds its row of
 the model matrix), or OIP's matrix and scores; no per-score tuple, no I/O, no Arrow, no copy. A thread of the
 process wakes every `flush_s`, takes the list, builds one Arrow table column by column (a list comprehension per
-column over a block's scores, the vectors as one list<float64> column, each model's feature names once: the
-`VECTORS` layout of core/score_log.py) and writes one file per day partition
-(core/score_log.py: a temporary name, then renamed, so files are complete or absent and each uvicorn worker writes
-its own). When `max_rows` scores are already waiting, new ones are dropped and counted, never waited for; a failed
-write is logged and its rows counted as dropped. A killed process loses at most the scores of its last flush
-interval.
+column over the scores of consecutive requests' blocks, the vectors as one list<float64> column, each model's feature
+names once: the `VECTORS` layout of core/score_log.py) and writes one file per day partition (core/score_log.py: a
+temporary name, then renamed, so files are complete or absent and each uvicorn worker writes its own). When
+`max_rows` scores are already waiting, new ones are dropped and counted, never waited for; a failed write is logged
+and its rows counted as dropped. A killed process loses at most the scores of its last flush interval.
 
 Sampling: a feature service's Feast `logging_config` (its `sample_rate`; a `FileLoggingDestination`'s `path` as the
 log's root for that service) takes precedence over `FRAUDSERVE_SCORE_LOG_SAMPLE`. The decision is made per
@@ -295,7 +294,21 @@ class _Columns:
                 self.freshness += [None] * n
             self._vectors(n, model, matrix.reshape(n, -1))
             return
-        scores = block.scores
+        self._scores(block.scores)
+
+    def add_scores(self, blocks: Sequence[_Block]) -> None:
+        """Blocks of `Score`s (`_Block.values` None), one after the other: their rows in one pass. A request logs one
+        block of one score or a few, so what is per block (a NumPy call per column piece) is per run here."""
+        for block in blocks:
+            self.request_ids.append(block.request_id)
+            self.counts.append(len(block.scores))
+            self.stamps.append(block.time)
+        self._scores([score for block in blocks for score in block.scores])
+
+    def _scores(self, scores: list[Score]) -> None:
+        n = len(scores)
+        if not n:
+            return
         self.transaction_ids += [s.transaction_id for s in scores]
         models = [s.model for s in scores]
         self.roles += [s.role for s in scores]
@@ -352,6 +365,15 @@ def to_table(blocks: Sequence[_Block]) -> pa.Table:
     of all values, each row's feature names as a code into the JSON lists of the block's models (each list stored
     once), per-model columns taken by index."""
     columns = _Columns()
+    run: list[_Block] = []  # consecutive blocks of Scores, added at once (`_Columns.add_scores`)
     for block in blocks:
+        if block.values is None:
+            run.append(block)
+            continue
+        if run:
+            columns.add_scores(run)
+            run = []
         columns.add(block)
+    if run:
+        columns.add_scores(run)
     return columns.table()
