@@ -296,9 +296,11 @@ class RedisFeatureSource:
         made without a socket timeout: `within_budget` bounds the call. A script that Redis lost (a restart,
         `SCRIPT FLUSH`) is loaded again; an error reply (the script failed) is read whole, so the connection stays."""
 
+        packed = evalsha_command(script.sha, keys)
+
         async def call(connection: AbstractConnection) -> Any:
             try:
-                return await _call(connection, "EVALSHA", script.sha, len(keys), *keys)
+                return await _send(connection, packed)
             except NoScriptError:
                 await _call(connection, "SCRIPT", "LOAD", script.script)
                 return await _call(connection, "EVALSHA", script.sha, len(keys), *keys)
@@ -399,8 +401,22 @@ class RedisFeatureSource:
 
 async def _call(connection: AbstractConnection, *args: Any) -> Any:
     """One command on one connection: sent and its reply read (a ResponseError reply raised, as redis-py does)."""
-    await connection.send_packed_command(connection.pack_command(*args), check_health=False)
+    return await _send(connection, connection.pack_command(*args))
+
+
+async def _send(connection: AbstractConnection, packed: bytes | list[bytes]) -> Any:
+    await connection.send_packed_command(packed, check_health=False)
     return await connection.read_response()
+
+
+def evalsha_command(sha: str, keys: list[bytes]) -> bytes:
+    """`EVALSHA sha len(keys) *keys` in RESP, the bytes redis-py's `pack_command` makes for it (tested equal),
+    without its per-argument encoder calls and joins: the lookup sends one per call."""
+    count = str(len(keys)).encode()
+    parts = [b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (3 + len(keys), len(sha), sha.encode(),
+                                                                       len(count), count)]  # fmt: skip
+    parts += [b"$%d\r\n%b\r\n" % (len(key), key) for key in keys]
+    return b"".join(parts)
 
 
 def _pad(replies: list[Any], count: int) -> list[Any]:

@@ -66,3 +66,14 @@ def test_the_tables_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     stamps = [Timestamp(seconds=1_700_000_000 + i).SerializeToString() for i in range(50)]
     assert [_stamp_of(s) for s in stamps] == [1_700_000_000.0 + i for i in range(50)]
     assert len(redis_source._decoded_stamps) <= 8
+
+
+def test_the_lookup_command_is_redis_pys_bytes() -> None:
+    from redis.asyncio.connection import Connection
+
+    from inference_api.domain.redis_source import evalsha_command
+
+    connection = Connection()
+    sha = "e0e1f9fabfc9d4800c877a703b823ac0578ff8db"
+    for keys in ([], [b"k"], [b"\x00\x01binary\r\nkey" * 3, b"x" * 7000, b""], [b"%d" % i for i in range(12)]):
+        assert evalsha_command(sha, keys) == b"".join(connection.pack_command("EVALSHA", sha, len(keys), *keys))
