@@ -205,18 +205,21 @@ def profile(py_spy: str, pid: int, port: int, bodies: list[dict[str, object]], s
         lines = Path(out.name).read_text().splitlines()
     total = 0
     inclusive: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()  # the frame running (its line), the caller beside it
     for line in lines:
         stack, _, n = line.rpartition(" ")
         if not n.isdigit():
             continue
         total += int(n)
-        frames = {re.sub(r":\d+\)$", ")", frame).replace(str(Path.cwd()) + "/", "") for frame in stack.split(";")}
-        for frame in frames:
+        named = [frame.replace(str(Path.cwd()) + "/", "") for frame in stack.split(";")]
+        for frame in {re.sub(r":\d+\)$", ")", frame) for frame in named}:
             inclusive[frame] += int(n)
+        leaves[" < ".join(reversed(named[-2:]))] += int(n)
     share = {frame: round(n / max(total, 1), 4) for frame, n in inclusive.most_common()}
     ours = [f for f in share if f.split("(", 1)[-1].startswith(("inference_api/", "core/", "pipelines/"))]
     theirs = [f for f in share if f not in ours and share[f] < 0.45]  # below the stack's common wrappers
-    return {"samples": total, "inclusive_share": {f: share[f] for f in [*ours[:25], *theirs[:20]]}}
+    return {"samples": total, "inclusive_share": {f: share[f] for f in [*ours[:25], *theirs[:20]]},
+            "self_share": {f: round(n / max(total, 1), 4) for f, n in leaves.most_common(40)}}  # fmt: skip
 
 
 def main() -> None:
@@ -342,6 +345,9 @@ def main() -> None:
         if args.py_spy:
             result["profile 256"] = profile(args.py_spy, process.pid, port, bodies["by id 256"], 4 * args.seconds)
             for frame, share in result["profile 256"]["inclusive_share"].items():
+                console.print(f"  {share:6.1%}  {frame}")
+            console.print("where the samples run (the line, its caller):")
+            for frame, share in result["profile 256"]["self_share"].items():
                 console.print(f"  {share:6.1%}  {frame}")
         result["exactness"] = exactness(url, rng.sample(ids, 256))
         console.print(f"items equal to the single score: {result['exactness']}")

@@ -68,3 +68,153 @@ def test_packed_commands_are_redis_pys_hmgets_on_feasts_keys() -> None:
     assert spans == [(0, 3), (3, 5)]
     assert gathers[0].tolist() == [0, 1, 2, -1, 0]  # the card of each transaction; none for the fourth
     assert gathers[1].tolist() == [0, 0, 1, -1, -1]  # m1 read once; a null merchant is not a key
+
+
+# --------------------------------------------------------------------------------- the replies located with numpy
+def _hiredis_cells(data: bytes, replies: int) -> list[bytes | None]:
+    import hiredis
+
+    reader = hiredis.Reader()
+    reader.feed(data)
+    parsed = [reader.gets() for _ in range(replies)]
+    return [cell for reply in parsed for cell in reply]
+
+
+def _resp(replies: list[list[bytes | None]], marker: bytes = b"0123456789abcdef") -> bytes:
+    def bulk(cell: bytes | None) -> bytes:
+        return b"$-1\r\n" if cell is None else b"$%d\r\n%s\r\n" % (len(cell), cell)
+
+    return b"".join(b"*%d\r\n" % len(r) + b"".join(map(bulk, r)) for r in replies) + bulk(marker)
+
+
+def test_replies_are_located_as_hiredis_parses_them() -> None:
+    """Cells of every length up to three digits, nils, empty strings, and values whose bytes look like RESP headers
+    after a line end (`\\n$5\\r\\n`, `\\n*2\\r\\n`, a value ending in a line feed): located at the bytes hiredis
+    returns, in order. A header of four digits, an error reply or a wrong reply count: None (hiredis reads them)."""
+    import random
+
+    import numpy as np
+
+    from inference_api.domain.batch_lookup import resp_cells
+
+    rng = random.Random(5)
+    tricky = [b"\n$5\r\nabcde", b"x\n*2\r\n", b"\n", b"\r\n", b"$1\r\n", b"\n$-1\r\n", b"*", b"\n$"]
+    for _ in range(50):
+        widths = [rng.randint(1, 14) for _ in range(rng.randint(1, 30))]
+        replies = [
+            [
+                rng.choice([None, b"", rng.choice(tricky), rng.randbytes(rng.randint(1, 999))])
+                if rng.random() < 0.5
+                else rng.randbytes(rng.choice([2, 9, 7, 11]))
+                for _ in range(width)
+            ]
+            for width in widths
+        ]
+        data = _resp(replies)
+        located = resp_cells(data, np.array(widths))
+        assert located is not None
+        starts, lengths = located
+        got = [None if n == 0 else data[s : s + n] for s, n in zip(starts.tolist(), lengths.tolist(), strict=True)]
+        want = [cell or None for cell in _hiredis_cells(data, len(widths))]  # length 0: no value, as nil
+        assert got == want
+    assert resp_cells(_resp([[b"x" * 1000]]), np.array([1])) is None
+    assert resp_cells(_resp([[b"1"]]), np.array([2])) is None
+    assert resp_cells(_resp([[b"1"], [b"2"]]), np.array([1])) is None
+    assert resp_cells(b"-WRONGTYPE Operation against a key\r\n" + _resp([]), np.array([1])) is None
+
+
+def test_numbers_and_stamps_decode_as_feasts_decoders() -> None:
+    """Every kind of numeric ValueProto Feast or the stream writes (varints of every length, negative ones in ten
+    bytes), decoded for a whole column at once, equals `decode_value` per value; Timestamps equal `decode_ts`."""
+    import math
+
+    import numpy as np
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from inference_api.domain.batch_lookup import numbers, stamps
+    from pipelines.online_layout import decode_ts, decode_value
+
+    protos = [Value(double_val=v) for v in (0.0, -0.0, 1.5, -2.25e-300, 1e308, math.inf, -math.inf, math.nan)]
+    protos += [Value(float_val=v) for v in (0.0, 3.1415927, -1e-38)]
+    protos += [Value(int64_val=v) for v in (0, 1, 127, 128, 300, -1, -(2**40), 2**53 + 1, 2**63 - 1, -(2**63))]
+    protos += [Value(int64_val=1 << k) for k in range(0, 63, 3)]
+    protos += [Value(int32_val=v) for v in (0, 5, -7, 2**31 - 1, -(2**31))]
+    protos += [Value(bool_val=True), Value(bool_val=False), Value(unix_timestamp_val=1_764_633_600_123)]
+    protos += [Value(null_val=Null.NULL), Value()]
+    raw = [p.SerializeToString() for p in protos] + [b""]
+    lengths = np.array([len(v) for v in raw], dtype=np.int64)
+    buf = np.frombuffer(b"".join(raw) + bytes(160), dtype=np.uint8)
+    values, odd = numbers(buf, np.cumsum(lengths) - lengths, lengths)
+    assert not odd.any()
+    for cell, got in zip(raw, values.tolist(), strict=True):
+        want = decode_value(cell)
+        expected = math.nan if want is None else float(want)
+        same_sign = math.copysign(1, got) == math.copysign(1, expected)
+        assert (math.isnan(got) and math.isnan(expected)) or (got == expected and same_sign), (cell, got, want)
+    text = Value(string_val="m_1").SerializeToString()
+    assert numbers(np.frombuffer(text + bytes(16), dtype=np.uint8), np.array([0]), np.array([len(text)]))[1].all()
+
+    pairs = ((1_764_633_600, 0), (1_764_633_600, 123_000_000), (0, 5), (0, 0), (1, 999_999_999), (-5, 0), (300, 1))
+    raw = [Timestamp(seconds=s, nanos=n).SerializeToString() for s, n in pairs] + [b""]
+    lengths = np.array([len(v) for v in raw], dtype=np.int64)
+    buf = np.frombuffer(b"".join(raw) + bytes(160), dtype=np.uint8)
+    values, odd = stamps(buf, np.cumsum(lengths) - lengths, lengths)
+    assert not odd.any()
+    for cell, got in zip(raw, values.tolist(), strict=True):
+        want = decode_ts(cell)
+        assert (want is None and math.isnan(got)) or got == want, (cell, got, want)
+
+
+def test_entity_commands_from_the_located_cells_are_the_python_ones() -> None:
+    """`entity_reads` (the keys made unique with numpy, commands written from templates) sends the same HMGETs as
+    `entity_commands` over Python bytes, grouped by key length within a group, and each transaction takes the reply
+    of its own key; a key longer than 127 bytes sends the batch through `entity_commands` itself."""
+    import random
+
+    import numpy as np
+
+    from inference_api.domain.batch_lookup import _Read, entity_reads
+
+    plan = _plan()
+    layout = layout_of(plan, ("amount",))
+    rng = random.Random(2)
+    for long_key in (False, True):
+        cards = [f"card_{rng.randint(0, 30)}" if rng.random() < 0.9 else None for _ in range(60)]
+        merchants = [rng.choice(["m1", "m_22", "m333", "merchant\n$5\r\n", None]) for _ in range(60)]
+        if long_key:
+            cards[7] = "c" * 300
+        rows: list[list[bytes | None]] = [[None] * len(layout.fields) for _ in range(60)]
+        for row, c, m in zip(rows, cards, merchants, strict=True):
+            row[layout.fields["card_id"]] = None if c is None else _string(c)
+            row[layout.fields["merchant_id"]] = None if m is None else _string(m)
+            row[layout.fields["amount"]] = Value(double_val=rng.random()).SerializeToString()
+        rows[3][layout.fields["merchant_id"]] = bytes(Value(null_val=Null.NULL).SerializeToString())
+        cells = [cell for row in rows for cell in row]
+        lengths = np.array([len(c or b"") for c in cells], dtype=np.int64)
+        read = _Read(b"".join(c or b"" for c in cells), np.cumsum(lengths) - lengths, lengths)
+        built = entity_reads(layout, PROJECT, read, len(rows))
+        commands, gathers, spans = entity_commands(layout, PROJECT, rows)
+        assert built.counts == [b - a for a, b in spans]
+        widths = [g.width for g, (a, b) in zip(layout.groups, spans, strict=True) for _ in range(a, b)]
+        assert built.widths.tolist() == widths
+        replies = _split_commands(b"".join(built.commands))
+        assert sorted(replies) == sorted(commands)
+        for g, (gather, old) in enumerate(zip(built.gathers, gathers, strict=True)):
+            a, _ = spans[g]
+            offset = sum(built.counts[:g])
+            for row in range(len(rows)):
+                assert (gather[row] == -1) == (old[row] == -1)
+                if old[row] != -1:
+                    assert replies[offset + gather[row]] == commands[a + old[row]]
+
+
+def _split_commands(sent: bytes) -> list[bytes]:
+    """Packed RESP commands one by one (hiredis reads a command as it reads an array reply)."""
+    import hiredis
+
+    reader = hiredis.Reader()
+    reader.feed(sent)
+    out = []
+    while (command := reader.gets()) is not False:
+        out.append(b"".join(Connection().pack_command(*command)))
+    return out
