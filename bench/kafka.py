@@ -25,6 +25,11 @@ The load average is recorded before each run (the machine is shared: other jobs 
 two transports alternate in one run). `--user-features`: the Feast repo is the built-ins plus bench.stream's 10
 declared aggregations over two new entities (`bench.user_features.extra_views`), for drains and fixed rates alike.
 
+`--consumer-protocol`: a transport "kafka-consumer", this tree's workers with KIP-848's consumer group protocol
+(FRAUDSERVE_KAFKA_GROUP_PROTOCOL=consumer), alternated with the others. Each Kafka drain with several workers gives
+its join wait: from the first sample of the group with every worker a member to the first where the group is stable
+with each owning transaction partitions (the rebalance a second worker's join costs; sampled every 200 ms).
+
 `--baseline REV`: a third transport, "kafka-baseline": Kafka on the same broker with the workers running commit
 REV's code (`git archive`, as bench.stream's), alternated with the other two, and this tree's Kafka / REV's ratios.
 
@@ -115,6 +120,23 @@ class GroupMonitor(threading.Thread):
         return self.samples
 
 
+def join_wait(samples: list[dict[str, Any]], workers: int) -> float | None:
+    """Seconds from the first sample with `workers` members in the group to the first where it is stable with each
+    owning transaction partitions: what a joining worker waits for (None: never both, or one worker)."""
+    joined = next((s["t"] for s in samples if len(s.get("members") or {}) >= workers), None)
+    if joined is None or workers < 2:
+        return None
+    return next(
+        (
+            s["t"] - joined
+            for s in samples
+            if s["t"] >= joined and s.get("state") == "STABLE"
+            and len(s.get("members") or {}) == workers and all((s.get("members") or {}).values())
+        ),
+        None,
+    )  # fmt: skip
+
+
 def group_timeline(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Assignment changes (time, member -> partitions) and each member's committed events/s while it owned
     partitions, from `GroupMonitor` samples."""
@@ -163,6 +185,8 @@ def environment(tmp: Path, name: str, transport: str, partitions: int, server: R
     })  # fmt: skip
     if repo is not None:
         env["FRAUDSERVE_FEATURE_REPO"] = str(repo)
+    if transport == "kafka-consumer":
+        env["FRAUDSERVE_KAFKA_GROUP_PROTOCOL"] = "consumer"
     if on_kafka(transport):
         env.update({
             "FRAUDSERVE_KAFKA_BOOTSTRAP": broker.bootstrap, "FRAUDSERVE_KAFKA_TRANSACTIONS_TOPIC": f"tx-{name}",
@@ -173,7 +197,8 @@ def environment(tmp: Path, name: str, transport: str, partitions: int, server: R
 
 
 def on_kafka(transport: str) -> bool:
-    """ "kafka", or "kafka-baseline" (`--baseline`: the workers run commit REV's code on the same broker)."""
+    """ "kafka", "kafka-consumer" (`--consumer-protocol`) or "kafka-baseline" (`--baseline`: the workers run commit
+    REV's code on the same broker)."""
     return transport != "redis"
 
 
@@ -270,6 +295,8 @@ def drain(
         "broker_s": cpu_seconds(broker_pid) - cpu_before[2],
     }
     timeline = group_timeline(monitor.stop()) if monitor is not None else None
+    if timeline is not None:
+        timeline["join_wait_s"] = join_wait(timeline["samples"], workers)
     processed = int(client.hget(STATS, "processed") or 0)
     server.stop()
     if len(marks) < 2 or processed < events:
@@ -555,6 +582,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--failover-repeats", type=int, default=2)
     parser.add_argument(
+        "--consumer-protocol", action="store_true",
+        help="also Kafka with KIP-848's consumer group protocol (transport kafka-consumer), same run, alternated",
+    )  # fmt: skip
+    parser.add_argument(
         "--baseline", metavar="REV",
         help="also Kafka with the workers running commit REV's code (git archive), same broker, same run, alternated",
     )  # fmt: skip
@@ -574,12 +605,14 @@ def main() -> None:
 
             repo = user_repo(tmp / "repo" / "feature_repo", {"bench_windows.py": extra_views(60)}, {})
         codes: dict[str, Path | None] = {"redis": None, "kafka": None}
+        if args.consumer_protocol:
+            codes["kafka-consumer"] = None
         if args.baseline:
             from bench.stream import baseline_tree
 
             codes["kafka-baseline"] = baseline_tree(tmp, args.baseline)
         transports = [
-            t for t in codes if t in args.transports or (t == "kafka-baseline" and "kafka" in args.transports)
+            t for t in codes if t in args.transports or (t.startswith("kafka-") and "kafka" in args.transports)
         ]
         broker = KafkaProcess(tmp / "kafka").start()
         try:
@@ -601,6 +634,8 @@ def main() -> None:
                             f"  CPU per event: workers {per_event['workers']:,.0f} us, redis {per_event['redis']:,.0f}"
                             f" us, broker {per_event['broker']:,.0f} us"
                         )
+                        if run.get("group", {}).get("join_wait_s") is not None:
+                            console.print(f"  join wait {run['group']['join_wait_s']:.2f} s")
                         for change in run.get("group", {}).get("assignment_changes", []):
                             console.print(f"  {change['t']:6.2f} s {change['state']}: {change['members']}")
                         for member, rate in run.get("group", {}).get("committed_by_member", {}).items():

@@ -396,8 +396,9 @@ class KafkaLog:
     @property
     def heartbeat_ms(self) -> int:
         """A member learns of a rebalance (a worker joining or leaving) at its next heartbeat, and with range
-        assignment every member waits for the others: 1 s at most, not session / 5."""
-        return min(max(self.config.session_timeout_ms // 10, 250), 1000)
+        assignment every member waits for the others: 250 ms at most (a heartbeat is a few bytes to the group
+        coordinator), not session / 5."""
+        return min(max(self.config.session_timeout_ms // 10, 100), 250)
 
     def _group_settings(self) -> dict[str, Any]:
         """The client's group settings. The consumer protocol (KIP-848) takes neither a session timeout nor a
