@@ -462,19 +462,32 @@ class BatchLookup:
     async def _trips(
         self, connection: AbstractConnection, ids: Sequence[str], layout: _Layout
     ) -> tuple[_Read, _Entities]:
-        project, prefix, head, tail = self.project, self._prefix, layout.head, layout.tail
-        fixed = len(prefix) + 4 + len(project)
-        commands = [
-            _COMMAND % (head, fixed + len(raw), prefix, _U32(len(raw)), raw, project, tail)
-            for raw in map(str.encode, ids)
-        ]
+        commands = transaction_commands(layout, self._prefix, self.project, ids)
         transactions = await _exchange(connection, commands, np.full(len(ids), len(layout.fields)))
-        entities = entity_reads(layout, project, transactions, len(ids))
+        entities = entity_reads(layout, self.project, transactions, len(ids))
         read = await _exchange(connection, entities.commands, entities.widths) if entities.commands else None
         return transactions, _Entities(entities.gathers, entities.counts, read)
 
     async def close(self) -> None:
         await self._kept.close()
+
+
+def transaction_commands(layout: _Layout, prefix: bytes, project: bytes, ids: Sequence[str]) -> list[bytes]:
+    """The first trip: each transaction's HMGET. Ids of one length in bytes (as a batch of one system's ids nearly
+    always is) are written into rows of one template with numpy; otherwise one command each."""
+    size = len(ids[0]) if ids else 0
+    if size and len(set(map(len, ids))) == 1:
+        raw = "".join(ids).encode()
+        if len(raw) == size * len(ids):  # every character one byte: each id's bytes are its slice
+            template, at = _template(layout, -1, project, size, prefix)
+            block = np.broadcast_to(template, (len(ids), len(template))).copy()
+            block[:, at : at + size] = np.frombuffer(raw, dtype=np.uint8).reshape(len(ids), size)
+            return [block.tobytes()]
+    fixed = len(prefix) + 4 + len(project)
+    head, tail = layout.head, layout.tail
+    return [
+        _COMMAND % (head, fixed + len(raw), prefix, _U32(len(raw)), raw, project, tail) for raw in map(str.encode, ids)
+    ]
 
 
 @dataclass(frozen=True)
@@ -551,14 +564,15 @@ def entity_reads(layout: _Layout, project: bytes, transactions: _Read, count: in
 _KEY = np.arange(129)
 
 
-def _template(layout: _Layout, group: int, project: bytes, size: int) -> tuple[np.ndarray, int]:
-    """An HMGET of key group `group` for a key value of `size` bytes (its bytes zeros) and where the value starts:
-    made once per layout, group and size."""
+def _template(layout: _Layout, group: int, project: bytes, size: int, prefix: bytes = b"") -> tuple[np.ndarray, int]:
+    """An HMGET of key group `group` (-1: the transaction's, under `prefix`) for a key value of `size` bytes (its
+    bytes zeros) and where the value starts: made once per layout, group and size."""
     found = layout.templates.get((group, size))
     if found is None:
-        read = layout.groups[group]
-        before = b"%s$%d\r\n%s%s" % (read.head, len(read.prefix) + 4 + size + len(project), read.prefix, _U32(size))
-        raw = before + bytes(size) + project + b"\r\n" + read.tail
+        head, tail = (layout.head, layout.tail) if group < 0 else (layout.groups[group].head, layout.groups[group].tail)
+        prefix = prefix if group < 0 else layout.groups[group].prefix
+        before = b"%s$%d\r\n%s%s" % (head, len(prefix) + 4 + size + len(project), prefix, _U32(size))
+        raw = before + bytes(size) + project + b"\r\n" + tail
         found = layout.templates[(group, size)] = (np.frombuffer(raw, dtype=np.uint8), len(before))
     return found
 

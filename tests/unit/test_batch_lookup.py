@@ -218,3 +218,19 @@ def _split_commands(sent: bytes) -> list[bytes]:
     while (command := reader.gets()) is not False:
         out.append(b"".join(Connection().pack_command(*command)))
     return out
+
+
+def test_transaction_commands_are_redis_pys_hmgets_on_feasts_keys() -> None:
+    """Ids of one length written into one template, ids of several lengths and non-ASCII ids one by one: the
+    bytes redis-py packs for each transaction's HMGET, in request order."""
+    from inference_api.domain.batch_lookup import transaction_commands
+    from pipelines.features.catalog import TRANSACTION_VIEW
+    from pipelines.online_layout import key_prefix
+
+    layout = layout_of(_plan(), ("amount",))
+    pack = Connection().pack_command
+    fields = [feature_field(TRANSACTION_VIEW, f) for f in layout.fields]
+    prefix = key_prefix("transaction_id")
+    for ids in (["tx_0001", "tx_0002", "tx_0001"], ["tx_1", "tx_22", "t"], ["tx_é1", "tx_a12"], ["tx_é1"]):
+        expected = [b"".join(pack("HMGET", entity_key(PROJECT, "transaction_id", t, 3), *fields)) for t in ids]
+        assert b"".join(transaction_commands(layout, prefix, PROJECT, ids)) == b"".join(expected)
