@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.models.reference import DriftReference
@@ -35,6 +36,9 @@ class FeatureField(_Strict):
     dtype: FeatureType
 
 
+_LABELS = np.array(["not_fraud", "suspicious", "highly_suspicious"], dtype=object)  # by how many thresholds reached
+
+
 class Thresholds(_Strict):
     """Scores at or above `suspicious` are suspicious; at or above `highly_suspicious`, highly suspicious."""
 
@@ -54,6 +58,14 @@ class Thresholds(_Strict):
         if score >= self.suspicious:
             return "suspicious"
         return "not_fraud"
+
+    def labels(self, scores: np.ndarray) -> list[str]:
+        """`label` of each score, compared for the whole array at once (a NaN is `not_fraud`, as `label` says). In
+        float64, as `label` compares a score: a float32 array would compare with the thresholds rounded to float32."""
+        wide = np.asarray(scores, dtype=np.float64)
+        level = (wide >= self.suspicious).astype(np.intp) + (wide >= self.highly_suspicious)
+        named: list[str] = _LABELS[level].tolist()
+        return named
 
 
 class Metrics(_Strict):

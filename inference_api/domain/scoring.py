@@ -446,9 +446,10 @@ class ScoringService:
             top = np.argsort(-contributions[:, :width], axis=1, kind="stable")[:, : self.top_reasons]
             at = np.arange(len(top))[:, None]  # each row's own picks (take_along_axis builds this in Python per call)
             reasons = (self._feature_names(plan)[top], matrix[at, top], contributions[at, top])
-        label = model.manifest.thresholds.label
         listed = scores.tolist()
-        verdicts = [UNCERTAIN if doubt else label(score) for doubt, score in zip(uncertain, listed, strict=True)]
+        verdicts = model.manifest.thresholds.labels(scores)
+        for i in [i for i, doubt in enumerate(uncertain) if doubt]:
+            verdicts[i] = UNCERTAIN
         counts = collections.Counter(verdicts)
         for verdict, count in counts.items():
             self.metrics.labels.labels(model.name, str(model.version), verdict).inc(count)
