@@ -18,16 +18,13 @@ pipeline sends each master its share).
 from __future__ import annotations
 
 import math
-import random
 import struct
-from asyncio import StreamReader
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from operator import length_hint
 from typing import Any
 
-import hiredis
 import numpy as np
 import redis
 import redis.asyncio as aioredis
@@ -189,12 +186,9 @@ async def _replies(connection: AbstractConnection, count: int) -> list[Any]:
 
 
 # ------------------------------------------------------------------------------------------- the replies as arrays
-# Both trips' replies are read as raw RESP and located with numpy: no Python object per cell. A batch of 256 ids
-# holds about 6,000 cells; hiredis made a bytes object of each and the lookup then joined them back into one buffer
-# (about 0.6 ms of a 256-id request together). The cells are only ever read as bytes at offsets of one buffer.
-_DOLLAR, _STAR, _CR, _LF = 0x24, 0x2A, 0x0D, 0x0A
-_ECHO = b"*2\r\n$4\r\nECHO\r\n$16\r\n%s\r\n"  # the last command of a trip: its reply marks the end of the replies
-_ECHOED = b"$16\r\n%s\r\n"
+# hiredis parses both trips' replies; their cells are then joined into one buffer and read only as bytes at offsets
+# of it. (Reading the raw RESP and locating the cells with numpy instead was built and measured: no faster at 256
+# ids, `score_batch-20261202-152516.json`, so the field's own parser stays.)
 
 
 @dataclass(frozen=True)
@@ -212,130 +206,17 @@ class _Table:
 
 
 def table_of(replies: list[list[bytes | None]]) -> tuple[bytes, np.ndarray, np.ndarray]:
-    """Replies parsed by hiredis (lists of cells, None: missing) as a buffer and each cell's offset and length: the
-    form `resp_cells` gives."""
+    """Replies parsed by hiredis (lists of cells, None: missing) as a buffer and each cell's offset and length."""
     cells = list(chain.from_iterable(replies))
     lengths = np.fromiter(map(length_hint, cells), dtype=np.int64, count=len(cells))  # None: 0
     return b"".join(filter(None, cells)), np.cumsum(lengths) - lengths, lengths
 
 
-def resp_cells(data: bytes, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """The cells of RESP2 replies to HMGETs (`widths`: each reply's cell count, in order) followed by one bulk
-    string (the trip's end marker), located with numpy: each cell's offset in `data` and its length (0: nil).
-
-    Every RESP header (`*N\\r\\n`, `$N\\r\\n`, `$-1\\r\\n`) starts right after a line end; the candidates are the
-    `*` and `$` bytes at such places whose header parses (one to three digits, or -1, then the line end; a bulk
-    string's own line end after its bytes), and each one's successor is where its header (and bulk string) ends.
-    When the candidates follow each other exactly from the first byte to the last, they are the replies' tokens: a
-    candidate inside a value (a cell's bytes that look like a header after a line end) would sit between a token and
-    its successor, and a missing one would break the chain. Otherwise the chain is followed from the first byte
-    (`_walk`). None when the bytes are not such replies (an error reply, a header of four digits or more, another
-    RESP type): the caller parses them with hiredis, which also raises an error reply."""
-    size = len(data)
-    if size < 4:
-        return None
-    buf = np.frombuffer(data + _PAD, dtype=np.uint8)
-    kind = buf[1:size]
-    at = np.flatnonzero(((kind == _DOLLAR) | (kind == _STAR)) & (buf[: size - 1] == _LF))
-    at += 1
-    at = np.concatenate((_ZERO, at))
-    c1, c2, c3, c4 = buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]
-    d1, d2, d3 = c1 - np.uint8(48), c2 - np.uint8(48), c3 - np.uint8(48)
-    first = d1 < 10
-    one = first & (c2 == _CR) & (c3 == _LF)
-    two = first & (d2 < 10) & (c3 == _CR) & (c4 == _LF)
-    three = first & (d2 < 10) & (d3 < 10) & (c4 == _CR) & (buf[at + 5] == _LF)
-    head = buf[at]
-    bulk = head == _DOLLAR
-    nil = bulk & (c1 == 0x2D) & (c2 == 0x31) & (c3 == _CR) & (c4 == _LF)  # $-1
-    value = d1.astype(np.int64)
-    value[two] = value[two] * 10 + d2[two]
-    value[three] = value[three] * 100 + d2[three].astype(np.int64) * 10 + d3[three]
-    value[nil] = -1
-    body = at + 4
-    body[~one] += 1
-    body[three] += 1
-    following = body.copy()
-    bulk &= ~nil
-    following[bulk] += value[bulk] + 2
-    ends = np.minimum(following, len(buf) - 2)
-    ok = (one | two | three | nil) & (~bulk | ((buf[ends - 2] == _CR) & (buf[ends - 1] == _LF)))
-    if not ok.all():
-        at, following, value, body, head = at[ok], following[ok], value[ok], body[ok], head[ok]
-    if not (len(at) and at[0] == 0 and following[-1] == size and (following[:-1] == at[1:]).all()):
-        chain = _walk(at, following, size)
-        if chain is None:
-            return None
-        head, value, body = head[chain], value[chain], body[chain]
-    # The structure: each reply an array header of its width, then that many bulk strings; then the marker.
-    steps = widths + 1
-    headers = np.cumsum(steps) - steps
-    if len(head) != int(steps.sum()) + 1 or head[-1] != _DOLLAR:
-        return None
-    if not ((head[headers] == _STAR).all() and (value[headers] == widths).all()):
-        return None
-    cell = np.ones(len(head) - 1, dtype=bool)
-    cell[headers] = False
-    if not (head[:-1][cell] == _DOLLAR).all():
-        return None
-    return body[:-1][cell], np.maximum(value[:-1][cell], 0)
-
-
-_ZERO = np.zeros(1, dtype=np.intp)
-
-
-def _walk(at: np.ndarray, following: np.ndarray, size: int) -> np.ndarray | None:
-    """The tokens reached from the first byte by following each one's successor (the candidates include a few
-    inside values): their indices among the candidates, or None when the chain breaks."""
-    index = {position: i for i, position in enumerate(at.tolist())}
-    after = following.tolist()
-    chain: list[int] = []
-    position = 0
-    while position != size:
-        i = index.get(position)
-        if i is None:
-            return None
-        chain.append(i)
-        position = after[i]
-    return np.asarray(chain, dtype=np.intp)
-
-
 async def _exchange(connection: AbstractConnection, payload: list[bytes], widths: np.ndarray) -> _Read:
-    """One pipelined trip: `payload` (packed HMGETs) and an ECHO of a random marker in one write, then the raw
-    replies read until the marker's reply ends them, located by `resp_cells`. Where they are not what it reads, or
-    the connection's stream is not an asyncio `StreamReader` (another redis-py), hiredis parses them (`_replies`)."""
-    reader = getattr(connection, "_reader", None)
-    if not isinstance(reader, StreamReader):
-        await connection.send_packed_command(payload, check_health=False)
-        data, starts, lengths = table_of(await _replies(connection, len(widths)))
-        return _Read(data, starts, lengths)
-    marker = b"%016x" % random.getrandbits(64)
-    end = _ECHOED % marker
-    await connection.send_packed_command([*payload, _ECHO % marker], check_health=False)
-    received = bytearray()
-    try:
-        while not received.endswith(end):
-            chunk = await reader.read(1 << 20)
-            if not chunk:
-                raise OSError("Connection closed by server.")
-            received += chunk
-    except OSError as exc:  # as read_response: the connection is dropped, the error is redis-py's
-        await connection.disconnect(nowait=True)
-        raise redis.ConnectionError(f"Error while reading from Redis: {exc}") from exc
-    except BaseException:  # a cancelled or failed read leaves replies unread: never reuse the connection as it is
-        await connection.disconnect(nowait=True)
-        raise
-    data = bytes(received)
-    located = resp_cells(data, widths)
-    if located is not None:
-        return _Read(data, *located)
-    parser = hiredis.Reader(replyError=ResponseError)  # every reply is there: hiredis reads them, errors raised
-    parser.feed(data)
-    replies = [parser.gets() for _ in range(len(widths) + 1)]
-    for reply in replies:
-        if isinstance(reply, ResponseError):
-            raise reply
-    data, starts, lengths = table_of(replies[:-1])
+    """One pipelined trip: `payload` (packed HMGETs, one reply of `widths[i]` cells each) in one write, the replies
+    parsed by hiredis (`_replies`: an error reply raised) and laid out as one buffer (`table_of`)."""
+    await connection.send_packed_command(payload, check_health=False)
+    data, starts, lengths = table_of(await _replies(connection, len(widths)))
     return _Read(data, starts, lengths)
 
 

@@ -70,59 +70,6 @@ def test_packed_commands_are_redis_pys_hmgets_on_feasts_keys() -> None:
     assert gathers[1].tolist() == [0, 0, 1, -1, -1]  # m1 read once; a null merchant is not a key
 
 
-# --------------------------------------------------------------------------------- the replies located with numpy
-def _hiredis_cells(data: bytes, replies: int) -> list[bytes | None]:
-    import hiredis
-
-    reader = hiredis.Reader()
-    reader.feed(data)
-    parsed = [reader.gets() for _ in range(replies)]
-    return [cell for reply in parsed for cell in reply]
-
-
-def _resp(replies: list[list[bytes | None]], marker: bytes = b"0123456789abcdef") -> bytes:
-    def bulk(cell: bytes | None) -> bytes:
-        return b"$-1\r\n" if cell is None else b"$%d\r\n%s\r\n" % (len(cell), cell)
-
-    return b"".join(b"*%d\r\n" % len(r) + b"".join(map(bulk, r)) for r in replies) + bulk(marker)
-
-
-def test_replies_are_located_as_hiredis_parses_them() -> None:
-    """Cells of every length up to three digits, nils, empty strings, and values whose bytes look like RESP headers
-    after a line end (`\\n$5\\r\\n`, `\\n*2\\r\\n`, a value ending in a line feed): located at the bytes hiredis
-    returns, in order. A header of four digits, an error reply or a wrong reply count: None (hiredis reads them)."""
-    import random
-
-    import numpy as np
-
-    from inference_api.domain.batch_lookup import resp_cells
-
-    rng = random.Random(5)
-    tricky = [b"\n$5\r\nabcde", b"x\n*2\r\n", b"\n", b"\r\n", b"$1\r\n", b"\n$-1\r\n", b"*", b"\n$"]
-    for _ in range(50):
-        widths = [rng.randint(1, 14) for _ in range(rng.randint(1, 30))]
-        replies = [
-            [
-                rng.choice([None, b"", rng.choice(tricky), rng.randbytes(rng.randint(1, 999))])
-                if rng.random() < 0.5
-                else rng.randbytes(rng.choice([2, 9, 7, 11]))
-                for _ in range(width)
-            ]
-            for width in widths
-        ]
-        data = _resp(replies)
-        located = resp_cells(data, np.array(widths))
-        assert located is not None
-        starts, lengths = located
-        got = [None if n == 0 else data[s : s + n] for s, n in zip(starts.tolist(), lengths.tolist(), strict=True)]
-        want = [cell or None for cell in _hiredis_cells(data, len(widths))]  # length 0: no value, as nil
-        assert got == want
-    assert resp_cells(_resp([[b"x" * 1000]]), np.array([1])) is None
-    assert resp_cells(_resp([[b"1"]]), np.array([2])) is None
-    assert resp_cells(_resp([[b"1"], [b"2"]]), np.array([1])) is None
-    assert resp_cells(b"-WRONGTYPE Operation against a key\r\n" + _resp([]), np.array([1])) is None
-
-
 def test_numbers_and_stamps_decode_as_feasts_decoders() -> None:
     """Every kind of numeric ValueProto Feast or the stream writes (varints of every length, negative ones in ten
     bytes), decoded for a whole column at once, equals `decode_value` per value; Timestamps equal `decode_ts`."""
