@@ -100,7 +100,7 @@ class OnDemandRead:
         `@typechecked`: typeguard walks every argument and the returned dict on each call, about as much CPU as the
         rest of a single score): each source feature under both its short and its `view__feature` name, the user's
         function called on the dict, its outputs taking precedence over the inputs. Each output column is then
-        converted as Feast converts it (`python_values_to_proto_values` and back) by `_as_feast_returns`: a float64,
+        converted as Feast converts it (`python_values_to_proto_values` and back) by `as_feast_returns`: a float64,
         int64 or string column of plain values directly, anything else by Feast's functions."""
         odfv = self.odfv
         if odfv.mode != "python" or odfv.singleton or odfv.feature_transformation is None:
@@ -119,7 +119,7 @@ class OnDemandRead:
         for name in added:
             merged.pop(name, None)
         return {
-            name: _as_feast_returns(merged[name], kind) for name, kind in zip(self.features, self.types, strict=True)
+            name: as_feast_returns(merged[name], kind) for name, kind in zip(self.features, self.types, strict=True)
         }
 
 
@@ -131,7 +131,7 @@ def _aliases(odfv: OnDemandFeatureView) -> list[tuple[str, str]]:
     return [(f"{p.name}__{f.name}", f.name) for p in odfv.source_feature_view_projections.values() for f in p.features]
 
 
-def _as_feast_returns(values: Any, kind: Any) -> list[Any]:
+def as_feast_returns(values: Any, kind: Any) -> list[Any]:
     """An on-demand output column as Feast's online read returns it: each value to a ValueProto of the schema's type
     and back. A float64 column of floats and None (NaN becomes None, as in Feast), an int64 column of ints and None,
     a string column of strings and None are that without a message per value; any other column, or a value of

@@ -24,7 +24,7 @@ from core.errors import FraudserveError
 from inference_api.domain.batch_lookup import BatchLookup
 from inference_api.domain.features import FeatureColumns, FeatureSource, TransactionRecord, ViewValues
 from inference_api.domain.models import LoadedModel, ModelManager
-from inference_api.domain.plan import FeaturePlan, OnDemandRead
+from inference_api.domain.plan import FeaturePlan, OnDemandRead, as_feast_returns
 from inference_api.domain.redis_source import RedisFeatureSource
 from inference_api.observability import Metrics
 from pipelines.features.catalog import TRANSACTION_VIEW
@@ -270,10 +270,11 @@ def on_demand_values(
 
     The input is what Feast's response holds for the view (`_augment_response_with_on_demand_transforms`): the
     entity columns, the features of its source projections and its request data, as python values (None where
-    missing), one list per column; python mode calls `transform_dict` on it, pandas mode `transform_arrow` on it as
-    an Arrow table. The outputs are converted as Feast converts them (to the schema's type and back)."""
+    missing), one list per column; python mode calls the user's function on it as `transform_dict` does
+    (`OnDemandRead.python_values`, without Feast's per-call type checks), pandas mode `transform_arrow` on it as an
+    Arrow table. The outputs are converted as Feast converts them (to the schema's type and back:
+    `as_feast_returns`)."""
     import pyarrow as pa
-    from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 
     inputs: dict[str, list[Any]] = {}
     for key in read.join_keys:
@@ -285,6 +286,9 @@ def on_demand_values(
             inputs[feature] = [views[view].values.get(feature) for views in fetched]
     for name in read.request_fields:
         inputs[name] = [record.get(name) for record in records]
+    computed = read.python_values(inputs)
+    if computed is not None:
+        return computed
     odfv = read.odfv
     outputs: dict[str, Any]
     if odfv.mode == "python":
@@ -296,13 +300,7 @@ def on_demand_values(
     else:
         table = odfv.transform_arrow(pa.Table.from_pydict(inputs), False)
         outputs = {name: table[name].to_numpy(zero_copy_only=False) for name in read.features}
-    result: dict[str, list[Any]] = {}
-    for name, value_type in zip(read.features, read.types, strict=True):
-        values = outputs[name]
-        values = values if isinstance(values, list) or hasattr(values, "dtype") else [values]
-        protos = python_values_to_proto_values(values, value_type)
-        result[name] = [feast_value_type_to_python_type(p) for p in protos]
-    return result
+    return {name: as_feast_returns(outputs[name], kind) for name, kind in zip(read.features, read.types, strict=True)}
 
 
 class ScoringService:
