@@ -1,6 +1,7 @@
 """`POST /v1/fraud/score:batch` by id against the same model on the same rows sent over OIP v2, in one run.
 
     flock /tmp/fraudserve-bench.lock python -m bench.score_batch [--home DIR] [--rounds 3] [--baseline REV]
+        [--baseline-env NAME=VALUE ...]
 
 Builds (or reuses, with `--home`) bench.api's deployment (synthetic data, backfill, a trained LightGBM model on
 fraud_v2, materialized features, an embedded redis-server) and starts `fraudserve serve` with one worker and
@@ -14,6 +15,9 @@ ratio is by-id p50 / OIP p50 (the target: at most 1.5x at 256 ids, and cost grow
 It also checks that every item of a 256-id batch equals the single score of its id (score, label, reasons), and
 runs the saturation case: `--clients` concurrent clients sending 256-id batches for `--saturation-seconds`,
 counting the answers by status and error code (the target: only 200 and 503 `overloaded` with Retry-After).
+`--baseline REV` serves the same by-id batches from commit REV's code in the same rounds; `--baseline-env` sets
+variables for that server only, so `--baseline HEAD --baseline-env FRAUDSERVE_SCORE_LOG_SAMPLE=0` measures what
+one setting costs (here the score log) on the same code.
 Writes bench/results/score_batch-<date>.json with the load average at start and end.
 """
 
@@ -233,8 +237,12 @@ def main() -> None:
     parser.add_argument("--saturation-seconds", type=float, default=10)
     parser.add_argument("--home", type=Path, help="keep the deployment here and reuse it on the next run")
     parser.add_argument("--baseline", help="a commit whose code serves the same by-id batches in the same run")
+    parser.add_argument("--baseline-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable of the baseline's server only (repeatable)")  # fmt: skip
     parser.add_argument("--py-spy", help="py-spy binary: also profile the API process under the 256-id load")
     args = parser.parse_args()
+    if bad := [item for item in args.baseline_env if "=" not in item]:
+        parser.error(f"--baseline-env takes NAME=VALUE, not {bad[0]!r}")
     console = Console(width=150)
     result: dict[str, Any] = {"machine": machine(), "started": datetime.now(UTC).isoformat(), "args": vars(args)}
     result["load_average_at_start"] = os.getloadavg()
@@ -259,7 +267,8 @@ def main() -> None:
             tree = baseline_tree(Path(stack.enter_context(tempfile.TemporaryDirectory())), args.baseline)
             baseline_port = free_port()
             command = [sys.executable, "-m", "fraudserve", "serve", "--workers", "1", "--port", str(baseline_port)]
-            other = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=tree)
+            extra = dict(item.split("=", 1) for item in args.baseline_env)
+            other = subprocess.Popen(command, env={**env, **extra}, stdout=log, stderr=log, cwd=tree)
             stack.callback(other.wait, 30)
             stack.callback(other.terminate)
             wait_ready(f"http://127.0.0.1:{baseline_port}/v1/fraud/score", {"transaction_id": ids[0]})
@@ -321,7 +330,8 @@ def main() -> None:
                 old = np.concatenate(latencies[f"baseline by id {size}"])
                 old50 = float(np.percentile(old, 50))
                 old_cpu = cpu_s[f"baseline by id {size}"] * 1000 / max(len(old), 1)
-                result[f"baseline by id {size}"] = {"rev": args.baseline, "requests": len(old), "p50_ms": old50,
+                result[f"baseline by id {size}"] = {"rev": args.baseline, "env": args.baseline_env,
+                                                    "requests": len(old), "p50_ms": old50,
                                                     "errors": errors[f"baseline by id {size}"],
                                                     "server_cpu_ms_per_request": old_cpu}  # fmt: skip
                 result[f"ratio p50 by id / baseline {size}"] = p50 / old50
