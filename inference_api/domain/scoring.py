@@ -158,15 +158,12 @@ def build_rows(
     """The model matrix (manifest order), the reasons each row is uncertain, and each row's feature freshness."""
     # Row by row: a request batch holds 1 to 64 records, so a list per column cost more than the values themselves.
     rows: list[dict[str, Any]] = []
+    served, own = plan.served_by_view, plan.transaction_fields
     for record, views in zip(records, fetched, strict=True):
         row: dict[str, Any] = {}
-        for view in plan.views:
-            values = views[view.view].values
-            for name in view.served:
-                row[name] = values.get(name)
-        fields = record.fields
-        for name in plan.transaction_fields:
-            row[name] = fields.get(name)
+        for group, names in served:
+            row.update(zip(names, map(views[group].values.get, names), strict=True))
+        row.update(zip(own, map(record.fields.get, own), strict=True))
         rows.append(row)
     if plan.request_time and len(records) <= _PLAIN_REQUEST_TIME_ROWS:  # the single score's 1 to a few rows
         for row, record, views in zip(rows, records, fetched, strict=True):
@@ -190,8 +187,9 @@ def build_rows(
             for row, value in zip(rows, computed, strict=True):
                 row[name] = value
     # numpy's float64 makes None (a missing value) NaN.
-    matrix = np.array([[row[name] for name in plan.features] for row in rows], dtype=np.float64).reshape(
-        len(records), len(plan.features)
+    features = plan.features
+    matrix = np.array([list(map(row.__getitem__, features)) for row in rows], dtype=np.float64).reshape(
+        len(records), len(features)
     )
 
     uncertain: list[list[str]] = []
@@ -199,22 +197,19 @@ def build_rows(
     for record, views in zip(records, fetched, strict=True):
         reasons: list[str] = []
         ages: list[float] = []
-        for view in plan.views:
-            key = record.key(view.join_key)
-            if key is None:
+        fields = record.fields
+        for view, join_key, ttl in plan.freshness_checks:
+            if fields.get(join_key) is None:
                 continue  # no device or IP on this transaction: that group is not required
             stamp = views[view.view].timestamp
             if stamp is None:
-                reasons.append(f"no {view.subject} features for {view.join_key} {key!r}")
+                reasons.append(f"no {view.subject} features for {join_key} {record.key(join_key)!r}")
                 continue
             age = max(now - stamp, 0.0)
             ages.append(age)
-            if view.ttl is None:
-                continue
-            ttl = view.ttl.total_seconds()
-            if age > ttl:
+            if ttl is not None and age > ttl:
                 reasons.append(
-                    f"{view.subject} features for {key!r} are {_age_text(age)} old, older than the "
+                    f"{view.subject} features for {record.key(join_key)!r} are {_age_text(age)} old, older than the "
                     f"{view.view} TTL of {_age_text(ttl)}"
                 )
         uncertain.append(reasons)
@@ -417,27 +412,28 @@ class ScoringService:
             role = "direct" if not serving_default else "production" if production else "canary"
 
         names = model.plan.features
+        width, top = len(names), self.top_reasons
         label_of = model.manifest.thresholds.label
         listed: list[float] = scores.tolist()
-        gains: list[list[float]] | None = None if contributions is None else contributions[:, : len(names)].tolist()
+        gains: list[list[float]] | None = None if contributions is None else contributions.tolist()
         values: list[list[float]] = matrix.tolist()
         results = []
-        labels: collections.Counter[str] = collections.Counter()
+        labels: dict[str, int] = {}
         for i, record in enumerate(records):
             score = listed[i]
             label = UNCERTAIN if uncertain[i] else label_of(score)
             reasons: list[Reason] = []
             if gains is not None:
-                row, seen = gains[i], values[i]
+                row, seen = gains[i][:width], values[i]  # the explainer's last column is the bias, never a reason
                 reasons = [
-                    Reason(names[j], None if seen[j] != seen[j] else seen[j], row[j])  # NaN: missing
-                    for j in top_positions(row, self.top_reasons)
+                    _reason((names[j], None if seen[j] != seen[j] else seen[j], row[j]))  # NaN: missing
+                    for j in top_positions(row, top)
                 ]
             results.append(
                 Score(record.transaction_id, score, label, model, reasons, freshness[i], uncertain[i], matrix[i], role,
                       None if shadows is None else shadows[i])
             )  # fmt: skip
-            labels[label] += 1
+            labels[label] = labels.get(label, 0) + 1
         for label, count in labels.items():  # one metric call per label, not per score
             self.metrics.scored(model.name, model.version, label, count)
         return results
