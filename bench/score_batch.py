@@ -15,7 +15,8 @@ ratio is by-id p50 / OIP p50 (the target: at most 1.5x at 256 ids, and cost grow
 It also checks that every item of a 256-id batch equals the single score of its id (score, label, reasons), and
 runs the saturation case: `--clients` concurrent clients sending 256-id batches for `--saturation-seconds`,
 counting the answers by status and error code (the target: only 200 and 503 `overloaded` with Retry-After).
-`--baseline REV` serves the same by-id batches from commit REV's code in the same rounds; `--baseline-env` sets
+`--baseline REV` serves the same by-id batches (and OIP requests, so that both servers' score logs write the same
+mix of rows in the same rounds) from commit REV's code; `--baseline-env` sets
 variables for that server only, so `--baseline HEAD --baseline-env FRAUDSERVE_SCORE_LOG_SAMPLE=0` measures what
 one setting costs (here the score log) on the same code.
 Writes bench/results/score_batch-<date>.json with the load average at start and end.
@@ -280,12 +281,14 @@ def main() -> None:
             samples = [rng.sample(ids, size) for _ in range(40)]
             bodies[f"by id {size}"] = [{"items": [{"transaction_id": t} for t in s]} for s in samples]
             bodies[f"oip {size}"] = [oip_body([rows[t] for t in s]) for s in samples]
-            if baseline_port is not None:
+            if baseline_port is not None:  # its OIP rounds too: each server's score log writes the same mix of rows
                 bodies[f"baseline by id {size}"] = bodies[f"by id {size}"]
+                bodies[f"baseline oip {size}"] = bodies[f"oip {size}"]
         paths = {
             "by id": "/v1/fraud/score:batch",
             "oip": "/v2/models/fraud/infer",
             "baseline by id": "/v1/fraud/score:batch",
+            "baseline oip": "/v2/models/fraud/infer",
         }
 
         def port_of(name: str) -> int:
@@ -330,10 +333,12 @@ def main() -> None:
                 old = np.concatenate(latencies[f"baseline by id {size}"])
                 old50 = float(np.percentile(old, 50))
                 old_cpu = cpu_s[f"baseline by id {size}"] * 1000 / max(len(old), 1)
+                old_oip = float(np.percentile(np.concatenate(latencies[f"baseline oip {size}"]), 50))
                 result[f"baseline by id {size}"] = {"rev": args.baseline, "env": args.baseline_env,
                                                     "requests": len(old), "p50_ms": old50,
                                                     "errors": errors[f"baseline by id {size}"],
-                                                    "server_cpu_ms_per_request": old_cpu}  # fmt: skip
+                                                    "server_cpu_ms_per_request": old_cpu,
+                                                    "oip_p50_ms": old_oip}  # fmt: skip
                 result[f"ratio p50 by id / baseline {size}"] = p50 / old50
                 new_cpu = result[f"by id {size}"]["server_cpu_ms_per_request"]
                 console.print(f"{size} ids: p50 {p50:.2f} ms against {old50:.2f} ms with {args.baseline}'s code "
