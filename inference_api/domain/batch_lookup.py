@@ -345,9 +345,22 @@ class BatchLookup:
     ) -> tuple[_Read, _Entities]:
         commands = transaction_commands(layout, self._prefix, self.project, ids)
         transactions = await _exchange(connection, commands, np.full(len(ids), len(layout.fields)))
-        entities = entity_reads(layout, self.project, transactions, len(ids))
-        read = await _exchange(connection, entities.commands, entities.widths) if entities.commands else None
-        return transactions, _Entities(entities.gathers, entities.counts, read)
+        parts: list[_EntityCommands] = []
+        try:  # the second trip in two writes: Redis reads the first key groups while the others are made
+            for chosen in _halves(len(layout.groups)):
+                parts.append(entity_reads(layout, self.project, transactions, len(ids), chosen))
+                if parts[-1].commands:
+                    await connection.send_packed_command(parts[-1].commands, check_health=False)
+        except BaseException:  # commands sent, their replies unread: never reuse the connection as it is
+            await connection.disconnect(nowait=True)
+            raise
+        widths = np.concatenate([part.widths for part in parts]) if parts else np.empty(0, dtype=np.int64)
+        gathers = [gather for part in parts for gather in part.gathers]
+        counts = [n for part in parts for n in part.counts]
+        if not len(widths):
+            return transactions, _Entities(gathers, counts, None)
+        data, starts, lengths = table_of(await _replies(connection, len(widths)))
+        return transactions, _Entities(gathers, counts, _Read(data, starts, lengths))
 
     async def close(self) -> None:
         await self._kept.close()
@@ -388,13 +401,17 @@ class _EntityCommands:
     counts: list[int]
 
 
-def entity_reads(layout: _Layout, project: bytes, transactions: _Read, count: int) -> _EntityCommands:
+def entity_reads(
+    layout: _Layout, project: bytes, transactions: _Read, count: int, chosen: range | None = None
+) -> _EntityCommands:
     """The second trip's commands built from the transactions' cells without a Python object per cell: the join key
     cells of every key group that hold a short string_val (0x12, a one-byte length, 1 to 127 bytes: every key this
     project writes) are made unique with numpy in one pass (each key as its group, its length and its bytes), and
     their HMGETs written as rows of a template per group and key length. A key cell of another form (a longer
-    string, broken bytes) sends the batch through `entity_commands`, the same commands."""
-    groups = layout.groups
+    string, broken bytes) sends the batch through `entity_commands`, the same commands. `chosen`: the key groups
+    (consecutive, default every one) whose commands, gathers and counts are made, in group order."""
+    chosen = range(len(layout.groups)) if chosen is None else chosen
+    groups = layout.groups[chosen.start : chosen.stop]
     if not groups:
         return _EntityCommands([], np.empty(0, dtype=np.int64), [], [])
     buf = np.frombuffer(transactions.data + _PAD, dtype=np.uint8)
@@ -405,7 +422,7 @@ def entity_reads(layout: _Layout, project: bytes, transactions: _Read, count: in
     length = buf[start + 1]
     short = (tag == 0x12) & (size == length + 2) & (length > 0) & (length < 0x80)
     if ((tag == 0x12) & ~short & (size > 2)).any():  # a longer string (or broken bytes): the Python path
-        return _entity_commands_of(layout, project, transactions, count)
+        return _entity_commands_of(layout, project, transactions, count, chosen)
     rows = np.flatnonzero(short)
     gathers = [np.full(count, -1, dtype=np.intp) for _ in groups]
     if not len(rows):
@@ -434,7 +451,7 @@ def entity_reads(layout: _Layout, project: bytes, transactions: _Read, count: in
     bounds = np.flatnonzero(np.diff(classes)) + 1
     for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(classes)], strict=True):
         g, value_size = divmod(int(classes[a]), 256)
-        template, at = _template(layout, g, project, value_size)
+        template, at = _template(layout, chosen.start + g, project, value_size)
         block = np.broadcast_to(template, (b - a, len(template))).copy()
         block[:, at : at + value_size] = unique_keys[a:b, 2 : 2 + value_size]
         commands.append(block.tobytes())
@@ -443,6 +460,13 @@ def entity_reads(layout: _Layout, project: bytes, transactions: _Read, count: in
 
 
 _KEY = np.arange(129)
+
+
+def _halves(groups: int) -> list[range]:
+    """The key groups in two runs (one when there is one group): the second trip is sent in two writes, so Redis
+    serves the first run's HMGETs while the second run's are made (bench/README.md, issue 20's sixth session)."""
+    middle = (groups + 1) // 2
+    return [range(0, middle), range(middle, groups)] if groups > 1 else [range(groups)]
 
 
 def _template(layout: _Layout, group: int, project: bytes, size: int, prefix: bytes = b"") -> tuple[np.ndarray, int]:
@@ -458,15 +482,20 @@ def _template(layout: _Layout, group: int, project: bytes, size: int, prefix: by
     return found
 
 
-def _entity_commands_of(layout: _Layout, project: bytes, transactions: _Read, count: int) -> _EntityCommands:
-    """`entity_commands` over the transactions' cells as Python bytes."""
+def _entity_commands_of(
+    layout: _Layout, project: bytes, transactions: _Read, count: int, chosen: range
+) -> _EntityCommands:
+    """`entity_commands` over the transactions' cells as Python bytes (the `chosen` key groups' part of them)."""
     table = _Table(np.frombuffer(transactions.data + _PAD, dtype=np.uint8), transactions.starts, transactions.lengths)
     width = len(layout.fields)
     rows = [[table.cell(r * width + f) for f in range(width)] for r in range(count)]
     commands, gathers, spans = entity_commands(layout, project, rows)
+    spans = spans[chosen.start : chosen.stop]
     counts = [b - a for a, b in spans]
-    widths = np.repeat([g.width for g in layout.groups], counts) if commands else np.empty(0, dtype=np.int64)
-    return _EntityCommands(commands, widths, gathers, counts)
+    commands = commands[spans[0][0] : spans[-1][1]]
+    groups = layout.groups[chosen.start : chosen.stop]
+    widths = np.repeat([g.width for g in groups], counts) if commands else np.empty(0, dtype=np.int64)
+    return _EntityCommands(commands, widths, gathers[chosen.start : chosen.stop], counts)
 
 
 def _columns(layout: _Layout, ids: Sequence[str], transactions: _Read, entities: _Entities) -> FeatureColumns:

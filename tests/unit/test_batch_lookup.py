@@ -115,12 +115,13 @@ def test_numbers_and_stamps_decode_as_feasts_decoders() -> None:
 def test_entity_commands_from_the_located_cells_are_the_python_ones() -> None:
     """`entity_reads` (the keys made unique with numpy, commands written from templates) sends the same HMGETs as
     `entity_commands` over Python bytes, grouped by key length within a group, and each transaction takes the reply
-    of its own key; a key longer than 127 bytes sends the batch through `entity_commands` itself."""
+    of its own key; a key longer than 127 bytes sends the batch through `entity_commands` itself. Made for the key
+    groups in two runs (the second trip's two writes), they are the same commands, widths, counts and gathers."""
     import random
 
     import numpy as np
 
-    from inference_api.domain.batch_lookup import _Read, entity_reads
+    from inference_api.domain.batch_lookup import _halves, _Read, entity_reads
 
     plan = _plan()
     layout = layout_of(plan, ("amount",))
@@ -140,6 +141,17 @@ def test_entity_commands_from_the_located_cells_are_the_python_ones() -> None:
         lengths = np.array([len(c or b"") for c in cells], dtype=np.int64)
         read = _Read(b"".join(c or b"" for c in cells), np.cumsum(lengths) - lengths, lengths)
         built = entity_reads(layout, PROJECT, read, len(rows))
+        halves = [entity_reads(layout, PROJECT, read, len(rows), chosen) for chosen in _halves(len(layout.groups))]
+        assert len(halves) == len(layout.groups) == 2  # the two writes of `_trips`: per group, the same reads
+        assert np.concatenate([half.widths for half in halves]).tolist() == built.widths.tolist()
+        assert [n for half in halves for n in half.counts] == built.counts
+        in_halves = _split_commands(b"".join(c for half in halves for c in half.commands))
+        in_one = _split_commands(b"".join(built.commands))
+        for g, (mine, one) in enumerate(zip([x for h in halves for x in h.gathers], built.gathers, strict=True)):
+            assert ((mine == -1) == (one == -1)).all()
+            offset = sum(built.counts[:g])
+            for row in np.flatnonzero(one >= 0).tolist():  # (a half may order a group's commands otherwise)
+                assert in_halves[offset + mine[row]] == in_one[offset + one[row]]
         commands, gathers, spans = entity_commands(layout, PROJECT, rows)
         assert built.counts == [b - a for a, b in spans]
         widths = [g.width for g, (a, b) in zip(layout.groups, spans, strict=True) for _ in range(a, b)]
