@@ -3,7 +3,8 @@
 The lookup script (`RedisFeatureSource.columns`) derives the entity keys on the server, but Redis spends about 3 us
 of Lua around each `redis.call`, 70 % of the script's time (bench/batch_redis.py). Here the batch's own connection
 sends every transaction's HMGET in one pipelined write, then one HMGET per unique entity key of those transactions
-(a merchant or card several transactions share is read once) in a second one; Redis runs plain commands, and other
+(a merchant or card several transactions share is read once) in a second one, sent in two writes (the first half
+of the key groups, then the rest: Redis serves the first while the second is made); Redis runs plain commands, and other
 clients' commands are served between them. The commands are packed directly in RESP from bytes precomputed per
 plan (Feast's v3 key prefix, the hashed field names), without redis-py's per-command machinery, which costs more
 than the reads themselves (a redis-py pipeline of 1,000 HMGETs: about 20 ms).
