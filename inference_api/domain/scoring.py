@@ -28,7 +28,7 @@ from inference_api.domain.plan import FeaturePlan, OnDemandRead, as_feast_return
 from inference_api.domain.redis_source import RedisFeatureSource
 from inference_api.observability import Metrics
 from pipelines.features.catalog import TRANSACTION_VIEW
-from pipelines.features.request_time import EPOCH_WEEKDAY, MS_PER_DAY, MS_PER_HOUR, request_time_arrays
+from pipelines.features.request_time import request_time_arrays, request_time_row
 
 log = logging.getLogger("fraudserve.scoring")
 UNCERTAIN = "uncertain"
@@ -130,26 +130,6 @@ def _age_text(seconds: float) -> str:
 # Up to this many rows `build_rows` computes the request-time features in plain Python (`request_time_row`): numpy's
 # three arrays in and out cost more than the arithmetic for the single score's 1 to a few rows.
 _PLAIN_REQUEST_TIME_ROWS = 8
-_NAN = float("nan")
-
-
-def _float(value: Any) -> float:
-    """A value as numpy's float64 conversion reads it (None: NaN; ints, bools and numeric strings converted)."""
-    return _NAN if value is None else float(value)
-
-
-def request_time_row(amount: Any, event_time_ms: Any, card_amount_mean_7d: Any) -> dict[str, float]:
-    """`request_time_arrays` of one row, in plain Python: the same float64 values (IEEE division, Python's float `%`
-    and numpy's `np.mod` take the divisor's sign alike, floor of a finite float is exact), NaN where numpy gives NaN.
-    tests/unit/test_scoring_rows.py holds the two equal bit for bit, on edge values too."""
-    amount, ms, mean = _float(amount), _float(event_time_ms), _float(card_amount_mean_7d)
-    ratio = amount / mean if mean > 0 else _NAN
-    if math.isfinite(ms):
-        hour = float(math.floor((ms % MS_PER_DAY) / MS_PER_HOUR))
-        day = (float(math.floor(ms / MS_PER_DAY)) + EPOCH_WEEKDAY) % 7
-    else:  # numpy: NaN for NaN, and for an infinity np.mod's NaN with its sign bit set
-        hour = day = _NAN if math.isnan(ms) else -_NAN
-    return {"amount_to_card_mean_7d": ratio, "hour_of_day_utc": hour, "day_of_week_utc": day}
 
 
 def build_rows(

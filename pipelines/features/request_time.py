@@ -6,6 +6,9 @@ with the same code.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -36,6 +39,29 @@ def request_time_arrays(
         "hour_of_day_utc": np.floor(np.mod(ms, MS_PER_DAY) / MS_PER_HOUR),
         "day_of_week_utc": np.mod(np.floor(ms / MS_PER_DAY) + EPOCH_WEEKDAY, 7),
     }
+
+
+_NAN = float("nan")
+
+
+def _float(value: Any) -> float:
+    """A value as numpy's float64 conversion reads it (None: NaN; ints, bools and numeric strings converted)."""
+    return _NAN if value is None else float(value)
+
+
+def request_time_row(amount: Any, event_time_ms: Any, card_amount_mean_7d: Any) -> dict[str, float]:
+    """`request_time_arrays` of one row, in plain Python (the single score's few rows, where numpy's arrays in and
+    out cost more than the arithmetic): the same float64 values (IEEE division, Python's float `%`
+    and numpy's `np.mod` take the divisor's sign alike, floor of a finite float is exact), NaN where numpy gives NaN.
+    tests/unit/test_scoring_rows.py holds the two equal bit for bit, on edge values too."""
+    amount, ms, mean = _float(amount), _float(event_time_ms), _float(card_amount_mean_7d)
+    ratio = amount / mean if mean > 0 else _NAN
+    if math.isfinite(ms):
+        hour = float(math.floor((ms % MS_PER_DAY) / MS_PER_HOUR))
+        day = (float(math.floor(ms / MS_PER_DAY)) + EPOCH_WEEKDAY) % 7
+    else:  # numpy: NaN for NaN, and for an infinity np.mod's NaN with its sign bit set
+        hour = day = _NAN if math.isnan(ms) else -_NAN
+    return {"amount_to_card_mean_7d": ratio, "hour_of_day_utc": hour, "day_of_week_utc": day}
 
 
 def request_time_features(amount: pd.Series, event_time_ms: pd.Series, card_amount_mean_7d: pd.Series) -> pd.DataFrame:

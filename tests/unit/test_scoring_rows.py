@@ -1,4 +1,4 @@
-"""`scoring.request_time_row` (the single score's request-time features in plain Python) gives, bit for bit, what
+"""`request_time.request_time_row` (the single score's request-time features in plain Python) gives, bit for bit, what
 `request_time_arrays` gives for the same row: `build_rows` takes it for 1 to 8 rows and numpy above."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from inference_api.domain.scoring import request_time_row
-from pipelines.features.request_time import request_time_arrays
+from pipelines.features.request_time import request_time_arrays, request_time_row
 
 
 def _bits(value: float) -> int:
