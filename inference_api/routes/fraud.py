@@ -211,14 +211,6 @@ def batch_body(batch: ScoredBatch, metrics: Any) -> bytes:
     if batch.complete and batch.rows:
         return _complete_body(batch)
     to_json = pydantic_core.to_json
-    quoted: dict[str, bytes] = {}
-
-    def text(value: str) -> bytes:
-        found = quoted.get(value)
-        if found is None:
-            found = quoted[value] = to_json(value)
-        return found
-
     model = to_json({"name": batch.model.name, "version": batch.model.version})
     reasons: list[bytes] = [b""] * len(batch.rows)
     if batch.reasons is not None and batch.rows:
@@ -226,7 +218,7 @@ def batch_body(batch: ScoredBatch, metrics: Any) -> bytes:
         pieces = [
             _REASON % piece
             for piece in zip(
-                map(text, features.ravel().tolist()),
+                _quoted(features.ravel().tolist()),
                 _each(values.ravel().tolist()),
                 _each(gains.ravel().tolist()),
                 strict=True,
@@ -237,11 +229,11 @@ def batch_body(batch: ScoredBatch, metrics: Any) -> bytes:
     ids = batch.ids
     doubts = [to_json(u) if u else b"[]" for u in batch.uncertain]
     items = [
-        _ITEM % (tid, tid, score, text(label), model, why, fresh, doubt)
+        _ITEM % (tid, tid, score, label, model, why, fresh, doubt)
         for tid, score, label, why, fresh, doubt in zip(
-            map(to_json, [ids[row] for row in batch.rows]) if not batch.complete else map(to_json, ids),
+            map(to_json, [ids[row] for row in batch.rows]),  # a complete batch with rows: `_complete_body`
             _each(batch.scores),
-            batch.labels,
+            _quoted(batch.labels),
             reasons,
             _each(batch.freshness),
             doubts,
