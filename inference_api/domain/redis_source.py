@@ -448,16 +448,10 @@ def _nested_records(
             continue
         by_view: dict[str, ViewValues] = {}
         for (_, group), raw in zip(groups, _pad(by_key, count) if len(by_key) < count else by_key, strict=True):
-            if not raw:
-                for view in group:
-                    by_view[view.view] = ViewValues(dict.fromkeys(view.features), None)
-                continue
-            if len(group) == 1:  # the usual case: one view per key, its reply whole
-                view = group[0]
-                by_view[view.view] = ViewValues(dict(zip(view.features, _values_of(raw[:-1]), strict=True)),
-                                                _stamp_of(raw[-1]))  # fmt: skip
-                continue
-            by_view.update(_split(group, raw))
+            if raw and len(group) == 1:  # the usual case: one view per key, its reply whole (no slice)
+                by_view[group[0].view] = _view_values(group[0], raw)
+            else:
+                by_view.update(_split(group, raw or None))
         records.append(TransactionRecord(transaction_id, row, _stamp_of(reply[-1]), by_view, plan))
     return records
 
