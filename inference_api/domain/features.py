@@ -94,16 +94,25 @@ async def within_budget(call: Awaitable[T], budget_s: float, loop_lag_s: float =
             async with asyncio.timeout(budget_s):  # no extra task per call, unlike wait_for
                 return await call
         return await _within_store_time(call, budget_s, loop_lag_s)
-    except TimeoutError as exc:
-        raise RedisUnavailable(
+    except STORE_ERRORS as exc:
+        raise store_unavailable(exc, budget_s) from exc
+
+
+# What a store call raises when the store is down or slow (RedisClusterException, not a RedisError: a cluster whose
+# slot map cannot be loaded or lacks a slot; TimeoutError: the budget ran out).
+STORE_ERRORS = (TimeoutError, redis.RedisError, RedisClusterException, OSError)
+
+
+def store_unavailable(exc: BaseException, budget_s: float) -> RedisUnavailable:
+    """The `features_unavailable` answer for one of `STORE_ERRORS`: the budget's message for a timeout."""
+    if isinstance(exc, TimeoutError):
+        return RedisUnavailable(
             f"the online store did not answer within {budget_s * 1000:.0f} ms; try again shortly",
             {"budget_ms": round(budget_s * 1000)},
-        ) from exc
-    except (redis.RedisError, RedisClusterException, OSError) as exc:
-        # RedisClusterException (not a RedisError): a cluster whose slot map cannot be loaded or lacks a slot.
-        raise RedisUnavailable(
-            "the online store (Redis) is unavailable; try again shortly", {"reason": type(exc).__name__}
-        ) from exc
+        )
+    return RedisUnavailable(
+        "the online store (Redis) is unavailable; try again shortly", {"reason": type(exc).__name__}
+    )
 
 
 LATE_S = 0.005  # a deadline timer that fires later than this found the loop busy with other work

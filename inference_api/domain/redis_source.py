@@ -25,7 +25,15 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisClusterException
 
 from core.connections import async_redis_client
-from inference_api.domain.features import FeatureColumns, TransactionRecord, ViewValues, within_budget
+from inference_api.domain.features import (
+    STORE_ERRORS,
+    FeatureColumns,
+    TransactionRecord,
+    ViewValues,
+    store_unavailable,
+    within_budget,
+)
+from inference_api.domain.lookup_connection import LookupConnections
 from inference_api.domain.plan import FeaturePlan, ViewRead, transaction_layout
 from pipelines.features.catalog import TRANSACTION_VIEW
 from pipelines.online_layout import decode_ts, decode_value, entity_key, feature_field, key_prefix, ts_field
@@ -252,6 +260,11 @@ class RedisFeatureSource:
         self.fused = isinstance(self.client, aioredis.Redis) and self.version == 3
         self._scripts: dict[int, tuple[AsyncScript, tuple[ViewRead, ...], list[tuple[str, tuple[ViewRead, ...]]]]] = {}
         self._kept = KeptConnections(self._connection_of_lookup)  # the single lookup's own (`_evalsha`)
+        # The single lookup's own protocol connections; None where the connection string needs redis-py's (TLS).
+        self._lookup: LookupConnections | None = None
+        if self.fused and isinstance(self.client, aioredis.Redis):
+            pool = self.client.connection_pool
+            self._lookup = LookupConnections.of(pool.connection_class, pool.connection_kwargs, budget_s)
         self._flat: dict[int, tuple[AsyncScript, tuple[ViewRead, ...], FlatLayout]] = {}
         self.join_key, self.fields = transaction_layout(store)
         self._transaction_fields = _fields(TRANSACTION_VIEW, self.fields)
@@ -287,7 +300,8 @@ class RedisFeatureSource:
         return cached[0], cached[2]
 
     async def _evalsha(self, script: AsyncScript, keys: list[bytes]) -> Any:
-        """`script(keys=keys)` on a connection of the lookup's own, without redis-py's per-command machinery.
+        """`script(keys=keys)` on a redis-py connection of the lookup's own, without redis-py's per-command machinery:
+        the single lookup where `LookupConnections` cannot connect as the connection string asks (TLS and the like).
 
         The single score's one round trip: redis-py's `Redis.execute_command` costs about 45 us of CPU per call on
         top of the socket calls (a pool lock, its retry wrapper, observability hooks, and a task per send for the
@@ -316,7 +330,14 @@ class RedisFeatureSource:
         self, ids: Sequence[str], keys: list[bytes], plan: FeaturePlan
     ) -> list[TransactionRecord | None]:
         script, groups = self._script_for(plan)
-        replies: list[list[Any]] = await within_budget(self._evalsha(script, keys), self.budget_s)
+        replies: list[list[Any]]
+        if self._lookup is None:
+            replies = await within_budget(self._evalsha(script, keys), self.budget_s)
+        else:
+            try:
+                replies = await self._lookup.evalsha(evalsha_command(script.sha, keys), script.script)
+            except STORE_ERRORS as exc:
+                raise store_unavailable(exc, self.budget_s) from exc
         return _nested_records(self.fields, groups, plan, ids, replies)
 
     @property
@@ -393,6 +414,8 @@ class RedisFeatureSource:
             return False
 
     async def close(self) -> None:
+        if self._lookup is not None:
+            self._lookup.close()
         await self._kept.close()
         await self.client.aclose()
         if self._batch is not None:

@@ -89,3 +89,30 @@ def test_a_batch_with_an_inline_transaction_takes_the_general_path(online: Onlin
             _same(a, b)
         body = client.post("/v1/fraud/score", json={"transaction_id": online.ids[5]})
         assert body.status_code == 200 and body.json()["transaction_id"] == online.ids[5]
+
+
+def test_the_lookup_over_redis_pys_connections_reads_the_same_records(online: Online) -> None:
+    """A connection string that `LookupConnections` does not serve (TLS, a credential provider) keeps the lookup on
+    redis-py's connections (`RedisFeatureSource._evalsha`): the same records as the protocol connections give."""
+    from fastapi.testclient import TestClient
+
+    from inference_api.app import create_app
+    from inference_api.domain.redis_source import RedisFeatureSource
+
+    app = create_app(online.settings)
+    with TestClient(app) as client:
+        source = app.state.scoring.source
+        assert isinstance(source, RedisFeatureSource) and source._lookup is not None
+        plan = app.state.scoring.models.production().plan
+        ids = [*online.ids[:40], "missing-1"]
+        ours = client.portal.call(source.transactions, ids, plan)  # type: ignore[union-attr]
+        lookup, source._lookup = source._lookup, None
+        try:
+            theirs = client.portal.call(source.transactions, ids, plan)  # type: ignore[union-attr]
+        finally:
+            source._lookup = lookup
+    assert ours[-1] is None and theirs[-1] is None
+    for a, b in zip(ours, theirs, strict=True):
+        assert a == b
+        if a is not None and b is not None:
+            assert a.views == b.views and a.views_plan is b.views_plan
