@@ -18,6 +18,9 @@ machine hits every row alike; each row's figure is the median over rounds:
   features, a batch view of the risk team's merchant scores over a Parquet table, a python-mode on-demand view of
   it and the amount): a second deployment under `<home>/user` with its own redis-server (both counted in its CPU),
   300 of its transactions drawn at random, 8 connections.
+`--baseline REV` adds fraudserve served from commit REV's files (`git archive`) side by side, random ids at 8
+connections and at 1, and the ratios of this tree against it: a change to the HTTP layer (uvicorn's protocol, the
+lean route) or the lookup measured end to end, in the same rounds.
 Besides requests/s and latency it reads each server's CPU seconds per request (its processes and, for fraudserve,
 redis-server's), which other load on the machine disturbs less than requests/s. Prints the table and the ratios of
 the targets (bench/targets.py) and writes bench/results/api-<date>.json. The load generator shares the cores.
@@ -27,12 +30,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import warnings
@@ -289,6 +294,7 @@ def main() -> None:
     parser.add_argument("--top-reasons", type=int, default=3, help="FRAUDSERVE_TOP_REASONS for fraudserve (0: none)")
     parser.add_argument("--home", type=Path, help="keep the deployment here and reuse it on the next run")
     parser.add_argument("--only", action="append", help="start only this server (repeatable)")
+    parser.add_argument("--baseline", metavar="REV", help="also serve commit REV's code, side by side")
     args = parser.parse_args()
     if args.client == "wrk" and shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: `apt-get install wrk` (Debian's), or run with --client python")
@@ -333,6 +339,9 @@ def main() -> None:
                    env, settings.feature_repo),
         ]  # fmt: skip
         servers = [s for s in servers if not args.only or s.name in args.only]
+        if args.baseline:
+            servers.append(Server(baseline_name(args.baseline), serve, without_pythonpath(env),
+                                  extract(stack, args.baseline)))  # fmt: skip
         score = "/v1/fraud/score"
         rows: list[Row] = []
         for server in servers:
@@ -343,6 +352,8 @@ def main() -> None:
             elif server.name == "fraudserve":
                 rows += [Row(server.name, "random", score, ours["random"], 8), Row(server.name, "recent", score,
                          ours["recent"], 8), Row(server.name, "random", score, ours["random"], 1)]  # fmt: skip
+            elif server.name == baseline_name(args.baseline):
+                rows += [Row(server.name, "random", score, ours["random"], c) for c in (8, 1)]
             elif server.name == "fraudserve, user-declared service":
                 rows.append(Row(server.name, "random", score, ours["user-declared service"], 8))
             else:
@@ -396,6 +407,8 @@ def main() -> None:
         )  # fmt: skip
     console.print(table)
     result["ratios"] = ratios(result)
+    if args.baseline:
+        result["ratios"].update(baseline_ratios(result, baseline_name(args.baseline)))
     for name, value in result["ratios"].items():
         console.print(f"{name}: {value:.2f}")
     console.print(f"load average at the start {result['load_average_start']}, at the end {result['load_average_end']}")
@@ -436,6 +449,49 @@ def ratios(result: dict[str, Any]) -> dict[str, float]:
         a, b = get(key_a, field_a), get(key_b, field_b)
         if a is not None and b:
             out[name] = a / b
+    return out
+
+
+def baseline_name(rev: str | None) -> str:
+    return f"fraudserve at {rev}"
+
+
+def extract(stack: contextlib.ExitStack, rev: str) -> Path:
+    """Commit `rev`'s files in a temporary folder (removed with `stack`): `python -m fraudserve` run there imports
+    that tree's packages before the installed (this tree's) ones."""
+    base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fraudserve-baseline-")))
+    here = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "archive", rev], cwd=here, capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(base, filter="data")
+    return base
+
+
+def without_pythonpath(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k != "PYTHONPATH"}
+
+
+def baseline_ratios(result: dict[str, Any], name: str) -> dict[str, float]:
+    """This tree's fraudserve against the baseline commit's, same rows, same rounds."""
+    pairs = {
+        "this tree vs baseline, random c8 requests/s": ("fraudserve | random | c8", f"{name} | random | c8", "rps"),
+        "this tree vs baseline, random c8 CPU per request": (
+            "fraudserve | random | c8",
+            f"{name} | random | c8",
+            "cpu_ms_per_request",
+        ),
+        "this tree vs baseline, one connection p50": ("fraudserve | random | c1", f"{name} | random | c1", "p50_ms"),
+        "this tree vs baseline, one connection CPU per request": (
+            "fraudserve | random | c1",
+            f"{name} | random | c1",
+            "cpu_ms_per_request",
+        ),
+    }
+    out: dict[str, float] = {}
+    for label, (ours, theirs, field) in pairs.items():
+        a, b = result.get(ours), result.get(theirs)
+        if isinstance(a, dict) and isinstance(b, dict) and b[field]:
+            out[label] = float(a[field]) / float(b[field])
     return out
 
 
