@@ -115,6 +115,18 @@ class Settings(BaseSettings):
         default=15_000, ge=100, description="A worker takes over entries another worker left unacknowledged this long."
     )
 
+    stream_read_batch: int = Field(
+        default=500,
+        ge=1,
+        description="Events a worker reads at a time while it keeps up (freshness is one read's work).",
+    )
+    stream_max_read_batch: int = Field(
+        default=8000,
+        ge=1,
+        description="The most events per read while a worker catches up a backlog (reads grow 4x per full read up to "
+        "this; at or below FRAUDSERVE_STREAM_READ_BATCH: a fixed read size).",
+    )
+
     stream_partitions: int = Field(
         default=1,
         ge=1,

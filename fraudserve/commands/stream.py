@@ -116,6 +116,8 @@ def _work(connection: str, consumer: str, until_idle: float | None, index: int =
         feast_project(settings),
         consumer,
         lateness,
+        batch=settings.stream_read_batch,
+        max_batch=settings.stream_max_read_batch,
         claim_idle_ms=settings.stream_claim_idle_ms,
         partitions=settings.stream_partitions,
         log=None if config is None else KafkaLog(config, declared_events(settings.home_dir).transactions),

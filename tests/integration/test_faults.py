@@ -235,7 +235,12 @@ def test_worker_killed_and_redis_restarted_mid_stream_keep_exact_parity(
 ) -> None:
     """A worker SIGKILLed mid-stream, then Redis restarted while another runs: online equals offline exactly."""
     home, files = stream_offline
-    environment = env_for(home, stream_redis, FRAUDSERVE_STREAM_CLAIM_IDLE_MS="1500")
+    # Reads of 50 events: the kill after 300 lands mid-stream by construction (a worker's reads otherwise grow to
+    # thousands under a backlog and can take the whole first part before the kill).
+    environment = env_for(
+        home, stream_redis, FRAUDSERVE_STREAM_CLAIM_IDLE_MS="1500", FRAUDSERVE_STREAM_READ_BATCH="50",
+        FRAUDSERVE_STREAM_MAX_READ_BATCH="50",
+    )  # fmt: skip
     lines = jsonl_lines(files["transactions_jsonl"])
     cuts = [0, int(len(lines) * 0.6), int(len(lines) * 0.8), len(lines)]
     parts = []
