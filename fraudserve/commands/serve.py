@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import os
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -70,7 +68,7 @@ def run_api(settings: Settings, connection: str, host: str, port: int, workers: 
         log_config=None,
         access_log=False,
         loop="uvloop" if _has("uvloop") else "asyncio",
-        http=f"{__name__}:OneWriteHttp" if _has("httptools") else "h11",
+        http="httptools" if _has("httptools") else "h11",
     )
 
 
@@ -78,79 +76,3 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
-
-
-# ----------------------------------------------------------------------------------------- one write per response
-class HeldHead:
-    """A connection's transport that holds a write back until the next one, or the end of the loop's turn: uvicorn
-    writes a response's head and its body with two `write` calls, so two send system calls, each waking the client,
-    for a score answer of a few hundred bytes; the head and the body of one response go in one send here. Anything
-    that ends or hands over the connection writes what is held first."""
-
-    __slots__ = ("_held", "_loop", "_transport")
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._held: bytes | None = None
-        self._loop = asyncio.get_running_loop()
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        held = self._held
-        if held is None:
-            self._held = bytes(data)
-            self._loop.call_soon(self.flush)  # a head whose body comes later (a stream) still goes out at once
-        else:
-            self._held = None
-            self._transport.write(held + data)
-
-    def flush(self) -> None:
-        held, self._held = self._held, None
-        if held is not None:
-            self._transport.write(held)
-
-    def writelines(self, lines: Any) -> None:
-        self.flush()
-        self._transport.writelines(lines)
-
-    def write_eof(self) -> None:
-        self.flush()
-        self._transport.write_eof()
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._held = None
-        self._transport.abort()
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self.flush()
-        self._transport.set_protocol(protocol)
-
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + len(self._held or b"")
-
-    def __getattr__(self, name: str) -> Any:  # is_closing, get_extra_info, pause_reading, ...
-        return getattr(self._transport, name)
-
-
-@functools.cache
-def _one_write_http() -> type:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    class OneWriteHttp(HttpToolsProtocol):
-        """uvicorn's httptools protocol on a `HeldHead` transport: one send per response."""
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(HeldHead(transport))  # type: ignore[arg-type]
-
-    return OneWriteHttp
-
-
-def __getattr__(name: str) -> Any:
-    """`OneWriteHttp`, made on first use, so that this module imports without uvicorn: uvicorn imports it by name
-    in each worker (`uvicorn.run(http=...)`)."""
-    if name == "OneWriteHttp":
-        return _one_write_http()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
