@@ -56,7 +56,7 @@ from core.models.manifest import Flavor
 log = logging.getLogger("fraudserve.models")
 
 # Bump when the generated C or the way tables are read changes: it is part of every cache key.
-GENERATOR_VERSION = "7"
+GENERATOR_VERSION = "8"
 CFLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu99")
 # Trees walked together: independent load chains overlap. 16 measured 10-15 % faster than 8 here, 24 slower.
 BLOCK = 16
@@ -411,13 +411,19 @@ static void score_chunk(const double* rows, int m, double* out) {
   for (int r = 0; r < m; ++r) out[r] = score_of(leaf[r]);
 }
 
-/* Row r's sum over trees (the model's order) of a per-node sparse row (CSR: start, column, value) at its leaves. */
-static void sum_of(const int32_t* leaf, const int64_t* start, const int32_t* column, const double* value,
-                   int64_t width, double* o) {
-  for (int64_t k = 0; k < width; ++k) o[k] = 0.0;
+/* Each chunk row's sum over trees (the model's order) of a per-node sparse row (CSR: start, column, value) at its
+   leaves, into out (m x width). Trees outside, rows inside: the rows of a chunk reach the same few leaves of a tree,
+   so its table rows are read from cache once for all of them instead of once per row across the whole table; each
+   cell still sums its terms in tree order from 0 (the same additions in the same order as row by row). */
+static void sum_chunk(int32_t leaf[][NUM_TREE + 1], int m, const int64_t* start, const int32_t* column,
+                      const double* value, int64_t width, double* out) {
+  for (int64_t k = 0; k < (int64_t)m * width; ++k) out[k] = 0.0;
   for (int t = 0; t < NUM_TREE; ++t) {
-    const int32_t node = leaf[t];
-    for (int64_t j = start[node]; j < start[node + 1]; ++j) o[column[j]] += value[j];
+    for (int r = 0; r < m; ++r) {
+      const int32_t node = leaf[r][t];
+      double* o = out + r * width;
+      for (int64_t j = start[node]; j < start[node + 1]; ++j) o[column[j]] += value[j];
+    }
   }
 }
 
@@ -459,7 +465,7 @@ void fraudserve_sum_leaves(const double* rows, int64_t n_rows, const int64_t* st
   for (int64_t i = 0; i < n_rows; i += CHUNK) {
     const int m = n_rows - i < CHUNK ? (int)(n_rows - i) : CHUNK;
     walk_chunk(rows + i * NUM_FEATURE, m, leaf);
-    for (int r = 0; r < m; ++r) sum_of(leaf[r], start, column, value, width, out + (i + r) * width);
+    sum_chunk(leaf, m, start, column, value, width, out + i * width);
   }
 }
 
@@ -471,10 +477,8 @@ void fraudserve_predict_and_sum_leaves(const double* rows, int64_t n_rows, const
   for (int64_t i = 0; i < n_rows; i += CHUNK) {
     const int m = n_rows - i < CHUNK ? (int)(n_rows - i) : CHUNK;
     walk_chunk(rows + i * NUM_FEATURE, m, leaf);
-    for (int r = 0; r < m; ++r) {
-      scores[i + r] = score_of(leaf[r]);
-      sum_of(leaf[r], start, column, value, width, out + (i + r) * width);
-    }
+    for (int r = 0; r < m; ++r) scores[i + r] = score_of(leaf[r]);
+    sum_chunk(leaf, m, start, column, value, width, out + i * width);
   }
 }
 """
