@@ -473,25 +473,16 @@ def without_pythonpath(env: dict[str, str]) -> dict[str, str]:
 
 def baseline_ratios(result: dict[str, Any], name: str) -> dict[str, float]:
     """This tree's fraudserve against the baseline commit's, same rows, same rounds."""
-    pairs = {
-        "this tree vs baseline, random c8 requests/s": ("fraudserve | random | c8", f"{name} | random | c8", "rps"),
-        "this tree vs baseline, random c8 CPU per request": (
-            "fraudserve | random | c8",
-            f"{name} | random | c8",
-            "cpu_ms_per_request",
-        ),
-        "this tree vs baseline, one connection p50": ("fraudserve | random | c1", f"{name} | random | c1", "p50_ms"),
-        "this tree vs baseline, one connection CPU per request": (
-            "fraudserve | random | c1",
-            f"{name} | random | c1",
-            "cpu_ms_per_request",
-        ),
-    }
     out: dict[str, float] = {}
-    for label, (ours, theirs, field) in pairs.items():
-        a, b = result.get(ours), result.get(theirs)
-        if isinstance(a, dict) and isinstance(b, dict) and b[field]:
-            out[label] = float(a[field]) / float(b[field])
+    for label, row, field in (
+        ("random c8 requests/s", "random | c8", "rps"),
+        ("random c8 CPU per request", "random | c8", "cpu_ms_per_request"),
+        ("one connection p50", "random | c1", "p50_ms"),
+        ("one connection CPU per request", "random | c1", "cpu_ms_per_request"),
+    ):
+        ours, theirs = result.get(f"fraudserve | {row}"), result.get(f"{name} | {row}")
+        if isinstance(ours, dict) and isinstance(theirs, dict) and theirs[field]:
+            out[f"this tree vs baseline, {label}"] = float(ours[field]) / float(theirs[field])
     return out
 
 
